@@ -1,0 +1,181 @@
+"""Domain records shared by every engine and adapter.
+
+These are plain pydantic models: the stores persist them with ``model_dump(mode="json")`` and read them back
+with ``model_validate``, so a record looks the same in SQLite, DynamoDB and a workflow parameter.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stereo_spot.keys import validate_job_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    CHUNKING_IN_PROGRESS = "chunking_in_progress"
+    CHUNKING_COMPLETE = "chunking_complete"
+    REASSEMBLING = "reassembling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELETED)
+
+
+IN_PROGRESS_STATUSES = (
+    JobStatus.CREATED,
+    JobStatus.CHUNKING_IN_PROGRESS,
+    JobStatus.CHUNKING_COMPLETE,
+    JobStatus.REASSEMBLING,
+)
+
+
+class OutputFormat(StrEnum):
+    """Stereo layouts. The value is the CLI spelling and the ``{mode}`` in segment keys."""
+
+    SBS = "sbs"  # Full side-by-side: 2W x H
+    HSBS = "hsbs"  # Half side-by-side: W x H, each eye squeezed horizontally
+    TB = "tb"  # Full top-bottom: W x 2H
+    HTB = "htb"  # Half top-bottom: W x H, each eye squeezed vertically
+    ANAGLYPH = "anaglyph"  # red-cyan, W x H
+
+    @property
+    def label(self) -> str:
+        return {
+            OutputFormat.SBS: "Full side-by-side",
+            OutputFormat.HSBS: "Half side-by-side",
+            OutputFormat.TB: "Full top-bottom",
+            OutputFormat.HTB: "Half top-bottom",
+            OutputFormat.ANAGLYPH: "Anaglyph (red-cyan)",
+        }[self]
+
+
+class AnaglyphMethod(StrEnum):
+    DUBOIS = "dubois"  # least-squares red-cyan matrices: the least ghosting and retinal rivalry
+    COLOR = "color"  # red from the left eye, green+blue from the right
+    HALF_COLOR = "half-color"  # left eye's red channel replaced by its luma: less rivalry on red objects
+    GRAY = "gray"  # luma of each eye: no colour, no rivalry
+
+
+class ConversionSettings(BaseModel):
+    """What the user chose for a job. Travels with the Job so every step converts the same way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_format: OutputFormat = OutputFormat.SBS
+    anaglyph: AnaglyphMethod = AnaglyphMethod.DUBOIS
+    divergence: float = Field(2.0, ge=0.0, le=10.0, description="max disparity, % of the image width")
+    convergence: float = Field(0.5, ge=0.0, le=1.0, description="normalised depth that sits on the screen")
+    depth_model: str = "heuristic"
+    depth_weights: str | None = None  # local folder or s3:// prefix for neural depth models
+    inpaint: str = "classical"
+    inpaint_weights: str | None = None
+    auto_divergence: bool = False
+    segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
+    start: float | None = Field(None, ge=0.0)
+    duration: float | None = Field(None, gt=0.0)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str
+    status: JobStatus = JobStatus.CREATED
+    settings: ConversionSettings = Field(default_factory=ConversionSettings)
+    title: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    uploaded_at: datetime | None = None
+    source_file_size_bytes: int | None = None
+    # Display rotation of the source (degrees, counter-clockwise): stream copy into segments can lose the
+    # container's display matrix, so chunk records it here and convert applies it to the pixels.
+    source_rotation: int = 0
+    chunking_started_at: datetime | None = None
+    total_segments: int | None = None
+    reassembly_started_at: datetime | None = None
+    completed_at: datetime | None = None
+    failure_reason: str | None = None
+
+    @field_validator("job_id")
+    @classmethod
+    def _valid_job_id(cls, value: str) -> str:
+        return validate_job_id(value)
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return self.settings.output_format
+
+    @property
+    def mode(self) -> str:
+        """The ``{mode}`` part of segment keys."""
+        return self.settings.output_format.value
+
+    @property
+    def conversion_seconds(self) -> float | None:
+        start = self.uploaded_at or self.created_at
+        if self.completed_at is None:
+            return None
+        return max(0.0, (self.completed_at - start).total_seconds())
+
+
+class SegmentCompletion(BaseModel):
+    """Written by convert when a segment's 3D output is stored; concat reads these instead of listing a bucket."""
+
+    job_id: str
+    segment_index: int = Field(ge=0)
+    total_segments: int = Field(ge=1)
+    output_key: str
+    frames: int = Field(0, ge=0)
+    duration_seconds: float = 0.0
+    convert_seconds: float = 0.0
+    completed_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("job_id")
+    @classmethod
+    def _valid_job_id(cls, value: str) -> str:
+        return validate_job_id(value)
+
+
+class Page(BaseModel):
+    """One page of a listing and the opaque cursor for the next (None at the end)."""
+
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+# --- event payloads -------------------------------------------------------------------------------------
+
+
+class ObjectCreated(BaseModel):
+    """An upload that should start a pipeline run: what the Sensor or worker hands to ``chunk``."""
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    size: int | None = None
+
+
+class SegmentTask(BaseModel):
+    """One item of the fan-out: small on purpose (Argo caps a step's output at 256 kB)."""
+
+    job_id: str
+    segment_index: int = Field(ge=0)
+    total_segments: int = Field(ge=1)
+
+
+class ChunkResult(BaseModel):
+    job_id: str
+    total_segments: int
+    segment_indices: list[int]
