@@ -100,6 +100,10 @@ class Job(BaseModel):
     # Display rotation of the source (degrees, counter-clockwise): stream copy into segments can lose the
     # container's display matrix, so chunk records it here and convert applies it to the pixels.
     source_rotation: int = 0
+    source_duration_seconds: float | None = None
+    source_frames: int | None = None  # frames to convert (within --start/--duration): the progress total
+    # Identifies "the same input with the same settings" so re-running an interrupted command resumes its job.
+    source_fingerprint: str | None = None
     chunking_started_at: datetime | None = None
     total_segments: int | None = None
     reassembly_started_at: datetime | None = None

@@ -4,6 +4,7 @@ default) and ``adapters/aws.py`` (DynamoDB, S3, SQS). The steps, runner, UI and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -195,3 +196,6 @@ class Backend:
     dedup: EventDedup | None = None
     links: OperatorLinks | None = None
     name: str = "local"
+    # Rebuilds an equivalent Backend in another process (the runner's pool): a picklable callable such as
+    # functools.partial(local_backend, home, ...). Connections themselves never cross a process boundary.
+    factory: Callable[[], Backend] | None = field(default=None, repr=False)

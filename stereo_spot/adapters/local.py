@@ -11,6 +11,7 @@ the folder's own permissions are the access control. The UI streams local object
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -379,4 +380,5 @@ def local_backend(home: Path, input_bucket: str = "stereo-spot-input",
         output_bucket=output_bucket,
         dedup=SQLiteEventDedup(db),
         name="local",
+        factory=functools.partial(local_backend, home, input_bucket, output_bucket),
     )

@@ -1,0 +1,201 @@
+"""The embedded runner: the same steps the cluster runs, on this machine, segments in parallel processes.
+
+    chunk (once) → convert the segments that have no completion yet, N at a time → concat
+
+Resuming is free: completions are the record of what is done, so running a job again converts only what is
+missing. Worker processes are started with ``spawn`` (PyTorch and fork do not mix) and each rebuilds the
+backend from ``Backend.factory``; each gets an equal share of the cores for its torch threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from stereo_spot import keys, steps
+from stereo_spot.errors import StepError, UserError, one_line
+from stereo_spot.models import Job, JobStatus
+from stereo_spot.ports import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    job_id: str
+    stage: str  # chunk | convert | concat | done
+    frames_done: int = 0
+    frames_total: int | None = None
+    segments_done: int = 0
+    segments_total: int | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+# --- worker processes -----------------------------------------------------------------------------------
+
+_worker_backend: Backend | None = None
+_worker_frames: mp.Queue | None = None
+
+
+def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int) -> None:
+    global _worker_backend, _worker_frames
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - opencv is a dependency
+        pass
+    _worker_backend, _worker_frames = factory(), frames
+
+
+def _convert_in_worker(job_id: str, segment_index: int, device: str | None) -> int:
+    assert _worker_backend is not None and _worker_frames is not None
+    frames = _worker_frames
+    steps.convert(_worker_backend, job_id, segment_index, device=device, progress=frames.put)
+    return segment_index
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+
+def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device: str | None = None,
+            progress: ProgressCallback | None = None) -> Job:
+    """Run (or resume) a job to completion. On a failure the job is marked failed with a readable reason and
+    the error is raised again; an interrupt (Ctrl-C, SIGTERM) leaves the job as it is, ready to resume."""
+    job = steps.require_job(backend, job_id)
+    if job.status == JobStatus.COMPLETED:
+        return job
+    report = progress or (lambda _p: None)
+    try:
+        if job.status == JobStatus.FAILED:  # an explicit re-run retries from where it stopped
+            job = backend.jobs.update(job_id, status=JobStatus.CHUNKING_COMPLETE if job.total_segments
+                                      else JobStatus.CREATED, failure_reason=None)
+        if job.status in (JobStatus.CREATED, JobStatus.CHUNKING_IN_PROGRESS):
+            report(Progress(job_id, "chunk"))
+            steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
+            job = steps.require_job(backend, job_id)
+        _convert_missing(backend, job, workers or default_workers(), device, report)
+        report(Progress(job_id, "concat", segments_done=job.total_segments or 0,
+                        segments_total=job.total_segments))
+        job = steps.concat(backend, job_id)
+        if job.status != JobStatus.COMPLETED:
+            raise StepError(f"job {job_id} is being assembled by another run")
+        report(Progress(job_id, "done", segments_done=job.total_segments or 0, segments_total=job.total_segments))
+        return job
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        reason = one_line(exc) if isinstance(exc, UserError) else f"internal error: {one_line(exc)}"
+        steps.fail(backend, job_id, reason)
+        raise
+
+
+def _convert_missing(backend: Backend, job: Job, workers: int, device: str | None,
+                     report: ProgressCallback) -> None:
+    total = job.total_segments or 0
+    done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
+    todo = [i for i in range(total) if i not in done]
+    state = Progress(job.job_id, "convert", frames_done=sum(c.frames for c in done.values()),
+                     frames_total=job.source_frames, segments_done=total - len(todo), segments_total=total)
+    report(state)
+    if not todo:
+        return
+    if workers <= 1 or len(todo) == 1 or backend.factory is None:
+        for index in todo:
+            def on_frames(n: int) -> None:
+                state.frames_done += n
+                report(state)
+
+            steps.convert(backend, job.job_id, index, device=device, progress=on_frames)
+            state.segments_done += 1
+            report(state)
+        return
+    workers = min(workers, len(todo))
+    ctx = mp.get_context("spawn")
+    frames: mp.Queue = ctx.Queue()
+    threads = max(1, default_workers() // workers)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(backend.factory, frames, threads)) as pool:
+        pending = {pool.submit(_convert_in_worker, job.job_id, i, device) for i in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                _drain(frames, state)
+                for future in finished:
+                    future.result()  # raises the segment's error
+                    state.segments_done += 1
+                report(state)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _drain(frames: mp.Queue, state: Progress) -> None:
+    while True:
+        try:
+            state.frames_done += frames.get_nowait()
+        except queue.Empty:
+            return
+
+
+# --- background runs (the UI) ---------------------------------------------------------------------------
+
+
+def log_path(home: Path, job_id: str) -> Path:
+    return Path(home) / "logs" / f"{keys.validate_job_id(job_id)}.log"
+
+
+def start_background(job_id: str, home: Path, *, workers: int | None = None) -> subprocess.Popen:
+    """Run a job in a detached process that outlives the caller (a Streamlit page can be reloaded or closed)."""
+    path = log_path(home, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "stereo_spot.runner", job_id]
+    if workers:
+        command += ["--workers", str(workers)]
+    env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
+    with open(path, "ab") as log_file:
+        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from stereo_spot.adapters import build_backend
+
+    parser = argparse.ArgumentParser(prog="python -m stereo_spot.runner", description="Run one job to completion.")
+    parser.add_argument("job_id")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    started = time.monotonic()
+    try:
+        job = run_job(build_backend(), args.job_id, workers=args.workers)
+    except (UserError, Exception) as exc:  # noqa: BLE001 - recorded on the job; the log gets one line
+        log.error("job %s failed: %s", args.job_id, one_line(exc))
+        return 1
+    log.info("job %s %s in %.1f s", job.job_id, job.status.value, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

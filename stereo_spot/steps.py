@@ -1,0 +1,295 @@
+"""The pipeline steps, written once over the ports and run by every engine (embedded runner, Argo, Kubeflow,
+the SQS worker).
+
+    chunk   input/{job}/source.mp4  -> segments/{job}/{i}_{n}_{mode}.mp4 (stream copy), total_segments
+    convert segments/{job}/{i}_...  -> jobs/{job}/segments/{i}.mp4 + a SegmentCompletion
+    concat  the completions          -> jobs/{job}/final.mp4 (stream copy + the source's audio), completed
+    fail    records a readable reason
+
+Every step is idempotent: objects are written under deterministic keys (a re-run overwrites them with the same
+content), records are keyed by job and segment, and state changes are conditional on the current status. A step
+that finds its work already done returns the recorded result, so duplicate events and retried pods are harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from stereo_spot import keys
+from stereo_spot.errors import JobNotFound, StepError, UserError
+from stereo_spot.models import (
+    ChunkResult,
+    ConversionSettings,
+    Job,
+    JobStatus,
+    SegmentCompletion,
+    utcnow,
+)
+from stereo_spot.ports import Backend, ConflictError
+
+log = logging.getLogger(__name__)
+
+# Statuses from which chunk may (re)start: a duplicate event for a job already past chunking is a no-op.
+_CHUNKABLE = (JobStatus.CREATED, JobStatus.CHUNKING_IN_PROGRESS)
+_CONVERTIBLE = (JobStatus.CHUNKING_COMPLETE, JobStatus.REASSEMBLING)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _workdir(prefix: str) -> Iterator[Path]:
+    root = os.environ.get("STEREO_SPOT_WORKDIR") or None
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"stereo-spot-{prefix}-", dir=root) as tmp:
+        yield Path(tmp)
+
+
+def _fetch(backend: Backend, bucket: str, key: str, dest: Path) -> Path:
+    """A local path holding the object: the stored file itself where the storage is a local folder (no copy of
+    a multi-GB source), otherwise a download into ``dest``."""
+    local_path = getattr(backend.objects, "local_path", None)
+    if local_path is not None:
+        path = local_path(bucket, key)
+        if not path.is_file():
+            from stereo_spot.ports import NotFound
+
+            raise NotFound(f"object {bucket}/{key} does not exist")
+        return path
+    backend.objects.download_file(bucket, key, dest)
+    return dest
+
+
+def require_job(backend: Backend, job_id: str) -> Job:
+    keys.validate_job_id(job_id)
+    job = backend.jobs.get(job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} does not exist")
+    if job.status == JobStatus.DELETED:
+        raise StepError(f"job {job_id} was deleted")
+    return job
+
+
+def window(settings: ConversionSettings) -> tuple[float | None, float | None]:
+    """The part of the source to convert, as (start, end) seconds."""
+    start = settings.start
+    end = (start or 0.0) + settings.duration if settings.duration is not None else None
+    return start, end
+
+
+def fingerprint(path: Path, settings: ConversionSettings) -> str:
+    """Same file (path, size, mtime) with the same settings: re-running the command resumes the job."""
+    stat = path.stat()
+    raw = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings.model_dump_json()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+# --- job creation ---------------------------------------------------------------------------------------
+
+
+def create_job(backend: Backend, settings: ConversionSettings, title: str, *, job_id: str | None = None,
+               source_fingerprint: str | None = None) -> Job:
+    job = Job(job_id=job_id or keys.new_job_id(), settings=settings, title=title.strip() or "untitled",
+              source_fingerprint=source_fingerprint)
+    backend.jobs.put(job, if_absent=True)
+    return job
+
+
+def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -> Job:
+    """Put the source under ``input/{job}/source.mp4`` and record when and how big. On AWS this object's
+    creation is the event that starts the workflow, so the job record is written first."""
+    key = keys.input_key(job_id)
+    if isinstance(source, (str, Path)):
+        backend.objects.upload_file(backend.input_bucket, key, source, content_type="video/mp4")
+        size = Path(source).stat().st_size
+    else:
+        size = backend.objects.upload_fileobj(backend.input_bucket, key, source, content_type="video/mp4")
+    return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
+
+
+# --- chunk ----------------------------------------------------------------------------------------------
+
+
+def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
+    from stereo_spot.media.chunk import chunk_video
+    from stereo_spot.media.frames import frame_count
+    from stereo_spot.media.probe import probe, require_video
+
+    key = keys.normalize_event_key(key)
+    job_id = keys.parse_input_key(key)
+    job = require_job(backend, job_id)
+    if job.total_segments and job.status not in _CHUNKABLE:
+        log.info("job %s is already chunked into %d segments", job_id, job.total_segments)
+        return _chunk_result(job)
+    if job.status not in _CHUNKABLE:
+        raise StepError(f"job {job_id} is {job.status.value}; it cannot be chunked")
+    job = backend.jobs.update(job_id, expected_status=_CHUNKABLE, status=JobStatus.CHUNKING_IN_PROGRESS,
+                              chunking_started_at=utcnow())
+    settings = job.settings
+    with _workdir("chunk") as tmp:
+        source = _fetch(backend, bucket, key, tmp / "source.mp4")
+        info = probe(source)
+        video = require_video(info)
+        paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start, settings.duration)
+        if not paths:
+            raise StepError("the source has no video frames in the requested time window")
+        total = len(paths)
+        start, end = window(settings)
+        frames = 0
+        for index, path in enumerate(paths):
+            backend.objects.upload_file(backend.input_bucket, keys.segment_key(job_id, index, total, job.mode),
+                                        path, content_type="video/mp4")
+            frames += frame_count(path)
+        duration = _window_duration(info.duration_seconds, start, end)
+        if start is not None or end is not None:  # chunks start at a keyframe before the window: estimate
+            frames = min(frames, max(1, round(duration * float(video.fps or 0))))
+    # total_segments and the status change land in one update: a reader never sees one without the other.
+    job = backend.jobs.update(job_id, expected_status=JobStatus.CHUNKING_IN_PROGRESS,
+                              status=JobStatus.CHUNKING_COMPLETE, total_segments=total,
+                              source_rotation=video.rotation, source_duration_seconds=duration,
+                              source_frames=frames)
+    return _chunk_result(job)
+
+
+def _window_duration(video_duration: float, start: float | None, end: float | None) -> float:
+    begin = start or 0.0
+    stop = video_duration if end is None else min(end, video_duration)
+    return max(0.0, stop - begin)
+
+
+def _chunk_result(job: Job) -> ChunkResult:
+    total = job.total_segments or 0
+    return ChunkResult(job_id=job.job_id, total_segments=total, segment_indices=list(range(total)))
+
+
+# --- convert --------------------------------------------------------------------------------------------
+
+
+def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,
+            progress: Callable[[int], None] | None = None, redo: bool = False) -> SegmentCompletion:
+    from stereo_spot.stereo.segment import convert_segment
+
+    job = require_job(backend, job_id)
+    if job.status not in _CONVERTIBLE and job.status != JobStatus.COMPLETED:
+        raise StepError(f"job {job_id} is {job.status.value}; segments are converted after chunking")
+    total = job.total_segments or 0
+    if not 0 <= segment_index < total:
+        raise StepError(f"job {job_id} has {total} segments; there is no segment {segment_index}")
+    out_key = keys.output_segment_key(job_id, segment_index)
+    if not redo:
+        done = _completion(backend, job_id, segment_index)
+        if done is not None and backend.objects.exists(backend.output_bucket, out_key):
+            return done
+    with _workdir("convert") as tmp:
+        source = _fetch(backend, backend.input_bucket,
+                        keys.segment_key(job_id, segment_index, total, job.mode), tmp / "segment.mp4")
+        # The previous segment's tail warms up the temporal depth state, so segments converted in parallel
+        # join without a visible seam.
+        warmup = None
+        if segment_index > 0:
+            warmup = _fetch(backend, backend.input_bucket,
+                            keys.segment_key(job_id, segment_index - 1, total, job.mode), tmp / "previous.mp4")
+        out = tmp / "converted.mp4"
+        stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
+                                warmup_src=warmup, device=device, progress=progress)
+        backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
+    completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
+                                   output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
+                                   convert_seconds=stats.seconds)
+    backend.completions.put(completion)
+    return completion
+
+
+def _completion(backend: Backend, job_id: str, segment_index: int) -> SegmentCompletion | None:
+    for completion in backend.completions.query_by_job(job_id):
+        if completion.segment_index == segment_index:
+            return completion
+    return None
+
+
+# --- concat ---------------------------------------------------------------------------------------------
+
+
+def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
+    """Join the converted segments into ``final.mp4``. Exactly one caller does the work (the reassembly lock);
+    a caller that loses the lock returns the job as it is, without error: the winner completes it."""
+    from stereo_spot.media.concat import concat_segments
+
+    job = require_job(backend, job_id)
+    final_key = keys.final_key(job_id)
+    if job.status == JobStatus.COMPLETED and backend.objects.exists(backend.output_bucket, final_key):
+        return job
+    total = job.total_segments or 0
+    completions = backend.completions.query_by_job(job_id)
+    missing = sorted(set(range(total)) - {c.segment_index for c in completions})
+    if total == 0 or missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise StepError(f"job {job_id}: {len(missing)} of {total} segments are not converted yet ({shown})")
+    owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not backend.reassembly.try_acquire(job_id, owner):
+        log.info("job %s: another concat holds the reassembly lock", job_id)
+        return job
+    try:
+        job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
+                                  reassembly_started_at=utcnow())
+        with _workdir("concat") as tmp:
+            segments = [_fetch(backend, backend.output_bucket, c.output_key, tmp / f"{c.segment_index}.mp4")
+                        for c in completions if c.segment_index < total]
+            source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
+            out = tmp / "final.mp4"
+            concat_segments(segments, source, out, job.settings.start, job.settings.duration)
+            backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
+        return backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
+                                   completed_at=utcnow(), failure_reason=None)
+    except BaseException:
+        backend.reassembly.release(job_id, owner)
+        raise
+
+
+# --- fail / delete --------------------------------------------------------------------------------------
+
+
+def fail(backend: Backend, job_id: str, reason: str) -> Job | None:
+    """Record a readable reason. A completed or deleted job keeps its status: a late failure of a duplicate run
+    must not hide a finished video. Returns None where there is no such job."""
+    try:
+        keys.validate_job_id(job_id)
+    except UserError:
+        return None
+    job = backend.jobs.get(job_id)
+    if job is None:
+        return None
+    if job.status in (JobStatus.COMPLETED, JobStatus.DELETED):
+        return job
+    try:
+        return backend.jobs.update(job_id, expected_status=tuple(s for s in JobStatus if s not in
+                                                                 (JobStatus.COMPLETED, JobStatus.DELETED)),
+                                   status=JobStatus.FAILED, failure_reason=reason or "unknown failure")
+    except ConflictError:
+        return backend.jobs.get(job_id)
+
+
+def delete_job(backend: Backend, job_id: str) -> Job:
+    """Mark the job deleted and remove its objects (source, segments, outputs). The record stays, so lists
+    and links show that it was deleted rather than a missing job."""
+    job = require_job(backend, job_id)
+    job = backend.jobs.update(job_id, status=JobStatus.DELETED)
+    total = job.total_segments or 0
+    for index in range(total):
+        backend.objects.delete(backend.input_bucket, keys.segment_key(job_id, index, total, job.mode))
+        backend.objects.delete(backend.output_bucket, keys.output_segment_key(job_id, index))
+    for key in (keys.final_key(job_id), keys.report_key(job_id)):
+        backend.objects.delete(backend.output_bucket, key)
+    backend.objects.delete(backend.input_bucket, keys.input_key(job_id))
+    backend.completions.delete_job(job_id)
+    return job
+
