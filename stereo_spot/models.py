@@ -97,8 +97,8 @@ class Job(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     uploaded_at: datetime | None = None
     source_file_size_bytes: int | None = None
-    # Display rotation of the source (degrees, counter-clockwise): stream copy into segments can lose the
-    # container's display matrix, so chunk records it here and convert applies it to the pixels.
+    # Degrees to turn the decoded picture clockwise so it displays upright (phone videos). Chunk records it from
+    # the source's display matrix and convert turns the pixels, so the 3D output is upright with no matrix left.
     source_rotation: int = 0
     source_duration_seconds: float | None = None
     source_frames: int | None = None  # frames to convert (within --start/--duration): the progress total

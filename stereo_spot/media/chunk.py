@@ -1,0 +1,208 @@
+"""Split a video into segments by stream copy at keyframes (no decoding, no re-encoding)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av.error
+from av.container import InputContainer, OutputContainer
+from av.packet import Packet
+from av.stream import Stream
+from av.video.stream import VideoStream
+
+from stereo_spot.media.containers import (
+    exact_seconds,
+    exact_timing_options,
+    open_input,
+    open_output,
+    require_video_stream,
+)
+from stereo_spot.media.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+
+def segment_name(index: int) -> str:
+    return f"{index:05d}.mp4"
+
+
+def chunk_video(
+    src: Path,
+    out_dir: Path,
+    segment_seconds: float,
+    start: float | None = None,
+    duration: float | None = None,
+) -> list[Path]:
+    """Split the video stream of ``src`` into ``out_dir/00000.mp4, 00001.mp4, ...`` by stream copy.
+
+    A new segment starts at the first keyframe at or after each multiple of ``segment_seconds`` (counted
+    from the first kept keyframe), so every segment decodes on its own and every source frame lands in
+    exactly one segment. Packets keep their source timestamps, so convert can reproduce the source timing
+    exactly (VFR too) and concat puts the segments back edge to edge. Only video is written: concat takes
+    the audio from the source. Packets stream straight from the demuxer to the muxer: memory does not
+    grow with the length of the input.
+
+    With ``start``/``duration`` (seconds in the source's timeline, pts x time_base; ``start=None`` means
+    the first frame), packets are kept from the keyframe at or before ``start`` up to the first keyframe at
+    or after the window's end: convert drops the frames outside the window.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if not segment_seconds > 0:
+        raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be positive, got {duration}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    for use_seek in (True, False):
+        with open_input(src) as container:
+            stream = require_video_stream(container, src)
+            window = _Window.of(stream, start, duration)
+            writer = _SegmentWriter(out_dir, stream, segment_seconds)
+            try:
+                done = _copy_window(container, stream, writer, src, window, use_seek)
+            finally:
+                writer.close()
+            if done:
+                return writer.paths
+            # The seek landed after the keyframe we need (a sparse or odd index): read from the beginning.
+            writer.discard()
+    raise AssertionError("unreachable: the second pass never seeks")
+
+
+class _Window:
+    """The part of the stream to keep, in the stream's ticks. None bounds are open."""
+
+    def __init__(self, start: int | None, end: int | None) -> None:
+        self.start = start
+        self.end = end
+
+    @classmethod
+    def of(cls, stream: VideoStream, start: float | None, duration: float | None) -> _Window:
+        time_base: Fraction = stream.time_base
+        first = stream.start_time or 0
+        begin = exact_seconds(start) if start is not None else first * time_base
+        start_ticks = math.ceil(begin / time_base) if start is not None else None
+        if start_ticks is not None and start_ticks <= first:
+            start_ticks = None  # the window opens at or before the first frame: nothing to skip
+        end_ticks = math.ceil((begin + exact_seconds(duration)) / time_base) if duration else None
+        return cls(start_ticks, end_ticks)
+
+
+class _SegmentWriter:
+    """Writes packets into numbered mp4 files; a keyframe past the next boundary opens the next file."""
+
+    def __init__(self, out_dir: Path, template: VideoStream, segment_seconds: float) -> None:
+        self.out_dir = out_dir
+        self.template = template
+        self.segment_ticks = exact_seconds(segment_seconds) / template.time_base
+        self.options = exact_timing_options(template.time_base)
+        self.paths: list[Path] = []
+        self.packets = 0
+        self.end_ticks = -math.inf  # latest pts + duration written: to tell whether the window was reached
+        self._origin = 0
+        self._next_boundary = 0
+        self._container: OutputContainer | None = None
+        self._stream: Stream | None = None
+
+    def write(self, packet: Packet) -> None:
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if self._container is None:
+            self._origin = pts or 0
+            self._open_next(1)
+        elif packet.is_keyframe and pts is not None and pts >= self._next_boundary:
+            self._open_next(math.floor((pts - self._origin) / self.segment_ticks) + 1)
+        packet.stream = self._stream
+        self._container.mux_one(packet)
+        self.packets += 1
+        if pts is not None and pts + (packet.duration or 0) > self.end_ticks:
+            self.end_ticks = pts + (packet.duration or 0)
+
+    def _open_next(self, boundary_number: int) -> None:
+        self.close()
+        self._next_boundary = math.ceil(self._origin + boundary_number * self.segment_ticks)
+        path = self.out_dir / segment_name(len(self.paths))
+        self._container = open_output(path, self.options)
+        # opaque: no encoder needed, only the source's codec parameters (display matrix included).
+        self._stream = self._container.add_stream_from_template(self.template, opaque=True)
+        self.paths.append(path)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def discard(self) -> None:
+        self.close()
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+        self.paths.clear()
+        self.packets = 0
+
+
+def _copy_window(
+    container: InputContainer,
+    stream: VideoStream,
+    writer: _SegmentWriter,
+    src: Path,
+    window: _Window,
+    use_seek: bool,
+) -> bool:
+    """Copy the window's packets into segments. False when a seek overshot and a rescan is needed."""
+    waiting = window.start is not None  # before the window: hold the current GOP only (bounded memory)
+    seeked = False
+    if waiting and use_seek:
+        try:
+            container.seek(window.start, stream=stream, backward=True)
+            seeked = True
+        except av.error.FFmpegError:
+            pass  # not seekable: read from the beginning
+    gop: list[Packet] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if waiting:
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if packet.is_keyframe and pts is not None and pts > window.start:
+                    if not gop and seeked:
+                        return False
+                    waiting = False  # `gop` holds the GOP containing the window start: write it first
+                    for held in gop:
+                        writer.write(held)
+                    gop = []
+                else:
+                    if packet.is_keyframe:
+                        gop = [packet]
+                    elif gop:
+                        gop.append(packet)
+                    # else: a frame before any keyframe after a seek cannot be decoded: skip it
+                    continue
+            if window.end is not None and packet.is_keyframe and writer.packets:
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is not None and pts >= window.end:
+                    break
+            writer.write(packet)
+    except av.error.FFmpegError as exc:
+        # A damaged tail: keep what was read (it decodes), say what happened.
+        if writer.packets == 0 and not gop:
+            raise MediaError(f"{src.name} is damaged: no video packet could be read ({exc})") from exc
+        log.warning("%s: stopped at a damaged packet after %d frames", src.name, writer.packets + len(gop))
+    for held in gop:  # the window starts in the last GOP
+        writer.write(held)
+
+    if writer.packets == 0:
+        raise MediaError(f"{src.name} has no readable video frames")
+    if window.start is not None and writer.end_ticks <= window.start:
+        end = float(writer.end_ticks * stream.time_base)
+        start = float(window.start * stream.time_base)
+        raise MediaError(f"{src.name}: the start time {start:g} s is past the end of the video ({end:.3f} s)")
+    if window.start is None and window.end is None and stream.frames and writer.packets < stream.frames:
+        log.warning(
+            "%s is truncated: %d of %d frames are readable; using those", src.name, writer.packets, stream.frames
+        )
+    return True

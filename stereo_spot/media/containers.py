@@ -1,0 +1,143 @@
+"""Opening media files with PyAV: readable errors for bad input, and mp4 options that keep exact timing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+from av.container import InputContainer, OutputContainer
+from av.stream import Disposition
+from av.video.stream import VideoStream
+
+from stereo_spot.media.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+# mp4 track timescales below this are multiplied by 2 until they reach it (FFmpeg's movenc does the same).
+_MIN_TRACK_TIMESCALE = 10_000
+
+
+def check_readable_file(path: Path) -> int:
+    """Size of ``path`` in bytes, or MediaError when it is missing, not a file or empty."""
+    if not path.exists():
+        raise MediaError(f"{path.name} does not exist ({path})")
+    if not path.is_file():
+        raise MediaError(f"{path.name} is not a file ({path})")
+    size = path.stat().st_size
+    if size == 0:
+        raise MediaError(f"{path.name} is empty (0 bytes)")
+    return size
+
+
+def open_input(path: str | Path) -> InputContainer:
+    """Open a media file for reading; every failure becomes a one-line MediaError."""
+    path = Path(path)
+    check_readable_file(path)
+    try:
+        container = av.open(str(path), metadata_errors="replace")
+    except av.error.FFmpegError as exc:
+        truncation = mp4_truncation(path)
+        if truncation:
+            raise MediaError(f"{path.name} is truncated: {truncation}") from exc
+        raise MediaError(f"{path.name} is not a video file FFmpeg can read") from exc
+    except OSError as exc:
+        raise MediaError(f"{path.name} cannot be read: {exc.strerror or exc}") from exc
+    if not container.streams.video and not container.streams.audio:
+        container.close()
+        raise MediaError(f"{path.name} is not a video file FFmpeg can read (it has no audio or video)")
+    return container
+
+
+def first_video_stream(container: InputContainer) -> VideoStream | None:
+    """The main video stream: the first one that is not cover art (an m4a's picture is not a video)."""
+    for stream in container.streams.video:
+        if not stream.disposition & Disposition.attached_pic:
+            return stream
+    return None
+
+
+def require_video_stream(container: InputContainer, path: str | Path) -> VideoStream:
+    stream = first_video_stream(container)
+    if stream is None:
+        raise MediaError(f"{Path(path).name} has no video stream")
+    return stream
+
+
+def mp4_truncation(path: Path) -> str | None:
+    """Why an ISO-BMFF (mp4/mov) file that FFmpeg cannot open looks cut short, or None if it does not.
+
+    A recorder or copy that stops early leaves the top-level boxes (``ftyp``, ``mdat``) without the
+    ``moov`` index that normally comes last, or with a box whose declared size runs past the end of the file.
+    """
+    size = path.stat().st_size
+    boxes: list[bytes] = []
+    with path.open("rb") as fh:
+        offset = 0
+        while offset + 8 <= size:
+            fh.seek(offset)
+            header = fh.read(16)
+            box_size, box_type = struct.unpack(">I4s", header[:8])
+            if box_size == 1 and len(header) >= 16:
+                box_size = struct.unpack(">Q", header[8:16])[0]
+            elif box_size == 0:  # box runs to the end of the file
+                box_size = size - offset
+            if box_size < 8:
+                break
+            boxes.append(box_type)
+            if offset + box_size > size:
+                if not boxes or boxes[0] != b"ftyp":
+                    return None
+                name = box_type.decode("latin-1")
+                return (
+                    f"its '{name}' box needs {offset + box_size - size} more bytes than the file has "
+                    "(it was not completely written or copied)"
+                )
+            offset += box_size
+    if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
+        return "the mp4 index ('moov' box) is missing (the recording or copy did not finish)"
+    return None
+
+
+def mp4_track_timescale(time_base: Fraction) -> int:
+    """The timescale FFmpeg's mp4 muxer gives a video track of this time base (what it uses with no option)."""
+    timescale = time_base.denominator
+    while timescale < _MIN_TRACK_TIMESCALE:
+        timescale *= 2
+    return timescale
+
+
+def exact_timing_options(time_base: Fraction) -> dict[str, str]:
+    """mp4 muxer options that keep a video track's timestamps exact when it does not start at zero.
+
+    A segment that starts at 10.0333 s gets an edit list whose offset is written in the *movie* timescale
+    (1000 by default): reading it back would move every timestamp by up to half a millisecond. Giving the
+    movie the track's own timescale keeps the offset exact, so a segment's frames come back with their
+    source timestamps.
+    """
+    timescale = str(mp4_track_timescale(time_base))
+    return {"movie_timescale": timescale, "video_track_timescale": timescale}
+
+
+def open_output(path: Path, options: dict[str, str] | None = None) -> OutputContainer:
+    """Open an mp4 (or mov/mkv by suffix) for writing."""
+    fmt = {".mov": "mov", ".mkv": "matroska"}.get(path.suffix.lower(), "mp4")
+    try:
+        return av.open(str(path), "w", format=fmt, container_options=options or {})
+    except OSError as exc:
+        raise MediaError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def exact_seconds(seconds: float) -> Fraction:
+    """A float of seconds as the decimal the user wrote: 0.1 is exactly 1/10, not 0.1000000000000000055."""
+    return Fraction(repr(float(seconds)))
+
+
+def seconds_to_ticks(seconds: float, time_base: Fraction) -> int:
+    """The first timestamp (in ``time_base`` units) at or after ``seconds``, free of float rounding error
+    (0.1 s at 1/15360 is tick 1536, not 1537)."""
+    return math.ceil(exact_seconds(seconds) / time_base)

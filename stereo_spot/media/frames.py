@@ -1,0 +1,241 @@
+"""Decoding video to RGB arrays and encoding RGB arrays back to video, keeping the source's timestamps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import av.error
+import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
+
+from stereo_spot.media.containers import (
+    exact_timing_options,
+    open_input,
+    open_output,
+    require_video_stream,
+    seconds_to_ticks,
+)
+from stereo_spot.media.encode import EncodeSettings
+from stereo_spot.media.errors import MediaError
+
+# AVColorSpace values (what decoded frames carry) -> the swscale matrix that undoes them.
+_AVCOL_SPC_BT709, _AVCOL_SPC_UNSPECIFIED, _AVCOL_RANGE_JPEG = 1, 2, 2
+_MATRIX_FOR_COLORSPACE = {
+    1: Colorspace.ITU709,
+    4: Colorspace.FCC,
+    5: Colorspace.ITU601,  # BT470BG
+    6: Colorspace.SMPTE170M,
+    7: Colorspace.SMPTE240M,
+    9: Colorspace.BT2020,  # BT2020 non-constant luminance
+    10: Colorspace.BT2020,
+}
+# Players treat untagged HD video as BT.709 and untagged SD video as BT.601; so do we.
+_HD_HEIGHT = 720
+_ROTATIONS = (0, 90, 180, 270)
+
+
+@dataclass
+class DecodedFrame:
+    rgb: np.ndarray  # (H, W, 3) uint8, C-contiguous, already rotated upright
+    pts: int  # in time_base units, as in the file the frame came from
+    time_base: Fraction
+
+    @property
+    def seconds(self) -> float:
+        return float(self.pts * self.time_base)
+
+
+def read_frames(
+    path: str | Path,
+    rotation: int = 0,
+    window: tuple[float | None, float | None] = (None, None),
+    threads: int = 0,
+) -> Iterator[DecodedFrame]:
+    """Decode every frame of the main video stream as RGB, in display order.
+
+    ``rotation`` (0/90/180/270) turns each picture clockwise, as ``VideoStreamInfo.rotation`` asks.
+    ``window`` = (start, end) in seconds of the file's timeline (pts x time_base): only frames with
+    start <= time < end are yielded (either bound may be None). 10-bit and other pixel formats are converted
+    to 8-bit RGB with the colour matrix the stream is tagged with. Decoding uses frame and slice threads
+    (``threads=0``: FFmpeg's choice).
+    """
+    if rotation not in _ROTATIONS:
+        raise ValueError(f"rotation must be one of {_ROTATIONS}, got {rotation}")
+    path = Path(path)
+    start, end = window
+    with open_input(path) as container:
+        stream = require_video_stream(container, path)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        time_base: Fraction = stream.time_base
+        lo = seconds_to_ticks(start, time_base) if start is not None else None
+        hi = seconds_to_ticks(end, time_base) if end is not None else None
+        if lo is not None and lo > (stream.start_time or 0):
+            try:
+                container.seek(lo, stream=stream, backward=True)  # lands on the keyframe at or before lo
+            except av.error.FFmpegError:
+                pass  # not seekable: decode from the start and skip
+        quarter_turns = -(rotation // 90)  # np.rot90 turns counter-clockwise
+        position = 0
+        try:
+            for frame in container.decode(stream):
+                pts = frame.pts if frame.pts is not None else position
+                position = pts + 1
+                if lo is not None and pts < lo:
+                    continue
+                if hi is not None and pts >= hi:
+                    break  # frames leave the decoder in display order: the rest are later still
+                rgb = _to_rgb(frame)
+                if quarter_turns:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+                yield DecodedFrame(rgb=rgb, pts=pts, time_base=time_base)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{path.name} cannot be decoded (its video data is damaged): {exc}") from exc
+
+
+def read_frame_batches(path: str | Path, batch_size: int, **kwargs) -> Iterator[list[DecodedFrame]]:
+    """``read_frames`` grouped into lists of ``batch_size`` (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch: list[DecodedFrame] = []
+    for frame in read_frames(path, **kwargs):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    colorspace = frame.colorspace
+    if colorspace in _MATRIX_FOR_COLORSPACE:
+        matrix = _MATRIX_FOR_COLORSPACE[colorspace]
+    else:
+        matrix = Colorspace.ITU709 if frame.height >= _HD_HEIGHT else Colorspace.ITU601
+    full_range = frame.color_range == _AVCOL_RANGE_JPEG or frame.format.name.startswith("yuvj")
+    return frame.to_ndarray(
+        format="rgb24",
+        src_colorspace=matrix,
+        src_color_range=ColorRange.JPEG if full_range else ColorRange.MPEG,
+        dst_color_range=ColorRange.JPEG,
+    )
+
+
+def frame_count(path: str | Path) -> int:
+    """Number of frames of the main video stream, by reading packets (no decoding)."""
+    path = Path(path)
+    with open_input(path) as container:
+        stream = require_video_stream(container, path)
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    count += 1
+        except av.error.FFmpegError:
+            pass  # a damaged tail: count what is readable
+        return count
+
+
+class VideoWriter:
+    """Encodes RGB frames to an mp4 with the timestamps and time base of the source.
+
+    Each ``write(rgb, pts)`` keeps ``pts`` (in ``time_base`` units), so variable frame rate and the source's
+    exact timing survive. 4:2:0 and 4:2:2 need even dimensions: an odd width or height is padded by one
+    pixel (at most) by repeating the last column or row. Colour is encoded as BT.709 limited range and tagged
+    so players decode it the same way. ``fps`` is the nominal rate (the encoder's rate control and the
+    stream's frame rate) and the length given to the last frame. A writer closed without any frame leaves no
+    file (check ``frames_written``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        time_base: Fraction,
+        fps: Fraction,
+        settings: EncodeSettings,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.time_base = Fraction(time_base)
+        self.settings = settings
+        chroma_even = settings.pix_fmt.startswith(("yuv420", "yuv422", "nv12", "yuvj420", "yuvj422"))
+        self._pad_w = width % 2 if chroma_even else 0
+        self._pad_h = height % 2 if chroma_even and settings.pix_fmt.startswith(("yuv420", "nv12", "yuvj420")) else 0
+        self._last_pts: int | None = None
+        self._frames = 0
+        # The last frame's duration is not implied by a next timestamp: give every packet the nominal one.
+        self._frame_ticks = max(1, round(1 / (Fraction(fps) * self.time_base))) if fps else 1
+        self._container = open_output(self.path, exact_timing_options(self.time_base))
+        try:
+            stream = self._container.add_stream(settings.codec, rate=Fraction(fps) if fps else None)
+            stream.width, stream.height = width + self._pad_w, height + self._pad_h
+            stream.pix_fmt = settings.pix_fmt
+            ctx = stream.codec_context
+            ctx.time_base = self.time_base
+            ctx.thread_count = settings.threads
+            ctx.options = {**ctx.options, **settings.codec_options()}
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = _AVCOL_SPC_BT709
+            ctx.color_range = int(ColorRange.MPEG)
+        except (av.error.FFmpegError, ValueError) as exc:
+            self._container.close()
+            raise MediaError(f"cannot set up the {settings.codec} encoder: {exc}") from exc
+        self._stream = stream
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
+            raise ValueError(
+                f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {rgb.shape} {rgb.dtype}"
+            )
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"pts must increase: {pts} after {self._last_pts}")
+        if self._pad_w or self._pad_h:
+            rgb = np.pad(rgb, ((0, self._pad_h), (0, self._pad_w), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+            format=self.settings.pix_fmt,
+            dst_colorspace=Colorspace.ITU709,
+            dst_color_range=ColorRange.MPEG,
+        )
+        frame.pts, frame.time_base = pts, self.time_base
+        self._mux(self._stream.encode(frame))
+        self._last_pts = pts
+        self._frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if not packet.duration:
+                packet.duration = self._frame_ticks
+        self._container.mux(packets)
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            self._mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

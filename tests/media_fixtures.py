@@ -1,0 +1,195 @@
+"""Synthetic media for tests: small clips with a known keyframe interval, audio, and deliberately bad files.
+
+Everything is generated with PyAV at test time (no binary fixtures in the repository). Keep clips tiny: the
+defaults make a 1 s, 160x96, 30 fps H.264 clip with a keyframe every 15 frames, two B-frames and a 440 Hz
+AAC tone.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+VFR_PATTERN = (1, 2, 1, 3)  # frame durations, in nominal frame periods, repeated for variable frame rate
+_VFR_TIME_BASE = Fraction(1, 90_000)
+
+
+def synthetic_frame(index: int, width: int, height: int) -> np.ndarray:
+    """An RGB frame that differs per index: a gradient, a square moving 2 px a frame, a red top-left marker.
+
+    The marker (8x8 pure red in the top-left corner) shows which way a picture has been rotated.
+    """
+    x = np.linspace(0, 200, width, dtype=np.float32)
+    y = np.linspace(0, 120, height, dtype=np.float32)[:, None]
+    frame = np.empty((height, width, 3), np.uint8)
+    frame[..., 0] = (x + y) * 0.5
+    frame[..., 1] = (x * 0.3 + 40).astype(np.uint8)
+    frame[..., 2] = (y + 60).astype(np.uint8)
+    side = max(4, min(width, height) // 4)
+    left = (2 * index) % max(1, width - side)
+    top = height // 2 - side // 2
+    frame[top : top + side, left : left + side] = (240, 240, 240)
+    frame[: min(8, height), : min(8, width)] = (255, 0, 0)
+    return frame
+
+
+def make_clip(
+    path: Path,
+    seconds: float = 1.0,
+    fps: int = 30,
+    size: tuple[int, int] = (160, 96),
+    gop: int = 15,
+    audio: bool = True,
+    audio_streams: int = 1,
+    vfr: bool = False,
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
+    *,
+    bframes: int = 2,
+    audio_codec: str = "aac",
+    sample_rate: int = 48_000,
+    audio_seconds: float | None = None,
+    faststart: bool = False,
+    codec: str = "libx264",
+) -> Path:
+    """Write an H.264 clip with a keyframe exactly every ``gop`` frames (no scene-cut keyframes).
+
+    ``seconds * fps`` frames (at least one). ``vfr`` gives frames the durations of ``VFR_PATTERN``
+    (nominal periods) at a 1/90000 time base until ``seconds`` is reached. ``rotation`` writes a display
+    matrix asking players to turn the picture that many degrees clockwise (what probe reports back).
+    Audio: ``audio_streams`` sine tones (440 Hz, 660 Hz, ...) in ``audio_codec`` lasting ``audio_seconds``
+    (default: the video's duration). The container follows the suffix (.mp4, .mov, .mkv, .ts).
+    """
+    path = Path(path)
+    width, height = size
+    timestamps = _frame_timestamps(seconds, fps, vfr)
+    fmt = {".mov": "mov", ".mkv": "matroska", ".ts": "mpegts"}.get(path.suffix.lower(), "mp4")
+    options = {"movflags": "+faststart"} if faststart and fmt in ("mp4", "mov") else {}
+    with av.open(str(path), "w", format=fmt, container_options=options) as container:
+        video = container.add_stream(
+            codec,
+            rate=fps,
+            options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(bframes)}
+            if codec == "libx264"
+            else {"g": str(gop)},
+        )
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        time_base = _VFR_TIME_BASE if vfr else Fraction(1, fps)
+        video.codec_context.time_base = time_base
+        if codec == "libx264":
+            video.codec_context.options["preset"] = "veryfast"
+        if rotation % 360:
+            video.set_display_rotation(-rotation)  # PyAV takes counter-clockwise degrees
+        tones = []
+        for k in range(audio_streams if audio else 0):
+            stream = container.add_stream(audio_codec, rate=sample_rate, layout="stereo")
+            tones.append((stream, 440.0 * (k + 2) / 2))
+        video_end = timestamps[-1] + (timestamps[-1] - timestamps[-2] if len(timestamps) > 1 else 1)
+        for index, pts in enumerate(timestamps):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, width, height), format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        length = audio_seconds if audio_seconds is not None else float(video_end * time_base)
+        for stream, freq in tones:
+            _write_tone(container, stream, freq, length, sample_rate)
+    return path
+
+
+def _frame_timestamps(seconds: float, fps: int, vfr: bool) -> list[int]:
+    if not vfr:
+        return list(range(max(1, round(seconds * fps))))
+    period = int(_VFR_TIME_BASE.denominator / fps)
+    limit = seconds * _VFR_TIME_BASE.denominator
+    timestamps, pts, i = [], 0, 0
+    while pts < limit or not timestamps:
+        timestamps.append(pts)
+        pts += VFR_PATTERN[i % len(VFR_PATTERN)] * period
+        i += 1
+    return timestamps
+
+
+def _write_tone(container, stream, freq: float, seconds: float, sample_rate: int) -> None:
+    total = int(round(seconds * sample_rate))
+    block = 1024
+    for first in range(0, total, block):
+        n = min(block, total - first)
+        t = (np.arange(first, first + n) / sample_rate).astype(np.float64)
+        wave = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, first, Fraction(1, sample_rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def make_audio_only(path: Path, seconds: float = 1.0, audio_codec: str = "aac") -> Path:
+    """An audio file (e.g. song.m4a) with no video stream."""
+    path = Path(path)
+    fmt = {".mkv": "matroska", ".mp3": "mp3"}.get(path.suffix.lower(), "mp4")
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(audio_codec, rate=48_000, layout="stereo")
+        _write_tone(container, stream, 440.0, seconds, 48_000)
+    return path
+
+
+def make_empty(path: Path) -> Path:
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def make_text(path: Path) -> Path:
+    """A text file with a video name (notes.mp4)."""
+    path = Path(path)
+    path.write_text("These are meeting notes, not a video.\n" * 40)
+    return path
+
+
+def make_truncated(path: Path, keep: float = 0.6, moov_at_end: bool = True, **clip_kwargs) -> Path:
+    """A clip cut off after ``keep`` of its bytes, as an interrupted copy or recording leaves it.
+
+    ``moov_at_end=True`` (the usual recorder layout) loses the mp4 index; ``False`` (``+faststart``) keeps the
+    index and loses the tail of the media data, so the first frames stay readable.
+    """
+    path = Path(path)
+    full = path.with_name(path.stem + ".full" + path.suffix)
+    clip_kwargs.setdefault("seconds", 2.0)
+    make_clip(full, faststart=not moov_at_end, **clip_kwargs)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+# --- readers for assertions ------------------------------------------------------------------------------
+
+
+def video_packets(path: Path) -> list[tuple[int | None, int | None, bool, bytes]]:
+    """(pts, dts, keyframe, payload) of every video packet, in file (decode) order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [
+            (p.pts, p.dts, p.is_keyframe, bytes(p)) for p in container.demux(stream) if p.size
+        ]
+
+
+def decoded_video(path: Path) -> tuple[list[int], Fraction]:
+    """pts of every decoded video frame (display order) and the stream's time base."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [frame.pts for frame in container.decode(stream)], stream.time_base
+
+
+def audio_packet_times(path: Path, stream_index: int = 0) -> list[tuple[float, float]]:
+    """(start, end) in seconds of every packet of the n-th audio stream."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[stream_index]
+        tb = stream.time_base
+        return [
+            (float(p.pts * tb), float((p.pts + (p.duration or 0)) * tb))
+            for p in container.demux(stream)
+            if p.size
+        ]
