@@ -1,0 +1,82 @@
+"""Links for engineers: a job's run in the Argo or Kubeflow UI, and its logs. Built from the environment;
+every link is absent (None) when its setting is unset.
+
+    ARGO_UI_URL        https://argo.example.com  -> {ARGO_UI_URL}/workflows/{ARGO_NAMESPACE}/stereo-spot-{job_id}
+                       or a template with {job_id} / {namespace} / {workflow}
+    KFP_UI_URL         https://kubeflow.example.com/pipeline -> {KFP_UI_URL}/#/runs (KFP run ids are not derivable
+                       from the job id), or a template with {job_id}
+    LOGS_URL_TEMPLATE  any URL with {job_id} (and optionally {workflow}, {namespace}), e.g. a Grafana/Loki or
+                       CloudWatch Logs Insights query
+
+When both ARGO_UI_URL and KFP_UI_URL are set the run link points at Argo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stereo_spot.keys import validate_job_id
+from stereo_spot.ports import OperatorLinks
+
+# The name the Sensor gives a job's Workflow (deterministic, so a duplicate event cannot start a second one).
+WORKFLOW_NAME = "stereo-spot-{job_id}"
+_PLACEHOLDERS = {"job_id", "namespace", "workflow"}
+
+
+def workflow_name(job_id: str) -> str:
+    return WORKFLOW_NAME.format(job_id=validate_job_id(job_id))
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace the known placeholders only: URLs such as Grafana's carry JSON braces of their own."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+def _has_placeholder(template: str) -> bool:
+    return any("{" + name + "}" in template for name in _PLACEHOLDERS)
+
+
+class EnvOperatorLinks(OperatorLinks):
+    def __init__(self, argo_ui_url: str | None = None, argo_namespace: str = "argo", kfp_ui_url: str | None = None,
+                 logs_url_template: str | None = None):
+        self.argo_ui_url = (argo_ui_url or "").strip() or None
+        self.argo_namespace = argo_namespace or "argo"
+        self.kfp_ui_url = (kfp_ui_url or "").strip() or None
+        self.logs_url_template = (logs_url_template or "").strip() or None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EnvOperatorLinks:
+        return cls(settings.argo_ui_url, settings.argo_namespace, settings.kfp_ui_url, settings.logs_url_template)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.argo_ui_url or self.kfp_ui_url or self.logs_url_template)
+
+    def _values(self, job_id: str) -> dict[str, str]:
+        return {"job_id": validate_job_id(job_id), "namespace": self.argo_namespace,
+                "workflow": workflow_name(job_id)}
+
+    def run_link(self, job_id: str) -> str | None:
+        values = self._values(job_id)
+        if self.argo_ui_url:
+            if _has_placeholder(self.argo_ui_url):
+                return fill(self.argo_ui_url, values)
+            return f"{self.argo_ui_url.rstrip('/')}/workflows/{values['namespace']}/{values['workflow']}"
+        if self.kfp_ui_url:
+            if _has_placeholder(self.kfp_ui_url):
+                return fill(self.kfp_ui_url, values)
+            return f"{self.kfp_ui_url.rstrip('/')}/#/runs"
+        return None
+
+    def logs_link(self, job_id: str) -> str | None:
+        if not self.logs_url_template:
+            return None
+        return fill(self.logs_url_template, self._values(job_id))
+
+
+def links_from_settings(settings: Any) -> EnvOperatorLinks | None:
+    """The links configured in the environment, or None when none is."""
+    links = EnvOperatorLinks.from_settings(settings)
+    return links if links.configured else None
