@@ -24,6 +24,20 @@ console = Console(stderr=True)
 out = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from stereo_spot import __version__
+
+        out.print(f"stereo-spot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph)."""
+
+
 def die(message: str, code: int = 1) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -177,7 +191,12 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
                        total=state.frames_total or None)
 
         try:
-            run_job(backend, job_id, workers=workers, device=device, progress=on_progress)
+            job = run_job(backend, job_id, workers=workers, device=device, progress=on_progress)
+            if job.status != JobStatus.COMPLETED:
+                bar.stop()
+                die(f"job {job_id} is being assembled by another run; `stereo-spot jobs` shows when it is done")
+        except typer.Exit:
+            raise
         except KeyboardInterrupt:
             bar.stop()
             die(f"interrupted; run the same command again to resume job {job_id}", code=130)
@@ -204,9 +223,14 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
            workers: Annotated[int | None, typer.Option(min=1)] = None,
            device: Annotated[str | None, typer.Option()] = None) -> None:
     """Finish an interrupted or failed job on this machine (completed segments are kept)."""
+    from stereo_spot import steps
     from stereo_spot.adapters import build_backend
 
-    backend = build_backend()
+    try:
+        backend = build_backend()
+        steps.require_job(backend, job_id)
+    except Exception as exc:  # noqa: BLE001
+        _report_failure(exc)
     _run_with_progress(backend, job_id, workers, device)
     if output is not None:
         _deliver(backend, job_id, output)
@@ -226,17 +250,40 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
         failed = backend.jobs.list_by_status(JobStatus.FAILED, limit=10).items if cursor is None else []
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
-    table = Table("job id", "title", "format", "status", "segments", "created", "took")
+    header = ("job id", "title", "format", "status", "segments", "created", "took")
+    rows = []
     for job in [*in_progress, *page.items, *failed]:
         done = len(backend.completions.query_by_job(job.job_id)) if job.total_segments else 0
         took = f"{job.conversion_seconds:.0f} s" if job.conversion_seconds is not None else ""
         status = job.status.value + (f": {job.failure_reason}" if job.failure_reason else "")
-        table.add_row(job.job_id, job.title, job.settings.output_format.value, status,
-                      f"{done}/{job.total_segments}" if job.total_segments else "",
-                      job.created_at.strftime("%Y-%m-%d %H:%M"), took)
-    out.print(table)
+        rows.append((job.job_id, job.title, job.settings.output_format.value, status,
+                     f"{done}/{job.total_segments}" if job.total_segments else "",
+                     job.created_at.strftime("%Y-%m-%d %H:%M"), took))
+    if out.is_terminal:
+        table = Table()
+        table.add_column(header[0], no_wrap=True)
+        for name in header[1:]:
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    else:  # piped: one tab-separated line per job, for scripts
+        for row in (header, *rows):
+            print("\t".join(row))
     if page.next_cursor:
         out.print(f"more: stereo-spot jobs --cursor {page.next_cursor}")
+
+
+@app.command()
+def sample(path: Annotated[Path, typer.Argument(help="Where to write the clip.")] = Path("sample.mp4"),
+           seconds: Annotated[float, typer.Option(min=0.1, max=3600.0)] = 6.0,
+           width: Annotated[int, typer.Option(min=16, max=7680)] = 640,
+           height: Annotated[int, typer.Option(min=16, max=4320)] = 360,
+           fps: Annotated[int, typer.Option(min=1, max=240)] = 30) -> None:
+    """Write a synthetic test clip (layered scene with known depth, with audio) to try the converter on."""
+    from stereo_spot.sample import write_sample
+
+    out.print(str(write_sample(path, seconds, (width, height), fps)))
 
 
 @app.command()
@@ -262,7 +309,7 @@ def _register_optional_commands() -> None:
     except ImportError:  # pragma: no cover - part of the distribution
         cli_aws = None
     if cli_aws is not None:
-        app.add_typer(cli_aws.app, name="aws", help="AWS resources: bootstrap, destroy.")
+        app.add_typer(cli_aws.app, name="aws", help="AWS resources and runbooks: bootstrap, destroy, recover-chunking, queues, dlq.")
         app.command("worker")(cli_aws.worker_command)
     try:
         from pipelines import cli as pipelines_cli

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stereo_spot import keys, steps
-from stereo_spot.errors import StepError, UserError, one_line
+from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import Job, JobStatus
 from stereo_spot.ports import Backend
 
@@ -96,9 +96,10 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
         report(Progress(job_id, "concat", segments_done=job.total_segments or 0,
                         segments_total=job.total_segments))
         job = steps.concat(backend, job_id)
-        if job.status != JobStatus.COMPLETED:
-            raise StepError(f"job {job_id} is being assembled by another run")
-        report(Progress(job_id, "done", segments_done=job.total_segments or 0, segments_total=job.total_segments))
+        if job.status == JobStatus.COMPLETED:
+            report(Progress(job_id, "done", segments_done=job.total_segments or 0,
+                            segments_total=job.total_segments))
+        # otherwise another run holds the reassembly lock and finishes the job: not a failure of this one
         return job
     except (KeyboardInterrupt, SystemExit):
         raise

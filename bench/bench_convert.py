@@ -1,0 +1,151 @@
+"""Speed of the embedded pipeline, as ratios measured in one run (absolute times drift on a shared machine).
+
+    1. convert vs a plain decode → encode of the same 720p source to the same output size (2560x720, Full SBS)
+       with the same encoder settings                                            target >= 0.5 of its throughput
+    2. the whole pipeline (chunk → convert → concat) with 2 workers vs 1          target >= 1.7x faster
+    3. peak memory of a conversion 10x longer                                      target < +10% peak RSS
+
+and a profile of one convert: where the time goes.
+
+    .venv/bin/python bench/bench_convert.py [--seconds 6] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from stereo_spot.media.encode import settings_for
+from stereo_spot.media.frames import VideoWriter, read_frames
+from stereo_spot.stereo.segment import convert_segment
+
+from stereo_spot.media.probe import probe
+from stereo_spot.models import ConversionSettings, OutputFormat
+from stereo_spot.sample import write_sample
+
+
+def plain_transcode(src: Path, dst: Path) -> int:
+    """The baseline: decode, put the frame twice side by side (the same output size as Full SBS), encode."""
+    video = probe(src).video
+    settings = settings_for(OutputFormat.SBS)
+    frames = 0
+    with VideoWriter(dst, 2 * video.width, video.height, video.time_base, video.fps, settings) as writer:
+        for frame in read_frames(src):
+            writer.write(np.concatenate([frame.rgb, frame.rgb], axis=1), frame.pts)
+            frames += 1
+    return frames
+
+
+def best_of(runs: int, fn) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def bench_convert_vs_transcode(work: Path, seconds: float, runs: int) -> dict:
+    src = write_sample(work / "720p.mp4", seconds=seconds, size=(1280, 720), fps=30)
+    frames = probe(src).video.frame_count or int(seconds * 30)
+    settings = ConversionSettings(output_format=OutputFormat.SBS)
+    base, conv = [], []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        base.append(best_of(1, lambda: plain_transcode(src, work / "plain.mp4")))
+        conv.append(best_of(1, lambda: convert_segment(src, work / "sbs.mp4", settings)))
+    profile = cProfile.Profile()
+    profile.enable()
+    convert_segment(src, work / "sbs.mp4", settings)
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
+    return {"frames": frames, "plain_fps": frames / min(base), "convert_fps": frames / min(conv),
+            "ratio": min(base) / min(conv), "profile": text.getvalue()}
+
+
+def _cli(args: list[str], home: Path) -> tuple[float, int]:
+    """Run the CLI in a fresh process; return (seconds, peak RSS of that process tree in KiB)."""
+    env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
+    started = time.perf_counter()
+    code = (
+        "import resource, sys\n"
+        "from stereo_spot.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print('PEAK', max(own, kids), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK")]
+    if proc.returncode != 0 or not peak:
+        raise RuntimeError(f"convert failed: {proc.stderr[-2000:]}")
+    return elapsed, peak[0]
+
+
+def bench_workers(work: Path, seconds: float, runs: int) -> dict:
+    src = write_sample(work / "workers.mp4", seconds=seconds, size=(640, 360), fps=30)
+    one, two = [], []
+    for run in range(runs):
+        for workers, times in ((1, one), (2, two)):
+            home = work / f"home-w{workers}-{run}"
+            elapsed, _ = _cli(["convert", str(src), "-o", str(work / f"w{workers}.mp4"), "--workers", str(workers),
+                               "--segment-seconds", str(seconds / 4)], home)
+            times.append(elapsed)
+    return {"one_worker_s": min(one), "two_workers_s": min(two), "speedup": min(one) / min(two)}
+
+
+def bench_memory(work: Path, seconds: float) -> dict:
+    peaks = {}
+    for scale in (1, 10):
+        src = write_sample(work / f"mem{scale}.mp4", seconds=seconds * scale, size=(320, 180), fps=24)
+        _, peaks[scale] = _cli(["convert", str(src), "-o", str(work / f"mem{scale}-3d.mp4"), "--workers", "1",
+                                "--segment-seconds", "2"], work / f"home-mem{scale}")
+    return {"peak_1x_mib": peaks[1] / 1024, "peak_10x_mib": peaks[10] / 1024, "growth": peaks[10] / peaks[1] - 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of the 720p clip")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="shorter clips, one run (a smoke test)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.runs = 2.0, 1
+    print(f"cores: {len(os.sched_getaffinity(0))}  python: {sys.version.split()[0]}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="stereo-spot-bench-") as tmp:
+        work = Path(tmp)
+        convert = bench_convert_vs_transcode(work, args.seconds, args.runs)
+        print(f"\n1. convert 720p → Full SBS 2560x720 (heuristic depth, defaults), {convert['frames']} frames")
+        print(f"   plain decode→encode      {convert['plain_fps']:7.2f} fps")
+        print(f"   stereo-spot convert      {convert['convert_fps']:7.2f} fps")
+        print(f"   ratio                    {convert['ratio']:7.2f}   (target >= 0.50)", flush=True)
+        workers = bench_workers(work, 4 * args.seconds, args.runs)
+        print(f"\n2. whole pipeline, 640x360, {4 * args.seconds:.0f} s in 4 segments")
+        print(f"   1 worker                 {workers['one_worker_s']:7.2f} s")
+        print(f"   2 workers                {workers['two_workers_s']:7.2f} s")
+        print(f"   speedup                  {workers['speedup']:7.2f}x  (target >= 1.70x)", flush=True)
+        memory = bench_memory(work, max(2.0, args.seconds / 2))
+        print("\n3. peak RSS, 320x180, 1x vs 10x the length")
+        print(f"   1x                       {memory['peak_1x_mib']:7.1f} MiB")
+        print(f"   10x                      {memory['peak_10x_mib']:7.1f} MiB")
+        print(f"   growth                   {100 * memory['growth']:+7.1f} %  (target < +10 %)")
+        print("\nprofile of one convert (top functions by own time):")
+        print(convert.pop("profile"))
+        if args.json:
+            print(json.dumps({"convert": convert, "workers": workers, "memory": memory}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
