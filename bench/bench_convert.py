@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from stereo_spot.media.encode import settings_for
 from stereo_spot.media.frames import VideoWriter, read_frames
-from stereo_spot.stereo.segment import convert_segment
-
 from stereo_spot.media.probe import probe
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.sample import write_sample
+from stereo_spot.stereo.segment import convert_segment
 
 
 def plain_transcode(src: Path, dst: Path) -> int:

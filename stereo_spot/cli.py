@@ -304,13 +304,11 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
 
 def _register_optional_commands() -> None:
     """Commands owned by the engine and cloud modules; each module keeps its heavy imports inside."""
-    try:
-        from stereo_spot import cli_aws
-    except ImportError:  # pragma: no cover - part of the distribution
-        cli_aws = None
-    if cli_aws is not None:
-        app.add_typer(cli_aws.app, name="aws", help="AWS resources and runbooks: bootstrap, destroy, recover-chunking, queues, dlq.")
-        app.command("worker")(cli_aws.worker_command)
+    from stereo_spot import cli_aws
+
+    app.add_typer(cli_aws.app, name="aws",
+                  help="AWS resources and runbooks: bootstrap, destroy, recover-chunking, queues, dlq.")
+    app.command("worker")(cli_aws.worker_command)
     try:
         from pipelines import cli as pipelines_cli
     except ImportError:  # pragma: no cover
