@@ -1,0 +1,1 @@
+"""The app's pages (a package so that an installed distribution ships them)."""

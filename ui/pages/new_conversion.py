@@ -1,0 +1,122 @@
+"""New conversion: upload a video, choose the 3D format and strength, start the job."""
+
+import streamlit as st
+
+from stereo_spot import steps
+from stereo_spot.errors import UserError, one_line
+from stereo_spot.models import AnaglyphMethod, ConversionSettings, OutputFormat
+from stereo_spot.naming import output_file_name
+from stereo_spot.ports import StoreError
+from ui import context, services, submission
+from ui.backend import staging_area
+from ui.upload_widget import upload_widget
+from ui.uploads import UploadError, format_bytes, too_large_message
+
+config = context.settings()
+backend = context.backend()
+area = staging_area(config)
+
+
+def fresh_picker(error: str | None = None) -> None:
+    """Forget the current upload (and its file) and show an empty picker, with the reason if there is one."""
+    old = st.session_state.get("upload_token")
+    if old:
+        area.discard(old)
+    st.session_state["upload_token"] = area.new_token()
+    if error:
+        st.session_state["upload_error"] = error
+
+
+if "upload_token" not in st.session_state:
+    fresh_picker()
+token: str = st.session_state["upload_token"]
+
+st.title("New conversion")
+st.caption("Upload an ordinary video; stereo-spot estimates depth and renders a second eye. The job keeps "
+           "running if you close this page.")
+
+if message := st.session_state.pop("upload_error", None):
+    st.error(message, icon=":material/error:")
+
+event = upload_widget(token, config.max_upload_bytes)
+st.caption(f"Video files up to {format_bytes(config.max_upload_bytes)}.")
+if event and event.get("token") == token:
+    if event.get("kind") == "too_large":
+        name = str(event.get("name") or "the file")
+        fresh_picker(too_large_message(name, event.get("size"), config.max_upload_bytes))
+        st.rerun()
+    elif event.get("kind") == "failed" and area.get(token) is None:
+        fresh_picker(str(event.get("error") or "the upload failed; try again"))
+        st.rerun()
+
+staged = area.get(token)
+summary: services.VideoSummary | None = None
+if staged is not None:
+    if not staged.ok:
+        fresh_picker(staged.error)
+        st.rerun()
+    probe_key = f"probe-{token}"
+    if probe_key not in st.session_state:
+        try:
+            with st.spinner(f"Checking {staged.name}…"):
+                st.session_state[probe_key] = services.check_video(staged.path, staged.name)
+            # The title starts as the file name; set through the widget's state so it fills in the box that
+            # was already on the page before the upload.
+            st.session_state[f"title-{token}"] = services.default_title(staged.name)
+        except UploadError as exc:
+            fresh_picker(str(exc))
+            st.rerun()
+    summary = st.session_state[probe_key]
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.success(summary.describe(), icon=":material/movie:")
+    if right.button("Choose another file"):
+        fresh_picker()
+        st.rerun()
+
+st.subheader("3D settings")
+title = st.text_input("Title", key=f"title-{token}", placeholder="defaults to the file name",
+                      help="Names the job and the download file.")
+output_format = st.radio("Format", options=list(OutputFormat), format_func=lambda f: f.label,
+                         captions=[services.FORMAT_HELP[f] for f in OutputFormat], key="output_format")
+anaglyph = AnaglyphMethod.DUBOIS
+if output_format == OutputFormat.ANAGLYPH:
+    anaglyph = st.radio("Anaglyph method", options=list(AnaglyphMethod), key="anaglyph",
+                        format_func=lambda m: services.ANAGLYPH_HELP[m].split(":")[0],
+                        captions=[services.ANAGLYPH_HELP[m].split(": ", 1)[1] for m in AnaglyphMethod])
+divergence = st.slider("Divergence (% of width)", min_value=0.0, max_value=10.0, value=2.0, step=0.1,
+                       key="divergence")
+st.caption(services.DIVERGENCE_HELP)
+convergence = st.slider("Convergence", min_value=0.0, max_value=1.0, value=0.5, step=0.05, key="convergence")
+st.caption(services.CONVERGENCE_HELP)
+
+job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
+if summary:
+    st.caption(f"The result downloads as **{output_file_name(job_title, output_format)}**.")
+
+if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":material/play_arrow:"):
+    assert staged is not None and staged.path is not None
+    job = None
+    try:
+        submission.preflight(backend, config)
+        job_settings = ConversionSettings(output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+                                          convergence=convergence)
+        with st.spinner(f"Storing {staged.name}…"):
+            job = steps.create_job(backend, job_settings, job_title)
+            steps.store_source(backend, job.job_id, staged.path)
+        started = submission.start_pipeline(backend, config, job.job_id)
+    except (UserError, StoreError, OSError, ValueError) as exc:
+        if job is not None and not isinstance(exc, submission.SubmissionError):
+            # The job never got its source (or could not be started): remove it rather than leave it half-made.
+            try:
+                steps.delete_job(backend, job.job_id)
+            except (UserError, StoreError, OSError):
+                pass
+        st.error(context.store_error_message(exc) if isinstance(exc, (StoreError, OSError)) else one_line(exc),
+                 icon=":material/error:")
+        if isinstance(exc, submission.SubmissionError) and job is not None:
+            st.page_link("pages/job.py", label="Open the job", query_params={"job": job.job_id})
+        st.stop()
+    fresh_picker()
+    st.session_state["job_notice"] = started.how + (f" [Open the run]({started.run_link})" if started.run_link
+                                                    else "")
+    st.switch_page("pages/job.py", query_params={"job": job.job_id})

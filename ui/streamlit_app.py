@@ -1,0 +1,13 @@
+"""The pages and the navigation between them (run through ``app.py``; AppTest runs this file directly)."""
+
+import streamlit as st
+
+st.set_page_config(page_title="stereo-spot", page_icon=":material/3d_rotation:", layout="wide")
+
+pages = [
+    st.Page("pages/new_conversion.py", title="New conversion", icon=":material/upload:", default=True),
+    st.Page("pages/jobs.py", title="Jobs", icon=":material/list:"),
+    st.Page("pages/job.py", title="Job", icon=":material/movie:", url_path="job", visibility="hidden"),
+    st.Page("pages/how_to_watch.py", title="How to watch", icon=":material/visibility:"),
+]
+st.navigation(pages, position="sidebar").run()

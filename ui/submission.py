@@ -1,0 +1,108 @@
+"""Starting a job's pipeline after its source is stored.
+
+    local storage                  the embedded runner, in a detached process (survives a closed page)
+    AWS, UI_SUBMIT_ENGINE=none     nothing: the S3 ObjectCreated event starts the Argo workflow
+    AWS, UI_SUBMIT_ENGINE=argo|kfp the app submits the run itself through ``pipelines.submit.submit_run``
+
+The pipelines package is imported only here and only when configured, so the app runs without Hera or kfp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stereo_spot import keys, steps
+from stereo_spot.config import Settings
+from stereo_spot.errors import UserError, one_line
+from stereo_spot.ports import Backend
+
+
+class SubmissionError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Started:
+    how: str  # one line for the page
+    run_link: str | None = None
+    pid: int | None = None
+
+
+def preflight(backend: Backend, settings: Settings) -> None:
+    """Fail before any job is created when the configured way of starting runs cannot work."""
+    if backend.name != "local" and settings.ui_submit_engine != "none":
+        _submitter(settings.ui_submit_engine)
+
+
+def _submitter(engine: str):
+    name = _ENGINE_NAMES.get(engine, engine)
+    try:
+        from pipelines.submit import submit_run
+    except ImportError as exc:
+        raise SubmissionError(
+            f"UI_SUBMIT_ENGINE={engine} asks the app to submit to {name}, but pipelines.submit.submit_run is not "
+            f"available ({one_line(exc)}); install stereo-spot[pipelines] or set UI_SUBMIT_ENGINE=none to let the "
+            "storage event start runs") from exc
+    return submit_run
+
+
+_ENGINE_NAMES = {"argo": "Argo Workflows", "kfp": "Kubeflow Pipelines"}
+
+
+def start_pipeline(backend: Backend, settings: Settings, job_id: str) -> Started:
+    if backend.name == "local":
+        from stereo_spot.runner import start_background
+
+        process = start_background(job_id, settings.stereo_spot_home)
+        return Started("Converting on this machine; it keeps going if you close this page.", pid=process.pid)
+    engine = settings.ui_submit_engine
+    if engine == "none":
+        return Started("Uploaded: the storage event starts the conversion on the cluster.")
+    return _submit(backend, engine, job_id)
+
+
+def _submit(backend: Backend, engine: str, job_id: str) -> Started:
+    name = _ENGINE_NAMES.get(engine, engine)
+    try:
+        submit_run = _submitter(engine)
+        link = submit_run(engine=engine, bucket=backend.input_bucket, key=keys.input_key(job_id))
+    except Exception as exc:  # noqa: BLE001 - any failure to submit is recorded on the job, in one line
+        reason = str(exc) if isinstance(exc, SubmissionError) else \
+            f"could not submit the run to {name}: {one_line(exc)}"
+        steps.fail(backend, job_id, reason)
+        raise SubmissionError(reason) from exc
+    return Started(f"Submitted to {name}.", run_link=link if isinstance(link, str) else None)
+
+
+def stop_local_runner(job_id: str) -> int:
+    """Stop the background runner converting this job on this machine (before deleting it, so no segment is
+    written after its files are removed). Returns how many processes were signalled; 0 where none runs or the
+    system has no /proc to find them in."""
+    import os
+    import signal
+    from pathlib import Path
+
+    keys.validate_job_id(job_id)
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    stopped = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"stereo_spot.runner" in command and job_id.encode() in command:
+            pid = int(entry.name)
+            try:
+                # The runner leads its own process group (start_background): its segment workers go with it.
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGTERM)
+                else:
+                    os.kill(pid, signal.SIGTERM)
+                stopped += 1
+            except (ProcessLookupError, PermissionError):
+                continue
+    return stopped

@@ -1,0 +1,273 @@
+"""The staging area for browser uploads: files arrive here in chunks, are checked, then go to object storage.
+
+Streamlit's own ``st.file_uploader`` keeps every uploaded file whole in the server's memory (its upload handler
+reads the request body into one ``bytes``), which a multi-GB video must never be. So the app has its own upload
+route (``ui/routes.py``) that writes the request body to disk as it arrives, and the page works from the file on
+disk: probe it, then create the job and store the source. A rejected upload leaves no job behind because nothing
+is created before the file has been checked.
+
+Layout: ``{root}/{token}/{file name}`` plus ``{root}/{token}/status.json`` written last (atomically), so a reader
+sees either a finished upload or none. A token is a random UUID the page hands to its upload widget; the route
+accepts only tokens issued by this process, so a page elsewhere cannot drop files into the staging area.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stereo_spot.errors import UserError
+
+STATUS_FILE = "status.json"
+# Staged files nobody converted (page closed after uploading) are removed after this long.
+STALE_SECONDS = 24 * 3600
+# Bytes gathered from the request before one disk write: bounded memory, few system calls.
+WRITE_BUFFER_BYTES = 4 * 1024 * 1024
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UploadError(UserError):
+    """An upload that cannot be used; the message says why in one line."""
+
+
+class UploadTooLarge(UploadError):
+    pass
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def too_large_message(name: str, size: int | None, limit: int) -> str:
+    shown = f" is {format_bytes(size)}" if size is not None else " is too large"
+    return (f"{name}{shown}; the upload limit is {format_bytes(limit)} "
+            "(MAX_UPLOAD_BYTES). Trim the video or raise the limit.")
+
+
+def safe_file_name(name: str) -> str:
+    """The last path component of a browser-supplied name, reduced to characters safe on any file system."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    cleaned = re.sub(r"[^\w.\- ]+", "_", base, flags=re.UNICODE).strip(" .")
+    return cleaned[:150] or "upload"
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    token: str
+    name: str  # the file name as the user chose it (made safe)
+    path: Path | None  # None when the upload was rejected
+    size: int
+    error: str | None = None
+    too_large: bool = False  # rejected for its size (the route answers 413)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.path is not None
+
+
+class StagingArea:
+    def __init__(self, root: Path | str, max_bytes: int):
+        self.root = Path(root)
+        self.max_bytes = int(max_bytes)
+
+    # --- tokens -----------------------------------------------------------------------------------------
+
+    def new_token(self) -> str:
+        token = uuid.uuid4().hex
+        _ISSUED.add(token)
+        return token
+
+    @staticmethod
+    def is_issued(token: str) -> bool:
+        return _ISSUED.contains(token)
+
+    def _dir(self, token: str) -> Path:
+        if not isinstance(token, str) or not _TOKEN.match(token):
+            raise UploadError("invalid upload token; reload the page and choose the file again")
+        return self.root / token
+
+    # --- receiving --------------------------------------------------------------------------------------
+
+    def receive(self, token: str, name: str, chunks: Iterable[bytes], declared_size: int | None = None
+                ) -> StagedUpload:
+        """Write ``chunks`` to the staging area; the synchronous twin of :meth:`receive_async`."""
+        try:
+            writer = _Writer(self, token, name, declared_size)
+        except UploadTooLarge as exc:
+            return self.reject(token, name, str(exc), too_large=True)
+        try:
+            for chunk in chunks:
+                writer.add(chunk)
+        except UploadError as exc:
+            return writer.reject(str(exc), too_large=isinstance(exc, UploadTooLarge))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.finish()
+
+    async def receive_async(self, token: str, name: str, chunks: AsyncIterable[bytes],
+                            declared_size: int | None = None) -> StagedUpload:
+        """Stream a request body to disk; stop at the size limit. Disk writes run in a worker thread so a
+        large upload does not stall the server's event loop (other users' pages)."""
+        import anyio.to_thread
+
+        try:
+            writer = _Writer(self, token, name, declared_size)
+        except UploadTooLarge as exc:
+            return self.reject(token, name, str(exc), too_large=True)
+        try:
+            async for chunk in chunks:
+                if writer.add_buffered(chunk):
+                    await anyio.to_thread.run_sync(writer.flush)
+            await anyio.to_thread.run_sync(writer.flush)
+        except UploadError as exc:
+            return writer.reject(str(exc), too_large=isinstance(exc, UploadTooLarge))
+        except BaseException:
+            writer.abort()
+            raise
+        return await anyio.to_thread.run_sync(writer.finish)
+
+    def reject(self, token: str, name: str, message: str, *, too_large: bool = False) -> StagedUpload:
+        """Record why an upload was refused (e.g. too large before a byte was sent), for the page to show."""
+        directory = self._dir(token)
+        shutil.rmtree(directory, ignore_errors=True)
+        return self._write_status(StagedUpload(token, safe_file_name(name), None, 0, message, too_large))
+
+    def _write_status(self, upload: StagedUpload) -> StagedUpload:
+        directory = self._dir(upload.token)
+        directory.mkdir(parents=True, exist_ok=True)
+        status = {"name": upload.name, "size": upload.size, "error": upload.error,
+                  "too_large": upload.too_large, "file": upload.path.name if upload.path else None}
+        tmp = directory / f".{STATUS_FILE}.part"
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, directory / STATUS_FILE)
+        return upload
+
+    # --- reading and cleaning ---------------------------------------------------------------------------
+
+    def get(self, token: str) -> StagedUpload | None:
+        """The finished (or rejected) upload for a token; None while nothing has arrived."""
+        directory = self._dir(token)
+        try:
+            status = json.loads((directory / STATUS_FILE).read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError):
+            return StagedUpload(token, "upload", None, 0, "the upload's record is unreadable; choose the file again")
+        path = directory / status["file"] if status.get("file") else None
+        if path is not None and not path.is_file():
+            return StagedUpload(token, status.get("name", "upload"), None, 0,
+                                "the uploaded file is gone from the staging area; choose it again")
+        return StagedUpload(token, status.get("name", "upload"), path, int(status.get("size") or 0),
+                            status.get("error"), bool(status.get("too_large")))
+
+    def discard(self, token: str) -> None:
+        shutil.rmtree(self._dir(token), ignore_errors=True)
+        _ISSUED.discard(token)
+
+    def sweep(self, older_than_seconds: float = STALE_SECONDS) -> int:
+        """Remove staged uploads last touched longer ago than the limit; return how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for entry in self.root.iterdir():
+            try:
+                if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+class _Writer:
+    """One upload in flight: a ``.part`` file renamed into place when complete."""
+
+    def __init__(self, area: StagingArea, token: str, name: str, declared_size: int | None):
+        self.area, self.token, self.name = area, token, safe_file_name(name)
+        if declared_size is not None and declared_size > area.max_bytes:
+            # Refuse before a byte is written: the browser said how much it will send.
+            raise UploadTooLarge(too_large_message(self.name, declared_size, area.max_bytes))
+        self.directory = area._dir(token)
+        shutil.rmtree(self.directory, ignore_errors=True)  # a second upload for the same token replaces the first
+        self.directory.mkdir(parents=True)
+        self.part = self.directory / f".{self.name}.part"
+        self.out = open(self.part, "wb")
+        self.size = 0
+        self.buffer = bytearray()
+
+    def _count(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.area.max_bytes:
+            raise UploadTooLarge(too_large_message(self.name, None, self.area.max_bytes))
+
+    def add(self, chunk: bytes) -> None:
+        self._count(chunk)
+        self.out.write(chunk)
+
+    def add_buffered(self, chunk: bytes) -> bool:
+        """Keep the chunk; True when the buffer is full and should be flushed."""
+        self._count(chunk)
+        self.buffer += chunk
+        return len(self.buffer) >= WRITE_BUFFER_BYTES
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.out.write(self.buffer)
+            self.buffer.clear()
+
+    def finish(self) -> StagedUpload:
+        self.out.close()
+        path = self.directory / self.name
+        os.replace(self.part, path)
+        if self.size == 0:
+            return self.reject(f"{self.name} is empty (0 bytes); choose a video file")
+        return self.area._write_status(StagedUpload(self.token, self.name, path, self.size))
+
+    def abort(self) -> None:
+        self.out.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def reject(self, message: str, *, too_large: bool = False) -> StagedUpload:
+        self.abort()
+        return self.area.reject(self.token, self.name, message, too_large=too_large)
+
+
+class _IssuedTokens:
+    """Tokens handed to upload widgets by this process (pages and the upload route share one interpreter)."""
+
+    def __init__(self, limit: int = 10_000):
+        self._tokens: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def add(self, token: str) -> None:
+        with self._lock:
+            self._tokens[token] = time.time()
+            if len(self._tokens) > self._limit:  # forget the oldest: a long-idle page just gets a new token
+                for old in sorted(self._tokens, key=self._tokens.get)[: len(self._tokens) - self._limit]:
+                    del self._tokens[old]
+
+    def contains(self, token: str) -> bool:
+        with self._lock:
+            return token in self._tokens
+
+    def discard(self, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(token, None)
+
+
+_ISSUED = _IssuedTokens()
