@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     # links for operators, e.g. https://argo.example.com/workflows/argo/stereo-spot-{job_id}
     argo_ui_url: str | None = None
-    argo_namespace: str = "argo"
+    argo_namespace: str = "stereo-spot"
     kfp_ui_url: str | None = None
     logs_url_template: str | None = None
 

@@ -1,0 +1,142 @@
+"""What every engine component shares: the backend from the environment, logs on stderr, and how a failed step
+leaves its container.
+
+A step's container ends in one of three ways:
+
+* exit 0 — done; the only thing on stdout is the step's small JSON result (Argo reads it as ``outputs.result``,
+  so everything else, our logs and any library's prints, is sent to stderr while the step runs);
+* exit 2 — the input or the job's state is wrong (a user error): the job is marked failed with the reason at
+  once, and Argo's retry expression skips retrying, because a retry cannot help;
+* exit 1 — anything else (a store that did not answer, a lost node, a bug): the engine retries.
+
+Either way the one-line reason goes to the container's termination message, which Argo shows as the node's
+message and hands to the exit handler in ``workflow.failures``.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from stereo_spot import keys, steps
+from stereo_spot.errors import UserError, one_line
+from stereo_spot.models import Job, JobStatus
+from stereo_spot.ports import Backend, NotFound
+
+log = logging.getLogger("stereo_spot.components")
+
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+
+# Kubernetes mounts this file in every container; its content becomes the container's termination message.
+TERMINATION_LOG_ENV = "STEREO_SPOT_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+T = TypeVar("T")
+
+
+class StepFailed(SystemExit):
+    """Ends the component process with the exit code that tells the engine whether to retry."""
+
+    def __init__(self, reason: str, user_error: bool):
+        super().__init__(EXIT_USER_ERROR if user_error else EXIT_FAILURE)
+        self.reason = reason
+        self.user_error = user_error
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("STEREO_SPOT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def job_id_from_key(key: str) -> str:
+    """The job id of an uploaded source: S3 events URL-encode keys and Argo Events' templates cannot decode
+    them, so every step decodes the raw key it is given."""
+    return keys.parse_input_key(keys.normalize_event_key(key))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors a retry cannot fix: bad input, a job in the wrong state, an object that is not there."""
+    return isinstance(exc, (UserError, keys.InvalidKey, ValidationError, NotFound))
+
+
+def build_backend() -> Backend:
+    from stereo_spot.adapters import build_backend as from_environment
+
+    return from_environment()
+
+
+def write_termination_message(reason: str) -> None:
+    """Only into a file that exists: outside Kubernetes there is none, and a test names its own."""
+    path = os.environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(reason[:4000])  # Kubernetes keeps at most 4096 bytes
+    except OSError:
+        log.warning("could not write the termination message to %s", path)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr while a step runs (native libraries write to it directly too), so stdout
+    carries nothing but the result printed afterwards."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_step(step: str, key: str, action: Callable[[Backend, str], T]) -> T:
+    """Run one step for the job named by ``key`` and turn any failure into a readable exit."""
+    configure_logging()
+    backend: Backend | None = None
+    job_id: str | None = None
+    try:
+        with stdout_to_stderr():
+            job_id = job_id_from_key(key)
+            backend = build_backend()
+            return action(backend, job_id)
+    except StepFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure leaves as one line and an exit code
+        user_error = is_user_error(exc)
+        reason = f"{step}: {one_line(exc)}"
+        if user_error:
+            log.error("%s", reason)
+            if backend is not None and job_id is not None:
+                _record_failure(backend, job_id, reason)
+        else:
+            log.error("%s\n%s", reason, traceback.format_exc())
+        write_termination_message(reason)
+        raise StepFailed(reason, user_error) from exc
+
+
+def _record_failure(backend: Backend, job_id: str, reason: str) -> None:
+    try:
+        steps.fail(backend, job_id, reason)
+    except Exception as exc:  # noqa: BLE001 - the exit handler records it later; the step's own error wins
+        log.warning("could not mark job %s failed: %s", job_id, one_line(exc))
+
+
+def mark_failed(backend: Backend, job_id: str, reason: str) -> Job | None:
+    """The exit handlers' write: a job a step already failed keeps that step's precise reason, and a completed
+    job stays completed (``steps.fail`` guards that)."""
+    job = backend.jobs.get(job_id)
+    if job is None:
+        return None
+    if job.status == JobStatus.FAILED and job.failure_reason:
+        return job
+    return steps.fail(backend, job_id, reason)

@@ -1,0 +1,97 @@
+"""chunk, for the engines: split the uploaded source into segments and hand on the fan-out list.
+
+Argo runs ``python -m hera.workflows.runner -e components.chunk:chunk <inputs>``; Kubeflow runs the component
+from ``kfp_component``. Both call ``chunk`` below. The output is the list of segment indices, e.g. ``[0, 1, 2]``:
+about 6 bytes a segment, so a 3-hour film at 10 s segments is ~6 kB, far under Argo's 256 kB output limit.
+"""
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from components._common import run_step
+from stereo_spot import keys, steps
+from stereo_spot.errors import UserError
+from stereo_spot.models import ConversionSettings, Job, JobStatus, utcnow
+from stereo_spot.ports import Backend, ConflictError
+
+log = logging.getLogger("stereo_spot.components.chunk")
+
+
+def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "") -> list[int]:
+    """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not).
+
+    ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
+    before chunking. A source uploaded without a job record (straight to S3) gets a job with those settings.
+    """
+
+    def action(backend: Backend, job_id: str) -> list[int]:
+        overrides = settings_overrides(output_format, divergence, convergence)
+        ensure_job(backend, job_id, bucket, key, overrides)
+        return steps.chunk(backend, bucket, key).segment_indices
+
+    return run_step("chunk", key, action)
+
+
+def settings_overrides(output_format: str, divergence: str, convergence: str) -> dict[str, Any]:
+    given = {"output_format": output_format, "divergence": divergence, "convergence": convergence}
+    overrides = {name: str(value).strip() for name, value in given.items() if str(value).strip()}
+    try:
+        ConversionSettings(**overrides)  # says which parameter is wrong before any work starts
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error.get("loc") else "a parameter"
+        raise UserError(f"invalid workflow parameter {name}={overrides.get(name)!r}: {error['msg']}") from exc
+    return overrides
+
+
+def ensure_job(backend: Backend, job_id: str, bucket: str, key: str, overrides: dict[str, Any]) -> Job:
+    job = backend.jobs.get(job_id)
+    if job is None:
+        info = backend.objects.head(bucket, keys.normalize_event_key(key))
+        try:
+            job = steps.create_job(backend, ConversionSettings(**overrides), f"upload {job_id[:8]}", job_id=job_id)
+            log.info("job %s had no record: created one for the uploaded source", job_id)
+        except ConflictError:  # a duplicate event created it a moment ago
+            job = backend.jobs.get(job_id) or job
+        if info is not None and job.uploaded_at is None:
+            job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
+                                      source_file_size_bytes=info.size)
+        return job
+    if job.status == JobStatus.FAILED:
+        # A new run of a failed job resumes it, as `stereo-spot resume` does on one machine: converted segments
+        # are kept, the rest is done again.
+        try:
+            job = backend.jobs.update(job_id, expected_status=JobStatus.FAILED, failure_reason=None,
+                                      status=JobStatus.CHUNKING_COMPLETE if job.total_segments else JobStatus.CREATED)
+            log.info("job %s had failed: resuming it", job_id)
+        except ConflictError:
+            job = backend.jobs.get(job_id) or job
+    if overrides and job.status == JobStatus.CREATED:
+        settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
+        try:
+            job = backend.jobs.update(job_id, expected_status=JobStatus.CREATED, settings=settings)
+        except ConflictError:  # chunking started meanwhile: the settings it started with stay
+            job = backend.jobs.get(job_id) or job
+    return job
+
+
+def kfp_component(image: str):
+    """The Kubeflow component: runs in ``image`` (the project is installed there), installs nothing at start."""
+    from kfp import dsl
+
+    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "",
+              convergence: str = "") -> list[int]:
+        from components.chunk import chunk as run
+
+        return run(bucket, key, output_format, divergence, convergence)
+
+    return dsl.component(chunk, base_image=image, packages_to_install=[], install_kfp_package=False)
+
+
+def argo_template(**options: Any):
+    """The Argo script template (Hera runner constructor); ``options`` are the pipeline's placement choices."""
+    from hera.workflows import RunnerScriptConstructor, Script
+
+    return Script(name="chunk", source=chunk, constructor=RunnerScriptConstructor(), **options)

@@ -1,0 +1,143 @@
+"""The pipeline on Argo Workflows: the ``stereo-spot`` WorkflowTemplate, built with Hera.
+
+    chunk ──withParam──▶ convert × N (GPU, retried on spot loss) ──▶ concat        onExit: fail (if not Succeeded)
+
+The Sensor (manifests/base/sensor-argo.yaml) and ``stereo-spot submit --engine argo`` start it with ``bucket``
+and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's settings when given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.config import (
+    CREDENTIALS_SECRET,
+    ENV_CONFIG_MAP,
+    GPU_POOL_LABEL,
+    GPU_RESOURCE,
+    TEMPLATE_NAME,
+    WORKFLOW_SERVICE_ACCOUNT,
+    PipelineConfig,
+    Resources,
+)
+
+# The mutex is keyed by the job id (a UUID, no '/'), taken from the key by an expression tag: two runs of one
+# job (a duplicate S3 event, a manual resubmit) never overlap, while different jobs run side by side.
+JOB_ID_EXPRESSION = (
+    "{{=sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)}}"
+)
+OPTIONAL_PARAMETERS = ("format", "divergence", "convergence")
+
+
+def _resources(spec: Resources, gpus: int | None = None):
+    from hera.workflows import Resources as HeraResources
+
+    return HeraResources(cpu_request=spec.cpu, memory_request=spec.memory, memory_limit=spec.memory,
+                         ephemeral_request=spec.ephemeral_storage, gpus=gpus, gpu_flag=GPU_RESOURCE)
+
+
+def _container_options(config: PipelineConfig, image: str, resources: Resources, gpus: int | None = None
+                       ) -> dict[str, Any]:
+    from hera.workflows import ConfigMapEnvFrom, SecretEnvFrom
+    from hera.workflows.models import Capabilities, SecurityContext
+
+    return {
+        "image": image,
+        "command": ["python"],
+        "resources": _resources(resources, gpus),
+        # the environment contract, plus static keys only where a cluster has no IRSA (the Secret is optional)
+        "env_from": [ConfigMapEnvFrom(name=ENV_CONFIG_MAP), SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
+        "security_context": SecurityContext(allow_privilege_escalation=False,
+                                            capabilities=Capabilities(drop=["ALL"])),
+        "termination_message_policy": "FallbackToLogsOnError",
+    }
+
+
+def _retry(config: PipelineConfig, limit: int, policy: str, expression: str | None = None):
+    from hera.workflows import RetryStrategy
+    from hera.workflows.models import Backoff
+
+    return RetryStrategy(limit=limit, retry_policy=policy, expression=expression,
+                         backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2,
+                                         max_duration=f"{config.retry_backoff_max_seconds}s"))
+
+
+def build_workflow_template(config: PipelineConfig | None = None):
+    """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
+    from hera.workflows import DAG, Parameter, WorkflowTemplate
+    from hera.workflows.models import (
+        Metadata,
+        Mutex,
+        PodGC,
+        PodSecurityContext,
+        SeccompProfile,
+        Synchronization,
+        Toleration,
+        TTLStrategy,
+    )
+
+    from components import chunk, concat, convert, fail
+
+    config = config or PipelineConfig()
+    cpu_image, gpu_image = config.image("cpu"), config.image("gpu")
+    arguments = [Parameter(name="bucket", description="bucket of the uploaded source"),
+                 Parameter(name="key", description="input/<job id>/source.mp4 (URL-encoded as in S3 events, or not)"),
+                 Parameter(name="format", value="", description="sbs, hsbs, tb, htb or anaglyph; empty: the job's"),
+                 Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
+                 Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's")]
+    with WorkflowTemplate(
+        name=TEMPLATE_NAME,
+        labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline"},
+        entrypoint="main",
+        on_exit="exit-handler",
+        arguments=arguments,
+        service_account_name=WORKFLOW_SERVICE_ACCOUNT,
+        synchronization=Synchronization(mutexes=[Mutex(name=f"stereo-spot-{JOB_ID_EXPRESSION}")]),
+        active_deadline_seconds=config.workflow_deadline_seconds,
+        pod_gc=PodGC(strategy="OnPodSuccess"),  # failed pods stay for their logs until the TTL removes the run
+        ttl_strategy=TTLStrategy(seconds_after_success=config.ttl_after_success_seconds,
+                                 seconds_after_failure=config.ttl_after_failure_seconds),
+        security_context=PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000,
+                                            fs_group=1000, seccomp_profile=SeccompProfile(type="RuntimeDefault")),
+        pod_metadata=Metadata(labels={"app.kubernetes.io/name": "stereo-spot"}),
+    ) as template:
+        chunk_step = chunk.argo_template(
+            **_container_options(config, cpu_image, config.cpu_step),
+            retry_strategy=_retry(config, 2, "OnError"),  # a lost node; a failing input is not retried
+        )
+        convert_step = convert.argo_template(
+            **_container_options(config, gpu_image, config.gpu_step, gpus=1),
+            node_selector=dict([GPU_POOL_LABEL]),
+            tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
+            # Spot reclaims kill pods at any moment: retry whatever happened, except a bad input (exit code 2).
+            retry_strategy=_retry(config, config.convert_retries, "Always", "lastRetry.exitCode != '2'"),
+            active_deadline_seconds=config.segment_deadline_seconds,
+        )
+        concat_step = concat.argo_template(
+            **_container_options(config, cpu_image, config.cpu_step),
+            retry_strategy=_retry(config, 2, "OnError"),
+        )
+        fail_step = fail.argo_template(
+            **_container_options(config, cpu_image, config.exit_step),
+            retry_strategy=_retry(config, 2, "OnError"),
+        )
+        key = "{{workflow.parameters.key}}"
+        with DAG(name="main", parallelism=config.parallelism):
+            chunked = chunk_step(name="chunk", arguments={
+                "bucket": "{{workflow.parameters.bucket}}", "key": key,
+                "output_format": "{{workflow.parameters.format}}",
+                "divergence": "{{workflow.parameters.divergence}}",
+                "convergence": "{{workflow.parameters.convergence}}"})
+            converted = convert_step(name="convert", with_param=chunked.result,
+                                     arguments={"key": key, "segment_index": "{{item}}"})
+            assembled = concat_step(name="concat", arguments={"key": key})
+            chunked >> converted >> assembled
+        with DAG(name="exit-handler"):
+            fail_step(name="mark-failed", when="{{workflow.status}} != Succeeded", arguments={
+                "key": key, "status": "{{workflow.status}}", "failures": "{{workflow.failures}}",
+                "workflow_name": "{{workflow.name}}"})
+    return template
+
+
+def workflow_template_dict(config: PipelineConfig | None = None) -> dict:
+    return build_workflow_template(config).to_dict()

@@ -1,0 +1,72 @@
+"""Where and how the pipeline's pods run: images, the GPU pool, limits. One place for both engines, so the Argo
+WorkflowTemplate and the Kubeflow pipeline make the same choices. The defaults are what ``manifests/generated/``
+is compiled with; a deployment changes images with kustomize (Argo) or ``stereo-spot compile --registry/--tag``
+(Kubeflow, whose pipeline spec carries its images)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+DEFAULT_REGISTRY = "ghcr.io/stereo-spot"
+IMAGE_NAMES = ("cpu", "gpu", "ui")  # each is images/<name>/Dockerfile, pushed as <registry>/stereo-spot-<name>
+
+TEMPLATE_NAME = "stereo-spot"  # the WorkflowTemplate the Sensor and `stereo-spot submit` start
+PIPELINE_NAME = "stereo-spot"  # the Kubeflow pipeline
+ENV_CONFIG_MAP = "stereo-spot-env"  # the environment contract (manifests/base/configmap.yaml)
+CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where the cluster has no IRSA
+WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
+GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# The environment contract the steps read (stereo_spot/config.py). Argo pods take the whole ConfigMap (envFrom);
+# a Kubeflow task names each key, so the ConfigMap must hold every one of these (a test checks it).
+ENV_KEYS = (
+    "STORAGE_ADAPTER",
+    "AWS_REGION",
+    "INPUT_BUCKET_NAME",
+    "OUTPUT_BUCKET_NAME",
+    "JOBS_TABLE_NAME",
+    "SEGMENT_COMPLETIONS_TABLE_NAME",
+    "REASSEMBLY_TRIGGERED_TABLE_NAME",
+    "EVENT_DEDUP_TABLE_NAME",
+)
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def project_version() -> str:
+    try:
+        return version("stereo-spot")
+    except PackageNotFoundError:  # pragma: no cover - the project is installed wherever this runs
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+    ephemeral_storage: str
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    registry: str = DEFAULT_REGISTRY
+    tag: str = field(default_factory=project_version)
+    # convert pods at once: at most the GPU NodePool's node limit, so queued pods wait instead of failing
+    parallelism: int = 8
+    convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
+    retry_backoff_seconds: int = 30
+    retry_backoff_max_seconds: int = 600
+    workflow_deadline_seconds: int = 12 * 3600
+    segment_deadline_seconds: int = 3600
+    ttl_after_success_seconds: int = 24 * 3600
+    ttl_after_failure_seconds: int = 7 * 24 * 3600
+    # chunk and concat hold the whole source (and the segments) on local disk
+    cpu_step: Resources = Resources(cpu="1", memory="2Gi", ephemeral_storage="40Gi")
+    gpu_step: Resources = Resources(cpu="4", memory="16Gi", ephemeral_storage="10Gi")
+    exit_step: Resources = Resources(cpu="100m", memory="256Mi", ephemeral_storage="100Mi")
+
+    def image(self, name: str) -> str:
+        if name not in IMAGE_NAMES:
+            raise ValueError(f"unknown image {name!r}: expected one of {', '.join(IMAGE_NAMES)}")
+        return f"{self.registry.rstrip('/')}/stereo-spot-{name}:{self.tag}"

@@ -1,0 +1,73 @@
+"""The pipeline on Kubeflow Pipelines v2, built with kfp: the same steps and the same shape as the Argo one.
+
+    ExitHandler(fail) { chunk ──ParallelFor(parallelism)──▶ convert (GPU, retried) ──Collected──▶ concat }
+
+kfp compiles to its own pipeline spec (not an Argo Workflow), so the Sensor reaches Kubeflow through the KFP API
+(manifests/overlays/aws-kubeflow) and ``stereo-spot submit --engine kfp`` through ``kfp.Client``. Every step has
+side effects on the job's records and objects, so caching is off for all of them.
+"""
+
+# No `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types.
+
+from pipelines.config import (
+    CREDENTIAL_KEYS,
+    CREDENTIALS_SECRET,
+    ENV_CONFIG_MAP,
+    ENV_KEYS,
+    GPU_POOL_LABEL,
+    GPU_RESOURCE,
+    PIPELINE_NAME,
+    PipelineConfig,
+    Resources,
+)
+
+DESCRIPTION = "2D video to stereoscopic 3D: chunk, convert segments in parallel on GPUs, concat with the audio."
+
+
+def _place(task, resources: Resources, display_name: str):
+    from kfp import kubernetes
+
+    task.set_display_name(display_name)
+    task.set_caching_options(False)
+    task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory)
+    kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {key: key for key in ENV_KEYS})
+    # static keys only where the cluster has no IRSA; without the Secret the pod starts all the same
+    kubernetes.use_secret_as_env(task, CREDENTIALS_SECRET, {key: key for key in CREDENTIAL_KEYS}, optional=True)
+    return task
+
+
+def build_pipeline(config: PipelineConfig | None = None):
+    """The pipeline function (a kfp GraphComponent) for ``config``'s images and limits."""
+    from kfp import dsl, kubernetes
+
+    from components import chunk, concat, convert, fail
+
+    config = config or PipelineConfig()
+    cpu_image, gpu_image = config.image("cpu"), config.image("gpu")
+    chunk_op, convert_op = chunk.kfp_component(cpu_image), convert.kfp_component(gpu_image)
+    concat_op, fail_op = concat.kfp_component(cpu_image), fail.kfp_component(cpu_image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = ""):
+        marked = _place(fail_op(key=key), config.exit_step, "mark failed")
+        with dsl.ExitHandler(marked, name="convert-video"):
+            chunked = _place(chunk_op(bucket=bucket, key=key, output_format=format, divergence=divergence,
+                                      convergence=convergence), config.cpu_step, "chunk")
+            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as segment_index:
+                converted = _place(convert_op(key=key, segment_index=segment_index), config.gpu_step, "convert")
+                converted.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+                # spot reclaims and other lost pods; kfp retries every failure, a bad input fails again quickly
+                converted.set_retry(num_retries=config.convert_retries,
+                                    backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
+                                    backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
+                kubernetes.add_node_selector(converted, *GPU_POOL_LABEL)
+                kubernetes.add_toleration(converted, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+            _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat")
+
+    return stereo_spot
+
+
+def compile_pipeline(path, config: PipelineConfig | None = None) -> None:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(config), str(path))

@@ -1,0 +1,174 @@
+"""Start one run of the pipeline for an uploaded source: Argo through Hera's WorkflowsService (the Argo Server
+API), Kubeflow through ``kfp.Client`` (the KFP API). Used by ``stereo-spot submit``, CI and the UI.
+
+    Argo     ARGO_SERVER_URL (https://argo.example.com), ARGO_TOKEN, ARGO_NAMESPACE (default stereo-spot),
+             ARGO_UI_URL for the printed link (default: the server URL)
+    Kubeflow KFP_HOST (https://kubeflow.example.com/pipeline), KFP_TOKEN, KFP_NAMESPACE (multi-user profiles),
+             KFP_UI_URL for the printed link (default: the host)
+
+An Argo run is named after the job (``stereo-spot-{job_id}``), as the Sensor names it, so submitting a job that
+already has a run fails with AlreadyExists instead of converting it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components._common import job_id_from_key
+from pipelines.config import PIPELINE_NAME, TEMPLATE_NAME, PipelineConfig
+from stereo_spot.errors import UserError, one_line
+from stereo_spot.operator_links import workflow_name
+
+DEFAULT_NAMESPACE = "stereo-spot"  # where manifests/ deploys the WorkflowTemplate
+DEFAULT_EXPERIMENT = "stereo-spot"
+ENGINES = ("argo", "kfp")
+
+
+class SubmitError(UserError):
+    """The run could not be started; the message says why and what to set."""
+
+
+@dataclass(frozen=True)
+class SubmittedRun:
+    engine: str
+    run_id: str  # the Workflow's name (Argo) or the run id (Kubeflow)
+    link: str
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _parameters(bucket: str, key: str, output_format: str | None, divergence: float | None,
+                convergence: float | None) -> dict[str, str]:
+    parameters = {"bucket": bucket, "key": key}
+    for name, value in (("format", output_format), ("divergence", divergence), ("convergence", convergence)):
+        if value is not None and str(value) != "":
+            parameters[name] = str(value)
+    return parameters
+
+
+def _default_bucket() -> str:
+    from stereo_spot.config import get_settings
+
+    return get_settings().input_bucket_name
+
+
+def submit_run(engine: str, bucket: str | None, key: str, *, host: str | None = None, token: str | None = None,
+               namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
+               convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
+               experiment: str | None = None) -> str:
+    """Start a run and return its link in the engine's UI."""
+    return submit(engine, bucket, key, host=host, token=token, namespace=namespace, output_format=output_format,
+                  divergence=divergence, convergence=convergence, verify_ssl=verify_ssl, config=config,
+                  experiment=experiment).link
+
+
+def submit(engine: str, bucket: str | None, key: str, **options) -> SubmittedRun:
+    try:
+        job_id = job_id_from_key(key)
+    except ValueError as exc:
+        raise SubmitError(one_line(exc)) from exc
+    bucket = bucket or _default_bucket()
+    if engine == "argo":
+        return submit_argo(job_id, bucket, key, **options)
+    if engine == "kfp":
+        return submit_kfp(job_id, bucket, key, **options)
+    raise SubmitError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+
+
+def _check_host(host: str | None, env_name: str, what: str) -> str:
+    if not host:
+        raise SubmitError(f"no {what} address: pass --host or set {env_name}")
+    if not host.startswith(("http://", "https://")):
+        raise SubmitError(f"the {what} address {host!r} needs a scheme: http://… or https://…")
+    return host.rstrip("/")
+
+
+def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
+                namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
+                convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
+                experiment: str | None = None) -> SubmittedRun:
+    import requests
+    from hera.exceptions import AlreadyExists, Forbidden, HeraException, NotFound, Unauthorized
+    from hera.workflows import Workflow, WorkflowsService
+    from hera.workflows.models import WorkflowTemplateRef
+
+    host = _check_host(host or _env("ARGO_SERVER_URL"), "ARGO_SERVER_URL", "Argo server")
+    token = token or _env("ARGO_TOKEN")
+    namespace = namespace or _env("ARGO_NAMESPACE") or DEFAULT_NAMESPACE
+    name = workflow_name(job_id)
+    link = f"{(_env('ARGO_UI_URL') or host).rstrip('/')}/workflows/{namespace}/{name}"
+    service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=verify_ssl)
+    workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
+                        labels={"app.kubernetes.io/name": "stereo-spot", "stereo-spot.io/job-id": job_id},
+                        workflow_template_ref=WorkflowTemplateRef(name=TEMPLATE_NAME),
+                        arguments=_parameters(bucket, key, output_format, divergence, convergence))
+    try:
+        created = workflow.create()
+    except requests.exceptions.RequestException as exc:
+        raise SubmitError(f"cannot reach the Argo server at {host}: {one_line(exc)}; check --host/ARGO_SERVER_URL "
+                          "(e.g. kubectl -n argo port-forward svc/argo-server 2746:2746)") from exc
+    except AlreadyExists as exc:
+        raise SubmitError(f"job {job_id} already has a run: {link} (delete it with `argo delete -n {namespace} "
+                          f"{name}` to run the job again)") from exc
+    except (Unauthorized, Forbidden) as exc:
+        raise SubmitError(f"the Argo server refused the request ({type(exc).__name__}): pass --token or set "
+                          "ARGO_TOKEN to a token allowed to create workflows in " + namespace) from exc
+    except NotFound as exc:
+        raise SubmitError(f"the Argo server at {host} answered 404: is the namespace {namespace} right and the "
+                          f"WorkflowTemplate {TEMPLATE_NAME} applied? ({one_line(exc)})") from exc
+    except HeraException as exc:
+        raise SubmitError(f"the Argo server did not create the run: {one_line(exc)}") from exc
+    name = created.metadata.name or name
+    return SubmittedRun("argo", name, f"{(_env('ARGO_UI_URL') or host).rstrip('/')}/workflows/{namespace}/{name}")
+
+
+def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
+               namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
+               convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
+               experiment: str | None = None) -> SubmittedRun:
+    import requests
+
+    from pipelines.kfp import compile_pipeline
+
+    host = _check_host(host or _env("KFP_HOST", "KF_PIPELINES_ENDPOINT"), "KFP_HOST", "Kubeflow Pipelines")
+    token = token or _env("KFP_TOKEN")
+    namespace = namespace or _env("KFP_NAMESPACE")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:  # one quick look first: kfp.Client retries an unreachable host for a long time before it says so
+        requests.get(f"{host}/apis/v2beta1/healthz", headers=headers, timeout=15, verify=verify_ssl)
+    except requests.exceptions.RequestException as exc:
+        raise SubmitError(f"cannot reach Kubeflow Pipelines at {host}: {one_line(exc)}; check --host/KFP_HOST "
+                          "(e.g. kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80)") from exc
+    import kfp
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    with tempfile.TemporaryDirectory(prefix="stereo-spot-submit-") as tmp, \
+            contextlib.redirect_stdout(io.StringIO()):  # kfp prints its own "Run details" line
+        package = Path(tmp) / "pipeline.yaml"
+        compile_pipeline(package, config)
+        try:
+            client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow",
+                                verify_ssl=verify_ssl)
+            result = client.create_run_from_pipeline_package(
+                str(package), arguments=_parameters(bucket, key, output_format, divergence, convergence),
+                run_name=f"{PIPELINE_NAME}-{job_id}", experiment_name=experiment or DEFAULT_EXPERIMENT,
+                namespace=namespace, enable_caching=False)
+        except ApiException as exc:
+            raise SubmitError(f"Kubeflow Pipelines did not create the run (HTTP {exc.status}): "
+                              f"{one_line(exc.body or exc.reason or exc)}") from exc
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SubmitError(f"cannot reach Kubeflow Pipelines at {host}: {one_line(exc)}") from exc
+    run_id = result.run_id
+    return SubmittedRun("kfp", run_id, f"{(_env('KFP_UI_URL') or host).rstrip('/')}/#/runs/details/{run_id}")

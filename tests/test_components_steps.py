@@ -1,0 +1,167 @@
+"""The engine components in-process: how a step leaves its container (exit code, termination message, stdout),
+the settings overrides, and the exit handlers' failure reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from components import _common, chunk, fail
+from components._common import EXIT_FAILURE, EXIT_USER_ERROR, StepFailed
+from stereo_spot import keys, steps
+from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
+
+JOB = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
+
+
+@pytest.fixture
+def termination_log(tmp_path, monkeypatch):
+    path = tmp_path / "termination-log"
+    path.write_text("")
+    monkeypatch.setenv(_common.TERMINATION_LOG_ENV, str(path))
+    return path
+
+
+def test_a_key_that_names_no_job_is_a_user_error(home, termination_log):
+    with pytest.raises(StepFailed) as failed:
+        chunk.chunk("stereo-spot-input", "input/holiday.mp4")
+    assert failed.value.code == EXIT_USER_ERROR and failed.value.user_error
+    assert termination_log.read_text() == failed.value.reason
+    assert failed.value.reason.startswith("chunk: 'input/holiday.mp4' is not an input key")
+
+
+def test_a_source_that_is_not_a_video_fails_the_job_at_once(backend, termination_log, tmp_path):
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "notes")
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_bytes(b"this is not a video" * 100)
+    steps.store_source(backend, job.job_id, bogus)
+    with pytest.raises(StepFailed) as failed:
+        chunk.chunk(backend.input_bucket, keys.input_key(job.job_id))
+    assert failed.value.code == EXIT_USER_ERROR
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.FAILED
+    assert stored.failure_reason == failed.value.reason == termination_log.read_text()
+    # the exit handler that follows keeps the step's precise reason
+    fail.fail(keys.input_key(job.job_id), "Failed", json.dumps([{"displayName": "chunk", "message": "Error"}]))
+    assert backend.jobs.get(job.job_id).failure_reason == failed.value.reason
+
+
+def test_an_unexpected_error_asks_for_a_retry(backend, termination_log, monkeypatch):
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the store timed out")
+
+    monkeypatch.setattr(steps, "chunk", broken)
+    with pytest.raises(StepFailed) as failed:
+        chunk.chunk(backend.input_bucket, keys.input_key(job.job_id))
+    assert failed.value.code == EXIT_FAILURE and not failed.value.user_error
+    assert termination_log.read_text() == "chunk: the store timed out"
+    assert backend.jobs.get(job.job_id).status == JobStatus.CREATED  # a retry may still succeed
+
+
+@pytest.mark.parametrize("given,expected", [
+    (("", "", ""), {}),
+    (("anaglyph", " 3.5 ", ""), {"output_format": "anaglyph", "divergence": "3.5"}),
+    (("tb", "", "0.2"), {"output_format": "tb", "convergence": "0.2"}),
+])
+def test_workflow_parameters_override_settings(given, expected):
+    assert chunk.settings_overrides(*given) == expected
+
+
+@pytest.mark.parametrize("given,name", [(("3d", "", ""), "output_format"), (("", "55", ""), "divergence"),
+                                        (("", "", "near"), "convergence")])
+def test_bad_workflow_parameters_say_which(given, name):
+    with pytest.raises(Exception, match=f"invalid workflow parameter {name}="):
+        chunk.settings_overrides(*given)
+
+
+def test_an_upload_without_a_job_record_gets_one(backend, tmp_path):
+    source = tmp_path / "film.mp4"
+    source.write_bytes(b"\0" * 1234)
+    key = keys.input_key(JOB)
+    backend.objects.upload_file(backend.input_bucket, key, source)
+    job = chunk.ensure_job(backend, JOB, backend.input_bucket, key.replace("/", "%2F"),
+                           {"output_format": "hsbs"})
+    assert job.job_id == JOB and job.settings.output_format == OutputFormat.HSBS
+    assert job.source_file_size_bytes == 1234 and job.uploaded_at is not None
+    # a created job takes new overrides; once chunking started its settings stay
+    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "4"}).settings.divergence == 4
+    backend.jobs.update(JOB, status=JobStatus.CHUNKING_IN_PROGRESS)
+    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "1"}).settings.divergence == 4
+
+
+def test_event_keys_are_url_decoded():
+    assert _common.job_id_from_key(f"input%2F{JOB}%2Fsource.mp4") == JOB
+    assert _common.job_id_from_key(f"input/{JOB}/source.mp4") == JOB
+
+
+def test_argo_failures_become_one_readable_reason():
+    failures = [
+        {"displayName": "convert(1:1)", "message": "No more retries left", "templateName": "convert",
+         "phase": "Failed", "finishedAt": "2026-01-01T10:00:09Z"},
+        {"displayName": "convert(1:1)(2)", "message": "Error (exit code 1): convert: CUDA out of memory",
+         "templateName": "convert", "phase": "Failed", "finishedAt": "2026-01-01T10:00:08Z"},
+        {"displayName": "convert(1:1)(1)", "message": "pod deleted", "templateName": "convert",
+         "phase": "Error", "finishedAt": "2026-01-01T10:00:02Z"},
+        {"displayName": "main", "message": "child 'x' failed", "templateName": "main", "phase": "Failed"},
+    ]
+    reason = fail.reason_from_failures(json.dumps(failures))
+    assert reason == ("convert(1:1)(2): Error (exit code 1): convert: CUDA out of memory; "
+                      "convert(1:1)(1): pod deleted")
+    assert "deadline" in fail.reason_from_failures("", "Failed", "stereo-spot-x")
+    assert "stereo-spot-x" in fail.reason_from_failures("not json", "Error", "stereo-spot-x")
+
+
+def test_the_exit_handler_marks_failed_but_never_a_completed_job(backend):
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+    key = keys.input_key(job.job_id)
+    fail.fail(key, "Succeeded", "")
+    assert backend.jobs.get(job.job_id).status == JobStatus.CREATED
+    fail.fail(key, "Failed", json.dumps([{"displayName": "concat", "message": "Error (exit code 1): disk full"}]))
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.FAILED and stored.failure_reason == "concat: Error (exit code 1): disk full"
+    done = steps.create_job(backend, ConversionSettings(), "done")
+    backend.jobs.update(done.job_id, status=JobStatus.COMPLETED)
+    fail.fail_kfp(keys.input_key(done.job_id), "FAILED", "Task exit-handler-1 failed.", "run-1")
+    assert backend.jobs.get(done.job_id).status == JobStatus.COMPLETED
+    fail.fail("input/not-a-job.mp4", "Failed", "")  # nothing to mark, and no error
+
+
+def test_stdout_carries_only_the_result(home, tmp_path):
+    """Argo reads a script's whole stdout as its result: a step's own prints must not reach it."""
+    code = ("import sys; from components._common import run_step\n"
+            "def action(backend, job_id):\n"
+            "    print('noise from a library'); sys.stdout.flush()\n"
+            "    import os; os.write(1, b'native noise\\n')\n"
+            "    return [0, 1]\n"
+            f"print(run_step('chunk', 'input/{JOB}/source.mp4', action))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[0, 1]\n"
+    assert "noise from a library" in proc.stderr and "native noise" in proc.stderr
+
+
+def test_a_bad_workflow_parameter_fails_the_job_with_its_name(backend, termination_log):
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+    with pytest.raises(StepFailed) as failed:
+        chunk.chunk(backend.input_bucket, keys.input_key(job.job_id), output_format="3d")
+    assert failed.value.code == EXIT_USER_ERROR
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.FAILED and "invalid workflow parameter output_format='3d'" in \
+        stored.failure_reason
+
+
+def test_a_new_run_of_a_failed_job_resumes_it(backend):
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+    steps.fail(backend, job.job_id, "convert: the GPU fell off")
+    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    assert resumed.status == JobStatus.CREATED and resumed.failure_reason is None
+    backend.jobs.update(job.job_id, status=JobStatus.FAILED, total_segments=3, failure_reason="concat: disk full")
+    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    assert resumed.status == JobStatus.CHUNKING_COMPLETE and resumed.total_segments == 3

@@ -1,0 +1,265 @@
+"""Every manifest passes ../shared/tools/validate-manifests (strict: unknown fields are errors): each overlay as
+`kubectl kustomize` renders it, manifests/generated and the Argo CD Application. Plus the properties the
+deployment relies on: least-privilege RBAC, no keys in YAML, IRSA, the environment contract, and the Sensor's
+filters applied to real S3 event shapes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import ENV_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+VALIDATOR = ROOT.parent / "shared" / "tools" / "validate-manifests"
+OVERLAYS = sorted(p.parent for p in (MANIFESTS / "overlays").glob("*/kustomization.yaml"))
+JOB = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
+
+
+def _kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is needed to render the overlays (scripts/setup --dev installs it)")
+        pytest.skip("kubectl is not installed")
+    return path
+
+
+def _validator() -> Path:
+    if not VALIDATOR.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{VALIDATOR} is missing: CI runs with shared/ beside the checkout")
+        pytest.skip("shared/tools/validate-manifests is not beside this checkout")
+    return VALIDATOR
+
+
+@pytest.fixture(scope="module")
+def validation(tmp_path_factory) -> str:
+    """One run of the validator (it loads the large upstream schemas once) over every overlay as kubectl
+    kustomize renders it, manifests/generated and the Argo CD Application."""
+    folder = tmp_path_factory.mktemp("rendered")
+    for overlay in OVERLAYS:
+        (folder / f"overlay-{overlay.name}.yaml").write_text(yaml.safe_dump_all(render(overlay), sort_keys=False))
+    proc = subprocess.run([sys.executable, str(_validator()), str(folder), str(MANIFESTS / "generated"),
+                           str(MANIFESTS / "argocd")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and " 0 invalid" in proc.stdout, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def render(overlay: Path) -> list[dict]:
+    """A fresh copy of the overlay as kubectl kustomize renders it (rendered once per test session)."""
+    return json.loads(_rendered(str(overlay), _kubectl()))
+
+
+@functools.cache
+def _rendered(overlay: str, kubectl: str) -> str:
+    proc = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.dumps([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=[p.name for p in OVERLAYS])
+def overlay(request) -> tuple[Path, list[dict]]:
+    return request.param, render(request.param)
+
+
+def _find(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert matches, f"no {kind} {name or ''}"
+    return matches[0]
+
+
+def test_there_are_overlays():
+    assert {p.name for p in OVERLAYS} >= {"aws", "aws-kubeflow"}
+
+
+def test_each_overlay_validates(overlay, validation):
+    path, docs = overlay
+    lines = [line for line in validation.splitlines() if f"overlay-{path.name}.yaml:" in line]
+    assert len(lines) == len(docs) and not [line for line in lines if line.startswith("INVALID")], validation
+    for kind in ("WorkflowTemplate", "EventSource", "Sensor", "EventBus"):
+        assert [line for line in lines if line.startswith("ok ") and f": {kind}/" in line], f"{path.name}: {kind}"
+
+
+def test_generated_and_argocd_validate(validation):
+    for label in ("generated/workflowtemplate.yaml: WorkflowTemplate/stereo-spot",
+                  "generated/kfp-pipeline.yaml: kfp/stereo-spot", "generated/kfp-pipeline.yaml: kfp-platform"):
+        assert re.search(rf"^ok \S*{re.escape(label)}$", validation, re.M), validation
+    assert "argocd/stereo-spot.yaml: Application/stereo-spot" in validation
+
+
+def test_rbac_is_least_privilege(overlay):
+    _, docs = overlay
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
+    sensor = {r: set(rule["verbs"]) for rule in roles["stereo-spot-sensor"]["rules"] for r in rule["resources"]}
+    assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
+    workflow = roles["stereo-spot-workflow"]["rules"]
+    assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+                         "verbs": ["create", "patch"]}]
+
+
+def test_aws_access_is_irsa_and_no_keys_are_in_yaml(overlay):
+    _, docs = overlay
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    for name in ("stereo-spot-workflow", "stereo-spot-events", "stereo-spot-ui"):
+        arn = accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
+    sqs = _find(docs, "EventSource", "stereo-spot-uploads")["spec"]["sqs"]["uploads"]
+    assert sqs["jsonBody"] is True and not {"accessKey", "secretKey", "sessionToken"} & set(sqs)
+    assert _find(docs, "EventSource")["spec"]["template"]["serviceAccountName"] == "stereo-spot-events"
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    text = yaml.safe_dump_all(docs)
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET_ACCESS_KEY:", text)
+
+
+def test_the_config_map_holds_the_environment_contract(overlay):
+    _, docs = overlay
+    data = _find(docs, "ConfigMap", "stereo-spot-env")["data"]
+    assert set(ENV_KEYS) <= set(data)  # every key the Kubeflow tasks map must exist
+    assert data["STORAGE_ADAPTER"] == "aws"
+    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    assert all(t["script"]["envFrom"][0]["configMapRef"]["name"] == "stereo-spot-env"
+               for t in workflow_template["spec"]["templates"] if "script" in t)
+
+
+def test_the_gpu_pool_is_spot_with_on_demand_fallback_and_a_limit():
+    docs = render(MANIFESTS / "overlays" / "aws")
+    pool = _find(docs, "NodePool", "stereo-spot-gpu")
+    assert "namespace" not in pool["metadata"]  # cluster-scoped
+    requirements = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
+    assert requirements["karpenter.sh/capacity-type"] == ["spot", "on-demand"]
+    assert pool["spec"]["limits"]["nvidia.com/gpu"] >= 1
+    assert pool["spec"]["template"]["metadata"]["labels"] == {"stereo-spot.io/pool": "gpu"}
+    assert pool["spec"]["template"]["spec"]["taints"][0]["key"] == "nvidia.com/gpu"
+    node_class = _find(docs, "EC2NodeClass", pool["spec"]["template"]["spec"]["nodeClassRef"]["name"])
+    assert node_class["apiVersion"] == "karpenter.k8s.aws/v1"
+    # the pipeline never runs more convert pods than the pool can hold
+    from pipelines.config import PipelineConfig
+
+    assert PipelineConfig().parallelism <= pool["spec"]["limits"]["nvidia.com/gpu"]
+
+
+def test_images_point_at_the_overlay_registry():
+    docs = render(MANIFESTS / "overlays" / "aws")
+    images = [t["script"]["image"] for t in _find(docs, "WorkflowTemplate")["spec"]["templates"] if "script" in t]
+    images.append(_find(docs, "Deployment", "stereo-spot-ui")["spec"]["template"]["spec"]["containers"][0]["image"])
+    assert images and all(i.startswith("123456789012.dkr.ecr.") for i in images), images
+
+
+def test_kubeflow_overlay_swaps_the_sensor():
+    docs = render(MANIFESTS / "overlays" / "aws-kubeflow")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Sensor"] == ["stereo-spot-kubeflow"]
+    trigger = _find(docs, "Sensor")["spec"]["triggers"][0]["template"]["http"]
+    assert trigger["url"].endswith("/apis/v2beta1/runs") and trigger["method"] == "POST"
+    dests = {p["dest"] for p in trigger["payload"]}
+    assert {"runtime_config.parameters.bucket", "runtime_config.parameters.key",
+            "pipeline_version_reference.pipeline_id"} <= dests
+    assert trigger["secureHeaders"][0]["valueFrom"]["secretKeyRef"]["name"]  # the token is not in YAML
+
+
+# --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------
+
+def _s3_event(key: str, event_name: str = "ObjectCreated:Put", bucket: str = "stereo-spot-input") -> dict:
+    """What the SQS EventSource (jsonBody: true) puts on the bus for an S3 notification."""
+    return {"messageId": "m-1", "messageAttributes": {}, "body": {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event_name,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1234}}}]}}
+
+
+TEST_EVENT = {"messageId": "m-0", "body": {"Service": "Amazon S3", "Event": "s3:TestEvent",
+                                           "Bucket": "stereo-spot-input"}}
+
+
+def _get(data, path: str):
+    """gjson's dotted paths (numbers index arrays), as Argo Events resolves `path` and `dataKey`."""
+    for part in path.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            raise KeyError(path)
+    return data
+
+
+def _passes(dependency: dict, event: dict) -> bool:
+    """Argo Events' data filters with the default `and`: a missing path drops the event; a string filter passes
+    when one of its regular expressions matches (Go regexp, unanchored: the patterns anchor themselves)."""
+    for data_filter in dependency["filters"]["data"]:
+        assert data_filter["type"] == "string"
+        try:
+            value = _get(event, data_filter["path"])
+        except KeyError:
+            return False
+        if not any(re.search(pattern, str(value)) for pattern in data_filter["value"]):
+            return False
+    return True
+
+
+def _sensors() -> list[dict]:
+    docs = render(MANIFESTS / "overlays" / "aws") + render(MANIFESTS / "overlays" / "aws-kubeflow")
+    return [d for d in docs if d["kind"] == "Sensor"]
+
+
+@pytest.mark.parametrize("key,event_name,kept", [
+    (f"input/{JOB}/source.mp4", "ObjectCreated:Put", True),
+    (f"input/{JOB}/source.mp4", "ObjectCreated:CompleteMultipartUpload", True),
+    ("input/my+holiday+film.mp4", "ObjectCreated:Put", True),  # kept; chunk says it names no job
+    (f"input/{JOB}/source.mov", "ObjectCreated:Put", False),
+    (f"jobs/{JOB}/final.mp4", "ObjectCreated:Put", False),
+    (f"segments/{JOB}/00000_00002_sbs.mp4", "ObjectCreated:Put", False),
+    (f"input/{JOB}/source.mp4", "ObjectRemoved:Delete", False),
+])
+def test_sensor_filters(key, event_name, kept):
+    for sensor in _sensors():
+        assert _passes(sensor["spec"]["dependencies"][0], _s3_event(key, event_name)) is kept, sensor["metadata"]
+
+
+def test_sensor_drops_the_s3_test_event():
+    for sensor in _sensors():
+        assert not _passes(sensor["spec"]["dependencies"][0], TEST_EVENT)
+
+
+def _go_template_job_id(template: str, event: dict) -> str:
+    """The sensor's dataTemplate, checked for the shape it relies on and evaluated: the key of the first record
+    piped through sprig's regexFind."""
+    match = re.fullmatch(r'(?P<prefix>[\w-]*)\{\{ \(index \.Input\.body\.Records 0\)\.s3\.object\.key '
+                         r'\| regexFind "(?P<regex>[^"]+)" \}\}', template)
+    assert match, template
+    key = event["body"]["Records"][0]["s3"]["object"]["key"]
+    found = re.search(match["regex"], key)
+    return match["prefix"] + (found.group(0) if found else "")
+
+
+def test_argo_sensor_names_the_workflow_after_the_job():
+    sensor = next(s for s in _sensors() if s["metadata"]["name"] == "stereo-spot-argo")
+    trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    assert trigger["operation"] == "submit"
+    workflow = trigger["source"]["resource"]
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": "stereo-spot"}
+    event = _s3_event(urllib.parse.quote_plus(f"input/{JOB}/source.mp4", safe="/"))
+    params = {p["dest"]: p["src"] for p in trigger["parameters"]}
+    assert _get(event, params["spec.arguments.parameters.1.value"]["dataKey"]) == f"input/{JOB}/source.mp4"
+    assert [p["name"] for p in workflow["spec"]["arguments"]["parameters"]] == ["bucket", "key"]
+    assert _get(event, params["spec.arguments.parameters.0.value"]["dataKey"]) == "stereo-spot-input"
+    name = _go_template_job_id(params["metadata.name"]["dataTemplate"], event)
+    from stereo_spot.operator_links import workflow_name
+
+    assert name == workflow_name(JOB) == f"stereo-spot-{JOB}"  # the UI's run link finds it
+    # a duplicate delivery computes the same name: Kubernetes answers AlreadyExists
+    assert _go_template_job_id(params["metadata.name"]["dataTemplate"], json.loads(json.dumps(event))) == name

@@ -1,0 +1,176 @@
+"""The compiled pipelines: golden files, and the properties the cluster relies on (read from the YAML that is
+deployed, not from the Python that builds it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines.compile import GENERATED_FILES, KFP_PIPELINE_FILE, WORKFLOW_TEMPLATE_FILE, compile_all, render_all
+from pipelines.config import ENV_KEYS, GPU_POOL_LABEL, PipelineConfig
+from stereo_spot.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "manifests" / "generated"
+
+
+@pytest.fixture(scope="module")
+def workflow_template() -> dict:
+    return yaml.safe_load((GENERATED / WORKFLOW_TEMPLATE_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def kfp_docs() -> list[dict]:
+    return list(yaml.safe_load_all((GENERATED / KFP_PIPELINE_FILE).read_text()))
+
+
+def test_generated_files_match_a_fresh_compile():
+    fresh = render_all()
+    for name in GENERATED_FILES:
+        committed = (GENERATED / name).read_text()
+        assert committed == fresh[name], f"manifests/generated/{name} is stale: run `stereo-spot compile`"
+
+
+def test_compile_command_writes_and_checks(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["compile", "--out", str(tmp_path), "--registry", "example.com/team", "--tag", "9"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / WORKFLOW_TEMPLATE_FILE).read_text()
+    assert "image: example.com/team/stereo-spot-gpu:9" in text
+    assert "example.com/team/stereo-spot-cpu:9" in (tmp_path / KFP_PIPELINE_FILE).read_text()
+    assert runner.invoke(app, ["compile", "--out", str(tmp_path), "--registry", "example.com/team", "--tag", "9",
+                               "--check"]).exit_code == 0
+    (tmp_path / KFP_PIPELINE_FILE).write_text("stale")
+    stale = runner.invoke(app, ["compile", "--out", str(tmp_path), "--registry", "example.com/team", "--tag", "9",
+                                "--check"])
+    assert stale.exit_code == 1 and "out of date" in stale.output
+    assert (tmp_path / KFP_PIPELINE_FILE).read_text() == "stale"  # --check writes nothing
+    assert [r.changed for r in compile_all(tmp_path, PipelineConfig(registry="example.com/team", tag="9"))] == \
+        [False, True]
+
+
+def _templates(wt: dict) -> dict[str, dict]:
+    return {t["name"]: t for t in wt["spec"]["templates"]}
+
+
+def test_workflow_template_contract(workflow_template):
+    spec = workflow_template["spec"]
+    assert workflow_template["metadata"]["name"] == "stereo-spot"
+    params = {p["name"]: p for p in spec["arguments"]["parameters"]}
+    assert set(params) == {"bucket", "key", "format", "divergence", "convergence"}
+    assert "value" not in params["bucket"] and "value" not in params["key"]  # required
+    assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence"))
+    assert spec["onExit"] == "exit-handler" and spec["serviceAccountName"] == "stereo-spot-workflow"
+    assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterSuccess"] > 0
+    assert spec["activeDeadlineSeconds"] > 0
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    mutex = spec["synchronization"]["mutexes"][0]["name"]
+    assert "workflow.parameters.key" in mutex and "regexFind" in mutex  # keyed by the job id in the key
+
+
+def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
+    templates = _templates(workflow_template)
+    tasks = {t["name"]: t for t in templates["main"]["dag"]["tasks"]}
+    assert templates["main"]["parallelism"] == PipelineConfig().parallelism
+    assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.result}}"
+    assert tasks["convert"]["depends"] == "chunk" and tasks["concat"]["depends"] == "convert"
+    convert = templates["convert"]
+    assert convert["script"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert convert["nodeSelector"] == dict([GPU_POOL_LABEL])
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in convert["tolerations"]
+    retry = convert["retryStrategy"]
+    assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2 and retry["backoff"]["factor"] == 2
+    assert retry["expression"] == "lastRetry.exitCode != '2'"  # a bad input is not retried
+    exit_task = templates["exit-handler"]["dag"]["tasks"][0]
+    assert exit_task["template"] == "fail" and exit_task["when"] == "{{workflow.status}} != Succeeded"
+    assert {p["name"]: p["value"] for p in exit_task["arguments"]["parameters"]}["failures"] == \
+        "{{workflow.failures}}"
+
+
+def test_every_step_runs_the_hera_runner_with_requests(workflow_template):
+    scripts = [t for t in workflow_template["spec"]["templates"] if "script" in t]
+    assert {t["name"] for t in scripts} == {"chunk", "convert", "concat", "fail"}
+    for template in scripts:
+        script = template["script"]
+        assert script["command"] == ["python"]
+        assert script["args"][:4] == ["-m", "hera.workflows.runner", "-e", f"components.{template['name']}:"
+                                      f"{template['name']}"]
+        assert script["source"] == "{{inputs.parameters}}"
+        requests = script["resources"]["requests"]
+        assert requests["cpu"] and requests["memory"], template["name"]
+        assert script["envFrom"][0] == {"configMapRef": {"name": "stereo-spot-env"}}
+
+
+def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
+    spec, platform = kfp_docs
+    assert spec["pipelineInfo"]["name"] == "stereo-spot"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"bucket", "key", "format", "divergence",
+                                                                    "convergence"}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        command = " ".join(container["command"])
+        assert "pip install" not in command, name
+        assert re.match(r"ghcr\.io/stereo-spot/stereo-spot-(cpu|gpu):", container["image"]), name
+        assert container["resources"]["resourceCpuRequest"], name
+    tasks = _all_tasks(spec)
+    steps = {name: t for name, t in tasks.items() if "componentRef" in t and t["componentRef"]["name"] in
+             ("comp-chunk", "comp-convert", "comp-concat", "comp-fail")}
+    assert len(steps) == 4
+    # caching off: kfp writes `cachingOptions: {}` (enableCache false is the proto default)
+    assert all(t["cachingOptions"] == {} for t in steps.values())
+    convert_exec = spec["deploymentSpec"]["executors"]["exec-convert"]["container"]
+    assert convert_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert convert_exec["resources"]["accelerator"]["resourceCount"] == "1"
+    assert tasks["convert"]["retryPolicy"]["maxRetryCount"] == PipelineConfig().convert_retries
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == PipelineConfig().parallelism
+    exit_task = tasks["fail"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    convert = executors["exec-convert"]
+    assert convert["nodeSelector"]["labels"] == dict([GPU_POOL_LABEL])
+    assert convert["tolerations"][0]["key"] == "nvidia.com/gpu"
+    for name, config in executors.items():
+        mapped = {m["envVar"] for m in config["configMapAsEnv"][0]["keyToEnv"]}
+        assert mapped == set(ENV_KEYS), name
+        assert config["secretAsEnv"][0]["optional"] is True, name
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_a_three_hour_film_fans_out_far_under_argos_limit(backend):
+    """Argo caps a step's output at 256 kB: the fan-out of a 3-hour film at the default segment length, as the
+    real chunk step prints it, stays a few kB."""
+    import subprocess
+    import sys
+
+    from stereo_spot import keys, steps
+    from stereo_spot.models import ConversionSettings, JobStatus
+
+    settings = ConversionSettings()
+    total = math.ceil(3 * 3600 / settings.segment_seconds)
+    job = steps.create_job(backend, settings, "a long film")
+    backend.jobs.update(job.job_id, status=JobStatus.CHUNKING_COMPLETE, total_segments=total)
+    inputs = [{"name": "bucket", "value": backend.input_bucket}, {"name": "key", "value": keys.input_key(job.job_id)},
+              {"name": "output_format", "value": ""}, {"name": "divergence", "value": ""},
+              {"name": "convergence", "value": ""}]
+    path = backend.objects.local_path(backend.input_bucket, "inputs.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(inputs))
+    proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "components.chunk:chunk", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == list(range(total))
+    size = len(proc.stdout.encode())
+    assert total == 1080 and size < 16 * 1024, size  # 256 kB is Argo's limit

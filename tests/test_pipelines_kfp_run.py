@@ -1,0 +1,89 @@
+"""The compiled Kubeflow pipeline (manifests/generated/kfp-pipeline.yaml) end to end under kfp.local's
+SubprocessRunner on the embedded storage: the same container commands the cluster runs, without a cluster and
+without installing anything (use_venv=False: the project is already installed here, as in our images)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from stereo_spot import keys, steps
+from stereo_spot.models import ConversionSettings, JobStatus
+from tests.media_fixtures import make_clip
+from tests.test_pipelines_argo_run import video_facts
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = ROOT / "manifests" / "generated" / "kfp-pipeline.yaml"
+SIZE, FPS, SECONDS = (160, 96), 12, 2.0
+
+
+@pytest.fixture
+def local_kfp(home, tmp_path):
+    import kfp.local
+    from kfp import components
+
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"),
+                   raise_on_error=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "non-Python base image", "accelerator ignored locally"
+        yield components.load_component_from_file(str(PIPELINE))
+
+
+def _run(pipeline, **arguments):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipeline(**arguments)
+
+
+def test_the_kfp_pipeline_converts_a_clip_and_a_second_run_changes_nothing(local_kfp, backend, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", seconds=SECONDS, fps=FPS, size=SIZE, gop=6)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    key = keys.input_key(job.job_id)
+
+    _run(local_kfp, bucket=backend.input_bucket, key=key)
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.COMPLETED, stored.failure_reason
+    assert stored.total_segments == 2 and len(backend.completions.query_by_job(job.job_id)) == 2
+    final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+    source, converted = video_facts(clip), video_facts(final)
+    assert converted["frames"] == source["frames"] == SECONDS * FPS
+    assert (converted["width"], converted["height"]) == (2 * SIZE[0], SIZE[1])
+    assert converted["audio"] == 1 and converted["rate"] == FPS
+    assert abs(converted["duration"] - source["duration"]) <= 1 / FPS + 1e-6
+    before = (final.stat().st_mtime_ns, final.read_bytes())
+
+    _run(local_kfp, bucket=backend.input_bucket, key=key, format="anaglyph")  # too late to change: completed
+    again = backend.jobs.get(job.job_id)
+    assert again.status == JobStatus.COMPLETED and again.settings.output_format == "sbs"
+    assert (final.stat().st_mtime_ns, final.read_bytes()) == before
+    assert backend.objects.list_keys(backend.output_bucket, f"jobs/{job.job_id}/") == sorted(
+        [keys.final_key(job.job_id)] + [keys.output_segment_key(job.job_id, i) for i in range(2)])
+
+
+def test_the_exit_handler_marks_a_failed_run(local_kfp, backend, tmp_path):
+    notes = tmp_path / "notes.mp4"
+    notes.write_bytes(b"not a video at all " * 64)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "notes")
+    steps.store_source(backend, job.job_id, notes)
+    _run(local_kfp, bucket=backend.input_bucket, key=keys.input_key(job.job_id))
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.FAILED
+    assert stored.failure_reason.startswith("chunk: ")  # the step's own reason, kept by the exit task
+
+
+def test_the_exit_handler_records_an_unexpected_failure(local_kfp, backend, tmp_path, monkeypatch):
+    """chunk cannot make its scratch folder (not a user error): the job stays as it is until the exit task,
+    which runs after the failed run and marks the job failed."""
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, fps=FPS, size=SIZE, gop=6)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(blocker / "scratch"))
+    _run(local_kfp, bucket=backend.input_bucket, key=keys.input_key(job.job_id))
+    stored = backend.jobs.get(job.job_id)
+    assert stored.status == JobStatus.FAILED
+    assert stored.failure_reason.startswith("the Kubeflow run ") and " ended failed" in stored.failure_reason
