@@ -1,0 +1,27 @@
+"""The depth-estimator interface every model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class DepthEstimator(ABC):
+    """Relative inverse depth for batches of consecutive frames of one shot.
+
+    ``estimate`` takes float frames [N,3,H,W] in 0..1 on the estimator's device and returns [N,1,H,W] in 0..1,
+    near = large. Successive calls continue the same shot: an estimator keeps whatever temporal state it needs
+    (previous frame, running depth range) so the output does not flicker from batch to batch. ``reset`` starts a
+    new shot; estimators also reset themselves at scene cuts they detect.
+    """
+
+    name: str = "depth"
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the temporal state."""
+
+    @abstractmethod
+    def estimate(self, frames: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] float 0..1 → [N,1,H,W] normalised inverse depth (0 far … 1 near)."""

@@ -1,0 +1,234 @@
+"""A depth estimator that needs no weights: monocular cues that hold in most footage.
+
+Cues, all computed at a low working resolution (long side ``work_long_side``):
+
+* **Vertical position**: lower in the frame is usually nearer (the ground plane rises towards the horizon).
+* **Motion parallax**: optical flow between consecutive frames (OpenCV's DIS flow: as good as Farnebäck at this
+  size for a tenth of the time), minus the motion of the far part of
+  the scene. When the camera moves sideways near things move faster than far ones; when the camera is still,
+  things that move on their own are usually the subject. The reference ("far") motion is a robust affine fit of
+  the flow, weighted towards pixels the current estimate already considers far, so a large near object that
+  fills most of the frame does not become the reference.
+* **Focus / texture**: local gradient energy. The subject is usually sharp and textured; sky, walls and defocused
+  backgrounds are not.
+
+The weighted sum is carried along the flow from frame to frame (the previous estimate is warped into the current
+frame and blended), which both steadies it and accumulates motion evidence over several frames. It is then
+normalised to 0..1 with a running (EMA) robust min/max, and refined edge-aware with a fast guided filter whose
+linear model is applied to the full-resolution luma. A scene cut (large histogram and pixel change) resets all
+temporal state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.guided import box_filter, fast_guided_upsample, luma
+from stereo_spot.stereo.resample import resize
+
+_MIN_WORKING_SIDE = 16
+
+
+@dataclass
+class HeuristicParams:
+    work_long_side: int = 320
+    # Motion parallax is the only cue here that measures depth rather than guessing it, so when the flow shows
+    # clear parallax it outweighs the priors.
+    weight_vertical: float = 0.6
+    weight_texture: float = 0.35
+    weight_motion: float = 2.5
+    #: residual motion (working-resolution pixels, 95th percentile) at which the motion cue is fully trusted
+    motion_trust_px: float = 0.75
+    #: share of the previous (flow-warped) estimate kept at each frame: steadier vs quicker to follow motion
+    temporal_keep: float = 0.7
+    #: share of the running depth range kept at each frame
+    range_keep: float = 0.9
+    #: smallest raw range normalised to 0..1 (a flat scene stays flat instead of amplifying noise)
+    min_range: float = 0.15
+    guided_radius: int = 8
+    guided_eps: float = 1e-2
+    #: a cut needs both: L1 distance of 32-bin luma histograms (0..2) and mean absolute luma change (0..1)
+    cut_histogram_distance: float = 0.5
+    cut_mean_difference: float = 0.1
+
+
+def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """The low resolution the cues are computed at: the long side at most ``long_side``, no side under 16 px
+    (OpenCV's DIS flow needs 12; tiny frames are upsampled, which costs nothing at that size)."""
+    scale = min(1.0, long_side / max(height, width))
+    return max(_MIN_WORKING_SIDE, round(height * scale)), max(_MIN_WORKING_SIDE, round(width * scale))
+
+
+def _to_u8(gray: torch.Tensor) -> np.ndarray:
+    return (gray.squeeze().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _percentiles(x: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
+    flat = x.reshape(-1)
+    if flat.numel() > 4096:  # a strided sample is plenty for a range estimate
+        flat = flat[:: flat.numel() // 4096 + 1]
+    if flat.device.type == "cpu":  # numpy partitions instead of sorting: a few times faster
+        q = np.percentile(flat.numpy(), [100 * lo, 100 * hi])
+    else:
+        q = torch.quantile(flat, torch.tensor([lo, hi], dtype=flat.dtype, device=flat.device)).tolist()
+    return float(q[0]), float(q[1])
+
+
+class HeuristicDepth(DepthEstimator):
+    name = "heuristic"
+
+    def __init__(self, device: str | torch.device | None = None, params: HeuristicParams | None = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.params = params or HeuristicParams()
+        self.cuts_detected = 0
+        self._dis = None
+        self._grid_key: tuple | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._prev_gray_u8: np.ndarray | None = None
+        self._prev_hist: torch.Tensor | None = None
+        self._prev_raw: torch.Tensor | None = None
+        self._prev_depth: torch.Tensor | None = None  # normalised, working resolution
+        self._range: tuple[float, float] | None = None
+
+    # --- per-frame pieces ------------------------------------------------------------------------------
+
+    def _is_cut(self, gray: torch.Tensor, gray_u8: np.ndarray) -> tuple[bool, torch.Tensor]:
+        hist = torch.histc(gray, bins=32, min=0.0, max=1.0)
+        hist = hist / hist.sum().clamp_min(1.0)
+        if self._prev_hist is None or self._prev_gray_u8 is None:
+            return False, hist
+        distance = float((hist - self._prev_hist).abs().sum())
+        change = float(np.abs(gray_u8.astype(np.int16) - self._prev_gray_u8).mean()) / 255.0
+        p = self.params
+        return distance > p.cut_histogram_distance and change > p.cut_mean_difference, hist
+
+    def _flow(self, current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """Flow from the current frame to the previous one: current(x) ≈ previous(x + flow). [h,w,2]."""
+        if self._dis is None:
+            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        return self._dis.calc(current, previous, None)
+
+    def _reference_motion(self, flow: np.ndarray, farness: np.ndarray) -> np.ndarray:
+        """Robust affine fit of ``flow`` weighted towards far pixels: the motion the far scene shows."""
+        h, w = flow.shape[:2]
+        step = max(1, int(np.sqrt(h * w / 900)))
+        sample = (slice(0, h, step), slice(0, w, step))
+        xs = (np.arange(w, dtype=np.float32) / w - 0.5)
+        ys = (np.arange(h, dtype=np.float32) / h - 0.5)
+        gy, gx = np.meshgrid(ys[sample[0]], xs[sample[1]], indexing="ij")
+        design = np.stack([np.ones(gx.size), gx.reshape(-1), gy.reshape(-1)], axis=1).astype(np.float64)
+        target = flow[sample].reshape(-1, 2).astype(np.float64)
+        prior = farness[sample].reshape(-1).astype(np.float64) ** 2 + 1e-3
+        weights = prior
+        coef = np.zeros((3, 2))
+        for _ in range(3):  # iteratively reweighted least squares (Cauchy weights on the residual)
+            sw = np.sqrt(weights)[:, None]
+            coef, *_ = np.linalg.lstsq(design * sw, target * sw, rcond=None)
+            residual = np.linalg.norm(target - design @ coef, axis=1)
+            sigma = 1.4826 * float(np.median(residual)) + 0.05
+            weights = prior / (1.0 + (residual / sigma) ** 2)
+        coef = coef.astype(np.float32)
+        # flow_ref(x, y) = c0 + c1 x + c2 y, per component
+        return coef[0] + xs[None, :, None] * coef[1] + ys[:, None, None] * coef[2]
+
+    def _motion_cue(self, flow: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """Residual motion magnitude [1,1,h,w] in 0..1.5: about 1 for the fastest-moving (nearest) part.
+
+        Flow noise (sensor noise, compression) shows as a small residual everywhere, so the median residual
+        (most of a frame moves like its reference) is subtracted as a noise floor, and residuals are scaled by
+        their 95th percentile but never by less than ``motion_trust_px``: weak motion stays a weak cue instead
+        of being stretched to full strength.
+        """
+        magnitude = flow.norm(dim=1, keepdim=True)
+        # Flow in flat regions is guessed by the solver: spread the textured neighbours' motion instead.
+        radius = max(2, magnitude.shape[-1] // 32)
+        magnitude = box_filter(magnitude * confidence, radius) / box_filter(confidence, radius).clamp_min(1e-3)
+        median, _ = _percentiles(magnitude, 0.5, 0.95)
+        magnitude = (magnitude - (1.5 * median + 0.05)).clamp_(min=0.0)
+        _, p95 = _percentiles(magnitude, 0.5, 0.95)
+        return (magnitude / max(p95, self.params.motion_trust_px)).clamp_(0.0, 1.5)
+
+    def _warp_back(self, previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """previous [1,1,h,w] sampled at x + flow: the previous estimate carried into the current frame."""
+        _, _, h, w = previous.shape
+        key = (h, w, flow.device, flow.dtype)
+        if self._grid_key != key:
+            ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
+                                    torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
+            # grid_sample's normalised coordinates (align_corners=True): -1 and 1 are the outer pixel centres
+            self._grid = torch.stack([xs * (2.0 / max(w - 1, 1)) - 1.0, ys * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
+            self._grid_scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=flow.device,
+                                            dtype=flow.dtype)
+            self._grid_key = key
+        grid = torch.addcmul(self._grid, flow[0].permute(1, 2, 0), self._grid_scale).unsqueeze(0)
+        return F.grid_sample(previous, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+    # --- the estimator -----------------------------------------------------------------------------------
+
+    def estimate(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"depth estimation wants frames [N,3,H,W], got {tuple(frames.shape)}")
+        p = self.params
+        n, _, h, w = frames.shape
+        hs, ws = working_size(h, w, p.work_long_side)
+        small = resize(frames, (hs, ws), area=True)
+        gray_small = luma(small).contiguous()
+
+        # Cues that need no history, for the whole batch at once.
+        gx = F.pad(gray_small[..., :, 1:] - gray_small[..., :, :-1], (0, 1, 0, 0))
+        gy = F.pad(gray_small[..., 1:, :] - gray_small[..., :-1, :], (0, 0, 0, 1))
+        energy = box_filter((gx * gx + gy * gy).sqrt_(), max(2, ws // 48))
+        vertical = torch.linspace(0.0, 1.0, hs, device=frames.device, dtype=frames.dtype).view(1, 1, hs, 1)
+
+        depth_small = torch.empty((n, 1, hs, ws), device=frames.device, dtype=frames.dtype)
+        for i in range(n):
+            gray = gray_small[i : i + 1]
+            gray_u8 = _to_u8(gray)
+            cut, hist = self._is_cut(gray, gray_u8)
+            if cut:
+                self.cuts_detected += 1
+                self.reset()
+            _, e_hi = _percentiles(energy[i], 0.5, 0.98)
+            texture = (energy[i : i + 1] / max(e_hi, 1e-3)).clamp_(0.0, 1.0)
+            static = p.weight_vertical * vertical + p.weight_texture * texture
+
+            raw = static
+            if self._prev_gray_u8 is not None and self._prev_raw is not None and self._prev_depth is not None:
+                flow_np = self._flow(gray_u8, self._prev_gray_u8)
+                farness = 1.0 - self._prev_depth.squeeze().cpu().numpy()
+                reference = self._reference_motion(flow_np, farness)
+                flow = torch.from_numpy(flow_np).to(frames.device).permute(2, 0, 1).unsqueeze(0)
+                residual = flow - torch.from_numpy(reference).to(frames.device).permute(2, 0, 1).unsqueeze(0)
+                motion = self._motion_cue(residual, (texture * 4.0).clamp_(0.05, 1.0))
+                raw = static + p.weight_motion * motion
+                carried = self._warp_back(self._prev_raw, flow)
+                raw = p.temporal_keep * carried + (1.0 - p.temporal_keep) * raw
+
+            lo, hi = _percentiles(raw, 0.02, 0.98)
+            if self._range is None:
+                self._range = (lo, hi)
+            else:
+                k = p.range_keep
+                self._range = (k * self._range[0] + (1 - k) * lo, k * self._range[1] + (1 - k) * hi)
+            r_lo, r_hi = self._range
+            span = max(r_hi - r_lo, p.min_range)
+            centre = 0.5 * (r_lo + r_hi)
+            depth = ((raw - (centre - 0.5 * span)) / span).clamp_(0.0, 1.0)
+
+            depth_small[i : i + 1] = depth
+            self._prev_raw = raw
+            self._prev_depth = depth
+            self._prev_gray_u8 = gray_u8
+            self._prev_hist = hist
+
+        radius = max(2, round(p.guided_radius * ws / 320))
+        refined = fast_guided_upsample(gray_small, depth_small, luma(frames), radius, p.guided_eps)
+        return refined.clamp_(0.0, 1.0)

@@ -1,0 +1,185 @@
+"""Filling the holes the forward warp leaves, and the registry of inpainters.
+
+A hole in the right view is background that the left camera could not see (it was behind something nearer), so
+it must be filled with *background*, never by smearing the foreground edge into it. Along each row, a hole run
+is bounded by a valid pixel on its left and one on its right; the one with the smaller warped disparity is the
+farther surface and supplies the colour. A hole at the frame border has only one side to take from.
+
+The classical fill is vectorised and touches only the hole pixels: the runs of holes come from the transitions of
+the mask along each row, each run picks its source column, and one gather copies it. An optional vertical
+smoothing, restricted to hole pixels, breaks up the horizontal streaks of a row-wise copy.
+
+``Inpainter`` is the plug-in point for better fills (e.g. a video diffusion inpainter): register a factory with
+``register_inpainter`` and select it by name (``ConversionSettings.inpaint``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: Hole pixels are averaged with hole pixels up to this many rows above and below (0 turns it off).
+DEFAULT_SMOOTH_ROWS = 2
+
+
+@dataclass
+class HoleRuns:
+    """Maximal horizontal runs of hole pixels, row-major. ``rows`` index flattened (frame, row) pairs."""
+
+    rows: torch.Tensor  # [R] int64
+    starts: torch.Tensor  # [R] first hole column
+    stops: torch.Tensor  # [R] one past the last hole column
+
+
+def hole_runs(hole_mask: torch.Tensor) -> HoleRuns:
+    """Find the runs of a mask [N,1,H,W] from its 0→1 and 1→0 transitions along each row."""
+    n, _, h, w = hole_mask.shape
+    m = hole_mask.reshape(n * h, w).to(torch.int8)
+    edge = torch.zeros((n * h, 1), dtype=torch.int8, device=m.device)
+    step = torch.diff(m, dim=1, prepend=edge, append=edge)  # [R, W+1]: +1 at a start, -1 one past an end
+    changes = step.nonzero()  # row-major, so within a row starts and ends alternate, a start first
+    starts_here = step[changes[:, 0], changes[:, 1]] > 0
+    begin, end = changes[starts_here], changes[~starts_here]
+    return HoleRuns(rows=begin[:, 0], starts=begin[:, 1], stops=end[:, 1])
+
+
+def background_sources(runs: HoleRuns, warped_disparity: torch.Tensor, width: int) -> torch.Tensor:
+    """For each run, the column of the valid pixel to copy: the farther (smaller disparity) of the pixels just
+    left and just right of the run, or the only one that exists at a frame border. A run that spans its whole
+    row (no valid pixel) gets column 0."""
+    disp = warped_disparity.reshape(-1, width)
+    left = runs.starts - 1
+    right = runs.stops
+    has_left = left >= 0
+    has_right = right < width
+    d_left = disp[runs.rows, left.clamp(min=0)]
+    d_right = disp[runs.rows, right.clamp(max=width - 1)]
+    use_left = has_left & (~has_right | (d_left <= d_right))
+    return torch.where(use_left, left, right).clamp_(0, width - 1)
+
+
+def _run_pixels(runs: HoleRuns, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat pixel index (over N*H*W) of every hole pixel and the index of the run it belongs to."""
+    lengths = runs.stops - runs.starts
+    run_of_pixel = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    first_pixel = torch.cumsum(lengths, 0) - lengths  # position of each run's first pixel in the list
+    offset = torch.arange(len(run_of_pixel), device=lengths.device) - first_pixel[run_of_pixel]
+    pixel = (runs.rows * width + runs.starts)[run_of_pixel] + offset
+    return pixel, run_of_pixel
+
+
+def _smooth_vertically(planes: torch.Tensor, holes: torch.Tensor, pixel: torch.Tensor, height: int,
+                       width: int, rows: int) -> torch.Tensor:
+    """New values for the hole pixels ``pixel`` of ``planes`` [C, N*H*W]: the mean over the hole pixels
+    within ``rows`` rows above and below in the same frame (a row-wise copy leaves horizontal streaks)."""
+    y = (pixel // width) % height
+    total = torch.zeros((planes.shape[0], len(pixel)), device=planes.device, dtype=planes.dtype)
+    count = torch.zeros(len(pixel), device=planes.device, dtype=planes.dtype)
+    for k in range(-rows, rows + 1):
+        inside = ((y + k) >= 0) & ((y + k) < height)
+        neighbour = (pixel + k * width).clamp_(0, holes.numel() - 1)
+        weight = (holes[neighbour] & inside).to(planes.dtype)
+        total.addcmul_(planes[:, neighbour], weight)
+        count.add_(weight)
+    return total / count.clamp_min(1.0)
+
+
+def fill_holes(
+    right: torch.Tensor,
+    hole_mask: torch.Tensor,
+    warped_disparity: torch.Tensor,
+    *,
+    smooth_rows: int = DEFAULT_SMOOTH_ROWS,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Fill the hole pixels of ``right`` [N,C,H,W] from the background side of each row (see module doc).
+
+    Works on the hole pixels only (a few percent of the frame): finds the runs, picks each run's source column,
+    copies, then optionally smooths the filled pixels vertically. Returns planar [N,C,H,W] (channel planes
+    contiguous); with ``inplace`` it writes into ``right`` itself when ``right`` is already planar.
+    """
+    n, c, h, w = right.shape
+    if hole_mask.shape != (n, 1, h, w) or warped_disparity.shape != (n, 1, h, w):
+        raise ValueError(f"hole mask {tuple(hole_mask.shape)} and disparity {tuple(warped_disparity.shape)} "
+                         f"must be [N,1,H,W] for frames {tuple(right.shape)}")
+    planar = right.permute(1, 0, 2, 3)  # channel planes [C,N,H,W]
+    out = planar.contiguous() if inplace else planar.clone(memory_format=torch.contiguous_format)
+    runs = hole_runs(hole_mask)
+    if len(runs.rows) == 0:
+        return out.permute(1, 0, 2, 3)
+    planes = out.view(c, -1)
+    source_col = background_sources(runs, warped_disparity, w)
+    pixel, run = _run_pixels(runs, w)
+    source = (runs.rows * w + source_col)[run]
+    planes[:, pixel] = planes[:, source]
+    if smooth_rows > 0:
+        holes = hole_mask.reshape(-1)
+        planes[:, pixel] = _smooth_vertically(planes, holes, pixel, h, w, smooth_rows)
+    return out.permute(1, 0, 2, 3)
+
+
+# --- pluggable inpainters -------------------------------------------------------------------------------
+
+
+class Inpainter(ABC):
+    """Fills the holes of warped right views. May keep state across calls within a shot (``reset`` between)."""
+
+    name: str = "inpainter"
+
+    def reset(self) -> None:  # noqa: B027 - stateless inpainters need nothing
+        """Forget any temporal state (a new shot or a new segment)."""
+
+    @abstractmethod
+    def inpaint(
+        self,
+        right: torch.Tensor,
+        hole_mask: torch.Tensor,
+        warped_disparity: torch.Tensor,
+        left: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``right`` [N,C,H,W] with holes (``hole_mask`` [N,1,H,W] True) filled; ``left`` is the source view.
+        May overwrite ``right`` (the engine hands over a scratch buffer)."""
+
+
+class ClassicalInpainter(Inpainter):
+    """Background-side row fill with light vertical smoothing: fast, no weights."""
+
+    name = "classical"
+
+    def __init__(self, smooth_rows: int = DEFAULT_SMOOTH_ROWS) -> None:
+        self.smooth_rows = smooth_rows
+
+    def inpaint(self, right, hole_mask, warped_disparity, left=None):
+        return fill_holes(right, hole_mask, warped_disparity, smooth_rows=self.smooth_rows, inplace=True)
+
+
+InpainterFactory = Callable[..., Inpainter]
+_INPAINTERS: dict[str, InpainterFactory] = {}
+
+
+def register_inpainter(name: str, factory: InpainterFactory) -> None:
+    """Make ``create_inpainter(name, weights=..., device=...)`` call ``factory(weights=..., device=...)``."""
+    _INPAINTERS[name] = factory
+
+
+def known_inpainters() -> list[str]:
+    return sorted(_INPAINTERS)
+
+
+def create_inpainter(name: str, weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
+    factory = _INPAINTERS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown inpainter {name!r}; known: {', '.join(known_inpainters())}")
+    return factory(weights=weights, device=device)
+
+
+def _classical_factory(weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
+    if weights:
+        raise ValueError("the classical inpainter takes no weights")
+    return ClassicalInpainter()
+
+
+register_inpainter("classical", _classical_factory)

@@ -1,0 +1,185 @@
+"""Packing a left/right pair into one frame: side-by-side, top-bottom (full or half) and red-cyan anaglyph.
+
+Layouts (W×H is the source frame):
+
+* Full SBS: 2W × H, left eye on the left. Full TB: W × 2H, left eye on top.
+* Half SBS: each eye squeezed to ceil(W/2) columns with an area filter, so 2·ceil(W/2) × H (W itself when W is
+  even). Half TB likewise squeezes rows: W × 2·ceil(H/2). Both eyes always get the same size, which is what
+  players assume when they split the frame in two.
+* Anaglyph: W × H. ``dubois`` applies Eric Dubois' least-squares red-cyan matrices to *linear* RGB (sRGB
+  decoded, mixed, clipped, encoded again), as the method was derived on linear light. ``color`` takes red from
+  the left eye and green/blue from the right; ``half-color`` uses the left eye's luma as red (less rivalry on
+  red objects); ``gray`` uses each eye's luma. Luma is Rec.601 on the encoded values.
+"""
+
+from __future__ import annotations
+
+import cv2
+import torch
+import torch.nn.functional as F
+
+from stereo_spot.models import AnaglyphMethod, OutputFormat
+
+# Dubois red-cyan matrices (rows: output R, G, B; columns: input R, G, B), from E. Dubois, "A projection method
+# to generate anaglyph stereo images", ICASSP 2001, as published on his web page.
+DUBOIS_LEFT = (
+    (0.456100, 0.500484, 0.176381),
+    (-0.0400822, -0.0378246, -0.0157589),
+    (-0.0152161, -0.0205971, -0.00546856),
+)
+DUBOIS_RIGHT = (
+    (-0.0434706, -0.0879388, -0.00155529),
+    (0.378476, 0.73364, -0.0184503),
+    (-0.0721527, -0.112961, 1.2264),
+)
+LUMA_601 = (0.299, 0.587, 0.114)
+
+
+def half_size(n: int) -> int:
+    """One eye's columns (rows) in a half-width (half-height) layout."""
+    return (n + 1) // 2
+
+
+def output_size(width: int, height: int, output_format: OutputFormat | str) -> tuple[int, int]:
+    """(width, height) of a packed frame for a source of ``width`` × ``height``."""
+    fmt = OutputFormat(output_format)
+    if width < 1 or height < 1:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if fmt is OutputFormat.SBS:
+        return 2 * width, height
+    if fmt is OutputFormat.HSBS:
+        return 2 * half_size(width), height
+    if fmt is OutputFormat.TB:
+        return width, 2 * height
+    if fmt is OutputFormat.HTB:
+        return width, 2 * half_size(height)
+    return width, height
+
+
+def squeeze(eye: torch.Tensor, *, horizontal: bool) -> torch.Tensor:
+    """Halve one eye [N,C,H,W] along W (or H) with an area filter (box average over the source footprint)."""
+    _, _, h, w = eye.shape
+    size = (h, half_size(w)) if horizontal else (half_size(h), w)
+    if (horizontal and w % 2 == 0) or (not horizontal and h % 2 == 0):
+        # exact pair average; avg_pool2d is faster than the adaptive path behind mode="area"
+        kernel = (1, 2) if horizontal else (2, 1)
+        return F.avg_pool2d(eye, kernel)
+    return F.interpolate(eye, size=size, mode="area")
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.0) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055)
+
+
+def _mix(eye: torch.Tensor, matrix) -> torch.Tensor:
+    """Apply a 3×3 colour matrix to [N,3,H,W]."""
+    m = torch.tensor(matrix, dtype=eye.dtype, device=eye.device)
+    return torch.einsum("oc,nchw->nohw", m, eye)
+
+
+def _luma(eye: torch.Tensor) -> torch.Tensor:
+    return _mix(eye, (LUMA_601,))
+
+
+def anaglyph(left: torch.Tensor, right: torch.Tensor, method: AnaglyphMethod | str) -> torch.Tensor:
+    """Red-cyan anaglyph [N,3,H,W] from two float views in 0..1."""
+    method = AnaglyphMethod(method)
+    if left.shape[1] != 3 or right.shape[1] != 3:
+        raise ValueError("anaglyph needs RGB views")
+    if method is AnaglyphMethod.DUBOIS:
+        mixed = _mix(srgb_to_linear(left), DUBOIS_LEFT) + _mix(srgb_to_linear(right), DUBOIS_RIGHT)
+        return linear_to_srgb(mixed)
+    if method is AnaglyphMethod.COLOR:
+        red = left[:, 0:1]
+    elif method is AnaglyphMethod.HALF_COLOR:
+        red = _luma(left)
+    else:  # GRAY
+        red = _luma(left)
+        gray_right = _luma(right)
+        return torch.cat([red, gray_right, gray_right], dim=1)
+    return torch.cat([red, right[:, 1:3]], dim=1)
+
+
+def pack(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    output_format: OutputFormat | str,
+    anaglyph_method: AnaglyphMethod | str = AnaglyphMethod.DUBOIS,
+) -> torch.Tensor:
+    """Pack two float views [N,C,H,W] (0..1) into [N,C,H2,W2] with (W2, H2) = ``output_size(W, H, format)``."""
+    if left.shape != right.shape:
+        raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} views differ in shape")
+    fmt = OutputFormat(output_format)
+    if fmt is OutputFormat.SBS:
+        return torch.cat([left, right], dim=3)
+    if fmt is OutputFormat.TB:
+        return torch.cat([left, right], dim=2)
+    if fmt is OutputFormat.HSBS:
+        return torch.cat([squeeze(left, horizontal=True), squeeze(right, horizontal=True)], dim=3)
+    if fmt is OutputFormat.HTB:
+        return torch.cat([squeeze(left, horizontal=False), squeeze(right, horizontal=False)], dim=2)
+    return anaglyph(left, right, anaglyph_method)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float 0..1 → uint8 with rounding."""
+    return (x * 255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def _planes_to_uint8_torch(views: torch.Tensor, out: torch.Tensor) -> None:
+    """float [N,C,H,W] 0..1 → ``out`` uint8 [N,H,W,C]; scales ``views`` in place."""
+    scaled = views.mul_(255.0).add_(0.5).clamp_(0.0, 255.0)
+    out.copy_(scaled.permute(0, 2, 3, 1))  # float → uint8 truncates: rounded by the + 0.5
+
+
+def _planes_to_uint8_cv2(views: torch.Tensor, out: torch.Tensor) -> None:
+    """float [N,C,H,W] 0..1 → ``out`` uint8 [N,H,W,C] with OpenCV: a scale-round-saturate per channel plane
+    and an interleave, several times faster than torch's strided float→uint8 copy. ``views`` is clamped in
+    place first (OpenCV's conversion takes the absolute value)."""
+    views.clamp_(0.0, 1.0)
+    target = out.numpy()
+    for i in range(views.shape[0]):
+        planes = [cv2.convertScaleAbs(views[i, ch].contiguous().numpy(), alpha=255.0)
+                  for ch in range(views.shape[1])]
+        merged = cv2.merge(planes)
+        target[i] = merged if merged.ndim == 3 else merged[..., None]
+
+
+def pack_uint8(
+    left_u8: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    output_format: OutputFormat | str,
+    anaglyph_method: AnaglyphMethod | str = AnaglyphMethod.DUBOIS,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Packed frames as NHWC uint8 [N,H2,W2,C], the layout encoders take, written into ``out`` if given.
+
+    ``left_u8`` is the source batch [N,H,W,C] uint8 and ``left`` the same frames as float NCHW. For the full
+    layouts the left half is a byte copy of ``left_u8`` (bit-exact, no float round trip) and ``right`` is
+    overwritten (clamped or scaled in place: it is scratch by then) while being converted into place.
+    """
+    fmt = OutputFormat(output_format)
+    n, h, w, c = left_u8.shape
+    out_w, out_h = output_size(w, h, fmt)
+    if out is None:
+        out = torch.empty((n, out_h, out_w, c), dtype=torch.uint8, device=left_u8.device)
+    elif tuple(out.shape) != (n, out_h, out_w, c) or out.dtype != torch.uint8:
+        raise ValueError(f"pack output buffer {tuple(out.shape)} {out.dtype} should be {(n, out_h, out_w, c)} uint8")
+    if fmt in (OutputFormat.SBS, OutputFormat.TB):
+        left_half, right_half = (out[:, :, :w], out[:, :, w:]) if fmt is OutputFormat.SBS else (out[:, :h], out[:, h:])
+        left_half.copy_(left_u8)
+        if right.device.type == "cpu" and right.dtype == torch.float32 and c <= 4:
+            _planes_to_uint8_cv2(right, right_half)
+        else:
+            _planes_to_uint8_torch(right, right_half)
+        return out
+    packed = pack(left, right, fmt, anaglyph_method)
+    out.copy_(packed.permute(0, 2, 3, 1).mul_(255.0).add_(0.5).clamp_(0.0, 255.0))
+    return out

@@ -1,0 +1,247 @@
+"""Convert one video segment to 3D: decode → stereo engine → encode, keeping every frame's timestamp.
+
+Decoding, the engine and encoding run as a three-stage pipeline (a reader thread, the calling thread, a writer
+thread) joined by small bounded queues. PyAV releases the GIL while it decodes, converts pixel formats and
+encodes, and torch while it computes, so on a multi-core machine the stages overlap; the queues bound memory to a
+few batches whatever the segment's length.
+
+``warmup_src`` is the segment before this one: its last second runs through the depth estimator first, so the
+temporal state (running depth range, flow history) at this segment's first frame is what a single long run would
+have had, and segments converted in parallel join without a visible seam.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stereo_spot.models import ConversionSettings
+from stereo_spot.stereo.engine import StereoEngine
+from stereo_spot.stereo.errors import StereoInputError
+
+
+@contextmanager
+def _compute_threads(device: torch.device, threads: int | None):
+    """Run the engine with fewer intra-op threads on CPU while the codec threads share the cores.
+
+    The encoder (x264 frame threads) and decoder run concurrently with the engine here. Torch's OpenMP ops
+    are many and short, and each waits for all of its threads; with the cores already busy encoding, every op
+    waits on the scheduler: on 2 cores, 2 torch threads made a 720p segment 5x slower than 1. So the default
+    is half of the process's setting (what the runner chose per worker), at least 1, restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    wanted = threads if threads is not None else max(1, before // 2)
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+#: Seconds of the previous segment fed to the engine's temporal state before converting.
+WARMUP_SECONDS = 1.0
+_QUEUE_BATCHES = 2
+_DONE = object()
+
+
+@dataclass
+class SegmentStats:
+    frames: int
+    duration_seconds: float  # of the converted video: last pts - first pts + one frame
+    seconds: float  # wall-clock time the conversion took
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _produce(source: Iterator, out: queue.Queue, stop: threading.Event) -> None:
+    """Reader thread body: move items from ``source`` into ``out`` until exhausted, failed or stopped."""
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone: drop the item
+
+    try:
+        for item in source:
+            if not put(item):
+                return
+        put(_DONE)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+        put(_Failed(exc))
+
+
+def _threaded(source: Iterator, stop: threading.Event, name: str) -> Iterator:
+    """Iterate ``source`` in a background thread, ``_QUEUE_BATCHES`` items ahead."""
+    items: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+    thread = threading.Thread(target=_produce, args=(source, items, stop), name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _EncoderThread:
+    """Encodes packed batches in a background thread; the writer is created from the first batch's size."""
+
+    def __init__(self, make_writer: Callable[[int, int], object]) -> None:
+        self._make_writer = make_writer
+        self._writer = None
+        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stereo-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if self._error is not None:
+                continue  # drain without work after a failure
+            packed, pts = item
+            try:
+                if self._writer is None:
+                    self._writer = self._make_writer(packed.shape[2], packed.shape[1])
+                for frame, stamp in zip(packed, pts, strict=True):
+                    self._writer.write(frame, stamp)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                self._error = exc
+
+    def put(self, packed: np.ndarray, pts: list[int]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((packed, pts))
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Finish encoding and close the file. ``raise_errors=False`` when the caller is already failing."""
+        self._queue.put(_DONE)
+        self._thread.join()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except BaseException:
+            if raise_errors:
+                raise
+        if raise_errors and self._error is not None:
+            raise self._error
+
+
+def _stack(frames: list) -> np.ndarray:
+    return np.stack([f.rgb for f in frames])
+
+
+def _warm_up(engine: StereoEngine, warmup_src: Path, rotation: int, batch_size: int) -> int:
+    from stereo_spot.media.frames import read_frame_batches
+    from stereo_spot.media.probe import probe, require_video
+
+    info = probe(warmup_src)
+    video = require_video(info)
+    start = video.start_seconds + max(0.0, info.duration_seconds - WARMUP_SECONDS)
+    fed = 0
+    for batch in read_frame_batches(warmup_src, batch_size, rotation=rotation, window=(start, None)):
+        engine.warm_up(_stack(batch))
+        fed += len(batch)
+    return fed
+
+
+def convert_segment(
+    src: Path,
+    dst: Path,
+    settings: ConversionSettings,
+    rotation: int = 0,
+    window: tuple[float | None, float | None] = (None, None),
+    warmup_src: Path | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+    engine: StereoEngine | None = None,
+    compute_threads: int | None = None,
+) -> SegmentStats:
+    """Convert the frames of ``src`` inside ``window`` (seconds of its timeline) to a 3D mp4 at ``dst``.
+
+    Frames keep their pts and the source's time base. ``progress(n)`` is called with the number of frames
+    just written. ``compute_threads`` sets torch's intra-op threads on CPU for the duration (default: half the
+    current setting, see ``_compute_threads``). Raises ``StereoInputError`` when the window holds no frame, and
+    the media layer's errors for files that cannot be read.
+    """
+    from stereo_spot.media.probe import probe, require_video
+
+    started = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    video = require_video(probe(src))
+    engine = engine or StereoEngine(settings, device=device)
+    with _compute_threads(engine.device, compute_threads):
+        return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size, progress,
+                        started)
+
+
+def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSettings, video, rotation: int,
+             window: tuple[float | None, float | None], warmup_src: Path | None, batch_size: int,
+             progress: Callable[[int], None] | None, started: float) -> SegmentStats:
+    from stereo_spot.media.encode import settings_for
+    from stereo_spot.media.frames import VideoWriter, read_frame_batches
+
+    engine.reset()
+    if warmup_src is not None:
+        _warm_up(engine, Path(warmup_src), rotation, batch_size)
+
+    encode = settings_for(settings.output_format)
+    fps = video.fps or Fraction(25)
+    time_base: Fraction | None = None
+    first_pts: int | None = None
+    last_pts = 0
+    frames = 0
+
+    def make_writer(width: int, height: int) -> VideoWriter:
+        return VideoWriter(dst, width, height, time_base, fps, encode)
+
+    encoder = _EncoderThread(make_writer)
+    stop = threading.Event()
+    try:
+        batches = read_frame_batches(src, batch_size, rotation=rotation, window=window)
+        for batch in _threaded(batches, stop, "stereo-decode"):
+            if time_base is None:
+                time_base = batch[0].time_base
+                first_pts = batch[0].pts
+            pts = [f.pts for f in batch]
+            encoder.put(engine.convert_batch(_stack(batch)), pts)
+            frames += len(batch)
+            last_pts = pts[-1]
+            if progress is not None:
+                progress(len(batch))
+    except BaseException:
+        stop.set()
+        encoder.close(raise_errors=False)
+        raise
+    encoder.close()
+    if frames == 0:
+        raise StereoInputError(f"{src.name} has no video frames in the requested time window")
+    duration = float((last_pts - first_pts) * time_base + 1 / fps)
+    return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started)
