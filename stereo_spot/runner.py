@@ -84,21 +84,22 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
     if job.status == JobStatus.COMPLETED:
         return job
     report = progress or (lambda _p: None)
+    state = Progress(job_id, "chunk")
     try:
         if job.status == JobStatus.FAILED:  # an explicit re-run retries from where it stopped
             job = backend.jobs.update(job_id, status=JobStatus.CHUNKING_COMPLETE if job.total_segments
                                       else JobStatus.CREATED, failure_reason=None)
         if job.status in (JobStatus.CREATED, JobStatus.CHUNKING_IN_PROGRESS):
-            report(Progress(job_id, "chunk"))
+            report(state)
             steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
             job = steps.require_job(backend, job_id)
-        _convert_missing(backend, job, workers or default_workers(), device, report)
-        report(Progress(job_id, "concat", segments_done=job.total_segments or 0,
-                        segments_total=job.total_segments))
+        _convert_missing(backend, job, workers or default_workers(), device, state, report)
+        state.stage = "concat"
+        report(state)
         job = steps.concat(backend, job_id)
         if job.status == JobStatus.COMPLETED:
-            report(Progress(job_id, "done", segments_done=job.total_segments or 0,
-                            segments_total=job.total_segments))
+            state.stage = "done"
+            report(state)
         # otherwise another run holds the reassembly lock and finishes the job: not a failure of this one
         return job
     except (KeyboardInterrupt, SystemExit):
@@ -109,22 +110,23 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
         raise
 
 
-def _convert_missing(backend: Backend, job: Job, workers: int, device: str | None,
+def _convert_missing(backend: Backend, job: Job, workers: int, device: str | None, state: Progress,
                      report: ProgressCallback) -> None:
     total = job.total_segments or 0
     done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
     todo = [i for i in range(total) if i not in done]
-    state = Progress(job.job_id, "convert", frames_done=sum(c.frames for c in done.values()),
-                     frames_total=job.source_frames, segments_done=total - len(todo), segments_total=total)
+    state.stage, state.frames_total = "convert", job.source_frames
+    state.frames_done = sum(c.frames for c in done.values())
+    state.segments_done, state.segments_total = total - len(todo), total
     report(state)
     if not todo:
         return
     if workers <= 1 or len(todo) == 1 or backend.factory is None:
-        for index in todo:
-            def on_frames(n: int) -> None:
-                state.frames_done += n
-                report(state)
+        def on_frames(n: int) -> None:
+            state.frames_done += n
+            report(state)
 
+        for index in todo:
             steps.convert(backend, job.job_id, index, device=device, progress=on_frames)
             state.segments_done += 1
             report(state)
@@ -148,6 +150,9 @@ def _convert_missing(backend: Backend, job: Job, workers: int, device: str | Non
             for future in pending:
                 future.cancel()
             raise
+    # progress messages still in flight when the last segment finished
+    state.frames_done = sum(c.frames for c in backend.completions.query_by_job(job.job_id))
+    report(state)
 
 
 def _drain(frames: mp.Queue, state: Progress) -> None:
