@@ -39,10 +39,11 @@ def _has_placeholder(template: str) -> bool:
 
 
 class EnvOperatorLinks(OperatorLinks):
-    def __init__(self, argo_ui_url: str | None = None, argo_namespace: str = "argo", kfp_ui_url: str | None = None,
+    def __init__(self, argo_ui_url: str | None = None, argo_namespace: str = "stereo-spot",
+                 kfp_ui_url: str | None = None,
                  logs_url_template: str | None = None):
         self.argo_ui_url = (argo_ui_url or "").strip() or None
-        self.argo_namespace = argo_namespace or "argo"
+        self.argo_namespace = argo_namespace or "stereo-spot"
         self.kfp_ui_url = (kfp_ui_url or "").strip() or None
         self.logs_url_template = (logs_url_template or "").strip() or None
 

@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -170,8 +171,13 @@ def log_path(home: Path, job_id: str) -> Path:
     return Path(home) / "logs" / f"{keys.validate_job_id(job_id)}.log"
 
 
+def _pid_path(home: Path, job_id: str) -> Path:
+    return Path(home) / "logs" / f"{keys.validate_job_id(job_id)}.pid"
+
+
 def start_background(job_id: str, home: Path, *, workers: int | None = None) -> subprocess.Popen:
-    """Run a job in a detached process that outlives the caller (a Streamlit page can be reloaded or closed)."""
+    """Run a job in a detached process that outlives the caller (a Streamlit page can be reloaded or closed).
+    The process leads its own process group, so stopping it stops its segment workers too."""
     path = log_path(home, job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "stereo_spot.runner", job_id]
@@ -179,8 +185,39 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
         command += ["--workers", str(workers)]
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     with open(path, "ab") as log_file:
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True)
+    _pid_path(home, job_id).write_text(str(process.pid))
+    return process
+
+
+def stop_background(job_id: str, home: Path) -> bool:
+    """Stop the background run of a job (before deleting it, so no segment lands after its files are gone).
+    True where a running process was signalled."""
+    pid_file = _pid_path(home, job_id)
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    pid_file.unlink(missing_ok=True)
+    try:  # the pid may have been reused since: only signal our own runner of this job
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"stereo_spot.runner" not in command or job_id.encode() not in command:
+            return False
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return False  # not running any more
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_all_background(home: Path) -> int:
+    """Stop every background run started under ``home`` (tests, and shutting an app down)."""
+    logs = Path(home) / "logs"
+    return sum(stop_background(p.stem, home) for p in logs.glob("*.pid")) if logs.is_dir() else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,20 +95,21 @@ def write_sample(path: Path | str, seconds: float = 6.0, size: tuple[int, int] =
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if sound is not None:
-            _write_tone(container, sound, frames / fps)
+            write_tone(container, sound, frames / fps)
     return path
 
 
-def _write_tone(container, stream, seconds: float, hz: float = 440.0) -> None:
+def write_tone(container, stream, seconds: float, hz: float = 440.0, sample_rate: int = 48000) -> None:
+    """Encode a stereo sine tone of ``seconds`` into an open audio stream and flush it."""
     import av
 
-    rate, block = 48000, 1024
-    total = int(seconds * rate)
+    block = 1024
+    total = int(round(seconds * sample_rate))
     for start in range(0, total, block):
         n = min(block, total - start)
-        t = (np.arange(start, start + n) / rate).astype(np.float32)
+        t = np.arange(start, start + n, dtype=np.float64) / sample_rate
         wave = (0.2 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
         frame = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
-        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
         container.mux(stream.encode(frame))
     container.mux(stream.encode())

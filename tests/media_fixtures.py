@@ -13,6 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stereo_spot.sample import write_tone
+
 VFR_PATTERN = (1, 2, 1, 3)  # frame durations, in nominal frame periods, repeated for variable frame rate
 _VFR_TIME_BASE = Fraction(1, 90_000)
 
@@ -113,16 +115,7 @@ def _frame_timestamps(seconds: float, fps: int, vfr: bool) -> list[int]:
 
 
 def _write_tone(container, stream, freq: float, seconds: float, sample_rate: int) -> None:
-    total = int(round(seconds * sample_rate))
-    block = 1024
-    for first in range(0, total, block):
-        n = min(block, total - first)
-        t = (np.arange(first, first + n) / sample_rate).astype(np.float64)
-        wave = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
-        frame.sample_rate, frame.pts, frame.time_base = sample_rate, first, Fraction(1, sample_rate)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode())
+    write_tone(container, stream, seconds, hz=freq, sample_rate=sample_rate)
 
 
 def make_audio_only(path: Path, seconds: float = 1.0, audio_codec: str = "aac") -> Path:

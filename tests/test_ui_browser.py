@@ -24,6 +24,7 @@ import requests
 from stereo_spot import keys
 from stereo_spot.adapters.local import local_backend
 from stereo_spot.models import JobStatus
+from stereo_spot.runner import stop_all_background
 from tests.media_fixtures import make_clip, make_text
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,22 +84,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
-        _stop_runners(home)
-
-
-def _stop_runners(home: Path) -> None:
-    """Runners are detached on purpose (they outlive the page); stop the ones this test's jobs started."""
-    logs = home / "logs"
-    job_ids = {p.stem for p in logs.glob("*.log")} if logs.is_dir() else set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"stereo_spot.runner" in command and any(j.encode() in command for j in job_ids):
-            os.kill(int(entry.name), signal.SIGTERM)
+        stop_all_background(home)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from stereo_spot import keys, steps
 from stereo_spot.models import ConversionSettings, Job, JobStatus, OutputFormat, SegmentCompletion, utcnow
 from stereo_spot.ports import Backend
-from stereo_spot.runner import log_path, run_job, start_background
+from stereo_spot.runner import log_path, run_job, start_background, stop_background
 from tests.media_fixtures import make_clip, make_empty, make_text
 from ui.backend import staging_area
 
@@ -67,21 +67,8 @@ def wait_terminal(backend: Backend, job_id: str, limit: float = RUNNER_LIMIT_SEC
         if job.status.is_terminal:
             return job
         time.sleep(0.5)
-    _stop_runner(job_id)
+    stop_background(job_id, Path(os.environ["STEREO_SPOT_HOME"]))  # leave no runner behind
     raise AssertionError(f"job {job_id} still {backend.jobs.get(job_id).status} after {limit} s")
-
-
-def _stop_runner(job_id: str) -> None:
-    """Stop the background runner of this job (found by its command line), so a failed test leaves nothing."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"stereo_spot.runner" in command and job_id.encode() in command:
-            os.killpg(int(entry.name), signal.SIGTERM)
 
 
 # --- new conversion -------------------------------------------------------------------------------------

@@ -76,33 +76,9 @@ def _submit(backend: Backend, engine: str, job_id: str) -> Started:
 
 def stop_local_runner(job_id: str) -> int:
     """Stop the background runner converting this job on this machine (before deleting it, so no segment is
-    written after its files are removed). Returns how many processes were signalled; 0 where none runs or the
-    system has no /proc to find them in."""
-    import os
-    import signal
-    from pathlib import Path
+    written after its files are removed). Returns how many runners were signalled."""
+    from stereo_spot.config import get_settings
+    from stereo_spot.runner import stop_background
 
     keys.validate_job_id(job_id)
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    stopped = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"stereo_spot.runner" in command and job_id.encode() in command:
-            pid = int(entry.name)
-            try:
-                # The runner leads its own process group (start_background): its segment workers go with it.
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signal.SIGTERM)
-                else:
-                    os.kill(pid, signal.SIGTERM)
-                stopped += 1
-            except (ProcessLookupError, PermissionError):
-                continue
-    return stopped
+    return int(stop_background(job_id, get_settings().stereo_spot_home))
