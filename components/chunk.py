@@ -59,15 +59,7 @@ def ensure_job(backend: Backend, job_id: str, bucket: str, key: str, overrides: 
             job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
                                       source_file_size_bytes=info.size)
         return job
-    if job.status == JobStatus.FAILED:
-        # A new run of a failed job resumes it, as `stereo-spot resume` does on one machine: converted segments
-        # are kept, the rest is done again.
-        try:
-            job = backend.jobs.update(job_id, expected_status=JobStatus.FAILED, failure_reason=None,
-                                      status=JobStatus.CHUNKING_COMPLETE if job.total_segments else JobStatus.CREATED)
-            log.info("job %s had failed: resuming it", job_id)
-        except ConflictError:
-            job = backend.jobs.get(job_id) or job
+    job = steps.reopen_failed(backend, job_id)  # a new run of a failed job resumes it
     if overrides and job.status == JobStatus.CREATED:
         settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
         try:

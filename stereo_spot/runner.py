@@ -87,9 +87,7 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
     report = progress or (lambda _p: None)
     state = Progress(job_id, "chunk")
     try:
-        if job.status == JobStatus.FAILED:  # an explicit re-run retries from where it stopped
-            job = backend.jobs.update(job_id, status=JobStatus.CHUNKING_COMPLETE if job.total_segments
-                                      else JobStatus.CREATED, failure_reason=None)
+        job = steps.reopen_failed(backend, job_id)  # an explicit re-run retries from where it stopped
         if job.status in (JobStatus.CREATED, JobStatus.CHUNKING_IN_PROGRESS):
             report(state)
             steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))

@@ -152,11 +152,19 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
         duration = _window_duration(info.duration_seconds, start, end)
         if start is not None or end is not None:  # chunks start at a keyframe before the window: estimate
             frames = min(frames, max(1, round(duration * float(video.fps or 0))))
+        if settings.auto_divergence:
+            # Chosen once for the whole job, so every segment converts with the same values.
+            from stereo_spot.stereo import auto_divergence
+
+            measured = auto_divergence.measure_video(source, settings, rotation=video.rotation, window=(start, end))
+            settings = auto_divergence.apply(settings, measured)
+            log.info("job %s: auto divergence %.2f %%, convergence %.2f (depth percentiles %s)", job_id,
+                     settings.divergence, settings.convergence, measured.percentiles)
     # total_segments and the status change land in one update: a reader never sees one without the other.
     job = backend.jobs.update(job_id, expected_status=JobStatus.CHUNKING_IN_PROGRESS,
                               status=JobStatus.CHUNKING_COMPLETE, total_segments=total,
                               source_rotation=video.rotation, source_duration_seconds=duration,
-                              source_frames=frames)
+                              source_frames=frames, settings=settings)
     return _chunk_result(job)
 
 
@@ -176,7 +184,9 @@ def _chunk_result(job: Job) -> ChunkResult:
 
 def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,
             progress: Callable[[int], None] | None = None, redo: bool = False) -> SegmentCompletion:
-    from stereo_spot.stereo.segment import convert_segment
+    from stereo_spot.media.probe import probe, require_video
+    from stereo_spot.stereo.engine import StereoEngine
+    from stereo_spot.stereo.segment import convert_segment, warmup_seconds_needed
 
     job = require_job(backend, job_id)
     if job.status not in _CONVERTIBLE and job.status != JobStatus.COMPLETED:
@@ -192,19 +202,26 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
     with _workdir("convert") as tmp:
         source = _fetch(backend, backend.input_bucket,
                         keys.segment_key(job_id, segment_index, total, job.mode), tmp / "segment.mp4")
-        # The previous segment's tail warms up the temporal depth state, so segments converted in parallel
-        # join without a visible seam.
-        warmup = None
-        if segment_index > 0:
-            warmup = _fetch(backend, backend.input_bucket,
-                            keys.segment_key(job_id, segment_index - 1, total, job.mode), tmp / "previous.mp4")
+        # The tail of the previous segment(s) warms up the engine's temporal state, so segments converted in
+        # parallel join without a visible seam. Short segments may need more than one.
+        engine = StereoEngine(job.settings, device=device)
+        source_video = require_video(probe(source))
+        needed = warmup_seconds_needed(engine, float(source_video.fps or 25))
+        warmup: list[Path] = []
+        previous = segment_index - 1
+        while previous >= 0 and needed > 0:
+            path = _fetch(backend, backend.input_bucket, keys.segment_key(job_id, previous, total, job.mode),
+                          tmp / f"previous-{previous}.mp4")
+            warmup.insert(0, path)
+            needed -= probe(path).duration_seconds
+            previous -= 1
         out = tmp / "converted.mp4"
         stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
-                                warmup_src=warmup, device=device, progress=progress)
+                                warmup_src=warmup, device=device, progress=progress, engine=engine)
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
     completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
                                    output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
-                                   convert_seconds=stats.seconds)
+                                   convert_seconds=stats.seconds, stats=stats.to_record())
     backend.completions.put(completion)
     return completion
 
@@ -248,11 +265,36 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
             out = tmp / "final.mp4"
             concat_segments(segments, source, out, job.settings.start, job.settings.duration)
             backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
+        _write_report(backend, job, completions)
         return backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
                                    completed_at=utcnow(), failure_reason=None)
     except BaseException:
         backend.reassembly.release(job_id, owner)
         raise
+
+
+def reopen_failed(backend: Backend, job_id: str) -> Job:
+    """A new run of a failed job resumes it (``stereo-spot resume``, a resubmitted workflow): converted segments
+    are kept and the rest is done again. Any other job is returned as it is."""
+    job = require_job(backend, job_id)
+    if job.status != JobStatus.FAILED:
+        return job
+    try:
+        return backend.jobs.update(job_id, expected_status=JobStatus.FAILED, failure_reason=None,
+                                   status=JobStatus.CHUNKING_COMPLETE if job.total_segments else JobStatus.CREATED)
+    except ConflictError:  # another run reopened it a moment ago
+        return require_job(backend, job_id)
+
+
+def _write_report(backend: Backend, job: Job, completions: list[SegmentCompletion]) -> None:
+    """The comfort report (``jobs/{job}/report.json``). A report that cannot be built must not cost the user
+    the finished video: it is logged and skipped."""
+    from stereo_spot.report import write_report
+
+    try:
+        write_report(backend, job, completions)
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("job %s: the comfort report could not be written", job.job_id)
 
 
 # --- fail / delete --------------------------------------------------------------------------------------
