@@ -4,12 +4,22 @@
        the true right view of a layered scene rendered exactly for both eyes; PSNR over the whole frame and over
        the disoccluded pixels, next to a naive baseline (nearest-pixel forward warp with a z-buffer, holes filled
        by copying the neighbouring pixel on the left).                          target: >= 2 dB better overall
-    2. Depth: the heuristic estimator's Spearman rank correlation with the true inverse depth on moving clips
-       (two independent scene generators).
-    3. --stages: per-frame time of each engine stage at 1280x720 on CPU (one torch thread), next to the
+       With --inpaint-weights, the diffusion inpainter's fill is compared with the classical one on the
+       disoccluded pixels of the same scenes.
+    2. Depth: Spearman rank correlation with the true inverse depth on moving clips (two independent scene
+       generators), for the heuristic estimator and, with --depth-weights, a Depth Anything checkpoint.
+    3. Video consistency of a per-frame model: the true inverse depth of moving clips, re-scaled and shifted at
+       random every frame (what a monocular network's affine ambiguity does) plus noise, normalised three ways:
+       per frame, with a pooled range (no alignment), with the pooled range and least-squares alignment
+       (``TemporalRange(align=True)``, the depth-anything mode). Error against the consistently normalised truth
+       and flicker (frame-to-frame change where the true depth did not change).
+    4. --seams: a 10 s clip converted through the pipeline in 1 s segments and in one segment, PSNR between the
+       two outputs at every seam, with the lossless encoder (the seams themselves) and the default one.
+    5. --stages: per-frame time of each engine stage at 1280x720 on CPU (one torch thread), next to the
        per-frame time of the encoder (libx264 preset fast crf 18, 2560x720) measured in the same run.
 
-    .venv/bin/python bench/bench_quality.py [--size 640x360] [--scenes 6] [--stages]
+    .venv/bin/python bench/bench_quality.py [--size 640x360] [--scenes 6] [--seams] [--stages]
+                                            [--depth-weights PATH|s3://...] [--inpaint-weights PATH|s3://...]
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def bench_renderer(width: int, height: int, scenes: int) -> dict:
+def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict:
     rows = []
     for seed in range(scenes):
         for span_pct in (2.0, 4.0):
@@ -76,13 +86,21 @@ def bench_renderer(width: int, height: int, scenes: int) -> dict:
                 ours = fill_holes(warped, holes, warped_disp)[0].permute(1, 2, 0).numpy()
                 naive = naive_right_view(left, disparity)[0].permute(1, 2, 0).numpy()
             truth, dis = views.right, views.disoccluded
-            rows.append({
+            row = {
                 "scene": f"{seed}/{span_pct:g}%", "ours": psnr(ours, truth), "naive": psnr(naive, truth),
                 "ours_dis": psnr(ours, truth, dis), "naive_dis": psnr(naive, truth, dis),
                 "dis_pct": 100 * dis.mean(),
-            })
-    return {"rows": rows, **{k: float(np.nanmean([r[k] for r in rows]))
-                             for k in ("ours", "naive", "ours_dis", "naive_dis")}}
+            }
+            if inpainter is not None:
+                with torch.inference_mode():
+                    warped, holes, warped_disp = forward_warp(left, disparity)
+                    inpainter.reset()
+                    neural = inpainter.inpaint(warped.clone(), holes.clone(), warped_disp.clone(), left)
+                neural = neural[0].permute(1, 2, 0).numpy()
+                row["diffusion"], row["diffusion_dis"] = psnr(neural, truth), psnr(neural, truth, dis)
+            rows.append(row)
+    keys = ["ours", "naive", "ours_dis", "naive_dis"] + (["diffusion", "diffusion_dis"] if inpainter else [])
+    return {"rows": rows, **{k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
 
 
 # --- 2. depth -------------------------------------------------------------------------------------------------
@@ -103,25 +121,114 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(_ranks(a.ravel()), _ranks(b.ravel()))[0, 1])
 
 
-def _depth_correlation(frames: np.ndarray, truth: np.ndarray, skip: int = 6) -> float:
-    estimator = HeuristicDepth(device="cpu")
+def _depth_correlation(frames: np.ndarray, truth: np.ndarray, skip: int = 6, estimator=None) -> float:
+    estimator = estimator or HeuristicDepth(device="cpu")
+    estimator.reset()
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
     with torch.inference_mode():
         depth = [estimator.estimate(x[i : i + 1])[0, 0].numpy() for i in range(len(frames))]
     return float(np.mean([spearman(depth[i][::2, ::2], truth[i][::2, ::2]) for i in range(skip, len(frames))]))
 
 
-def bench_depth(width: int, height: int, frames: int) -> dict:
+def depth_clips(width: int, height: int, frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Moving clips with their true inverse depth, from two independent scene generators."""
     from stereo_spot.sample import render_frame
 
-    results = {}
-    for seed in range(3):
-        clip, truth = parallax_clip(width, height, frames, seed=seed)
-        results[f"parallax seed {seed}"] = _depth_correlation(clip, truth)
+    clips = {f"parallax seed {seed}": parallax_clip(width, height, frames, seed=seed) for seed in range(3)}
     textures: dict = {}
     rendered = [render_frame(i / 30, width, height, textures=textures) for i in range(frames)]
-    results["sample scene"] = _depth_correlation(np.stack([r[0] for r in rendered]),
-                                                 np.stack([r[1] for r in rendered]))
+    clips["sample scene"] = (np.stack([r[0] for r in rendered]), np.stack([r[1] for r in rendered]))
+    return clips
+
+
+def bench_depth(width: int, height: int, frames: int, estimator=None) -> dict:
+    return {name: _depth_correlation(clip, truth, estimator=estimator)
+            for name, (clip, truth) in depth_clips(width, height, frames).items()}
+
+
+# --- 3. video consistency of a per-frame model -------------------------------------------------------------
+
+
+def entering_object(width: int, height: int, frames: int) -> np.ndarray:
+    """True inverse depth of a shot where something near walks in from the left (0 → 40 % of the width) in
+    front of a slanted wall: the nearest depth in the picture changes over the shot."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    wall = 0.2 + 0.3 * xs / width + 0.1 * ys / height
+    depth = np.repeat(wall[None], frames, axis=0)
+    for i in range(frames):
+        edge = 0.4 * width * i / max(frames - 1, 1)
+        depth[i][(xs < edge) & (ys > 0.2 * height)] = 1.0
+    return depth
+
+
+def bench_consistency(width: int, height: int, frames: int, seed: int = 0) -> dict:
+    """Per-frame random scale/shift + noise on the true inverse depth, normalised three ways."""
+    from stereo_spot.stereo.depth.temporal import TemporalRange, robust_range
+
+    rng = np.random.default_rng(seed)
+    results: dict[str, dict[str, float]] = {}
+    clips = {name: truth for name, (_, truth) in depth_clips(width, height, frames).items()}
+    clips["object walks in"] = entering_object(width, height, frames)
+    for name, truth in clips.items():
+        true_lo, true_hi = robust_range(truth.reshape(-1))
+        reference = np.clip((truth - true_lo) / max(true_hi - true_lo, 1e-6), 0, 1)
+        raw = []
+        for frame in truth:
+            scale, shift = rng.uniform(0.6, 1.6), rng.uniform(-0.3, 0.3)
+            raw.append(scale * (frame + 0.2) + shift + rng.normal(0, 0.01, frame.shape))
+        for mode in ("per frame", "pooled range", "pooled + aligned"):
+            ranges = None if mode == "per frame" else TemporalRange(16, align=mode == "pooled + aligned")
+            out = []
+            for frame in raw:
+                small = frame[::4, ::4]
+                lo, hi = robust_range(small.reshape(-1)) if ranges is None else ranges.update(small)
+                out.append(np.clip((frame - lo) / max(hi - lo, 1e-6), 0, 1))
+            out = np.stack(out)
+            static = np.abs(np.diff(reference, axis=0)) < 1e-6
+            change = np.abs(np.diff(out, axis=0))
+            flicker = float(change[static].mean())
+            # the worst frame: a range that jumps shows as the whole background popping at once
+            worst = max(float(c[s].mean()) for c, s in zip(change, static, strict=True) if s.any())
+            results.setdefault(name, {})[mode] = {"error": float(np.abs(out - reference).mean()),
+                                                  "flicker": flicker, "worst": worst}
+    return results
+
+
+# --- 4. seams ------------------------------------------------------------------------------------------------
+
+
+def bench_seams(seconds: int = 10, size: tuple[int, int] = (160, 96), fps: int = 24) -> dict:
+    """PSNR between a clip converted in 1 s segments and in one, at each seam (lossless and default encoder)."""
+    import os
+    import tempfile
+
+    from stereo_spot import keys, steps
+    from stereo_spot.adapters.local import local_backend
+    from stereo_spot.media.frames import read_frames
+    from stereo_spot.models import ConversionSettings
+    from stereo_spot.runner import run_job
+    from stereo_spot.sample import write_sample
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = write_sample(Path(tmp) / "clip.mp4", seconds=seconds, size=size, fps=fps, gop=fps // 2)
+        for crf in ("0", ""):
+            os.environ["STEREO_SPOT_CRF"] = crf
+            outputs = []
+            for segment_seconds in (1.0, 1000.0):
+                backend = local_backend(Path(tmp) / f"home-{crf}-{segment_seconds}")
+                job = steps.create_job(backend, ConversionSettings(segment_seconds=segment_seconds), "seams")
+                steps.store_source(backend, job.job_id, clip)
+                run_job(backend, job.job_id, workers=1)
+                final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+                outputs.append(np.stack([f.rgb for f in read_frames(final)]).astype(np.float64))
+            per_frame = [psnr(a / 255, b / 255) for a, b in zip(*outputs, strict=True)]
+            seams = [min(per_frame[s * fps - 1], per_frame[s * fps]) for s in range(1, seconds)]
+            inside = [p for i, p in enumerate(per_frame) if i % fps not in (0, fps - 1)]
+            results["lossless (STEREO_SPOT_CRF=0)" if crf else "default encoder (crf 18)"] = {
+                "overall": psnr(outputs[0] / 255, outputs[1] / 255), "seams": seams,
+                "min seam": min(seams), "mean inside segments": float(np.mean(inside))}
+        os.environ.pop("STEREO_SPOT_CRF", None)
     return results
 
 
@@ -201,10 +308,18 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=6)
     parser.add_argument("--frames", type=int, default=24, help="frames per depth clip")
     parser.add_argument("--stages", action="store_true", help="also time the engine stages at 1280x720")
+    parser.add_argument("--seams", action="store_true", help="also compare 1 s segments with one long run")
+    parser.add_argument("--depth-weights", help="a Depth Anything checkpoint (folder or s3://) to compare")
+    parser.add_argument("--inpaint-weights", help="a stereo inpainting checkpoint (folder or s3://) to compare")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
-    result = bench_renderer(width, height, args.scenes)
+    inpainter = None
+    if args.inpaint_weights:
+        from stereo_spot.stereo.inpaint_diffusion import DiffusionInpainter
+
+        inpainter = DiffusionInpainter(args.inpaint_weights)
+    result = bench_renderer(width, height, args.scenes, inpainter)
     print(f"Renderer from the true disparity, {width}x{height}, {args.scenes} scenes x (2 %, 4 % disparity span)")
     print(f"{'scene':>8} {'disocc.':>8} {'ours':>8} {'naive':>8} {'diff':>7}   {'ours':>8} {'naive':>8} {'diff':>7}")
     print(f"{'':>8} {'% px':>8} {'PSNR dB (whole frame)':>25}   {'PSNR dB (disoccluded)':>25}")
@@ -216,13 +331,47 @@ def main() -> None:
           f"   {result['ours_dis']:8.2f} {result['naive_dis']:8.2f} {result['ours_dis'] - result['naive_dis']:+7.2f}")
     print(f"whole-frame gain over the naive baseline: {gain:+.2f} dB (target >= +2 dB): "
           f"{'PASS' if gain >= 2.0 else 'FAIL'}")
+    if inpainter is not None:
+        print(f"diffusion inpainter ({args.inpaint_weights}): {result['diffusion']:.2f} dB whole frame, "
+              f"{result['diffusion_dis']:.2f} dB disoccluded (classical fill: {result['ours']:.2f} / "
+              f"{result['ours_dis']:.2f})")
+    else:
+        print("diffusion inpainter: not compared (no --inpaint-weights)")
 
-    depth = bench_depth(width // 2, height // 2, args.frames)
-    print(f"\nHeuristic depth vs true inverse depth, Spearman rank correlation ({width // 2}x{height // 2}, "
+    estimators = {"heuristic": None}
+    if args.depth_weights:
+        from stereo_spot.stereo.depth.depth_anything import DepthAnythingDepth
+
+        estimators["depth-anything"] = DepthAnythingDepth(args.depth_weights)
+    print(f"\nDepth vs true inverse depth, Spearman rank correlation ({width // 2}x{height // 2}, "
           f"{args.frames} frames, first 6 skipped)")
-    for name, rho in depth.items():
-        print(f"  {name:>18}: {rho:+.3f}")
-    print(f"  {'mean':>18}: {np.mean(list(depth.values())):+.3f}")
+    table = {name: bench_depth(width // 2, height // 2, args.frames, estimator)
+             for name, estimator in estimators.items()}
+    print(f"  {'clip':>18}" + "".join(f" {name:>15}" for name in table))
+    for clip_name in next(iter(table.values())):
+        print(f"  {clip_name:>18}" + "".join(f" {table[name][clip_name]:+15.3f}" for name in table))
+    print(f"  {'mean':>18}" + "".join(f" {np.mean(list(values.values())):+15.3f}" for values in table.values()))
+    if not args.depth_weights:
+        print("  depth-anything: not compared (no --depth-weights)")
+
+    consistency = bench_consistency(width // 2, height // 2, args.frames)
+    print("\nVideo consistency of a per-frame model (true depth x random scale 0.6-1.6, shift +-0.3, noise "
+          "0.01 per frame)")
+    modes = list(next(iter(consistency.values())))
+    print("  error: mean |normalised - truth normalised over the whole clip|; flicker: mean |change| from frame to "
+          "frame where the truth did not change, over all frames and in the worst frame")
+    print(f"  {'':>18}" + "".join(f" {mode:>26}" for mode in modes))
+    print(f"  {'clip':>18}" + "".join(f" {'error':>8} {'flicker':>8} {'worst':>8}" for _ in modes))
+    for name, row in consistency.items():
+        print(f"  {name:>18}" + "".join(f" {row[m]['error']:8.4f} {row[m]['flicker']:8.4f} {row[m]['worst']:8.4f}"
+                                        for m in modes))
+
+    if args.seams:
+        print("\nSeams: 10 s clip (160x96, 24 fps) in 1 s segments vs one segment, PSNR between the outputs")
+        for name, row in bench_seams().items():
+            print(f"  {name}: overall {row['overall']:.1f} dB, min at a seam {row['min seam']:.1f} dB, mean "
+                  f"inside segments {row['mean inside segments']:.1f} dB")
+            print("    seams: " + " ".join(f"{v:.1f}" for v in row["seams"]))
 
     if args.stages:
         stages = bench_stages()

@@ -88,6 +88,11 @@ def convert(
     inpaint: Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")] = "classical",
     inpaint_weights: Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
                                                         "model.")] = None,
+    auto_divergence: Annotated[bool, typer.Option("--auto-divergence", help="Choose --divergence and "
+                                                  "--convergence from the measured depth of the scene.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write the comfort report (JSON: parallax "
+                                                "percentiles, holes, border violations, flicker, timings) "
+                                                "here.")] = None,
     disparity: Annotated[Path | None, typer.Option(help="Still images only: .npy float32 HxW disparity in "
                                                    "pixels; skips depth estimation.")] = None,
     segment_seconds: Annotated[float, typer.Option(min=0.1, help="Target segment length for parallel "
@@ -107,23 +112,34 @@ def convert(
         settings = ConversionSettings(output_format=format, anaglyph=anaglyph, divergence=divergence,
                                       convergence=convergence, depth_model=depth_model, depth_weights=depth_weights,
                                       inpaint=inpaint, inpaint_weights=inpaint_weights,
-                                      segment_seconds=segment_seconds, start=start, duration=duration)
+                                      auto_divergence=auto_divergence, segment_seconds=segment_seconds,
+                                      start=start, duration=duration)
     except ValueError as exc:
         die(one_line(exc))
+    from stereo_spot.stereo.engine import check_model_choice
+
+    try:
+        check_model_choice(settings)
+    except UserError as exc:
+        die(one_line(exc))
     from stereo_spot.media.probe import is_image
-    from stereo_spot.naming import LAYOUT_SUFFIX
+    from stereo_spot.naming import output_path_for
 
     image = is_image(input)
     if output is None:
-        output = input.with_name(f"{input.stem}{LAYOUT_SUFFIX[format]}{'.png' if image else '.mp4'}")
+        output = output_path_for(input, format, ".png" if image else ".mp4")
     if output.exists() and output.resolve() == input.resolve():
         die(f"the output {output} is the input: choose another --output")
+    if report is not None and report.exists() and report.is_dir():
+        die(f"--report {report} is a folder: give a file name such as report.json")
     if image:
+        if report is not None:
+            die("--report works with videos: a still image has no comfort report")
         _convert_image(input, output, settings, disparity)
     else:
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
-        _convert_video(input, output, settings, workers, device, title or input.stem)
+        _convert_video(input, output, settings, workers, device, title or input.stem, report)
 
 
 def _convert_image(input: Path, output: Path, settings: ConversionSettings, disparity: Path | None) -> None:
@@ -145,7 +161,7 @@ def _convert_image(input: Path, output: Path, settings: ConversionSettings, disp
 
 
 def _convert_video(input: Path, output: Path, settings: ConversionSettings, workers: int | None,
-                   device: str | None, title: str) -> None:
+                   device: str | None, title: str, report: Path | None = None) -> None:
     from stereo_spot import steps
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
@@ -167,6 +183,28 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
         _report_failure(exc, job.job_id if job else None)
     _run_with_progress(backend, job.job_id, workers, device)
     _deliver(backend, job.job_id, output)
+    _comfort_report(backend, job.job_id, report)
+
+
+def _comfort_report(backend, job_id: str, path: Path | None) -> None:
+    """Show the report's warnings; with ``--report``, copy the report there."""
+    import json
+
+    from stereo_spot import keys
+    from stereo_spot.ports import NotFound
+
+    try:
+        raw = backend.objects.read_bytes(backend.output_bucket, keys.report_key(job_id))
+    except NotFound:
+        if path is not None:
+            die(f"job {job_id} has no comfort report to write to {path}")
+        return
+    for warning in json.loads(raw).get("warnings", []):
+        console.print(f"[yellow]comfort:[/] {warning}", highlight=False, soft_wrap=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(raw)
+        out.print(str(path), soft_wrap=True)
 
 
 def _run_with_progress(backend, job_id: str, workers: int | None, device: str | None) -> None:

@@ -143,6 +143,9 @@ class SegmentCompletion(BaseModel):
     duration_seconds: float = 0.0
     convert_seconds: float = 0.0
     completed_at: datetime = Field(default_factory=utcnow)
+    # Comfort statistics and timings of the segment (sampled while converting); concat aggregates them into
+    # the job's report. Small: a histogram and a few numbers.
+    stats: dict | None = None
 
     @field_validator("job_id")
     @classmethod

@@ -100,7 +100,7 @@ def test_steps_are_idempotent(backend, clip):
     assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
     assert steps.fail(backend, job_id, "late duplicate failed").status == JobStatus.COMPLETED
     assert sorted(backend.objects.list_keys(backend.output_bucket, f"jobs/{job_id}/")) == sorted(
-        [keys.final_key(job_id)] + [keys.output_segment_key(job_id, i) for i in range(4)])
+        [keys.final_key(job_id), keys.report_key(job_id)] + [keys.output_segment_key(job_id, i) for i in range(4)])
 
 
 def test_concat_refuses_missing_segments(backend, clip):

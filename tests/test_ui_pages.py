@@ -248,6 +248,12 @@ def test_detail_of_a_completed_job_plays_downloads_previews_and_deletes(home, ba
     assert download.proto.url.endswith(f"/api/jobs/{job_id}/video?download=1")
     images = at.get("image")
     assert len(images) == 1 and "full side-by-side (320×96 shown)" in images[0].captions[0]
+    # the conversion's own comfort report: headline figures and charts
+    assert {"Hole ratio", "Max in front (% of width)"} <= {m.label for m in at.metric}
+    assert len(at.get("vega_lite_chart")) == 4  # percentiles, histogram, report timings, completions timings
+    # a job without one says so
+    backend.objects.delete(backend.output_bucket, keys.report_key(job_id))
+    at.run()
     assert any(c.value == "This job has no comfort report." for c in at.caption)
     charts = at.get("vega_lite_chart")
     assert len(charts) == 1  # seconds per segment, from the completions

@@ -1,10 +1,12 @@
 """Reading a job's comfort report (``jobs/{job_id}/report.json``) into what the page charts.
 
-The report is written by the conversion; the page only needs a few shapes out of it, found by name so that a
-new field does not break the page: disparity percentiles (a mapping like ``{"p5": -0.4, "p50": 0.9}`` or a list of
-``{"percentile": 5, "value": -0.4}``), an optional histogram (``{"edges"|"bins": [...], "counts": [...]}``),
-per-segment timings (a list of records with a segment index and ``*seconds`` fields), a few headline numbers
-(hole ratio, flicker index, border violations...) and warnings.
+The conversion writes the report (``stereo_spot.report``: its docstring lists the fields). The page needs a few
+shapes out of it, found by name so that a new field does not break the page: disparity percentiles (a mapping like
+``{"p5": -0.4, "p50": 0.9}`` or a list of ``{"percentile": 5, "value": -0.4}``), an optional histogram
+(``{"edges"|"bins": [...], "counts": [...]}``), per-segment timings (a list of records with a segment index and
+``*seconds`` fields), a few headline numbers (hole ratio, flicker index, border violations, the largest parallax
+in front of and behind the screen) and warnings. The report's detail sections (limits, settings, sampling, the
+border and flicker details, totals) are for people reading the JSON, not headline figures.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from stereo_spot.ports import Backend, NotFound, StoreError
 _PERCENTILE_KEY = re.compile(r"^p?(\d+(?:\.\d+)?)$", re.IGNORECASE)
 _INDEX_FIELDS = ("segment_index", "index", "segment")
 _MAX_METRICS = 6
-_IGNORED = {"version", "schema_version", "schema"}
+_IGNORED = {"version", "schema_version", "schema", "job_id", "unit", "limits", "settings", "sampling", "border",
+            "flicker", "timings", "extremes", "crossed_share"}
+# Headline figures of ``stereo_spot.report`` whose field names say less than a label can.
+_LABELS = {"max_crossed_pct": "max in front (% of width)", "max_uncrossed_pct": "max behind (% of width)",
+           "border_violation_ratio": "border violations (share of frames)"}
 
 
 @dataclass
@@ -142,7 +148,7 @@ def _walk(data: dict[str, Any], prefix: str, report: ComfortReport, depth: int) 
         number = _number(value)
         if number is not None:
             if len(report.metrics) < _MAX_METRICS:
-                report.metrics[_label(path)] = number
+                report.metrics[_LABELS.get(name) if depth == 0 and name in _LABELS else _label(path)] = number
             continue
         if isinstance(value, dict) and depth < 2:
             _walk(value, path, report, depth + 1)

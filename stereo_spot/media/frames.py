@@ -127,6 +127,31 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     )
 
 
+#: AVStereo3DType values FFmpeg puts in a frame's STEREO3D side data
+_STEREO3D_TYPES = {0: "2d", 1: "side_by_side", 2: "top_bottom", 3: "frame_sequence", 4: "checkerboard",
+                   5: "side_by_side_quincunx", 6: "lines", 7: "columns"}
+
+
+def stereo_layout(path: str | Path, frames: int = 1) -> tuple[str, bool] | None:
+    """The stereo layout signalled in the video bitstream (H.264 frame-packing SEI), as FFmpeg reports it on
+    decoded frames: (``"side_by_side"`` | ``"top_bottom"`` | …, inverted = right view first), or None where
+    the first ``frames`` frames carry none (a 2D video, or an anaglyph)."""
+    from av.sidedata.sidedata import Type
+
+    path = Path(path)
+    with open_input(path) as container:
+        stream = require_video_stream(container, path)
+        for index, frame in enumerate(container.decode(stream)):
+            for data in frame.side_data:
+                if data.type == Type.STEREO3D:
+                    # AVStereo3D starts with two native ints: the type and the flags (bit 0: inverted)
+                    kind, flags = (int(v) for v in np.frombuffer(bytes(data)[:8], dtype=np.int32))
+                    return _STEREO3D_TYPES.get(kind, f"type {kind}"), bool(flags & 1)
+            if index + 1 >= frames:
+                break
+    return None
+
+
 def frame_count(path: str | Path) -> int:
     """Number of frames of the main video stream, by reading packets (no decoding)."""
     path = Path(path)

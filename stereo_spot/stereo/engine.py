@@ -12,6 +12,8 @@ each of its worker processes a share of the cores).
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import torch
@@ -23,7 +25,39 @@ from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.fill import Inpainter, create_inpainter
 from stereo_spot.stereo.pack import output_size as packed_size
 from stereo_spot.stereo.pack import pack_uint8
+from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
+
+#: Frames per batch handed to the engine by the segment converter (more when the inpainter wants longer runs).
+DEFAULT_BATCH_FRAMES = 8
+
+
+#: Models that cannot run without weights: their ``--*-weights`` option is required.
+_NEEDS_WEIGHTS = {"depth-anything": "--depth-weights", "diffusion": "--inpaint-weights"}
+
+
+def check_model_choice(settings: ConversionSettings) -> None:
+    """Refuse unknown model names and missing or unusable weights before any work starts (no model is loaded).
+    Raises ``StereoInputError`` with the option to fix."""
+    from stereo_spot.stereo.depth import known_depth_estimators
+    from stereo_spot.stereo.fill import known_inpainters
+
+    choices = (("--depth-model", settings.depth_model, settings.depth_weights, known_depth_estimators()),
+               ("--inpaint", settings.inpaint, settings.inpaint_weights, known_inpainters()))
+    for option, name, weights, known in choices:
+        if name not in known:
+            raise StereoInputError(f"{option} {name!r} is not known; choose one of {', '.join(known)}")
+        flag = _NEEDS_WEIGHTS.get(name)
+        if flag and not weights:
+            raise StereoInputError(f"{option} {name} needs {flag}: a folder or an s3:// prefix with its weights")
+        if weights and name in ("heuristic", "classical"):
+            raise StereoInputError(f"{option} {name} takes no weights (drop the weights option or choose a model "
+                                   f"that needs them: {', '.join(_NEEDS_WEIGHTS)})")
+        if weights and not weights.startswith("s3://"):
+            from pathlib import Path
+
+            if not Path(weights).expanduser().is_dir():
+                raise StereoInputError(f"the weights {weights} for {option} {name} are not a folder")
 
 
 def default_device() -> torch.device:
@@ -73,28 +107,58 @@ class StereoEngine:
         # A GPU takes the whole batch at once.
         self.chunk_frames = 1 if self.device.type == "cpu" else 1_000_000
         self._warp_workspace = WarpWorkspace()
+        #: comfort statistics of the frames converted since ``reset`` (None: not collected)
+        self.stats: ComfortStats | None = None
+        #: seconds spent in depth estimation since ``reset`` (measured around each call; on a GPU after a sync)
+        self.depth_seconds = 0.0
+
+    @property
+    def batch_frames(self) -> int:
+        """How many consecutive frames to hand to ``convert_batch`` at once: a temporal inpainter wants whole
+        chunks of frames."""
+        return max(DEFAULT_BATCH_FRAMES, int(getattr(self.inpainter, "frames_per_call", 1)))
+
+    @property
+    def warmup_frames(self) -> int:
+        """Frames of history the depth estimator needs to reach the state of a continuous run."""
+        return int(getattr(self.depth, "memory_frames", 0) or 0)
+
+    def _timed_depth(self, frames: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        depth01 = self.depth.estimate(frames)
+        if depth01.device.type == "cuda":
+            torch.cuda.synchronize(depth01.device)
+        self.depth_seconds += time.perf_counter() - started
+        return depth01
 
     def reset(self) -> None:
         """Start a new shot: forget the depth and inpainting state."""
         self.depth.reset()
         self.inpainter.reset()
+        self.depth_seconds = 0.0
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         return packed_size(width, height, self.settings.output_format)
 
     def disparity(self, frames: torch.Tensor) -> torch.Tensor:
         """Depth for float frames [N,3,H,W] → disparity in pixels [N,1,H,W] (crossed positive)."""
-        depth01 = self.depth.estimate(frames)
+        depth01 = self._timed_depth(frames)
         return depth_to_disparity(depth01, frames.shape[-1], self.settings.divergence, self.settings.convergence)
 
     @torch.inference_mode()
     def warm_up(self, frames_uint8: np.ndarray) -> None:
-        """Feed frames that precede the segment through the depth estimator only (temporal state, no output)."""
+        """Feed frames that precede the segment through the engine's temporal state, without output: all of them
+        through the depth estimator, and the last few through the inpainter too when it keeps context (a
+        video inpainter continues from the frames it filled last)."""
         if len(frames_uint8) == 0:
             return
-        for start in range(0, len(frames_uint8), self.chunk_frames):
-            _, frames = frames_to_tensor(frames_uint8[start : start + self.chunk_frames], self.device)
+        context = min(len(frames_uint8), int(getattr(self.inpainter, "context_frames", 0) or 0))
+        head = len(frames_uint8) - context
+        for start in range(0, head, self.chunk_frames):
+            _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device)
             self.depth.estimate(frames)
+        if context:
+            self._render_batch(frames_uint8[head:], observe=False)
 
     def render_right(self, left: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
         """Right views [N,C,H,W] for float left views and disparities in pixels: warp + fill. The result may
@@ -124,17 +188,59 @@ class StereoEngine:
         """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]."""
         if frames_uint8.ndim != 4:
             raise StereoInputError(f"frames must be uint8 [N,H,W,3], got shape {frames_uint8.shape}")
+        return self._render_batch(frames_uint8, observe=True)
+
+    def _render_batch(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+        if getattr(self.inpainter, "frames_per_call", 1) > 1:
+            return self._render_batch_temporal(frames_uint8, observe)
         n, h, w = frames_uint8.shape[:3]
         out_w, out_h = self.output_size(w, h)
         out = np.empty((n, out_h, out_w, 3), dtype=np.uint8)
         for start in range(0, n, self.chunk_frames):
             stop = min(n, start + self.chunk_frames)
             u8, left = frames_to_tensor(frames_uint8[start:stop], self.device)
-            right = self.render_right(left, self.disparity(left))
-            if self.device.type == "cpu":  # pack straight into the returned array
-                pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
-                           out=torch.from_numpy(out[start:stop]))
-            else:
-                packed = pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph)
-                out[start:stop] = packed.cpu().numpy()
+            disparity = self.disparity(left)
+            warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
+            if observe and self.stats is not None:
+                self.stats.observe(left, disparity, holes)
+            right = self.inpainter.inpaint(warped, holes, warped_disparity, left)
+            self._pack_into(out, start, stop, u8, left, right)
         return out
+
+    def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+        """The whole batch warped first, then inpainted in one call: a video inpainter fills holes from the
+        frames around them."""
+        n, h, w = frames_uint8.shape[:3]
+        out_w, out_h = self.output_size(w, h)
+        out = np.empty((n, out_h, out_w, 3), dtype=np.uint8)
+        u8s, lefts, rights, hole_masks, disparities = [], [], [], [], []
+        for start in range(0, n, self.chunk_frames):
+            stop = min(n, start + self.chunk_frames)
+            u8, left = frames_to_tensor(frames_uint8[start:stop], self.device)
+            disparity = self.disparity(left)
+            warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
+            if observe and self.stats is not None:
+                self.stats.observe(left, disparity, holes)
+            u8s.append(u8)
+            lefts.append(left)
+            rights.append(warped.clone())  # the workspace is reused by the next warp
+            hole_masks.append(holes.clone())
+            disparities.append(warped_disparity.clone())
+        left_all = torch.cat(lefts)
+        right_all = self.inpainter.inpaint(torch.cat(rights), torch.cat(hole_masks), torch.cat(disparities),
+                                           left_all)
+        position = 0
+        for u8, left in zip(u8s, lefts, strict=True):
+            stop = position + len(left)
+            self._pack_into(out, position, stop, u8, left, right_all[position:stop])
+            position = stop
+        return out
+
+    def _pack_into(self, out: np.ndarray, start: int, stop: int, u8: torch.Tensor, left: torch.Tensor,
+                   right: torch.Tensor) -> None:
+        if self.device.type == "cpu":  # pack straight into the returned array
+            pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
+                       out=torch.from_numpy(out[start:stop]))
+        else:
+            packed = pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph)
+            out[start:stop] = packed.cpu().numpy()

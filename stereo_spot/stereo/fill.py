@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stereo_spot.stereo.errors import StereoInputError
+
 #: Hole pixels are averaged with hole pixels up to this many rows above and below (0 turns it off).
 DEFAULT_SMOOTH_ROWS = 2
 
@@ -128,6 +130,10 @@ class Inpainter(ABC):
     """Fills the holes of warped right views. May keep state across calls within a shot (``reset`` between)."""
 
     name: str = "inpainter"
+    #: frames it wants per call: above 1, the engine warps a whole batch first and inpaints it in one call
+    frames_per_call: int = 1
+    #: frames of the previous segment it should see (inpainted) before the segment starts: its temporal context
+    context_frames: int = 0
 
     def reset(self) -> None:  # noqa: B027 - stateless inpainters need nothing
         """Forget any temporal state (a new shot or a new segment)."""
@@ -172,14 +178,22 @@ def known_inpainters() -> list[str]:
 def create_inpainter(name: str, weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
     factory = _INPAINTERS.get(name)
     if factory is None:
-        raise ValueError(f"unknown inpainter {name!r}; known: {', '.join(known_inpainters())}")
+        raise StereoInputError(f"unknown inpainter {name!r}; known: {', '.join(known_inpainters())}")
     return factory(weights=weights, device=device)
 
 
 def _classical_factory(weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
     if weights:
-        raise ValueError("the classical inpainter takes no weights")
+        raise StereoInputError("the classical inpainter takes no weights (drop --inpaint-weights)")
     return ClassicalInpainter()
 
 
+def _diffusion_factory(weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
+    # Imported on use: diffusers is an optional dependency and slow to import.
+    from stereo_spot.stereo.inpaint_diffusion import DiffusionInpainter
+
+    return DiffusionInpainter(weights, device)
+
+
 register_inpainter("classical", _classical_factory)
+register_inpainter("diffusion", _diffusion_factory)

@@ -122,7 +122,14 @@ def convert_image(
     h, w = rgb.shape[:2]
     engine = StereoEngine(settings, device=device)
     left = torch.from_numpy(rgb).to(engine.device).permute(2, 0, 1).unsqueeze(0)
-    if disparity is None:
+    if disparity is None and settings.auto_divergence:
+        from stereo_spot.stereo import auto_divergence
+        from stereo_spot.stereo.disparity import depth_to_disparity
+
+        depth01 = engine.depth.estimate(left.contiguous())
+        engine.settings = settings = auto_divergence.apply(settings, auto_divergence.measure([depth01]))
+        disp = depth_to_disparity(depth01, w, settings.divergence, settings.convergence)
+    elif disparity is None:
         disp = engine.disparity(left.contiguous())
     else:
         values = _check_disparity(disparity, h, w, src.name)

@@ -5,9 +5,14 @@ thread) joined by small bounded queues. PyAV releases the GIL while it decodes, 
 encodes, and torch while it computes, so on a multi-core machine the stages overlap; the queues bound memory to a
 few batches whatever the segment's length.
 
-``warmup_src`` is the segment before this one: its last second runs through the depth estimator first, so the
-temporal state (running depth range, flow history) at this segment's first frame is what a single long run would
-have had, and segments converted in parallel join without a visible seam.
+``warmup_src`` is the segment before this one (or the few before it, when one is shorter than the warm-up): its
+last second, or as many frames as the depth estimator remembers (``StereoEngine.warmup_frames``) when that is
+longer, runs through the engine's temporal state first. The estimators keep a
+finite memory, so the state at this segment's first frame is what a single long run would have had, and
+segments converted in parallel join without a visible seam.
+
+While converting, the engine samples comfort statistics (``stereo/stats.py``); they come back in
+``SegmentStats.comfort`` with the segment's timings, for the job's comfort report.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,6 +32,7 @@ import torch
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.engine import StereoEngine
 from stereo_spot.stereo.errors import StereoInputError
+from stereo_spot.stereo.stats import ComfortStats
 
 
 @contextmanager
@@ -61,6 +67,16 @@ class SegmentStats:
     frames: int
     duration_seconds: float  # of the converted video: last pts - first pts + one frame
     seconds: float  # wall-clock time the conversion took
+    warmup_seconds: float = 0.0  # of ``seconds``: running the previous segment's tail through the engine
+    engine_seconds: float = 0.0  # of ``seconds``: the stereo engine (depth, warp, fill, pack) on this segment
+    depth_seconds: float = 0.0  # of ``engine_seconds``: depth estimation
+    comfort: dict | None = None  # ``ComfortStats.to_dict()``: parallax histogram, holes, borders, flicker
+
+    def to_record(self) -> dict:
+        """What a segment completion stores: the comfort statistics and the timings."""
+        return {**(self.comfort or {}), "timings": {
+            "convert_seconds": round(self.seconds, 4), "warmup_seconds": round(self.warmup_seconds, 4),
+            "engine_seconds": round(self.engine_seconds, 4), "depth_seconds": round(self.depth_seconds, 4)}}
 
 
 class _Failed:
@@ -157,17 +173,34 @@ def _stack(frames: list) -> np.ndarray:
     return np.stack([f.rgb for f in frames])
 
 
-def _warm_up(engine: StereoEngine, warmup_src: Path, rotation: int, batch_size: int) -> int:
+def warmup_seconds_needed(engine: StereoEngine, fps: float) -> float:
+    """Seconds of preceding video the engine needs: a second, or more when the estimator remembers more frames
+    (half a frame of margin)."""
+    return max(WARMUP_SECONDS, (engine.warmup_frames + 0.5) / max(fps, 1e-3))
+
+
+def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int) -> int:
+    """Run the tail of the preceding segments (oldest first) through the engine's temporal state."""
     from stereo_spot.media.frames import read_frame_batches
     from stereo_spot.media.probe import probe, require_video
 
-    info = probe(warmup_src)
-    video = require_video(info)
-    start = video.start_seconds + max(0.0, info.duration_seconds - WARMUP_SECONDS)
+    plan = []
+    remaining = None
+    for source in reversed(sources):  # newest first, until enough time is covered
+        info = probe(source)
+        video = require_video(info)
+        if remaining is None:
+            remaining = warmup_seconds_needed(engine, float(video.fps or 25))
+        start = video.start_seconds + max(0.0, info.duration_seconds - remaining)
+        plan.append((source, start))
+        remaining -= info.duration_seconds
+        if remaining <= 0:
+            break
     fed = 0
-    for batch in read_frame_batches(warmup_src, batch_size, rotation=rotation, window=(start, None)):
-        engine.warm_up(_stack(batch))
-        fed += len(batch)
+    for source, start in reversed(plan):
+        for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None)):
+            engine.warm_up(_stack(batch))
+            fed += len(batch)
     return fed
 
 
@@ -177,19 +210,25 @@ def convert_segment(
     settings: ConversionSettings,
     rotation: int = 0,
     window: tuple[float | None, float | None] = (None, None),
-    warmup_src: Path | None = None,
+    warmup_src: Path | Sequence[Path] | None = None,
     device: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     engine: StereoEngine | None = None,
     compute_threads: int | None = None,
+    collect_stats: bool = True,
 ) -> SegmentStats:
     """Convert the frames of ``src`` inside ``window`` (seconds of its timeline) to a 3D mp4 at ``dst``.
 
+    ``warmup_src`` is the segment before this one, or the segments before it, oldest first: their tail
+    (``warmup_seconds_needed``) warms up the engine's temporal state.
+
     Frames keep their pts and the source's time base. ``progress(n)`` is called with the number of frames
-    just written. ``compute_threads`` sets torch's intra-op threads on CPU for the duration (default: half the
-    current setting, see ``_compute_threads``). Raises ``StereoInputError`` when the window holds no frame, and
-    the media layer's errors for files that cannot be read.
+    just written. ``batch_size`` frames go through the engine at once (default: ``engine.batch_frames``).
+    ``compute_threads`` sets torch's intra-op threads on CPU for the duration (default: half the
+    current setting, see ``_compute_threads``). ``collect_stats`` samples the comfort statistics. Raises
+    ``StereoInputError`` when the window holds no frame, and the media layer's errors for files that cannot be
+    read.
     """
     from stereo_spot.media.probe import probe, require_video
 
@@ -197,20 +236,28 @@ def convert_segment(
     src, dst = Path(src), Path(dst)
     video = require_video(probe(src))
     engine = engine or StereoEngine(settings, device=device)
+    batch_size = batch_size or engine.batch_frames
     with _compute_threads(engine.device, compute_threads):
         return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size, progress,
-                        started)
+                        started, collect_stats)
 
 
 def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSettings, video, rotation: int,
-             window: tuple[float | None, float | None], warmup_src: Path | None, batch_size: int,
-             progress: Callable[[int], None] | None, started: float) -> SegmentStats:
+             window: tuple[float | None, float | None], warmup_src: Path | Sequence[Path] | None, batch_size: int,
+             progress: Callable[[int], None] | None, started: float, collect_stats: bool) -> SegmentStats:
     from stereo_spot.media.encode import settings_for
     from stereo_spot.media.frames import VideoWriter, read_frame_batches
 
     engine.reset()
-    if warmup_src is not None:
-        _warm_up(engine, Path(warmup_src), rotation, batch_size)
+    engine.stats = None
+    warmup_seconds = 0.0
+    if warmup_src:
+        sources = [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src]
+        _warm_up(engine, sources, rotation, batch_size)
+        warmup_seconds = time.perf_counter() - started
+    engine.depth_seconds = 0.0
+    engine.stats = ComfortStats() if collect_stats else None
+    engine_seconds = 0.0
 
     encode = settings_for(settings.output_format)
     fps = video.fps or Fraction(25)
@@ -231,7 +278,10 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
                 time_base = batch[0].time_base
                 first_pts = batch[0].pts
             pts = [f.pts for f in batch]
-            encoder.put(engine.convert_batch(_stack(batch)), pts)
+            engine_started = time.perf_counter()
+            packed = engine.convert_batch(_stack(batch))
+            engine_seconds += time.perf_counter() - engine_started
+            encoder.put(packed, pts)
             frames += len(batch)
             last_pts = pts[-1]
             if progress is not None:
@@ -244,4 +294,8 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     if frames == 0:
         raise StereoInputError(f"{src.name} has no video frames in the requested time window")
     duration = float((last_pts - first_pts) * time_base + 1 / fps)
-    return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started)
+    comfort = engine.stats.to_dict() if engine.stats is not None else None
+    engine.stats = None
+    return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
+                        warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
+                        depth_seconds=engine.depth_seconds, comfort=comfort)

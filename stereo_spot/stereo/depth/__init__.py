@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.errors import StereoInputError
 
 DepthFactory = Callable[..., DepthEstimator]
 _ESTIMATORS: dict[str, DepthFactory] = {}
@@ -31,7 +32,7 @@ def create_depth_estimator(
 ) -> DepthEstimator:
     factory = _ESTIMATORS.get(name)
     if factory is None:
-        raise ValueError(f"unknown depth model {name!r}; known: {', '.join(known_depth_estimators())}")
+        raise StereoInputError(f"unknown depth model {name!r}; known: {', '.join(known_depth_estimators())}")
     return factory(weights=weights, device=device)
 
 
@@ -39,10 +40,19 @@ def _heuristic_factory(weights: str | None = None, device: str | torch.device | 
     from stereo_spot.stereo.depth.heuristic import HeuristicDepth
 
     if weights:
-        raise ValueError("the heuristic depth model takes no weights (drop --depth-weights)")
+        raise StereoInputError("the heuristic depth model takes no weights (drop --depth-weights)")
     return HeuristicDepth(device=device)
 
 
+def _depth_anything_factory(weights: str | None = None, device: str | torch.device | None = None
+                            ) -> DepthEstimator:
+    # Imported on use: transformers is an optional dependency and slow to import.
+    from stereo_spot.stereo.depth.depth_anything import DepthAnythingDepth
+
+    return DepthAnythingDepth(weights, device)
+
+
 register_depth_estimator("heuristic", _heuristic_factory)
+register_depth_estimator("depth-anything", _depth_anything_factory)
 
 __all__ = ["DepthEstimator", "create_depth_estimator", "known_depth_estimators", "register_depth_estimator"]

@@ -17,6 +17,9 @@ class DepthEstimator(ABC):
     """
 
     name: str = "depth"
+    #: Frames of history that shape the next estimate: a segment's warm-up feeds at least this many frames of
+    #: the previous segment so that it starts in the state a continuous run would have had.
+    memory_frames: int = 0
 
     @abstractmethod
     def reset(self) -> None:

@@ -14,9 +14,9 @@ Cues, all computed at a low working resolution (long side ``work_long_side``):
 
 The weighted sum is carried along the flow from frame to frame (the previous estimate is warped into the current
 frame and blended), which both steadies it and accumulates motion evidence over several frames. It is then
-normalised to 0..1 with a running (EMA) robust min/max, and refined edge-aware with a fast guided filter whose
-linear model is applied to the full-resolution luma. A scene cut (large histogram and pixel change) resets all
-temporal state.
+normalised to 0..1 with the robust range pooled over the last frames (``TemporalRange``: a finite memory, so a
+warmed-up segment matches a continuous run), and refined edge-aware with a fast guided filter whose linear model
+is applied to the full-resolution luma. A scene cut (large histogram and pixel change) resets all temporal state.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.guided import box_filter, fast_guided_upsample, luma
 from stereo_spot.stereo.resample import resize
 
@@ -47,8 +48,13 @@ class HeuristicParams:
     motion_trust_px: float = 0.75
     #: share of the previous (flow-warped) estimate kept at each frame: steadier vs quicker to follow motion
     temporal_keep: float = 0.7
-    #: share of the running depth range kept at each frame
-    range_keep: float = 0.9
+    #: frames whose ranges are pooled to normalise the depth (a finite memory: see ``temporal.py``)
+    range_memory: int = 16
+    #: frames after which the estimate no longer depends on where it started: the flow-carried estimate fades
+    #: quickly, but the far-motion reference is fitted with weights from the previous depth, a loop that
+    #: forgets slowly. Measured on a moving clip, warm-ups of 24, 48 and 96 frames matched a continuous run
+    #: to 43, 51 and 80 dB PSNR at the seam.
+    settle_frames: int = 48
     #: smallest raw range normalised to 0..1 (a flat scene stays flat instead of amplifying noise)
     min_range: float = 0.15
     guided_radius: int = 8
@@ -67,6 +73,12 @@ def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
 
 def _to_u8(gray: torch.Tensor) -> np.ndarray:
     return (gray.squeeze().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _sample(x: torch.Tensor, limit: int = 4096) -> torch.Tensor:
+    """A strided sample of at most about ``limit`` values: plenty for a range estimate."""
+    flat = x.reshape(-1)
+    return flat[:: flat.numel() // limit + 1] if flat.numel() > limit else flat
 
 
 def _percentiles(x: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
@@ -96,7 +108,12 @@ class HeuristicDepth(DepthEstimator):
         self._prev_hist: torch.Tensor | None = None
         self._prev_raw: torch.Tensor | None = None
         self._prev_depth: torch.Tensor | None = None  # normalised, working resolution
-        self._range: tuple[float, float] | None = None
+        self._range = TemporalRange(self.params.range_memory)
+
+    @property
+    def memory_frames(self) -> int:
+        """Frames of history that shape the next estimate (what a warm-up must feed to match a long run)."""
+        return max(self.params.range_memory, self.params.settle_frames)
 
     # --- per-frame pieces ------------------------------------------------------------------------------
 
@@ -212,13 +229,7 @@ class HeuristicDepth(DepthEstimator):
                 carried = self._warp_back(self._prev_raw, flow)
                 raw = p.temporal_keep * carried + (1.0 - p.temporal_keep) * raw
 
-            lo, hi = _percentiles(raw, 0.02, 0.98)
-            if self._range is None:
-                self._range = (lo, hi)
-            else:
-                k = p.range_keep
-                self._range = (k * self._range[0] + (1 - k) * lo, k * self._range[1] + (1 - k) * hi)
-            r_lo, r_hi = self._range
+            r_lo, r_hi = self._range.update(_sample(raw))
             span = max(r_hi - r_lo, p.min_range)
             centre = 0.5 * (r_lo + r_hi)
             depth = ((raw - (centre - 0.5 * span)) / span).clamp_(0.0, 1.0)

@@ -1,0 +1,367 @@
+"""A StereoCrafter-style video diffusion inpainter: ``--inpaint diffusion --inpaint-weights PATH|s3://…``.
+
+The holes the forward warp leaves are background the left camera could not see. A video diffusion model
+(Stable Video Diffusion's spatio-temporal UNet and temporal VAE, fine-tuned for stereo inpainting as in
+StereoCrafter, Zhao et al. 2024) makes them up consistently over time: it denoises the latents of a chunk of
+frames conditioned on the VAE latents of the warped right views (holes black) and the hole mask, concatenated
+on the channel axis (UNet input = noise latents + condition latents + 1 mask channel). Only hole pixels take the
+result, plus a feather of ``feather`` pixels around them, after a per-frame colour offset measured on a ring of
+real pixels around the holes (a diffusion model drifts in tint; the ring makes the seam disappear).
+
+Checkpoint layout (a folder or an S3 prefix; diffusers' ``save_pretrained`` layout, the subfolders of
+``stabilityai/stable-video-diffusion-img2vid-xt-1-1`` with StereoCrafter's fine-tuned UNet in ``unet/``)::
+
+    unet/config.json, diffusion_pytorch_model[.fp16].safetensors   UNetSpatioTemporalConditionModel,
+                                                                   in_channels = 2 x latent channels + 1 (9)
+    vae/config.json, diffusion_pytorch_model[.fp16].safetensors    AutoencoderKLTemporalDecoder
+    scheduler/scheduler_config.json                                 e.g. EulerDiscreteScheduler (SVD's)
+    image_encoder/config.json, model[.fp16].safetensors             CLIPVisionModelWithProjection (optional)
+    feature_extractor/preprocessor_config.json                      CLIPImageProcessor (its mean and std)
+    stereo_spot_inpaint.json                                        optional: overrides of ``DiffusionOptions``
+
+StereoCrafter's release splits this in two folders (``stable-video-diffusion-img2vid-xt-1-1`` and
+``StereoCrafter/unet_diffusers``): copy the latter over the former's ``unet/``. Without ``image_encoder/`` the
+cross-attention gets zeros (only sensible for a UNet trained that way).
+
+Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
+chunks of ``frames_per_chunk`` frames, each starting with the last ``overlap`` frames already inpainted (their
+mask cleared, so the model continues from them) — across calls and, through the engine's warm-up, across
+segments. Large frames are cut into overlapping spatial tiles of at most ``tile`` pixels a side (multiples of
+the latent grid), blended with linear ramps over ``tile_overlap`` pixels; tiles with no hole are skipped, which
+is most of them. The UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32),
+fp32 on the CPU. The noise comes from a fixed seed, so a run is reproducible.
+
+GPU memory and speed — estimated from the architecture, NOT measured (no GPU was available when this was
+written). Weights: SVD-XT's UNet has about 1.5 G parameters (3.0 GB in fp16), the CLIP ViT-H image encoder
+0.63 G (1.3 GB fp16), the temporal VAE 0.1 G (0.4 GB, kept in fp32 as its config asks): about 5 GB. A chunk of
+23 frames of a 1024x576 tile is 23 x 72 x 128 latents; with PyTorch's memory-efficient attention the UNet's
+activations stay around 2-4 GB in fp16 and the VAE, two frames at a time in fp32, 2-3 GB: expect a peak of
+roughly 8-12 GB per process, so a 16-24 GB GPU is enough at the default tile and an 80 GB H100 has room to
+spare. Compute: roughly 2-3 TFLOP per frame and UNet step at 1024x576, so 23 frames x 8 steps is about
+450 TFLOP per chunk plus 100-150 TFLOP of VAE encode and decode; at a realistic 300-500 TFLOP/s of dense fp16 on
+an H100 that is 1-2 s per chunk of 20 new frames, i.e. on the order of 10-20 frames per second for each
+1024x576 tile that has holes (a 1080p frame is up to 4 tiles; tiles without holes are skipped). That is one to
+two orders of magnitude slower than the classical fill, which stays the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stereo_spot.stereo.fill import Inpainter
+from stereo_spot.weights import WeightsError, fetch_weights
+
+OPTIONS_FILE = "stereo_spot_inpaint.json"
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    steps: int = 8  # denoising steps (StereoCrafter uses 8)
+    frames_per_chunk: int = 23  # frames the UNet sees at once, overlap included
+    overlap: int = 3  # already inpainted frames each chunk starts with
+    tile: int = 1024  # largest tile side in pixels (SVD works at 1024x576)
+    tile_overlap: int = 128  # pixels shared by neighbouring tiles, blended linearly
+    feather: int = 2  # pixels around the holes that blend the generated and the warped view
+    fps: int = 7  # SVD micro-conditioning (the UNet gets fps - 1), as StereoCrafter
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.0
+    seed: int = 0
+    vae_frames: int = 2  # frames the VAE encodes or decodes at once (its full-resolution activations are large)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> DiffusionOptions:
+        path = folder / OPTIONS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text())
+        except ValueError as exc:
+            raise WeightsError(f"{path} is not valid JSON: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise WeightsError(f"{path}: unknown options {', '.join(sorted(unknown))}; known: "
+                               f"{', '.join(sorted(known))}")
+        options = replace(cls(), **values)
+        if not 0 <= options.overlap < options.frames_per_chunk:
+            raise WeightsError(f"{path}: overlap must be at least 0 and below frames_per_chunk")
+        return options
+
+
+@dataclass
+class DiffusionModels:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object
+    image_encoder: torch.nn.Module | None
+    clip_mean: torch.Tensor
+    clip_std: torch.Tensor
+    clip_size: int
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    options: DiffusionOptions
+    #: pixels per latent cell (VAE) and the side every tile must be a multiple of (VAE x UNet downsampling)
+    vae_factor: int
+    multiple: int
+    folder: Path
+
+
+_MODELS: dict[tuple[str, str], DiffusionModels] = {}
+_LOCK = threading.Lock()
+
+
+def _variant(folder: Path) -> str | None:
+    """``fp16`` where the folder holds only fp16 weight files (as SVD's repository does)."""
+    names = [p.name for p in folder.glob("*.safetensors")] + [p.name for p in folder.glob("*.bin")]
+    return "fp16" if names and all(".fp16." in name for name in names) else None
+
+
+def load_models(weights: str, device: torch.device) -> DiffusionModels:
+    """The models for ``weights`` on ``device``, loaded on first use and kept for the life of the process."""
+    folder = fetch_weights(weights, "inpainting model")
+    key = (str(folder), str(device))
+    with _LOCK:
+        models = _MODELS.get(key)
+        if models is None:
+            models = _load(folder, device)
+            _MODELS[key] = models
+        return models
+
+
+def loaded_models() -> int:
+    return len(_MODELS)
+
+
+def _load(folder: Path, device: torch.device) -> DiffusionModels:
+    for part in ("unet", "vae", "scheduler"):
+        if not (folder / part).is_dir():
+            raise WeightsError(f"{folder} has no {part}/ folder: the inpainting weights need unet/, vae/ and "
+                               f"scheduler/ (diffusers layout; see --inpaint diffusion in the README)")
+    try:
+        import diffusers
+        from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        cuda = device.type == "cuda"
+        dtype = torch.float16 if cuda else torch.float32
+        # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
+                                                                variant=_variant(folder / "unet"),
+                                                                low_cpu_mem_usage=False)
+        vae_config = json.loads((folder / "vae" / "config.json").read_text())
+        vae_dtype = torch.float32 if not cuda or vae_config.get("force_upcast", True) else torch.float16
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
+                                                           variant=_variant(folder / "vae"), low_cpu_mem_usage=False)
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
+        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+        image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise WeightsError(f"cannot load the inpainting model from {folder}: {exc}") from exc
+    latent = int(vae.config.latent_channels)
+    if int(unet.config.in_channels) != 2 * latent + 1:
+        raise WeightsError(f"{folder}/unet takes {unet.config.in_channels} input channels; a stereo inpainting "
+                           f"UNet takes noise + warped-view latents + mask = {2 * latent + 1}")
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    multiple = vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+    for module in (unet, vae, image_encoder):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    return DiffusionModels(unet=unet, vae=vae, scheduler=scheduler, image_encoder=image_encoder,
+                           clip_mean=clip_mean.to(device), clip_std=clip_std.to(device), clip_size=clip_size,
+                           dtype=dtype, vae_dtype=vae_dtype, options=DiffusionOptions.from_folder(folder),
+                           vae_factor=vae_factor, multiple=multiple, folder=folder)
+
+
+def _load_clip(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module | None, torch.Tensor, torch.Tensor, int]:
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]  # CLIP's
+    if not (folder / "image_encoder").is_dir():
+        return None, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1), 224
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", dtype=dtype,
+                                                            variant=_variant(folder / "image_encoder"))
+    extractor = folder / "feature_extractor" / "preprocessor_config.json"
+    if extractor.is_file():
+        config = json.loads(extractor.read_text())
+        mean, std = config.get("image_mean", mean), config.get("image_std", std)
+    size = int(getattr(encoder.config, "image_size", 224))
+    return encoder, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1), size
+
+
+def _ramp(length: int, overlap: int, before: bool, after: bool, device: torch.device) -> torch.Tensor:
+    """Blend weights along one axis of a tile: rising over ``overlap`` pixels where a neighbour comes before,
+    falling where one comes after, 1 elsewhere."""
+    position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    weight = torch.ones(length, device=device)
+    if overlap > 0 and before:
+        weight = torch.minimum(weight, position / overlap)
+    if overlap > 0 and after:
+        weight = torch.minimum(weight, (length - position) / overlap)
+    return weight.clamp_(min=1e-3)
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` pixels covering ``size`` with at least ``overlap`` shared, evenly spread."""
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+class DiffusionInpainter(Inpainter):
+    name = "diffusion"
+
+    def __init__(self, weights: str | None, device: str | torch.device | None = None,
+                 options: DiffusionOptions | None = None) -> None:
+        if not weights:
+            raise WeightsError("--inpaint diffusion needs --inpaint-weights: a folder or an s3:// prefix with "
+                               "unet/, vae/, scheduler/ (and image_encoder/, feature_extractor/)")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.models = load_models(weights, self.device)
+        self.options = options or self.models.options
+        self.scheduler = copy.deepcopy(self.models.scheduler)  # schedulers keep per-run state
+        self.frames_per_call = self.options.frames_per_chunk - self.options.overlap
+        self.context_frames = self.options.overlap
+        self.tiles_run = 0  # tiles that went through the model (tiles with no hole are skipped)
+        self.reset()
+
+    def reset(self) -> None:
+        self._context: torch.Tensor | None = None  # last inpainted frames [K,3,H,W]
+
+    # --- the Inpainter interface ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def inpaint(self, right, hole_mask, warped_disparity, left=None):
+        right = right.float()
+        holes = hole_mask.bool()
+        out = torch.empty_like(right, memory_format=torch.contiguous_format)
+        step = max(1, self.frames_per_call)
+        for start in range(0, right.shape[0], step):
+            stop = min(right.shape[0], start + step)
+            out[start:stop] = self._inpaint_chunk(right[start:stop], holes[start:stop])
+        return out
+
+    # --- one temporal chunk ---------------------------------------------------------------------------
+
+    def _inpaint_chunk(self, right: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        context = self._context
+        if context is not None and context.shape[-2:] != right.shape[-2:]:
+            context = None
+        k = 0 if context is None else len(context)
+        if holes.any():
+            frames = right if context is None else torch.cat([context, right])
+            mask = holes if context is None else torch.cat([torch.zeros_like(holes[:1]).expand(k, -1, -1, -1),
+                                                             holes])
+            generated = self._generate(frames, mask)[k:]
+            result = self._composite(right, holes, generated)
+        else:
+            result = right.clone()
+        keep = self.options.overlap
+        if keep:
+            history = result if context is None else torch.cat([context, result])
+            self._context = history[-keep:].clone()
+        return result
+
+    def _composite(self, right: torch.Tensor, holes: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        f = self.options.feather
+        mask = holes.float()
+        if f > 0:  # 1 in the holes, fading to 0 within f pixels outside them
+            alpha = torch.maximum(mask, F.avg_pool2d(mask, 2 * f + 1, stride=1, padding=f,
+                                                     count_include_pad=False))
+        else:
+            alpha = mask
+        # Colour offset from a ring of real pixels just outside the feather: the model's tint drift.
+        ring = (F.max_pool2d(mask, 2 * f + 5, stride=1, padding=f + 2) > 0) & (alpha == 0)
+        ring = ring.float()
+        count = ring.sum(dim=(2, 3), keepdim=True)
+        offset = ((right - generated) * ring).sum(dim=(2, 3), keepdim=True) / count.clamp_min(1.0)
+        generated = (generated + offset * (count > 0)).clamp_(0.0, 1.0)
+        return right * (1.0 - alpha) + generated * alpha
+
+    # --- diffusion over tiles -------------------------------------------------------------------------
+
+    def _generate(self, frames: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """Generated frames [F,3,H,W] 0..1 (meaningful where there are holes)."""
+        n, _, h, w = frames.shape
+        m = self.models.multiple
+        tile = max(m, self.options.tile // m * m)
+        overlap = min(self.options.tile_overlap // m * m, tile // 2)
+        padded_h, padded_w = math.ceil(h / m) * m, math.ceil(w / m) * m
+        if (padded_h, padded_w) != (h, w):
+            frames = F.pad(frames, (0, padded_w - w, 0, padded_h - h), mode="replicate")
+            holes = F.pad(holes.float(), (0, padded_w - w, 0, padded_h - h)).bool()
+        tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
+        ys, xs = tile_starts(padded_h, tile_h, overlap), tile_starts(padded_w, tile_w, overlap)
+        total = torch.zeros((n, 3, padded_h, padded_w), device=frames.device)
+        weight = torch.zeros((1, 1, padded_h, padded_w), device=frames.device)
+        for iy, y in enumerate(ys):
+            for ix, x in enumerate(xs):
+                tile_holes = holes[:, :, y:y + tile_h, x:x + tile_w]
+                if not tile_holes.any():  # nothing to make up here (the feather stays inside the overlap)
+                    continue
+                generated = self._denoise(frames[:, :, y:y + tile_h, x:x + tile_w], tile_holes)
+                self.tiles_run += 1
+                ramp = (_ramp(tile_h, overlap, iy > 0, iy < len(ys) - 1, frames.device).view(1, 1, -1, 1)
+                        * _ramp(tile_w, overlap, ix > 0, ix < len(xs) - 1, frames.device).view(1, 1, 1, -1))
+                total[:, :, y:y + tile_h, x:x + tile_w] += generated * ramp
+                weight[:, :, y:y + tile_h, x:x + tile_w] += ramp
+        return (total / weight.clamp_min(1e-6))[:, :, :h, :w]
+
+    def _clip_embedding(self, frame: torch.Tensor) -> torch.Tensor:
+        models = self.models
+        if models.image_encoder is None:
+            dim = int(models.unet.config.cross_attention_dim)
+            return torch.zeros((1, 1, dim), device=self.device, dtype=models.dtype)
+        size = models.clip_size
+        image = F.interpolate(frame[None], size=(size, size), mode="bicubic", align_corners=False,
+                              antialias=True).clamp_(0.0, 1.0)
+        image = (image - models.clip_mean) / models.clip_std
+        return models.image_encoder(image.to(models.dtype)).image_embeds.unsqueeze(1)
+
+    def _denoise(self, frames: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """One tile: [F,3,h,w] 0..1 with holes black, mask [F,1,h,w] → generated [F,3,h,w] 0..1."""
+        models, options = self.models, self.options
+        n, _, h, w = frames.shape
+        device = self.device
+        cond = (frames.masked_fill(holes, 0.0) * 2.0 - 1.0).to(device)
+        step = max(1, options.vae_frames)
+        latents_cond = torch.cat([models.vae.encode(cond[i:i + step].to(models.vae_dtype)).latent_dist.mode()
+                                  for i in range(0, n, step)]).to(models.dtype)
+        lh, lw = h // models.vae_factor, w // models.vae_factor
+        # Any hole in a latent cell marks the cell (a nearest-neighbour downsampling would miss thin holes).
+        mask = F.adaptive_max_pool2d(holes.float().to(device), (lh, lw)).to(models.dtype)
+        embedding = self._clip_embedding(frames[0].to(device))
+        time_ids = torch.tensor([[options.fps - 1, options.motion_bucket_id, options.noise_aug_strength]],
+                                device=device, dtype=models.dtype)
+        scheduler = self.scheduler
+        scheduler.set_timesteps(options.steps, device=device)
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        channels = latents_cond.shape[1]
+        noise = torch.randn((1, n, channels, lh, lw), generator=generator, dtype=torch.float32)
+        latents = (noise.to(device) * scheduler.init_noise_sigma).to(models.dtype)
+        condition = torch.cat([latents_cond, mask], dim=1).unsqueeze(0)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(latents, t)
+            model_input = torch.cat([model_input.to(models.dtype), condition], dim=2)
+            predicted = models.unet(model_input, t, encoder_hidden_states=embedding, added_time_ids=time_ids,
+                                    return_dict=False)[0]
+            latents = scheduler.step(predicted, t, latents).prev_sample.to(models.dtype)
+        latents = latents[0].to(models.vae_dtype) / models.vae.config.scaling_factor
+        decoded = []
+        for i in range(0, n, step):
+            part = latents[i:i + step]
+            decoded.append(models.vae.decode(part, num_frames=len(part)).sample.float())
+        return ((torch.cat(decoded) + 1.0) / 2.0).clamp_(0.0, 1.0).to(frames.device)
