@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from stereo_spot.models import OutputFormat
 
-# Players (DeoVR, Skybox, 4XVR, Kodi, Plex) pick the stereo layout from these conventional suffixes.
+# Players pick the stereo layout from conventional file-name tokens: VR players (DeoVR, Skybox, 4XVR) look for
+# SBS/TB, Kodi for a "3d" token plus SBS/HSBS/TAB. Output names are "{title}-3d{suffix}" so both are present.
 LAYOUT_SUFFIX = {
     OutputFormat.SBS: "_LRF_Full_SBS",
     OutputFormat.HSBS: "_Half_SBS",
     OutputFormat.TB: "_Full_TB",
-    OutputFormat.HTB: "_TB",
+    OutputFormat.HTB: "_Half_TB",
     OutputFormat.ANAGLYPH: "_Anaglyph",
 }
 
@@ -20,6 +22,11 @@ def slug(title: str) -> str:
     """A file-name-safe form of a title: letters, digits, '-', '_' and '.' kept, the rest collapsed."""
     cleaned = re.sub(r"[^\w.-]+", "-", title.strip(), flags=re.UNICODE).strip("-._")
     return cleaned[:120] or "video"
+
+
+def output_path_for(source: Path, output_format: OutputFormat, extension: str = ".mp4") -> Path:
+    """The default output next to a source: ``holiday.mp4`` → ``holiday-3d_LRF_Full_SBS.mp4``."""
+    return source.with_name(output_file_name(source.stem, output_format, extension))
 
 
 def output_file_name(title: str, output_format: OutputFormat, extension: str = ".mp4") -> str:
