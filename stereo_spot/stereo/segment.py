@@ -17,6 +17,7 @@ While converting, the engine samples comfort statistics (``stereo/stats.py``); t
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -179,7 +180,8 @@ def warmup_seconds_needed(engine: StereoEngine, fps: float) -> float:
     return max(WARMUP_SECONDS, (engine.warmup_frames + 0.5) / max(fps, 1e-3))
 
 
-def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int) -> int:
+def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int,
+             codec_threads: int = 0) -> int:
     """Run the tail of the preceding segments (oldest first) through the engine's temporal state."""
     from stereo_spot.media.frames import read_frame_batches
     from stereo_spot.media.probe import probe, require_video
@@ -198,7 +200,8 @@ def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_siz
             break
     fed = 0
     for source, start in reversed(plan):
-        for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None)):
+        for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None),
+                                        threads=codec_threads):
             engine.warm_up(_stack(batch))
             fed += len(batch)
     return fed
@@ -237,14 +240,25 @@ def convert_segment(
     video = require_video(probe(src))
     engine = engine or StereoEngine(settings, device=device)
     batch_size = batch_size or engine.batch_frames
+    codec_threads = _codec_threads()
     with _compute_threads(engine.device, compute_threads):
         return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size, progress,
-                        started, collect_stats)
+                        started, collect_stats, codec_threads)
+
+
+def _codec_threads() -> int:
+    """Decoder/encoder threads: FFmpeg's choice (0) when this process may use every core, otherwise the
+    process's share. The runner gives each of N worker processes cores/N torch threads; codecs that each
+    started a thread per core as well would oversubscribe the machine N times over."""
+    budget = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if budget >= cores else budget
 
 
 def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSettings, video, rotation: int,
              window: tuple[float | None, float | None], warmup_src: Path | Sequence[Path] | None, batch_size: int,
-             progress: Callable[[int], None] | None, started: float, collect_stats: bool) -> SegmentStats:
+             progress: Callable[[int], None] | None, started: float, collect_stats: bool,
+             codec_threads: int = 0) -> SegmentStats:
     from stereo_spot.media.encode import settings_for
     from stereo_spot.media.frames import VideoWriter, read_frame_batches
 
@@ -253,13 +267,13 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     warmup_seconds = 0.0
     if warmup_src:
         sources = [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src]
-        _warm_up(engine, sources, rotation, batch_size)
+        _warm_up(engine, sources, rotation, batch_size, codec_threads)
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
     engine.stats = ComfortStats() if collect_stats else None
     engine_seconds = 0.0
 
-    encode = settings_for(settings.output_format)
+    encode = settings_for(settings.output_format, threads=codec_threads)
     fps = video.fps or Fraction(25)
     time_base: Fraction | None = None
     first_pts: int | None = None
@@ -272,7 +286,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     encoder = _EncoderThread(make_writer)
     stop = threading.Event()
     try:
-        batches = read_frame_batches(src, batch_size, rotation=rotation, window=window)
+        batches = read_frame_batches(src, batch_size, rotation=rotation, window=window, threads=codec_threads)
         for batch in _threaded(batches, stop, "stereo-decode"):
             if time_base is None:
                 time_base = batch[0].time_base
