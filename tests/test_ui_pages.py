@@ -109,6 +109,25 @@ def test_upload_creates_the_job_and_the_runner_converts_it(home, backend, tmp_pa
     assert final is not None and final.size > 0
 
 
+def test_auto_divergence_is_chosen_from_the_scene(home, backend, tmp_path):
+    clip = make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    stage(at, clip)
+    at.run()
+    at.toggle(key="auto_divergence").set_value(True)
+    at.run()
+    assert at.slider(key="divergence").disabled and at.slider(key="convergence").disabled
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    assert not at.exception, at.exception
+    job_id = at.query_params["job"][0] if isinstance(at.query_params["job"], list) else at.query_params["job"]
+    assert backend.jobs.get(job_id).settings.auto_divergence
+    finished = wait_terminal(backend, job_id)
+    assert finished.status == JobStatus.COMPLETED, finished.failure_reason
+    # chunk measured the scene and stored what it chose on the job
+    assert (finished.settings.divergence, finished.settings.convergence) != (2.0, 0.5)
+
+
 @pytest.mark.parametrize("make,name,message", [
     (make_text, "notes.mp4", "notes.mp4 is not a video file FFmpeg can read"),
     (make_empty, "empty.mp4", "empty.mp4 is empty (0 bytes); choose a video file"),

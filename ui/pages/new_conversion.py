@@ -83,10 +83,14 @@ if output_format == OutputFormat.ANAGLYPH:
     anaglyph = st.radio("Anaglyph method", options=list(AnaglyphMethod), key="anaglyph",
                         format_func=lambda m: services.ANAGLYPH_HELP[m].split(":")[0],
                         captions=[services.ANAGLYPH_HELP[m].split(": ", 1)[1] for m in AnaglyphMethod])
+auto_divergence = st.toggle("Choose divergence and convergence from the scene", key="auto_divergence",
+                            help="Measures the depth range of the video once and keeps the nearest things "
+                                 "within about 2 % in front of the screen and the farthest within 1 % behind it.")
 divergence = st.slider("Divergence (% of width)", min_value=0.0, max_value=10.0, value=2.0, step=0.1,
-                       key="divergence")
+                       key="divergence", disabled=auto_divergence)
 st.caption(services.DIVERGENCE_HELP)
-convergence = st.slider("Convergence", min_value=0.0, max_value=1.0, value=0.5, step=0.05, key="convergence")
+convergence = st.slider("Convergence", min_value=0.0, max_value=1.0, value=0.5, step=0.05, key="convergence",
+                        disabled=auto_divergence)
 st.caption(services.CONVERGENCE_HELP)
 
 job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
@@ -99,7 +103,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
     try:
         submission.preflight(backend, config)
         job_settings = ConversionSettings(output_format=output_format, anaglyph=anaglyph, divergence=divergence,
-                                          convergence=convergence)
+                                          convergence=convergence, auto_divergence=auto_divergence)
         with st.spinner(f"Storing {staged.name}…"):
             job = steps.create_job(backend, job_settings, job_title)
             steps.store_source(backend, job.job_id, staged.path)
