@@ -190,19 +190,28 @@ class StereoEngine:
             raise StereoInputError(f"frames must be uint8 [N,H,W,3], got shape {frames_uint8.shape}")
         return self._render_batch(frames_uint8, observe=True)
 
-    def _render_batch(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
-        if getattr(self.inpainter, "frames_per_call", 1) > 1:
-            return self._render_batch_temporal(frames_uint8, observe)
-        n, h, w = frames_uint8.shape[:3]
-        out_w, out_h = self.output_size(w, h)
-        out = np.empty((n, out_h, out_w, 3), dtype=np.uint8)
-        for start in range(0, n, self.chunk_frames):
-            stop = min(n, start + self.chunk_frames)
+    def _warped_chunks(self, frames_uint8: np.ndarray, observe: bool):
+        """Yield (start, stop, u8, left, warped, holes, warped_disparity) for each chunk of the batch. The warp
+        reuses its workspace, so a chunk's tensors are valid until the next one is produced."""
+        for start in range(0, len(frames_uint8), self.chunk_frames):
+            stop = min(len(frames_uint8), start + self.chunk_frames)
             u8, left = frames_to_tensor(frames_uint8[start:stop], self.device)
             disparity = self.disparity(left)
             warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
             if observe and self.stats is not None:
                 self.stats.observe(left, disparity, holes)
+            yield start, stop, u8, left, warped, holes, warped_disparity
+
+    def _output_array(self, frames_uint8: np.ndarray) -> np.ndarray:
+        n, h, w = frames_uint8.shape[:3]
+        out_w, out_h = self.output_size(w, h)
+        return np.empty((n, out_h, out_w, 3), dtype=np.uint8)
+
+    def _render_batch(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+        if getattr(self.inpainter, "frames_per_call", 1) > 1:
+            return self._render_batch_temporal(frames_uint8, observe)
+        out = self._output_array(frames_uint8)
+        for start, stop, u8, left, warped, holes, warped_disparity in self._warped_chunks(frames_uint8, observe):
             right = self.inpainter.inpaint(warped, holes, warped_disparity, left)
             self._pack_into(out, start, stop, u8, left, right)
         return out
@@ -210,17 +219,9 @@ class StereoEngine:
     def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
         """The whole batch warped first, then inpainted in one call: a video inpainter fills holes from the
         frames around them."""
-        n, h, w = frames_uint8.shape[:3]
-        out_w, out_h = self.output_size(w, h)
-        out = np.empty((n, out_h, out_w, 3), dtype=np.uint8)
+        out = self._output_array(frames_uint8)
         u8s, lefts, rights, hole_masks, disparities = [], [], [], [], []
-        for start in range(0, n, self.chunk_frames):
-            stop = min(n, start + self.chunk_frames)
-            u8, left = frames_to_tensor(frames_uint8[start:stop], self.device)
-            disparity = self.disparity(left)
-            warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
-            if observe and self.stats is not None:
-                self.stats.observe(left, disparity, holes)
+        for _, _, u8, left, warped, holes, warped_disparity in self._warped_chunks(frames_uint8, observe):
             u8s.append(u8)
             lefts.append(left)
             rights.append(warped.clone())  # the workspace is reused by the next warp
