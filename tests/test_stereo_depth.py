@@ -115,9 +115,9 @@ def test_registry_builds_by_name_and_lists_known_names() -> None:
         made = create_depth_estimator("flat-test", weights="w")
         assert isinstance(made, Flat) and made.weights == "w"
     finally:
-        from stereo_spot.stereo import depth as registry
+        from stereo_spot.stereo.depth import DEPTH_MODELS
 
-        registry._ESTIMATORS.pop("flat-test")
+        DEPTH_MODELS.unregister("flat-test")
 
 
 def test_box_filter_paths_agree_and_guided_filter_keeps_edges() -> None:

@@ -16,12 +16,12 @@ smoothing, restricted to hole pixels, breaks up the horizontal streaks of a row-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from stereo_spot.stereo.errors import StereoInputError
+from stereo_spot.stereo.registry import Registry
 
 #: Hole pixels are averaged with hole pixels up to this many rows above and below (0 turns it off).
 DEFAULT_SMOOTH_ROWS = 2
@@ -162,24 +162,10 @@ class ClassicalInpainter(Inpainter):
         return fill_holes(right, hole_mask, warped_disparity, smooth_rows=self.smooth_rows, inplace=True)
 
 
-InpainterFactory = Callable[..., Inpainter]
-_INPAINTERS: dict[str, InpainterFactory] = {}
-
-
-def register_inpainter(name: str, factory: InpainterFactory) -> None:
-    """Make ``create_inpainter(name, weights=..., device=...)`` call ``factory(weights=..., device=...)``."""
-    _INPAINTERS[name] = factory
-
-
-def known_inpainters() -> list[str]:
-    return sorted(_INPAINTERS)
-
-
-def create_inpainter(name: str, weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
-    factory = _INPAINTERS.get(name)
-    if factory is None:
-        raise StereoInputError(f"unknown inpainter {name!r}; known: {', '.join(known_inpainters())}")
-    return factory(weights=weights, device=device)
+INPAINTERS: Registry[Inpainter] = Registry("inpainter")
+register_inpainter = INPAINTERS.register
+known_inpainters = INPAINTERS.known
+create_inpainter = INPAINTERS.create
 
 
 def _classical_factory(weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:

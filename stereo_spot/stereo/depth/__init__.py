@@ -7,33 +7,16 @@ runs anywhere; neural models register themselves with ``register_depth_estimator
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from stereo_spot.stereo.depth.base import DepthEstimator
 from stereo_spot.stereo.errors import StereoInputError
+from stereo_spot.stereo.registry import Registry
 
-DepthFactory = Callable[..., DepthEstimator]
-_ESTIMATORS: dict[str, DepthFactory] = {}
-
-
-def register_depth_estimator(name: str, factory: DepthFactory) -> None:
-    """Make ``create_depth_estimator(name, ...)`` call ``factory(weights=..., device=...)``."""
-    _ESTIMATORS[name] = factory
-
-
-def known_depth_estimators() -> list[str]:
-    return sorted(_ESTIMATORS)
-
-
-def create_depth_estimator(
-    name: str, weights: str | None = None, device: str | torch.device | None = None
-) -> DepthEstimator:
-    factory = _ESTIMATORS.get(name)
-    if factory is None:
-        raise StereoInputError(f"unknown depth model {name!r}; known: {', '.join(known_depth_estimators())}")
-    return factory(weights=weights, device=device)
+DEPTH_MODELS: Registry[DepthEstimator] = Registry("depth model")
+register_depth_estimator = DEPTH_MODELS.register
+known_depth_estimators = DEPTH_MODELS.known
+create_depth_estimator = DEPTH_MODELS.create
 
 
 def _heuristic_factory(weights: str | None = None, device: str | torch.device | None = None) -> DepthEstimator:
