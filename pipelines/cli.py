@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipelines.config import DEFAULT_REGISTRY
 from stereo_spot.models import OutputFormat
@@ -23,8 +24,18 @@ class Engine(StrEnum):
 
 
 def _die(message: str, code: int = 1) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
     raise typer.Exit(code)
+
+
+def _require_engines() -> None:
+    from stereo_spot.errors import UserError, one_line, require_extra
+
+    try:
+        require_extra("hera", "pipelines", "compiling and submitting pipelines")
+        require_extra("kfp", "pipelines", "compiling and submitting pipelines")
+    except UserError as exc:
+        _die(one_line(exc))
 
 
 def _config(registry: str, tag: str | None):
@@ -44,6 +55,7 @@ def compile_command(
                                         "compile (CI).")] = False,
 ) -> None:
     """Compile the Argo WorkflowTemplate (Hera) and the Kubeflow pipeline (kfp) into YAML."""
+    _require_engines()
     from pipelines.compile import compile_all
 
     try:
@@ -85,6 +97,7 @@ def submit_command(
     = False,
 ) -> None:
     """Start a run for an uploaded source and print its link in the Argo or Kubeflow UI."""
+    _require_engines()
     from pipelines.submit import submit
     from stereo_spot.errors import UserError, one_line
 

@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stereo_spot.errors import UserError, one_line
@@ -39,7 +40,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def die(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -200,7 +201,7 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
             die(f"job {job_id} has no comfort report to write to {path}")
         return
     for warning in json.loads(raw).get("warnings", []):
-        console.print(f"[yellow]comfort:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(raw)
@@ -303,7 +304,7 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
         for name in header[1:]:
             table.add_column(name, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))  # titles may hold [brackets]
         out.print(table)
     else:  # piped: one tab-separated line per job, for scripts
         for row in (header, *rows):
@@ -330,6 +331,12 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
     """Start the Streamlit app."""
     import subprocess
 
+    from stereo_spot.errors import require_extra
+
+    try:
+        require_extra("streamlit", "ui", "the app")
+    except UserError as exc:
+        die(one_line(exc))
     app_path = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     if not app_path.is_file():
         import ui as ui_package

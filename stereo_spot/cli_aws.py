@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stereo_spot.errors import UserError, one_line
@@ -44,7 +45,7 @@ def _fail(exc: BaseException) -> NoReturn:
         message = one_line(exc)
     else:
         message = f"internal error: {one_line(exc)}; set STEREO_SPOT_DEBUG=1 for the traceback"
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
     raise typer.Exit(1)
 
 

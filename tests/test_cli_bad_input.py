@@ -143,3 +143,12 @@ def test_unusual_but_valid_videos_convert(home, tmp_path, kwargs, check):
     # timestamps (variable frame rate too) survive, from the first frame on
     start = source_pts[0]
     assert [p * out_tb for p in out_pts] == [(p - start) * source_tb for p in source_pts]
+
+
+def test_a_missing_optional_dependency_is_named(home, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "streamlit" else real(name, *a))
+    result = _run(["ui"])
+    assert result.exit_code != 0 and "stereo-spot[ui]" in result.output and "Traceback" not in result.output

@@ -39,6 +39,7 @@ _NEEDS_WEIGHTS = {"depth-anything": "--depth-weights", "diffusion": "--inpaint-w
 def check_model_choice(settings: ConversionSettings) -> None:
     """Refuse unknown model names and missing or unusable weights before any work starts (no model is loaded).
     Raises ``StereoInputError`` with the option to fix."""
+    from stereo_spot.errors import require_extra
     from stereo_spot.stereo.depth import known_depth_estimators
     from stereo_spot.stereo.fill import known_inpainters
 
@@ -48,6 +49,8 @@ def check_model_choice(settings: ConversionSettings) -> None:
         if name not in known:
             raise StereoInputError(f"{option} {name!r} is not known; choose one of {', '.join(known)}")
         flag = _NEEDS_WEIGHTS.get(name)
+        if flag:
+            require_extra("diffusers" if option == "--inpaint" else "transformers", "models", f"{option} {name}")
         if flag and not weights:
             raise StereoInputError(f"{option} {name} needs {flag}: a folder or an s3:// prefix with its weights")
         if weights and name in ("heuristic", "classical"):
