@@ -58,6 +58,10 @@ class SegmentCompletionStore(ABC):
         """Insert or overwrite (job_id, segment_index): re-running a segment writes the same record."""
 
     @abstractmethod
+    def get(self, job_id: str, segment_index: int) -> SegmentCompletion | None:
+        """One segment's completion (a point read: convert checks its own segment without reading the job's)."""
+
+    @abstractmethod
     def query_by_job(self, job_id: str) -> list[SegmentCompletion]:
         """All completions of a job ordered by segment index."""
 

@@ -196,7 +196,7 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         raise StepError(f"job {job_id} has {total} segments; there is no segment {segment_index}")
     out_key = keys.output_segment_key(job_id, segment_index)
     if not redo:
-        done = _completion(backend, job_id, segment_index)
+        done = backend.completions.get(job_id, segment_index)
         if done is not None and backend.objects.exists(backend.output_bucket, out_key):
             return done
     with _workdir("convert") as tmp:
@@ -224,13 +224,6 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
                                    convert_seconds=stats.seconds, stats=stats.to_record())
     backend.completions.put(completion)
     return completion
-
-
-def _completion(backend: Backend, job_id: str, segment_index: int) -> SegmentCompletion | None:
-    for completion in backend.completions.query_by_job(job_id):
-        if completion.segment_index == segment_index:
-            return completion
-    return None
 
 
 # --- concat ---------------------------------------------------------------------------------------------

@@ -192,6 +192,8 @@ def test_segment_completions_ordered_overwritten_and_deleted(backend):
     found = backend.completions.query_by_job(job_id)
     assert [c.segment_index for c in found] == [0, 1, 2, 10, 11]
     assert found[2].frames == 25 and found[0].convert_seconds == 0.5
+    assert backend.completions.get(job_id, 2) == found[2]
+    assert backend.completions.get(job_id, 3) is None and backend.completions.get(new_job_id(), 0) is None
     backend.completions.delete_job(job_id)
     assert backend.completions.query_by_job(job_id) == []
     assert len(backend.completions.query_by_job(other)) == 1

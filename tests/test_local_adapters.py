@@ -69,6 +69,8 @@ def test_segment_completions_are_ordered_and_idempotent(backend):
         backend.completions.put(SegmentCompletion(job_id=job_id, segment_index=index, total_segments=3,
                                                   output_key=f"k{index}", frames=10))
     assert [c.segment_index for c in backend.completions.query_by_job(job_id)] == [0, 1, 2]
+    assert backend.completions.get(job_id, 1).output_key == "k1"
+    assert backend.completions.get(job_id, 3) is None
     backend.completions.delete_job(job_id)
     assert backend.completions.query_by_job(job_id) == []
 

@@ -204,6 +204,12 @@ class SQLiteSegmentCompletionStore(SegmentCompletionStore):
             db.execute("INSERT OR REPLACE INTO segment_completions VALUES (?, ?, ?)",
                        (completion.job_id, completion.segment_index, completion.model_dump_json()))
 
+    def get(self, job_id: str, segment_index: int) -> SegmentCompletion | None:
+        with self.db.transaction() as db:
+            row = db.execute("SELECT data FROM segment_completions WHERE job_id = ? AND segment_index = ?",
+                             (job_id, segment_index)).fetchone()
+        return SegmentCompletion.model_validate_json(row[0]) if row else None
+
     def query_by_job(self, job_id: str) -> list[SegmentCompletion]:
         with self.db.transaction() as db:
             rows = db.execute("SELECT data FROM segment_completions WHERE job_id = ? ORDER BY segment_index",

@@ -287,6 +287,14 @@ class DynamoSegmentCompletionStore(SegmentCompletionStore):
                 return items
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
+    def get(self, job_id: str, segment_index: int) -> SegmentCompletion | None:
+        with self._errors(f"reading segment {segment_index} of job {job_id}"):
+            answer = self.clients.client("dynamodb").get_item(
+                TableName=self.table, ConsistentRead=True,
+                Key={"job_id": {"S": job_id}, "segment_index": {"N": str(segment_index)}})
+        item = answer.get("Item")
+        return SegmentCompletion.model_validate(deserialize_item(item)) if item else None
+
     def query_by_job(self, job_id: str) -> list[SegmentCompletion]:
         return [SegmentCompletion.model_validate(deserialize_item(item)) for item in self._query(job_id)]
 
