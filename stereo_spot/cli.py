@@ -74,10 +74,13 @@ def convert(
     input: Annotated[Path, typer.Argument(help="A video or a still image.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the 3D file "
                                                 "(default: next to the input, with the layout suffix).")] = None,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="sbs, hsbs (half), tb, htb (half) "
-                                                 "or anaglyph.")] = OutputFormat.SBS,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="sbs, hsbs (half), tb, htb (half), "
+                                                 "anaglyph, cross (right-left, for cross-eyed viewing) or "
+                                                 "vr180 (equirectangular, for headsets).")] = OutputFormat.SBS,
     anaglyph: Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (with --format anaglyph).")]
     = AnaglyphMethod.DUBOIS,
+    swap_eyes: Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the "
+                                            "layout.")] = False,
     divergence: Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
                                               "width: the strength of the 3D effect.")] = 2.0,
     convergence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Depth (0 far .. 1 near) that sits on "
@@ -110,7 +113,8 @@ def convert(
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
     try:
-        settings = ConversionSettings(output_format=format, anaglyph=anaglyph, divergence=divergence,
+        settings = ConversionSettings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
+                                      divergence=divergence,
                                       convergence=convergence, depth_model=depth_model, depth_weights=depth_weights,
                                       inpaint=inpaint, inpaint_weights=inpaint_weights,
                                       auto_divergence=auto_divergence, segment_seconds=segment_seconds,
@@ -128,7 +132,7 @@ def convert(
 
     image = is_image(input)
     if output is None:
-        output = output_path_for(input, format, ".png" if image else ".mp4")
+        output = output_path_for(input, format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
     if output.exists() and output.resolve() == input.resolve():
         die(f"the output {output} is the input: choose another --output")
     if report is not None and report.exists() and report.is_dir():

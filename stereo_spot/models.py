@@ -48,6 +48,8 @@ class OutputFormat(StrEnum):
     TB = "tb"  # Full top-bottom: W x 2H
     HTB = "htb"  # Half top-bottom: W x H, each eye squeezed vertically
     ANAGLYPH = "anaglyph"  # red-cyan, W x H
+    CROSS = "cross"  # Full side-by-side with the right eye on the left (2W x H): cross-eyed free viewing
+    VR180 = "vr180"  # each eye projected onto a 180 degree equirectangular half, side by side (2S x S)
 
     @property
     def label(self) -> str:
@@ -57,7 +59,16 @@ class OutputFormat(StrEnum):
             OutputFormat.TB: "Full top-bottom",
             OutputFormat.HTB: "Half top-bottom",
             OutputFormat.ANAGLYPH: "Anaglyph (red-cyan)",
+            OutputFormat.CROSS: "Cross-eyed (right-left side-by-side)",
+            OutputFormat.VR180: "VR180 (equirectangular side-by-side)",
         }[self]
+
+
+def left_eye_first(output_format: OutputFormat | str, swap_eyes: bool = False) -> bool:
+    """Whether the left eye takes the first half (the left, or the top) of a two-view layout: every layout but
+    the cross-eyed one, unless the eyes are swapped. Packing, the bitstream's and the container's stereo
+    signalling all follow it."""
+    return (OutputFormat(output_format) is not OutputFormat.CROSS) != swap_eyes
 
 
 class AnaglyphMethod(StrEnum):
@@ -65,6 +76,9 @@ class AnaglyphMethod(StrEnum):
     COLOR = "color"  # red from the left eye, green+blue from the right
     HALF_COLOR = "half-color"  # left eye's red channel replaced by its luma: less rivalry on red objects
     GRAY = "gray"  # luma of each eye: no colour, no rivalry
+    DUBOIS2 = "dubois2"  # Dubois' revised (2009) least-squares matrices
+    WIMMER = "wimmer"  # Wimmer's optimized anaglyph: red from the left eye's green and blue
+    WIMMER2 = "wimmer2"  # Wimmer's improved method: red hues kept in the green/blue mix, gamma on the red channel
 
 
 class ConversionSettings(BaseModel):
@@ -74,6 +88,7 @@ class ConversionSettings(BaseModel):
 
     output_format: OutputFormat = OutputFormat.SBS
     anaglyph: AnaglyphMethod = AnaglyphMethod.DUBOIS
+    swap_eyes: bool = False  # put the right eye where the layout puts the left one (and the left where the right)
     divergence: float = Field(2.0, ge=0.0, le=10.0, description="max disparity, % of the image width")
     convergence: float = Field(0.5, ge=0.0, le=1.0, description="normalised depth that sits on the screen")
     depth_model: str = "heuristic"

@@ -15,7 +15,11 @@ LAYOUT_SUFFIX = {
     OutputFormat.TB: "_Full_TB",
     OutputFormat.HTB: "_Half_TB",
     OutputFormat.ANAGLYPH: "_Anaglyph",
+    # no SBS token: players that see one would show a cross-eyed pair with the eyes swapped
+    OutputFormat.CROSS: "_Cross",
+    OutputFormat.VR180: "_180_LR",  # DeoVR, Skybox, HereSphere: 180° equirectangular, left eye on the left
 }
+SWAPPED_SUFFIX = "_Swapped"
 
 
 def slug(title: str) -> str:
@@ -24,10 +28,13 @@ def slug(title: str) -> str:
     return cleaned[:120] or "video"
 
 
-def output_path_for(source: Path, output_format: OutputFormat, extension: str = ".mp4") -> Path:
+def output_path_for(source: Path, output_format: OutputFormat, extension: str = ".mp4", *,
+                    swap_eyes: bool = False) -> Path:
     """The default output next to a source: ``holiday.mp4`` → ``holiday-3d_LRF_Full_SBS.mp4``."""
-    return source.with_name(output_file_name(source.stem, output_format, extension))
+    return source.with_name(output_file_name(source.stem, output_format, extension, swap_eyes=swap_eyes))
 
 
-def output_file_name(title: str, output_format: OutputFormat, extension: str = ".mp4") -> str:
-    return f"{slug(title)}-3d{LAYOUT_SUFFIX[OutputFormat(output_format)]}{extension}"
+def output_file_name(title: str, output_format: OutputFormat, extension: str = ".mp4", *,
+                     swap_eyes: bool = False) -> str:
+    swapped = SWAPPED_SUFFIX if swap_eyes else ""
+    return f"{slug(title)}-3d{LAYOUT_SUFFIX[OutputFormat(output_format)]}{swapped}{extension}"

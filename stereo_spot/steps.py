@@ -257,6 +257,7 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
             source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
             out = tmp / "final.mp4"
             concat_segments(segments, source, out, job.settings.start, job.settings.duration)
+            _write_layout_metadata(out, job.settings)
             backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
         _write_report(backend, job, completions)
         return backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
@@ -264,6 +265,15 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
     except BaseException:
         backend.reassembly.release(job_id, owner)
         raise
+
+
+def _write_layout_metadata(path: Path, settings: ConversionSettings) -> None:
+    """The container's stereo (and, for VR180, spherical) metadata that headset players read."""
+    from stereo_spot.media import spatial
+
+    meta = spatial.metadata_for(settings.output_format, settings.swap_eyes)
+    if meta is not None:
+        spatial.write_metadata(path, meta)
 
 
 def reopen_failed(backend: Backend, job_id: str) -> Job:

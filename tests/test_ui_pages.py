@@ -14,7 +14,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from stereo_spot import keys, steps
-from stereo_spot.models import ConversionSettings, Job, JobStatus, OutputFormat, SegmentCompletion, utcnow
+from stereo_spot.models import (
+    AnaglyphMethod,
+    ConversionSettings,
+    Job,
+    JobStatus,
+    OutputFormat,
+    SegmentCompletion,
+    utcnow,
+)
 from stereo_spot.ports import Backend
 from stereo_spot.runner import log_path, run_job, start_background, stop_background
 from tests.media_fixtures import make_clip, make_empty, make_text
@@ -164,7 +172,7 @@ def test_anaglyph_shows_its_methods(home):
     assert [r.key for r in at.radio] == ["output_format"]
     at.radio(key="output_format").set_value(OutputFormat.ANAGLYPH).run()
     assert at.radio(key="anaglyph").value == "dubois"
-    assert len(at.radio(key="anaglyph").options) == 4
+    assert len(at.radio(key="anaglyph").options) == len(AnaglyphMethod)
 
 
 # --- jobs list ------------------------------------------------------------------------------------------

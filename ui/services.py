@@ -36,6 +36,10 @@ FORMAT_HELP: dict[OutputFormat, str] = {
     OutputFormat.HTB: "Both eyes squeezed into the original height: 3D TVs (top-and-bottom mode) and some "
                       "streaming boxes.",
     OutputFormat.ANAGLYPH: "One picture for red-cyan glasses: plays on any screen, with some loss of colour.",
+    OutputFormat.CROSS: "Right eye on the left, left eye on the right: view it cross-eyed on any screen, no "
+                        "glasses.",
+    OutputFormat.VR180: "Each eye projected onto a 180° dome, side by side, with the metadata headset players read: "
+                        "the video floats in front of you as a screen with depth.",
 }
 
 ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {
@@ -43,6 +47,10 @@ ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {
     AnaglyphMethod.COLOR: "Colour: red from the left eye, green and blue from the right; vivid but more ghosting.",
     AnaglyphMethod.HALF_COLOR: "Half colour: less eye strain on red objects, slightly duller colours.",
     AnaglyphMethod.GRAY: "Grey: no colour at all, the least eye strain.",
+    AnaglyphMethod.DUBOIS2: "Dubois 2009: the revised least-squares matrices from his later note.",
+    AnaglyphMethod.WIMMER: "Wimmer optimized: red from the left eye's green and blue; little ghosting, muted reds.",
+    AnaglyphMethod.WIMMER2: "Wimmer improved: mixes some of each eye's red into its green and blue, so red "
+                            "objects keep more of their brightness.",
 }
 
 DIVERGENCE_HELP = ("Strength of the 3D effect: the largest left-right shift, in % of the picture width. "

@@ -10,10 +10,11 @@ Players learn the layout of a stereo video from three places: the bitstream, the
   decoders hand it to players as ``AV_FRAME_DATA_STEREO3D`` side data on the frames that carry it (PyAV:
   ``frame.side_data``). The SEI has no half/full distinction: the packed frame's size tells (a 3840x1080
   side by side holds two 1920x1080 views, a 1920x1080 one two squeezed 960x1080 views). Anaglyph is a 2D
-  picture for the decoder and gets no SEI.
-* **Container**: the mp4 ``st3d`` box (Google's Spherical Video V2) would say the same at the container level.
-  FFmpeg's mp4 muxer writes it from the stream's stereo side data (``AV_PKT_DATA_STEREO3D`` in the codec
-  parameters); PyAV 18 can set no stream-level side data but the display matrix, so it is not written.
+  picture for the decoder and gets no SEI. x264 always marks frame 0 (the left or top half) as the left view, so
+  a layout with the right eye first (cross-eyed, ``--swap-eyes``) gets no SEI either: a wrong one would make
+  players show the eyes the wrong way round.
+* **Container**: the mp4 ``st3d`` box (Google's Spherical Video V2), and for VR180 the ``sv3d`` box with its
+  equirectangular projection, written into the final file after joining (``stereo_spot.media.spatial``).
 * **File name**: the conventional suffixes (``stereo_spot.naming``).
 """
 
@@ -23,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from stereo_spot.media.errors import MediaError
-from stereo_spot.models import OutputFormat
+from stereo_spot.models import OutputFormat, left_eye_first
 
 #: Environment variable overriding the constant-quality level of converted video (x264 CRF, 0 = lossless,
 #: 18 = visually transparent for most footage, 23 = x264's default; each +6 roughly halves the size).
@@ -59,10 +60,12 @@ FRAME_PACKING = {
     OutputFormat.TB: 4,
     OutputFormat.HTB: 4,
     OutputFormat.ANAGLYPH: None,
+    OutputFormat.CROSS: 3,  # right eye first, so never written (see settings_for)
+    OutputFormat.VR180: 3,
 }
 
 
-def settings_for(output_format: OutputFormat, threads: int = 0) -> EncodeSettings:
+def settings_for(output_format: OutputFormat, threads: int = 0, *, swap_eyes: bool = False) -> EncodeSettings:
     """The settings for a stereo layout: the layout signalled in the bitstream (see the module docstring).
 
     Anaglyph keeps full-resolution chroma (yuv444p): 4:2:0 subsampling averages the red and cyan of
@@ -72,7 +75,8 @@ def settings_for(output_format: OutputFormat, threads: int = 0) -> EncodeSetting
     crf = configured_crf()
     if output_format is OutputFormat.ANAGLYPH:
         return EncodeSettings(pix_fmt="yuv444p", threads=threads, crf=crf)
-    return EncodeSettings(threads=threads, crf=crf, frame_packing=FRAME_PACKING[output_format])
+    frame_packing = FRAME_PACKING[output_format] if left_eye_first(output_format, swap_eyes) else None
+    return EncodeSettings(threads=threads, crf=crf, frame_packing=frame_packing)
 
 
 def configured_crf() -> int:

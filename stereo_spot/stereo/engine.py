@@ -244,7 +244,8 @@ class StereoEngine:
                    right: torch.Tensor) -> None:
         if self.device.type == "cpu":  # pack straight into the returned array
             pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
-                       out=torch.from_numpy(out[start:stop]))
+                       swap_eyes=self.settings.swap_eyes, out=torch.from_numpy(out[start:stop]))
         else:
-            packed = pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph)
+            packed = pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
+                                swap_eyes=self.settings.swap_eyes)
             out[start:stop] = packed.cpu().numpy()

@@ -142,10 +142,11 @@ def convert_image(
 
     fmt = OutputFormat(settings.output_format)
     if fmt is OutputFormat.ANAGLYPH:
-        packed_rgb = anaglyph(left[:, :3], right[:, :3], AnaglyphMethod(settings.anaglyph))
+        first, second = (right, left) if settings.swap_eyes else (left, right)
+        packed_rgb = anaglyph(first[:, :3], second[:, :3], AnaglyphMethod(settings.anaglyph))
         packed_alpha = torch.maximum(left[:, 3:], right[:, 3:]) if alpha is not None else None
     else:
-        packed = pack(left, right, fmt)
+        packed = pack(left, right, fmt, swap_eyes=settings.swap_eyes)
         packed_rgb, packed_alpha = packed[:, :3], (packed[:, 3:] if alpha is not None else None)
     out_rgb = packed_rgb[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     out_alpha = packed_alpha[0, 0].clamp(0, 1).cpu().numpy() if packed_alpha is not None else None

@@ -1,15 +1,24 @@
-"""Packing a left/right pair into one frame: side-by-side, top-bottom (full or half) and red-cyan anaglyph.
+"""Packing a left/right pair into one frame: side-by-side, top-bottom (full or half), cross-eyed, VR180 and
+red-cyan anaglyph.
 
 Layouts (W×H is the source frame):
 
-* Full SBS: 2W × H, left eye on the left. Full TB: W × 2H, left eye on top.
+* Full SBS: 2W × H, left eye on the left. Full TB: W × 2H, left eye on top. Cross: 2W × H with the right eye on
+  the left, for cross-eyed free viewing. ``swap_eyes`` exchanges the two eyes in any layout.
+* VR180: each eye projected onto a 180°×180° equirectangular square of S × S (``stereo_spot.stereo.equirect``),
+  side by side: 2S × S.
 * Half SBS: each eye squeezed to ceil(W/2) columns with an area filter, so 2·ceil(W/2) × H (W itself when W is
   even). Half TB likewise squeezes rows: W × 2·ceil(H/2). Both eyes always get the same size, which is what
   players assume when they split the frame in two.
 * Anaglyph: W × H. ``dubois`` applies Eric Dubois' least-squares red-cyan matrices to *linear* RGB (sRGB
-  decoded, mixed, clipped, encoded again), as the method was derived on linear light. ``color`` takes red from
-  the left eye and green/blue from the right; ``half-color`` uses the left eye's luma as red (less rivalry on
-  red objects); ``gray`` uses each eye's luma. Luma is Rec.601 on the encoded values.
+  decoded, mixed, clipped, encoded again), as the method was derived on linear light; ``dubois2`` does the same
+  with the revised matrices of his 2009 note "Conversion of a stereo pair to anaglyph with the least-squares
+  projection method". ``color`` takes red from the left eye and green/blue from the right; ``half-color`` uses
+  the left eye's luma as red (less rivalry on red objects); ``gray`` uses each eye's luma. ``wimmer`` is Peter
+  Wimmer's optimized anaglyph (red = 0.7 G + 0.3 B of the left eye, green and blue of the right eye);
+  ``wimmer2`` his improved method as described by McAllister, Zhou and Sullivan ("Methods for computing color
+  anaglyphs", SPIE 2010): each eye's green and blue take in some of its red excess, and the left eye's mix of
+  them is gamma-corrected (1/1.6) into the red channel. Luma is Rec.601 on the encoded values.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import cv2
 import torch
 import torch.nn.functional as F
 
-from stereo_spot.models import AnaglyphMethod, OutputFormat
+from stereo_spot.models import AnaglyphMethod, OutputFormat, left_eye_first
+from stereo_spot.stereo import equirect
 
 # Dubois red-cyan matrices (rows: output R, G, B; columns: input R, G, B), from E. Dubois, "A projection method
 # to generate anaglyph stereo images", ICASSP 2001, as published on his web page.
@@ -32,7 +42,24 @@ DUBOIS_RIGHT = (
     (0.378476, 0.73364, -0.0184503),
     (-0.0721527, -0.112961, 1.2264),
 )
+# The revised matrices of Dubois' 2009 note (the ones his web page recommends today).
+DUBOIS2_LEFT = (
+    (0.437, 0.449, 0.164),
+    (-0.062, -0.062, -0.024),
+    (-0.048, -0.050, -0.017),
+)
+DUBOIS2_RIGHT = (
+    (-0.011, -0.032, -0.007),
+    (0.377, 0.761, 0.009),
+    (-0.026, -0.093, 1.234),
+)
+_DUBOIS_MATRICES = {
+    AnaglyphMethod.DUBOIS: (DUBOIS_LEFT, DUBOIS_RIGHT),
+    AnaglyphMethod.DUBOIS2: (DUBOIS2_LEFT, DUBOIS2_RIGHT),
+}
 LUMA_601 = (0.299, 0.587, 0.114)
+WIMMER_RED = (0.0, 0.7, 0.3)  # the left eye's contribution to the red channel in Wimmer's optimized anaglyph
+_SIDE_BY_SIDE = (OutputFormat.SBS, OutputFormat.CROSS)
 
 
 def half_size(n: int) -> int:
@@ -45,8 +72,11 @@ def output_size(width: int, height: int, output_format: OutputFormat | str) -> t
     fmt = OutputFormat(output_format)
     if width < 1 or height < 1:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
-    if fmt is OutputFormat.SBS:
+    if fmt in _SIDE_BY_SIDE:
         return 2 * width, height
+    if fmt is OutputFormat.VR180:
+        side = equirect.eye_size(width, height)
+        return 2 * side, side
     if fmt is OutputFormat.HSBS:
         return 2 * half_size(width), height
     if fmt is OutputFormat.TB:
@@ -91,11 +121,19 @@ def anaglyph(left: torch.Tensor, right: torch.Tensor, method: AnaglyphMethod | s
     method = AnaglyphMethod(method)
     if left.shape[1] != 3 or right.shape[1] != 3:
         raise ValueError("anaglyph needs RGB views")
-    if method is AnaglyphMethod.DUBOIS:
-        mixed = _mix(srgb_to_linear(left), DUBOIS_LEFT) + _mix(srgb_to_linear(right), DUBOIS_RIGHT)
+    if method in _DUBOIS_MATRICES:
+        left_matrix, right_matrix = _DUBOIS_MATRICES[method]
+        mixed = _mix(srgb_to_linear(left), left_matrix) + _mix(srgb_to_linear(right), right_matrix)
         return linear_to_srgb(mixed)
+    if method is AnaglyphMethod.WIMMER2:
+        left_g, left_b = _red_excess_mixed(left)
+        right_g, right_b = _red_excess_mixed(right)
+        red = (0.75 * left_g + 0.25 * left_b).clamp(0.0, 1.0) ** (1.0 / 1.6)
+        return torch.cat([red, right_g, right_b], dim=1).clamp(0.0, 1.0)
     if method is AnaglyphMethod.COLOR:
         red = left[:, 0:1]
+    elif method is AnaglyphMethod.WIMMER:
+        red = _mix(left, (WIMMER_RED,)).clamp(0.0, 1.0)
     elif method is AnaglyphMethod.HALF_COLOR:
         red = _luma(left)
     else:  # GRAY
@@ -105,25 +143,39 @@ def anaglyph(left: torch.Tensor, right: torch.Tensor, method: AnaglyphMethod | s
     return torch.cat([red, right[:, 1:3]], dim=1)
 
 
+def _red_excess_mixed(eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wimmer's improved method: green and blue of one eye with part of its red excess mixed in."""
+    red, green, blue = eye[:, 0:1], eye[:, 1:2], eye[:, 2:3]
+    return green + 0.45 * (red - green).clamp_min(0.0), blue + 0.25 * (red - blue).clamp_min(0.0)
+
+
 def pack(
     left: torch.Tensor,
     right: torch.Tensor,
     output_format: OutputFormat | str,
     anaglyph_method: AnaglyphMethod | str = AnaglyphMethod.DUBOIS,
+    *,
+    swap_eyes: bool = False,
 ) -> torch.Tensor:
     """Pack two float views [N,C,H,W] (0..1) into [N,C,H2,W2] with (W2, H2) = ``output_size(W, H, format)``."""
     if left.shape != right.shape:
         raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} views differ in shape")
     fmt = OutputFormat(output_format)
-    if fmt is OutputFormat.SBS:
-        return torch.cat([left, right], dim=3)
+    if fmt is OutputFormat.ANAGLYPH:
+        return anaglyph(*((right, left) if swap_eyes else (left, right)), anaglyph_method)
+    first, second = (left, right) if left_eye_first(fmt, swap_eyes) else (right, left)
+    if fmt in _SIDE_BY_SIDE:
+        return torch.cat([first, second], dim=3)
     if fmt is OutputFormat.TB:
-        return torch.cat([left, right], dim=2)
+        return torch.cat([first, second], dim=2)
     if fmt is OutputFormat.HSBS:
-        return torch.cat([squeeze(left, horizontal=True), squeeze(right, horizontal=True)], dim=3)
+        return torch.cat([squeeze(first, horizontal=True), squeeze(second, horizontal=True)], dim=3)
     if fmt is OutputFormat.HTB:
-        return torch.cat([squeeze(left, horizontal=False), squeeze(right, horizontal=False)], dim=2)
-    return anaglyph(left, right, anaglyph_method)
+        return torch.cat([squeeze(first, horizontal=False), squeeze(second, horizontal=False)], dim=2)
+    if fmt is OutputFormat.VR180:
+        side = equirect.eye_size(left.shape[3], left.shape[2])
+        return torch.cat([equirect.project(first, side), equirect.project(second, side)], dim=3)
+    raise ValueError(f"no packing for {fmt}")
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +209,7 @@ def pack_uint8(
     output_format: OutputFormat | str,
     anaglyph_method: AnaglyphMethod | str = AnaglyphMethod.DUBOIS,
     *,
+    swap_eyes: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Packed frames as NHWC uint8 [N,H2,W2,C], the layout encoders take, written into ``out`` if given.
@@ -172,14 +225,15 @@ def pack_uint8(
         out = torch.empty((n, out_h, out_w, c), dtype=torch.uint8, device=left_u8.device)
     elif tuple(out.shape) != (n, out_h, out_w, c) or out.dtype != torch.uint8:
         raise ValueError(f"pack output buffer {tuple(out.shape)} {out.dtype} should be {(n, out_h, out_w, c)} uint8")
-    if fmt in (OutputFormat.SBS, OutputFormat.TB):
-        left_half, right_half = (out[:, :, :w], out[:, :, w:]) if fmt is OutputFormat.SBS else (out[:, :h], out[:, h:])
+    if fmt in (*_SIDE_BY_SIDE, OutputFormat.TB):
+        halves = (out[:, :, :w], out[:, :, w:]) if fmt in _SIDE_BY_SIDE else (out[:, :h], out[:, h:])
+        left_half, right_half = halves if left_eye_first(fmt, swap_eyes) else halves[::-1]
         left_half.copy_(left_u8)
         if right.device.type == "cpu" and right.dtype == torch.float32 and c <= 4:
             _planes_to_uint8_cv2(right, right_half)
         else:
             _planes_to_uint8_torch(right, right_half)
         return out
-    packed = pack(left, right, fmt, anaglyph_method)
+    packed = pack(left, right, fmt, anaglyph_method, swap_eyes=swap_eyes)
     out.copy_(packed.permute(0, 2, 3, 1).mul_(255.0).add_(0.5).clamp_(0.0, 255.0))
     return out

@@ -273,7 +273,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     engine.stats = ComfortStats() if collect_stats else None
     engine_seconds = 0.0
 
-    encode = settings_for(settings.output_format, threads=codec_threads)
+    encode = settings_for(settings.output_format, threads=codec_threads, swap_eyes=settings.swap_eyes)
     fps = video.fps or Fraction(25)
     time_base: Fraction | None = None
     first_pts: int | None = None
