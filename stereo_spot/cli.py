@@ -19,7 +19,7 @@ from rich.table import Table
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import AnaglyphMethod, ConversionSettings, JobStatus, OutputFormat
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph).")
 console = Console(stderr=True)
 out = Console()
@@ -69,29 +69,54 @@ def _report_failure(exc: BaseException, job_id: str | None = None) -> NoReturn:
     die(message)
 
 
+# Options that `convert` and `preview` share, so a preview is converted exactly as the job would be.
+FormatOption = Annotated[OutputFormat, typer.Option(
+    "--format", "-f", help="sbs, hsbs (half), tb, htb (half), anaglyph, cross (right-left, for cross-eyed "
+    "viewing) or vr180 (equirectangular, for headsets).")]
+AnaglyphOption = Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (with --format anaglyph).")]
+SwapEyesOption = Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the layout.")]
+DivergenceOption = Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
+                                                 "width: the strength of the 3D effect.")]
+ConvergenceOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Depth (0 far .. 1 near) that sits on "
+                                                  "the screen plane; nearer pops out.")]
+DepthModelOption = Annotated[str, typer.Option(help="Depth estimator: heuristic (no weights) or a neural model "
+                                               "such as depth-anything.")]
+DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the depth model's "
+                                                        "weights.")]
+InpaintOption = Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")]
+InpaintWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
+                                                          "model.")]
+DeviceOption = Annotated[str | None, typer.Option(help="torch device (cpu, cuda, cuda:1); default: CUDA when "
+                                                  "available.")]
+
+
+def _checked_settings(**fields) -> ConversionSettings:
+    """The settings of a conversion from the command line, or a one-line error: values out of range and model
+    choices that cannot work (unknown names, missing weights) are refused before any work starts."""
+    from stereo_spot.stereo.engine import check_model_choice
+
+    try:
+        settings = ConversionSettings(**fields)
+        check_model_choice(settings)
+    except (ValueError, UserError) as exc:
+        die(one_line(exc))
+    return settings
+
+
 @app.command()
 def convert(
     input: Annotated[Path, typer.Argument(help="A video or a still image.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the 3D file "
                                                 "(default: next to the input, with the layout suffix).")] = None,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="sbs, hsbs (half), tb, htb (half), "
-                                                 "anaglyph, cross (right-left, for cross-eyed viewing) or "
-                                                 "vr180 (equirectangular, for headsets).")] = OutputFormat.SBS,
-    anaglyph: Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (with --format anaglyph).")]
-    = AnaglyphMethod.DUBOIS,
-    swap_eyes: Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the "
-                                            "layout.")] = False,
-    divergence: Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
-                                              "width: the strength of the 3D effect.")] = 2.0,
-    convergence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Depth (0 far .. 1 near) that sits on "
-                                               "the screen plane; nearer pops out.")] = 0.5,
-    depth_model: Annotated[str, typer.Option(help="Depth estimator: heuristic (no weights) or a neural "
-                                             "model such as depth-anything.")] = "heuristic",
-    depth_weights: Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the depth model's "
-                                                      "weights.")] = None,
-    inpaint: Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")] = "classical",
-    inpaint_weights: Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
-                                                        "model.")] = None,
+    format: FormatOption = OutputFormat.SBS,
+    anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
+    swap_eyes: SwapEyesOption = False,
+    divergence: DivergenceOption = 2.0,
+    convergence: ConvergenceOption = 0.5,
+    depth_model: DepthModelOption = "heuristic",
+    depth_weights: DepthWeightsOption = None,
+    inpaint: InpaintOption = "classical",
+    inpaint_weights: InpaintWeightsOption = None,
     auto_divergence: Annotated[bool, typer.Option("--auto-divergence", help="Choose --divergence and "
                                                   "--convergence from the measured depth of the scene.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Also write the comfort report (JSON: parallax "
@@ -105,28 +130,17 @@ def convert(
                                                 "count).")] = None,
     start: Annotated[float | None, typer.Option(min=0.0, help="Convert from this time (seconds).")] = None,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Convert this many seconds.")] = None,
-    device: Annotated[str | None, typer.Option(help="torch device (cpu, cuda, cuda:1); default: CUDA when "
-                                               "available.")] = None,
+    device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
 ) -> None:
     """Convert a video (or a still image) to 3D on this machine."""
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
-    try:
-        settings = ConversionSettings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
-                                      divergence=divergence,
-                                      convergence=convergence, depth_model=depth_model, depth_weights=depth_weights,
-                                      inpaint=inpaint, inpaint_weights=inpaint_weights,
-                                      auto_divergence=auto_divergence, segment_seconds=segment_seconds,
-                                      start=start, duration=duration)
-    except ValueError as exc:
-        die(one_line(exc))
-    from stereo_spot.stereo.engine import check_model_choice
-
-    try:
-        check_model_choice(settings)
-    except UserError as exc:
-        die(one_line(exc))
+    settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
+                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
+                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
+                                 auto_divergence=auto_divergence, segment_seconds=segment_seconds,
+                                 start=start, duration=duration)
     from stereo_spot.media.probe import is_image
     from stereo_spot.naming import output_path_for
 
@@ -145,6 +159,46 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report)
+
+
+@app.command()
+def preview(
+    input: Annotated[Path, typer.Argument(help="A video (or a still image).", show_default=False)],
+    at: Annotated[float, typer.Option("--at", min=0.0, help="The moment to preview, in seconds.")] = 0.0,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the PNG (default: next to "
+                                                "the input, named after the moment).")] = None,
+    format: FormatOption = OutputFormat.SBS,
+    anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
+    swap_eyes: SwapEyesOption = False,
+    divergence: DivergenceOption = 2.0,
+    convergence: ConvergenceOption = 0.5,
+    depth_model: DepthModelOption = "heuristic",
+    depth_weights: DepthWeightsOption = None,
+    inpaint: InpaintOption = "classical",
+    inpaint_weights: InpaintWeightsOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
+    if not input.is_file():
+        die(f"{input} does not exist or is not a file")
+    settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
+                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
+                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights)
+    from stereo_spot.media.probe import is_image
+
+    output = output or input.with_name(f"{input.stem}-preview-{at:g}s.png")
+    if output.exists() and output.resolve() == input.resolve():
+        die(f"the output {output} is the input: choose another --output")
+    if is_image(input):
+        _convert_image(input, output, settings, None)
+        return
+    from stereo_spot.stereo.preview import preview_frame, write_png
+
+    try:
+        written = write_png(output, preview_frame(input, at, settings, device=device))
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        _report_failure(exc)
+    out.print(str(written))
 
 
 def _convert_image(input: Path, output: Path, settings: ConversionSettings, disparity: Path | None) -> None:
@@ -373,7 +427,7 @@ _register_optional_commands()
 def main() -> None:
     started = time.monotonic()
     try:
-        app()
+        app(prog_name="stereo-spot")  # the same name (and shell completion) for ``python -m stereo_spot``
     finally:
         if os.environ.get("STEREO_SPOT_DEBUG"):
             console.print(f"took {time.monotonic() - started:.1f} s")

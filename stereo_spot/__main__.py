@@ -1,0 +1,6 @@
+"""``python -m stereo_spot``: the same command line as ``stereo-spot``."""
+
+from stereo_spot.cli import main
+
+if __name__ == "__main__":
+    main()
