@@ -39,13 +39,22 @@ _NEEDS_WEIGHTS = {"depth-anything": "--depth-weights", "diffusion": "--inpaint-w
 def check_model_choice(settings: ConversionSettings) -> None:
     """Refuse unknown model names and missing or unusable weights before any work starts (no model is loaded).
     Raises ``StereoInputError`` with the option to fix."""
+    from stereo_spot import hub_models
     from stereo_spot.errors import require_extra
     from stereo_spot.stereo.depth import known_depth_estimators
     from stereo_spot.stereo.fill import known_inpainters
 
+    hub_model = hub_models.lookup(settings.depth_model)
+    if hub_model is not None:
+        require_extra("transformers", "models", f"--depth-model {settings.depth_model}")
+        hub_models.refuse_weights(settings.depth_model, settings.depth_weights)
+        if hub_models.offline():
+            hub_models.resolve(settings.depth_model, download=False)  # offline and not cached: say so now
     choices = (("--depth-model", settings.depth_model, settings.depth_weights, known_depth_estimators()),
                ("--inpaint", settings.inpaint, settings.inpaint_weights, known_inpainters()))
     for option, name, weights, known in choices:
+        if option == "--depth-model" and hub_model is not None:
+            continue
         if name not in known:
             raise StereoInputError(f"{option} {name!r} is not known; choose one of {', '.join(known)}")
         flag = _NEEDS_WEIGHTS.get(name)

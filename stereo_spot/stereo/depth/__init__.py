@@ -15,8 +15,26 @@ from stereo_spot.stereo.registry import Registry
 
 DEPTH_MODELS: Registry[DepthEstimator] = Registry("depth model")
 register_depth_estimator = DEPTH_MODELS.register
-known_depth_estimators = DEPTH_MODELS.known
-create_depth_estimator = DEPTH_MODELS.create
+
+
+def known_depth_estimators() -> list[str]:
+    """Registered models and the hub models by name (``stereo_spot.hub_models``)."""
+    from stereo_spot.hub_models import CATALOG
+
+    return sorted({*DEPTH_MODELS.known(), *(n for n, m in CATALOG.items() if m.engine_model in DEPTH_MODELS.known())})
+
+
+def create_depth_estimator(name: str, weights: str | None = None, device: str | torch.device | None = None
+                           ) -> DepthEstimator:
+    """A registered model with the weights given, or a hub model by name (``NAME[@REVISION]``) with the weights
+    of its cached or downloaded snapshot."""
+    from stereo_spot import hub_models
+
+    found = hub_models.lookup(name)
+    if found is None:
+        return DEPTH_MODELS.create(name, weights, device)
+    hub_models.refuse_weights(name, weights)
+    return DEPTH_MODELS.create(found[0].engine_model, str(hub_models.snapshot_for_process(name)), device)
 
 
 def _heuristic_factory(weights: str | None = None, device: str | torch.device | None = None) -> DepthEstimator:

@@ -1,0 +1,67 @@
+"""``stereo-spot models list|download|verify``: the depth models known by name, and their cache.
+
+Registered by ``stereo_spot.cli`` as ``app.add_typer(cli_models.app, name="models")``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from stereo_spot.errors import UserError, one_line
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Depth models by name: list them, download them into the cache, verify the cache.")
+console = Console(stderr=True)
+out = Console()
+
+NamesArgument = Annotated[list[str], typer.Argument(help="Model names (NAME or NAME@REVISION); see `models list`.",
+                                                     show_default=False)]
+
+
+def _die(exc: BaseException) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("list")
+def list_models() -> None:
+    """The models known by name, their hub repository and revision, and whether the cache has them."""
+    from stereo_spot import hub_models
+
+    table = Table("name", "repository", "revision", "cached", "about")
+    for model in hub_models.CATALOG.values():
+        snapshot = hub_models.cached_snapshot(model.name)
+        table.add_row(model.name, model.repo_id, model.revision, "yes" if snapshot else "no", model.summary)
+    out.print(table)
+
+
+@app.command()
+def download(names: NamesArgument,
+             force: Annotated[bool, typer.Option("--force", help="Download every file again.")] = False) -> None:
+    """Put models into the cache (HF_HUB_CACHE), so conversions start without the hub."""
+    from stereo_spot import hub_models
+
+    for name in names:
+        try:
+            path = hub_models.resolve(name, force=force)
+        except UserError as exc:
+            _die(exc)
+        out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def verify(names: NamesArgument) -> None:
+    """Check every cached file of the models against the hash the hub named it by."""
+    from stereo_spot import hub_models
+
+    for name in names:
+        try:
+            files = hub_models.verify(name)
+        except UserError as exc:
+            _die(exc)
+        out.print(f"{name}: {len(files)} files intact", highlight=False)

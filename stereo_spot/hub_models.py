@@ -1,0 +1,163 @@
+"""Models by name: ``--depth-model depth-anything-v2-small`` resolved through the Hugging Face hub and its cache.
+
+A name stands for a repository on the hub and the engine model that loads it (the ``-hf`` checkpoints of Depth
+Anything V2 load through ``transformers``). ``NAME@REVISION`` pins a commit, branch or tag; without one the
+catalog's revision is used. Files land in huggingface_hub's own cache (``HF_HUB_CACHE``, default
+``~/.cache/huggingface/hub``), so every tool that uses the hub shares one copy, and a second run or worker does
+not download again. With ``HF_HUB_OFFLINE=1`` only the cache is read; a model that is not there is one line
+saying how to get it. ``HF_ENDPOINT`` points at a mirror.
+
+``stereo-spot models list|download|verify`` shows the catalog and what is cached, fills the cache (for a
+cluster: into a volume the pods mount) and checks every cached file against the hash the hub named it by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from stereo_spot.errors import UserError
+
+
+@dataclass(frozen=True)
+class HubModel:
+    name: str
+    engine_model: str  # the registered model that loads the checkpoint
+    repo_id: str
+    revision: str = "main"
+    summary: str = ""
+
+
+CATALOG: dict[str, HubModel] = {m.name: m for m in (
+    HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
+             summary="Depth Anything V2 Small (25M parameters): fast, fits any GPU"),
+    HubModel("depth-anything-v2-base", "depth-anything", "depth-anything/Depth-Anything-V2-Base-hf",
+             summary="Depth Anything V2 Base (98M parameters)"),
+    HubModel("depth-anything-v2-large", "depth-anything", "depth-anything/Depth-Anything-V2-Large-hf",
+             summary="Depth Anything V2 Large (335M parameters): the sharpest, slowest"),
+)}
+
+
+class HubModelError(UserError):
+    """A named model cannot be found, fetched or verified; the message says what to do."""
+
+
+def split_name(spec: str) -> tuple[str, str | None]:
+    """``name@revision`` → (name, revision or None)."""
+    name, _, revision = spec.partition("@")
+    return name, (revision or None)
+
+
+def lookup(spec: str) -> tuple[HubModel, str] | None:
+    """The catalog entry and the revision for a model spec, or None where the name is not a hub model."""
+    name, revision = split_name(spec)
+    model = CATALOG.get(name)
+    if model is None:
+        return None
+    return model, revision or model.revision
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def refuse_weights(spec: str, weights: str | None) -> None:
+    """A named model brings its own weights: giving others as well is a mistake, not a choice to guess at."""
+    if weights:
+        raise HubModelError(f"--depth-model {spec} brings its own weights: drop --depth-weights, or use "
+                            f"--depth-model {_entry(spec)[0].engine_model} with them")
+
+
+def _entry(spec: str) -> tuple[HubModel, str]:
+    found = lookup(spec)
+    if found is None:
+        raise HubModelError(f"{spec!r} is not a model name; known: {', '.join(CATALOG)}")
+    return found
+
+
+def resolve(spec: str, *, download: bool = True, force: bool = False) -> Path:
+    """The local snapshot folder of a named model: from the cache, or downloaded into it (unless offline or
+    ``download`` is False); ``force`` downloads every file again."""
+    model, revision = _entry(spec)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    local_only = offline() or not download
+    if force and local_only:
+        raise HubModelError("HF_HUB_OFFLINE is set: downloads are off")
+    try:
+        return Path(snapshot_download(model.repo_id, revision=revision, local_files_only=local_only,
+                                      force_download=force))
+    except LocalEntryNotFoundError as exc:
+        if local_only:
+            raise HubModelError(f"{model.name} ({model.repo_id}@{revision}) is not in the model cache and the hub "
+                                f"is offline: run `stereo-spot models download {model.name}` where the hub is "
+                                f"reachable, or point HF_HUB_CACHE at a cache that has it") from exc
+        raise HubModelError(f"{model.name}: the hub cannot be reached and it is not cached ({exc})") from exc
+    except HfHubHTTPError as exc:
+        raise HubModelError(f"{model.name}: the hub refused {model.repo_id}@{revision}: "
+                            f"{' '.join(str(exc).split())[:300]}") from exc
+    except OSError as exc:
+        raise HubModelError(f"{model.name}: could not fetch {model.repo_id}@{revision}: {exc}") from exc
+
+
+@lru_cache(maxsize=32)
+def snapshot_for_process(spec: str) -> Path:
+    """``resolve`` once per process: every segment a worker converts builds an engine, and asking the hub
+    for the revision each time would cost a round trip per segment."""
+    return resolve(spec)
+
+
+def cached_snapshot(spec: str) -> Path | None:
+    try:
+        return resolve(spec, download=False)
+    except HubModelError:
+        return None
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(spec: str) -> list[str]:
+    """Check every file of a cached snapshot against the hash the hub named its blob by (sha256 for large
+    files, the git blob sha1 for small ones). Returns the files checked; raises on the first mismatch."""
+    snapshot = cached_snapshot(spec)
+    if snapshot is None:
+        raise HubModelError(f"{split_name(spec)[0]} is not in the model cache: nothing to verify")
+    checked = []
+    for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        blob = path.resolve()
+        expected = blob.name
+        if len(expected) == 64:
+            actual = _sha256(blob)
+        elif len(expected) == 40:
+            actual = _git_blob_sha1(blob)
+        else:  # not a content-addressed blob (a copied folder): nothing to check it against
+            continue
+        if actual != expected:
+            raise HubModelError(f"{path.relative_to(snapshot)} of {split_name(spec)[0]} is damaged (its hash is "
+                                f"{actual[:12]}…, the hub's is {expected[:12]}…): run `stereo-spot models download "
+                                f"{split_name(spec)[0]} --force`")
+        checked.append(str(path.relative_to(snapshot)))
+    if not checked:
+        raise HubModelError(f"{split_name(spec)[0]}: the cached snapshot has no files")
+    return checked
