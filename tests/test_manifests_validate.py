@@ -107,7 +107,10 @@ def test_rbac_is_least_privilege(overlay):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
     sensor = {r: set(rule["verbs"]) for rule in roles["stereo-spot-sensor"]["rules"] for r in rule["resources"]}
-    assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
+    if any(d["kind"] == "Sensor" and d["metadata"]["name"] == "stereo-spot-kubeflow" for d in docs):
+        assert sensor == {"jobs": {"create"}}  # it only creates the trigger Job
+    else:
+        assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
     workflow = roles["stereo-spot-workflow"]["rules"]
     assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
                          "verbs": ["create", "patch"]}]
@@ -161,15 +164,82 @@ def test_images_point_at_the_overlay_registry():
     assert images and all(i.startswith("123456789012.dkr.ecr.") for i in images), images
 
 
-def test_kubeflow_overlay_swaps_the_sensor():
+def _kubeflow_trigger() -> tuple[dict, dict]:
     docs = render(MANIFESTS / "overlays" / "aws-kubeflow")
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Sensor"] == ["stereo-spot-kubeflow"]
-    trigger = _find(docs, "Sensor")["spec"]["triggers"][0]["template"]["http"]
-    assert trigger["url"].endswith("/apis/v2beta1/runs") and trigger["method"] == "POST"
-    dests = {p["dest"] for p in trigger["payload"]}
-    assert {"runtime_config.parameters.bucket", "runtime_config.parameters.key",
-            "pipeline_version_reference.pipeline_id"} <= dests
-    assert trigger["secureHeaders"][0]["valueFrom"]["secretKeyRef"]["name"]  # the token is not in YAML
+    return _find(docs, "Sensor")["spec"]["triggers"][0]["template"]["k8s"], docs
+
+
+def test_kubeflow_overlay_swaps_the_sensor_for_a_trigger_job():
+    trigger, docs = _kubeflow_trigger()
+    assert trigger["operation"] == "create"
+    job = trigger["source"]["resource"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job") and job["metadata"]["generateName"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["stereo-spot", "kfp-trigger"]
+    assert container["image"].startswith("123456789012.dkr.ecr.")  # the overlay's registry, like the steps
+    assert pod["serviceAccountName"] == "stereo-spot-kfp-trigger" and pod["restartPolicy"] == "Never"
+    # exit 2 (set up wrong) fails the Job at once; exit 1 (KFP or DynamoDB away) is retried
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2]
+    assert job["spec"]["backoffLimit"] >= 3
+    configs = {ref["configMapRef"]["name"] for ref in container["envFrom"]}
+    assert configs == {"stereo-spot-env", "stereo-spot-kfp"}
+    kfp = _find(docs, "ConfigMap", "stereo-spot-kfp")["data"]
+    assert {"KFP_HOST", "KFP_PIPELINE_ID", "KFP_EXPERIMENT", "KFP_NAMESPACE"} <= set(kfp)
+    assert kfp["KFP_PIPELINE_ID"] != "set-the-pipeline-id"  # the overlay sets it
+
+
+def test_kubeflow_trigger_uses_a_projected_token_and_no_secret():
+    """Standalone KFP has no token Secret: nothing may require one. Multi-user KFP reviews a token for the
+    audience pipelines.kubeflow.org, which the kubelet rotates in the projected volume."""
+    trigger, docs = _kubeflow_trigger()
+    pod = trigger["source"]["resource"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for text in (json.dumps(pod), json.dumps(_find(docs, "Sensor"))):
+        assert not re.search(r'"(secret|secretKeyRef|secretRef|secureHeaders)"', text), text
+    (volume,) = [v for v in pod["volumes"] if "projected" in v]
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert source["serviceAccountToken"]["expirationSeconds"] <= 86400
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"] == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    account = _find(docs, "ServiceAccount", "stereo-spot-kfp-trigger")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
+    """Apply the Sensor's parameters to a real S3 event shape the way Argo Events does and check the command
+    reads what it gets: the notification (parsed as the worker parses it) and a per-delivery id."""
+    from stereo_spot.worker import parse_event
+
+    trigger, _ = _kubeflow_trigger()
+    container = trigger["source"]["resource"]["spec"]["template"]["spec"]["containers"][0]
+    event = _s3_event(f"input/{JOB}/source.mp4")
+    context = {"id": "7f3c1e0a-delivery", "source": "stereo-spot-uploads", "type": "sqs"}
+    env_names = [e["name"] for e in container["env"]]
+    values = {}
+    for parameter in trigger["parameters"]:
+        src, dest = parameter["src"], parameter["dest"]
+        if "dataKey" in src:
+            value = json.dumps(_get(event, src["dataKey"]))  # gjson hands an object over as its JSON text
+        elif "contextKey" in src:
+            value = context[src["contextKey"]]
+        else:
+            value = _go_template_job_id(src["dataTemplate"], event)
+        match = re.fullmatch(r"spec\.template\.spec\.containers\.0\.env\.(\d+)\.value", dest)
+        values[env_names[int(match[1])] if match else dest] = value
+    (record,) = parse_event(values["STEREO_SPOT_EVENT"])
+    assert record.key == f"input/{JOB}/source.mp4" and record.bucket == "stereo-spot-input"
+    assert values["STEREO_SPOT_DELIVERY_ID"] == context["id"]
+    assert values["metadata.labels.stereo-spot\\.io/job-id"] == JOB
+    from typer.testing import CliRunner
+
+    from stereo_spot.cli import app
+
+    assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
 
 
 # --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------
