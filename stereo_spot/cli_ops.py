@@ -5,6 +5,8 @@ cluster before a deploy). Registered on the main app by ``stereo_spot.cli`` with
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from typing import Annotated, NoReturn
 
 import typer
@@ -67,5 +69,63 @@ def kfp_trigger_command(
         out.print(f"{result.outcome.value}: {result.reason}", highlight=False, soft_wrap=True)
 
 
+def _duration(text: str) -> timedelta:
+    """30s, 15m, 2h, 7d."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration: use e.g. 30s, 15m, 2h or 7d")
+    return timedelta(seconds=float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]])
+
+
+def reconcile_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")] = False,
+    grace: Annotated[str, typer.Option(help="An upload this old with no run counts as lost.")] = "15m",
+    stuck_after: Annotated[str, typer.Option(help="A job with no progress for this long is re-driven.")] = "2h",
+    fail_after: Annotated[str, typer.Option(help="A job with no progress for this long is marked failed.")]
+    = "24h",
+    redrive_every: Annotated[str, typer.Option(help="Re-drive one stuck job at most this often.")] = "1h",
+    lookback: Annotated[str, typer.Option(help="Look for uploads without a job this far back.")] = "7d",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many re-drives and failures per pass.")] = 100,
+) -> None:
+    """Re-drive uploads that never got a run and jobs stuck past a deadline; fail jobs that stay stuck.
+
+    Sends a fresh upload event to the events queue (CHUNKING_QUEUE_URL) for each, which the Argo Sensor, the
+    Kubeflow trigger or the SQS worker handle like the upload itself: what is done is skipped.
+    """
+    from stereo_spot.adapters import build_backend
+    from stereo_spot.config import get_settings
+    from stereo_spot.logs import configure_logging
+    from stereo_spot.ports import StoreError
+    from stereo_spot.reconcile import Reconciler, ReconcileSettings
+
+    configure_logging()
+    options = ReconcileSettings(grace=_duration(grace), stuck_after=_duration(stuck_after),
+                                fail_after=_duration(fail_after), redrive_every=_duration(redrive_every),
+                                lookback=_duration(lookback), limit=limit)
+    if options.fail_after <= options.stuck_after:
+        _die("--fail-after must be longer than --stuck-after (a stuck job is re-driven before it is failed)",
+             EXIT_USER_ERROR)
+    try:
+        settings = get_settings()
+        if settings.storage_adapter != "aws":
+            raise UserError("reconcile works on the AWS storage (STORAGE_ADAPTER=aws): locally, "
+                            "`stereo-spot jobs` and `stereo-spot resume JOB` do the same")
+        from stereo_spot.adapters.aws import events_queue
+
+        backend = build_backend(settings)
+        queue = None if dry_run else events_queue(settings)
+        findings = Reconciler(backend, queue, options, dry_run=dry_run).run()
+    except StoreError as exc:
+        _debug()
+        _die(f"{one_line(exc)} (the next pass tries again)", EXIT_RETRY)
+    except UserError as exc:
+        _die(one_line(exc), EXIT_USER_ERROR)
+    for finding in findings:
+        out.print(finding.line(dry_run), highlight=False, soft_wrap=True)
+    if not findings:
+        console.print("nothing to reconcile: every upload has a run and every job is moving", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("kfp-trigger")(kfp_trigger_command)
+    app.command("reconcile")(reconcile_command)
