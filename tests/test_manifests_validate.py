@@ -88,7 +88,7 @@ def test_each_overlay_validates(overlay, validation):
     path, docs = overlay
     lines = [line for line in validation.splitlines() if f"overlay-{path.name}.yaml:" in line]
     assert len(lines) == len(docs) and not [line for line in lines if line.startswith("INVALID")], validation
-    for kind in ("WorkflowTemplate", "EventSource", "Sensor", "EventBus"):
+    for kind in ("WorkflowTemplate", "EventSource", "Sensor", "EventBus", "CronWorkflow"):
         assert [line for line in lines if line.startswith("ok ") and f": {kind}/" in line], f"{path.name}: {kind}"
 
 
@@ -240,6 +240,31 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     from stereo_spot.cli import app
 
     assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
+
+
+def test_the_reconcile_cron_workflow_runs_the_command(overlay):
+    """The backstop for lost uploads runs in every overlay, one pass at a time, with options the command has."""
+    import typer.main
+
+    from stereo_spot.cli import app
+
+    _, docs = overlay
+    cron = _find(docs, "CronWorkflow", "stereo-spot-reconcile")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedules"]
+    spec = cron["spec"]["workflowSpec"]
+    (template,) = spec["templates"]
+    container = template["container"]
+    assert container["image"].startswith("123456789012.dkr.ecr.") and container["args"][:2] == ["stereo-spot",
+                                                                                                "reconcile"]
+    command = typer.main.get_command(app).commands["reconcile"]
+    known = {opt for param in command.params for opt in param.opts}
+    assert {a for a in container["args"][2:] if a.startswith("--")} <= known
+    assert "exitCode != '2'" in template["retryStrategy"]["expression"]
+    assert container["envFrom"][0]["configMapRef"]["name"] == "stereo-spot-env"
+    account = _find(docs, "ServiceAccount", spec["serviceAccountName"])
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    binding = _find(docs, "RoleBinding", "stereo-spot-reconcile")
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
 
 
 # --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------
