@@ -267,6 +267,43 @@ def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
 
 
+def test_logs_are_archived_to_the_output_bucket(overlay):
+    """podGC deletes the pods of successful steps: without an artifact repository with archiveLogs their logs
+    are gone."""
+    _, docs = overlay
+    repositories = _find(docs, "ConfigMap", "artifact-repositories")
+    assert repositories["metadata"]["namespace"] == "stereo-spot"
+    default = repositories["metadata"]["annotations"]["workflows.argoproj.io/default-artifact-repository"]
+    repository = yaml.safe_load(repositories["data"][default])
+    assert repository["archiveLogs"] is True
+    s3 = repository["s3"]
+    env = _find(docs, "ConfigMap", "stereo-spot-env")["data"]
+    assert s3["bucket"] == env["OUTPUT_BUCKET_NAME"] and s3["region"] == env["AWS_REGION"]
+    assert s3["useSDKCreds"] is True and not {"accessKeySecret", "secretKeySecret"} & set(s3)  # IRSA
+    assert "{{workflow.name}}" in s3["keyFormat"] and "{{pod.name}}" in s3["keyFormat"]
+
+
+def test_metrics_are_scraped_and_the_dashboard_shows_real_series(overlay):
+    pytest.importorskip("prometheus_client")
+    from stereo_spot.metrics import WorkerMetrics
+
+    _, docs = overlay
+    monitor = _find(docs, "ServiceMonitor", "argo-workflow-controller")
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["argo"]
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app": "workflow-controller"}
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    config = _find(docs, "ConfigMap", "stereo-spot-grafana-dashboard")
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = config["data"].values()
+    dashboard = json.loads(text)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\b((?:stereo_spot|argo_workflows)_\w+)", " ".join(exprs)))
+    worker = {sample.name for family in WorkerMetrics().registry.collect() for sample in family.samples}
+    argo = {"argo_workflows_gauge", "argo_workflows_total_count"}  # the controller's own (Argo Workflows 3.6+)
+    assert used and used <= worker | argo, used - worker - argo
+    assert {"stereo_spot_frames_converted_total", "stereo_spot_jobs_failed_total"} <= used
+
+
 # --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------
 
 def _s3_event(key: str, event_name: str = "ObjectCreated:Put", bucket: str = "stereo-spot-input") -> dict:
