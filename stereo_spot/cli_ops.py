@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2  # a retry cannot help: the message says what to fix
 
 
 def _die(message: str, code: int) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -126,6 +126,51 @@ def reconcile_command(
         console.print("nothing to reconcile: every upload has a run and every job is moving", highlight=False)
 
 
+def doctor_command(
+    kube_api: Annotated[str | None, typer.Option(help="Kubernetes API URL (default: in-cluster, or the "
+                                                 "kubeconfig).", show_default=False)] = None,
+    kube_token: Annotated[str | None, typer.Option(envvar="KUBE_TOKEN", help="Bearer token for the Kubernetes "
+                                                   "API.", show_default=False)] = None,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file (default: $KUBECONFIG or "
+                                                   "~/.kube/config).", show_default=False)] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context (default: the current one).",
+                                                show_default=False)] = None,
+    argo_server: Annotated[str | None, typer.Option(envvar="ARGO_SERVER_URL", help="Argo server, to read its "
+                                                    "version (default: the controller's image tag).",
+                                                    show_default=False)] = None,
+    argo_token: Annotated[str | None, typer.Option(envvar="ARGO_TOKEN", help="Token for the Argo server.",
+                                                   show_default=False)] = None,
+    namespace: Annotated[str, typer.Option(help="Where stereo-spot is (to be) deployed.")] = "stereo-spot",
+    argo_namespace: Annotated[str, typer.Option(help="Where Argo Workflows runs.")] = "argo",
+    kubeflow: Annotated[bool, typer.Option("--kubeflow", help="Also check what the Kubeflow overlay needs.")]
+    = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")] = False,
+) -> None:
+    """Check that the cluster can run stereo-spot: Argo Workflows 3.6+, the CRDs, the service accounts."""
+    from stereo_spot.doctor import kube_endpoint, run_checks
+    from stereo_spot.httpjson import Endpoint
+
+    try:
+        kube = kube_endpoint(kube_api, kube_token, kubeconfig, context, verify=not insecure)
+    except UserError as exc:
+        _die(one_line(exc), EXIT_USER_ERROR)
+    argo = None
+    if argo_server:
+        token = (argo_token or "").removeprefix("Bearer ").strip() or None  # `argo auth token` prints "Bearer …"
+        argo = Endpoint(argo_server, token=token, verify=not insecure)
+    checks = run_checks(kube, argo=argo, namespace=namespace, argo_namespace=argo_namespace, kubeflow=kubeflow)
+    style = {"ok": "green", "warn": "yellow", "missing": "bold red"}
+    for check in checks:
+        out.print(f"[{style[check.state]}]{check.state:8}[/] {escape(check.name)}: {escape(check.detail)}",
+                  highlight=False, soft_wrap=True)
+    missing = [c for c in checks if c.failed]
+    if missing:
+        _die(f"{len(missing)} thing(s) missing: fix them before deploying ({', '.join(c.name for c in missing)})",
+             EXIT_RETRY)
+    console.print("the cluster can run stereo-spot", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("kfp-trigger")(kfp_trigger_command)
     app.command("reconcile")(reconcile_command)
+    app.command("doctor")(doctor_command)
