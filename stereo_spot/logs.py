@@ -83,13 +83,31 @@ def wants_json(stream: Any = None) -> bool:
     return not (hasattr(stream, "isatty") and stream.isatty())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each line (it is swapped by test runners and by
+    ``stdout_to_stderr`` in the components), never to a stream closed since."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str | None = None, stream: Any = None) -> None:
-    """Replace the root logger's handlers with one on stderr in the chosen format."""
-    stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
+    """One handler on stderr (or ``stream``) in the chosen format. Replaces a previous one of ours and the plain
+    handler ``logging.basicConfig`` installs; other handlers (a test runner's capture) stay."""
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if wants_json(stream) else TextFormatter())
+    handler._stereo_spot = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_stereo_spot", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel((level or os.environ.get("STEREO_SPOT_LOG_LEVEL") or "INFO").upper())
