@@ -176,3 +176,40 @@ def test_limit_and_the_command(aws, monkeypatch):
     assert len(_drain(queue)) == 3
     result = runner.invoke(app, ["reconcile", "--stuck-after", "2h", "--fail-after", "1h"])
     assert result.exit_code == 2 and "--fail-after" in result.output
+
+
+def test_an_upload_whose_kubeflow_trigger_gave_up_gets_its_run(aws, tmp_path):
+    """The backstop for the Kubeflow path: the trigger Job exhausted its retries while KFP was down, the
+    EventSource had already deleted the message. reconcile's re-drive reaches the trigger as a new delivery and
+    the run is created once; a second re-drive finds it."""
+    from stereo_spot.kfp_trigger import KfpApi, KfpSettings, KfpUnavailable, Outcome, trigger
+    from tests.fake_kfp import FakeKfp, make_token, serve
+
+    backend, queue, _ = aws
+    job = steps.create_job(backend, ConversionSettings(), "film")
+    source = tmp_path / "film.mp4"
+    source.write_bytes(b"a video")  # the trigger never looks inside
+    steps.store_source(backend, job.job_id, source)
+    (original,) = _drain(queue)  # what the EventSource put on the bus and deleted
+    token = tmp_path / "token"
+    sa = "system:serviceaccount:stereo-spot:stereo-spot-kfp-trigger"
+    token.write_text(make_token(sa))
+    with serve(FakeKfp(allowed={"team": {sa}}, pipelines={"p-1"}, fail_next_run_creations=100)) as kfp:
+        api = KfpApi(KfpSettings(host=kfp.url, pipeline_id="p-1", namespace="team", token_path=str(token)))
+        for _attempt in range(3):  # the Job's retries, all while KFP is down
+            with pytest.raises(KfpUnavailable):
+                trigger(backend, api, original, "event-1")
+        kfp.fail_next_run_creations = 0
+        assert kfp.runs == [] and backend.jobs.get(job.job_id).status == JobStatus.CREATED
+
+        (finding,) = Reconciler(backend, queue, now=utcnow() + LATER).run()
+        assert finding.problem == Problem.NO_RUN
+        (redrive,) = _drain(queue)
+        assert [r.outcome for r in trigger(backend, api, redrive, "event-2")] == [Outcome.STARTED]
+        (run,) = kfp.runs
+        assert run["display_name"] == f"stereo-spot-{job.job_id}"
+
+        Reconciler(backend, queue, now=utcnow() + LATER + timedelta(hours=1)).run()  # still "created": again
+        (again,) = _drain(queue)
+        assert [r.outcome for r in trigger(backend, api, again, "event-3")] == [Outcome.EXISTS]
+        assert len(kfp.runs) == 1
