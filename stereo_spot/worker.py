@@ -42,6 +42,7 @@ from stereo_spot.ports import Backend, QueueMessage, QueueReceiver, StoreError
 log = logging.getLogger(__name__)
 
 DEFAULT_VISIBILITY_SECONDS = 300
+COMPLETED_ELSEWHERE = "completed by another run"
 
 
 class MalformedEvent(ValueError):
@@ -254,8 +255,7 @@ class Worker:
 
     def _run(self, message: QueueMessage, job_id: str) -> HandledMessage:
         with log_context(job_id=job_id):
-            result = self._run_measured(message, job_id)
-        return result
+            return self._run_measured(message, job_id)
 
     def _run_measured(self, message: QueueMessage, job_id: str) -> HandledMessage:
         if self.metrics is None or self.abort_event.is_set():
@@ -266,7 +266,7 @@ class Worker:
             result = self._run_job(message, job_id)
         finally:
             completed = result is not None and result.outcome == Outcome.COMPLETED \
-                and result.reason != "completed by another run"
+                and result.reason != COMPLETED_ELSEWHERE
             reason = None
             if result is not None and result.outcome == Outcome.FAILED:
                 reason = "user_error" if result.user_error else "internal"
@@ -314,7 +314,7 @@ class Worker:
             return HandledMessage(message.message_id, Outcome.FAILED, job.failure_reason or reason, job_id,
                                   user_error=isinstance(exc, UserError))
         if job is not None and job.status == JobStatus.COMPLETED:  # another run finished it meanwhile
-            return HandledMessage(message.message_id, Outcome.COMPLETED, "completed by another run", job_id)
+            return HandledMessage(message.message_id, Outcome.COMPLETED, COMPLETED_ELSEWHERE, job_id)
         # Not recorded as failed: the stores were unreachable. Give the message back for another try.
         log.warning("message %s: job %s interrupted (%s); the message is released for a retry",
                     message.message_id, job_id, reason)
