@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from stereo_spot import keys, steps
 from stereo_spot.errors import UserError, one_line
+from stereo_spot.logs import log_context
 from stereo_spot.models import Job, JobStatus
 from stereo_spot.ports import Backend, NotFound
 
@@ -50,8 +51,10 @@ class StepFailed(SystemExit):
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("STEREO_SPOT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    """One JSON line per event on stderr, with the step and job id (stereo_spot.logs)."""
+    from stereo_spot.logs import configure_logging as configure
+
+    configure()
 
 
 def job_id_from_key(key: str) -> str:
@@ -99,27 +102,30 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def run_step(step: str, key: str, action: Callable[[Backend, str], T]) -> T:
-    """Run one step for the job named by ``key`` and turn any failure into a readable exit."""
+def run_step(step: str, key: str, action: Callable[[Backend, str], T], *, segment: int | None = None) -> T:
+    """Run one step for the job named by ``key`` and turn any failure into a readable exit. Every log line of
+    the step carries the step, the job id and (for convert) the segment."""
     configure_logging()
     backend: Backend | None = None
     job_id: str | None = None
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), log_context(step=step, segment=segment):
             job_id = job_id_from_key(key)
-            backend = build_backend()
-            return action(backend, job_id)
+            with log_context(job_id=job_id):
+                backend = build_backend()
+                return action(backend, job_id)
     except StepFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure leaves as one line and an exit code
         user_error = is_user_error(exc)
         reason = f"{step}: {one_line(exc)}"
         if user_error:
-            log.error("%s", reason)
+            log.error("%s", reason, extra={"step": step, "job_id": job_id, "segment": segment})
             if backend is not None and job_id is not None:
                 _record_failure(backend, job_id, reason)
         else:
-            log.error("%s\n%s", reason, traceback.format_exc())
+            log.error("%s\n%s", reason, traceback.format_exc(),
+                      extra={"step": step, "job_id": job_id, "segment": segment})
         write_termination_message(reason)
         raise StepFailed(reason, user_error) from exc
 

@@ -21,7 +21,7 @@ def convert(key: str, segment_index: int) -> None:
     def action(backend: Backend, job_id: str) -> None:
         steps.convert(backend, job_id, int(segment_index), device=os.environ.get(DEVICE_ENV) or None)
 
-    run_step("convert", key, action)
+    run_step("convert", key, action, segment=int(segment_index))
 
 
 def kfp_component(image: str):

@@ -413,6 +413,9 @@ def _register_optional_commands() -> None:
     app.add_typer(cli_aws.app, name="aws",
                   help="AWS resources and runbooks: bootstrap, destroy, recover-chunking, queues, dlq.")
     app.command("worker")(cli_aws.worker_command)
+    from stereo_spot import cli_ops
+
+    cli_ops.register(app)
     try:
         from pipelines import cli as pipelines_cli
     except ImportError:  # pragma: no cover

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn
@@ -208,6 +207,9 @@ def worker_command(
     max_messages: Annotated[int | None, typer.Option(min=1, help="Exit after this many messages.")] = None,
     wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="Long-poll length; a shutdown waits for "
                                               "the poll in progress.")] = 20,
+    metrics_port: Annotated[int, typer.Option(min=0, max=65535, envvar="STEREO_SPOT_METRICS_PORT",
+                                              help="Serve Prometheus metrics on this port at /metrics (0: off).")]
+    = 0,
 ) -> None:
     """Convert each upload announced on the SQS events queue, on this machine, against AWS storage.
 
@@ -217,21 +219,31 @@ def worker_command(
     """
     from stereo_spot.adapters.aws import aws_backend, events_queue
     from stereo_spot.config import get_settings
+    from stereo_spot.logs import configure_logging
     from stereo_spot.worker import run_worker
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # one JSON line per event (text at a terminal), with the job id
+    metrics = None
     try:
         settings = get_settings()
         backend = aws_backend(settings)
         receiver = events_queue(settings)
+        if metrics_port:
+            from stereo_spot.errors import require_extra
+
+            require_extra("prometheus_client", "metrics", "serving metrics (--metrics-port)")
+            from stereo_spot.metrics import WorkerMetrics, serve
+
+            metrics = WorkerMetrics()
+            serve(metrics, metrics_port)
+            console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     stop, abort = threading.Event(), threading.Event()
     install_signal_handlers(stop, abort, grace)
     stats = run_worker(backend, receiver, stop_event=stop, abort_event=abort, max_messages=max_messages,
                        workers=workers, device=device, visibility_timeout=visibility_timeout,
-                       wait_seconds=wait_seconds)
+                       wait_seconds=wait_seconds, metrics=metrics)
     summary = ", ".join(f"{o.value} {stats.count(o)}" for o in sorted({h.outcome for h in stats.handled}))
     console.print(f"worker stopped: {len(stats.handled)} message(s){': ' + summary if summary else ''}",
                   highlight=False)

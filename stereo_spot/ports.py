@@ -125,6 +125,12 @@ class ObjectStorage(ABC):
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         """For operators (runbooks, cleanup); the pipeline itself never lists a bucket."""
 
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        """Like ``list_keys`` with each object's size and time (``stereo-spot reconcile``). Adapters whose
+        listing carries them override this; the default asks for each object."""
+        found = (self.head(bucket, key) for key in self.list_keys(bucket, prefix))
+        return [info for info in found if info is not None]
+
     @abstractmethod
     def presign_upload(self, bucket: str, key: str, expires_seconds: int = 3600) -> str: ...
 

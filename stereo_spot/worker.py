@@ -35,12 +35,14 @@ from typing import Any
 
 from stereo_spot import keys, steps
 from stereo_spot.errors import UserError, one_line
+from stereo_spot.logs import log_context
 from stereo_spot.models import JobStatus, ObjectCreated
 from stereo_spot.ports import Backend, QueueMessage, QueueReceiver, StoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VISIBILITY_SECONDS = 300
+COMPLETED_ELSEWHERE = "completed by another run"
 
 
 class MalformedEvent(ValueError):
@@ -62,6 +64,7 @@ class HandledMessage:
     outcome: Outcome
     reason: str = ""
     job_id: str | None = None
+    user_error: bool = False  # a failed job's cause was the input (for the failure metric's reason)
 
 
 @dataclass
@@ -159,8 +162,9 @@ class Worker:
     def __init__(self, backend: Backend, receiver: QueueReceiver, *, abort_event: threading.Event,
                  workers: int | None = None, device: str | None = None,
                  visibility_timeout: int = DEFAULT_VISIBILITY_SECONDS,
-                 progress: Callable[[Any], None] | None = None):
+                 progress: Callable[[Any], None] | None = None, metrics: Any = None):
         self.backend, self.receiver = backend, receiver
+        self.metrics = metrics  # a stereo_spot.metrics.WorkerMetrics, or None
         self.abort_event, self.workers, self.device = abort_event, workers, device
         self.visibility_timeout, self.progress = visibility_timeout, progress
         if backend.dedup is None:
@@ -220,6 +224,8 @@ class Worker:
             if not self.backend.objects.exists(obj.bucket, obj.key):
                 steps.fail(self.backend, job_id, f"the uploaded source {obj.key} was deleted before the job "
                                                  "could finish; upload the video again")
+                if self.metrics is not None:
+                    self.metrics.jobs_failed.labels("source_deleted").inc()
                 return skip(Outcome.FAILED, f"job {job_id}: source {obj.key} no longer exists", job_id)
         except StoreError as exc:
             return skip(Outcome.RETRY, f"stores unavailable, the message comes back later: {one_line(exc)}", job_id)
@@ -240,12 +246,34 @@ class Worker:
         return first_delivery or not new_message
 
     def _progress(self, state: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.progress(state)
         if self.progress is not None:
             self.progress(state)
         if self.abort_event.is_set():
             raise _Aborted()
 
     def _run(self, message: QueueMessage, job_id: str) -> HandledMessage:
+        with log_context(job_id=job_id):
+            return self._run_measured(message, job_id)
+
+    def _run_measured(self, message: QueueMessage, job_id: str) -> HandledMessage:
+        if self.metrics is None or self.abort_event.is_set():
+            return self._run_job(message, job_id)
+        started = self.metrics.job_started(job_id)
+        result: HandledMessage | None = None
+        try:
+            result = self._run_job(message, job_id)
+        finally:
+            completed = result is not None and result.outcome == Outcome.COMPLETED \
+                and result.reason != COMPLETED_ELSEWHERE
+            reason = None
+            if result is not None and result.outcome == Outcome.FAILED:
+                reason = "user_error" if result.user_error else "internal"
+            self.metrics.job_ended(started, completed=completed, reason=reason)
+        return result
+
+    def _run_job(self, message: QueueMessage, job_id: str) -> HandledMessage:
         from stereo_spot.runner import run_job
 
         mid = message.message_id
@@ -283,9 +311,10 @@ class Worker:
             job = None
         if job is not None and job.status == JobStatus.FAILED:
             log.warning("message %s: job %s failed: %s", message.message_id, job_id, job.failure_reason or reason)
-            return HandledMessage(message.message_id, Outcome.FAILED, job.failure_reason or reason, job_id)
+            return HandledMessage(message.message_id, Outcome.FAILED, job.failure_reason or reason, job_id,
+                                  user_error=isinstance(exc, UserError))
         if job is not None and job.status == JobStatus.COMPLETED:  # another run finished it meanwhile
-            return HandledMessage(message.message_id, Outcome.COMPLETED, "completed by another run", job_id)
+            return HandledMessage(message.message_id, Outcome.COMPLETED, COMPLETED_ELSEWHERE, job_id)
         # Not recorded as failed: the stores were unreachable. Give the message back for another try.
         log.warning("message %s: job %s interrupted (%s); the message is released for a retry",
                     message.message_id, job_id, reason)
@@ -304,12 +333,12 @@ def run_worker(backend: Backend, receiver: QueueReceiver, *, stop_event: threadi
                abort_event: threading.Event | None = None, max_messages: int | None = None,
                workers: int | None = None, device: str | None = None,
                visibility_timeout: int = DEFAULT_VISIBILITY_SECONDS, wait_seconds: int = 20,
-               progress: Callable[[Any], None] | None = None) -> WorkerStats:
+               progress: Callable[[Any], None] | None = None, metrics: Any = None) -> WorkerStats:
     """Long-poll ``receiver`` and handle messages one at a time until ``stop_event`` (or ``abort_event``) is
     set, or ``max_messages`` messages were handled. A message received while stopping is released at once."""
     abort_event = abort_event or threading.Event()
     worker = Worker(backend, receiver, abort_event=abort_event, workers=workers, device=device,
-                    visibility_timeout=visibility_timeout, progress=progress)
+                    visibility_timeout=visibility_timeout, progress=progress, metrics=metrics)
     stats = WorkerStats()
     backoff = 1.0
     log.info("worker started: backend %s, input bucket %s", backend.name, backend.input_bucket)
@@ -337,5 +366,7 @@ def run_worker(backend: Backend, receiver: QueueReceiver, *, stop_event: threadi
                               message.message_id)
                 handled = HandledMessage(message.message_id, Outcome.RETRY, f"internal error: {one_line(exc)}")
             stats.handled.append(handled)
+            if metrics is not None:
+                metrics.message(handled.outcome.value)
     log.info("worker stopped after %d message(s)", len(stats.handled))
     return stats

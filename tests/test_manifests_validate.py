@@ -88,7 +88,7 @@ def test_each_overlay_validates(overlay, validation):
     path, docs = overlay
     lines = [line for line in validation.splitlines() if f"overlay-{path.name}.yaml:" in line]
     assert len(lines) == len(docs) and not [line for line in lines if line.startswith("INVALID")], validation
-    for kind in ("WorkflowTemplate", "EventSource", "Sensor", "EventBus"):
+    for kind in ("WorkflowTemplate", "EventSource", "Sensor", "EventBus", "CronWorkflow"):
         assert [line for line in lines if line.startswith("ok ") and f": {kind}/" in line], f"{path.name}: {kind}"
 
 
@@ -107,7 +107,10 @@ def test_rbac_is_least_privilege(overlay):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
     sensor = {r: set(rule["verbs"]) for rule in roles["stereo-spot-sensor"]["rules"] for r in rule["resources"]}
-    assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
+    if any(d["kind"] == "Sensor" and d["metadata"]["name"] == "stereo-spot-kubeflow" for d in docs):
+        assert sensor == {"jobs": {"create"}}  # it only creates the trigger Job
+    else:
+        assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
     workflow = roles["stereo-spot-workflow"]["rules"]
     assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
                          "verbs": ["create", "patch"]}]
@@ -161,15 +164,144 @@ def test_images_point_at_the_overlay_registry():
     assert images and all(i.startswith("123456789012.dkr.ecr.") for i in images), images
 
 
-def test_kubeflow_overlay_swaps_the_sensor():
+def _kubeflow_trigger() -> tuple[dict, dict]:
     docs = render(MANIFESTS / "overlays" / "aws-kubeflow")
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Sensor"] == ["stereo-spot-kubeflow"]
-    trigger = _find(docs, "Sensor")["spec"]["triggers"][0]["template"]["http"]
-    assert trigger["url"].endswith("/apis/v2beta1/runs") and trigger["method"] == "POST"
-    dests = {p["dest"] for p in trigger["payload"]}
-    assert {"runtime_config.parameters.bucket", "runtime_config.parameters.key",
-            "pipeline_version_reference.pipeline_id"} <= dests
-    assert trigger["secureHeaders"][0]["valueFrom"]["secretKeyRef"]["name"]  # the token is not in YAML
+    return _find(docs, "Sensor")["spec"]["triggers"][0]["template"]["k8s"], docs
+
+
+def test_kubeflow_overlay_swaps_the_sensor_for_a_trigger_job():
+    trigger, docs = _kubeflow_trigger()
+    assert trigger["operation"] == "create"
+    job = trigger["source"]["resource"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job") and job["metadata"]["generateName"]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["stereo-spot", "kfp-trigger"]
+    assert container["image"].startswith("123456789012.dkr.ecr.")  # the overlay's registry, like the steps
+    assert pod["serviceAccountName"] == "stereo-spot-kfp-trigger" and pod["restartPolicy"] == "Never"
+    # exit 2 (set up wrong) fails the Job at once; exit 1 (KFP or DynamoDB away) is retried
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2]
+    assert job["spec"]["backoffLimit"] >= 3
+    configs = {ref["configMapRef"]["name"] for ref in container["envFrom"]}
+    assert configs == {"stereo-spot-env", "stereo-spot-kfp"}
+    kfp = _find(docs, "ConfigMap", "stereo-spot-kfp")["data"]
+    assert {"KFP_HOST", "KFP_PIPELINE_ID", "KFP_EXPERIMENT", "KFP_NAMESPACE"} <= set(kfp)
+    assert kfp["KFP_PIPELINE_ID"] != "set-the-pipeline-id"  # the overlay sets it
+
+
+def test_kubeflow_trigger_uses_a_projected_token_and_no_secret():
+    """Standalone KFP has no token Secret: nothing may require one. Multi-user KFP reviews a token for the
+    audience pipelines.kubeflow.org, which the kubelet rotates in the projected volume."""
+    trigger, docs = _kubeflow_trigger()
+    pod = trigger["source"]["resource"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for text in (json.dumps(pod), json.dumps(_find(docs, "Sensor"))):
+        assert not re.search(r'"(secret|secretKeyRef|secretRef|secureHeaders)"', text), text
+    (volume,) = [v for v in pod["volumes"] if "projected" in v]
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert source["serviceAccountToken"]["expirationSeconds"] <= 86400
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"] == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    account = _find(docs, "ServiceAccount", "stereo-spot-kfp-trigger")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
+    """Apply the Sensor's parameters to a real S3 event shape the way Argo Events does and check the command
+    reads what it gets: the notification (parsed as the worker parses it) and a per-delivery id."""
+    from stereo_spot.worker import parse_event
+
+    trigger, _ = _kubeflow_trigger()
+    container = trigger["source"]["resource"]["spec"]["template"]["spec"]["containers"][0]
+    event = _s3_event(f"input/{JOB}/source.mp4")
+    context = {"id": "7f3c1e0a-delivery", "source": "stereo-spot-uploads", "type": "sqs"}
+    env_names = [e["name"] for e in container["env"]]
+    values = {}
+    for parameter in trigger["parameters"]:
+        src, dest = parameter["src"], parameter["dest"]
+        if "dataKey" in src:
+            value = json.dumps(_get(event, src["dataKey"]))  # gjson hands an object over as its JSON text
+        elif "contextKey" in src:
+            value = context[src["contextKey"]]
+        else:
+            value = _go_template_job_id(src["dataTemplate"], event)
+        match = re.fullmatch(r"spec\.template\.spec\.containers\.0\.env\.(\d+)\.value", dest)
+        values[env_names[int(match[1])] if match else dest] = value
+    (record,) = parse_event(values["STEREO_SPOT_EVENT"])
+    assert record.key == f"input/{JOB}/source.mp4" and record.bucket == "stereo-spot-input"
+    assert values["STEREO_SPOT_DELIVERY_ID"] == context["id"]
+    assert values["metadata.labels.stereo-spot\\.io/job-id"] == JOB
+    from typer.testing import CliRunner
+
+    from stereo_spot.cli import app
+
+    assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
+
+
+def test_the_reconcile_cron_workflow_runs_the_command(overlay):
+    """The backstop for lost uploads runs in every overlay, one pass at a time, with options the command has."""
+    import typer.main
+
+    from stereo_spot.cli import app
+
+    _, docs = overlay
+    cron = _find(docs, "CronWorkflow", "stereo-spot-reconcile")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedules"]
+    spec = cron["spec"]["workflowSpec"]
+    (template,) = spec["templates"]
+    container = template["container"]
+    assert container["image"].startswith("123456789012.dkr.ecr.") and container["args"][:2] == ["stereo-spot",
+                                                                                                "reconcile"]
+    command = typer.main.get_command(app).commands["reconcile"]
+    known = {opt for param in command.params for opt in param.opts}
+    assert {a for a in container["args"][2:] if a.startswith("--")} <= known
+    assert "exitCode != '2'" in template["retryStrategy"]["expression"]
+    assert container["envFrom"][0]["configMapRef"]["name"] == "stereo-spot-env"
+    account = _find(docs, "ServiceAccount", spec["serviceAccountName"])
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    binding = _find(docs, "RoleBinding", "stereo-spot-reconcile")
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
+
+
+def test_logs_are_archived_to_the_output_bucket(overlay):
+    """podGC deletes the pods of successful steps: without an artifact repository with archiveLogs their logs
+    are gone."""
+    _, docs = overlay
+    repositories = _find(docs, "ConfigMap", "artifact-repositories")
+    assert repositories["metadata"]["namespace"] == "stereo-spot"
+    default = repositories["metadata"]["annotations"]["workflows.argoproj.io/default-artifact-repository"]
+    repository = yaml.safe_load(repositories["data"][default])
+    assert repository["archiveLogs"] is True
+    s3 = repository["s3"]
+    env = _find(docs, "ConfigMap", "stereo-spot-env")["data"]
+    assert s3["bucket"] == env["OUTPUT_BUCKET_NAME"] and s3["region"] == env["AWS_REGION"]
+    assert s3["useSDKCreds"] is True and not {"accessKeySecret", "secretKeySecret"} & set(s3)  # IRSA
+    assert "{{workflow.name}}" in s3["keyFormat"] and "{{pod.name}}" in s3["keyFormat"]
+
+
+def test_metrics_are_scraped_and_the_dashboard_shows_real_series(overlay):
+    pytest.importorskip("prometheus_client")
+    from stereo_spot.metrics import WorkerMetrics
+
+    _, docs = overlay
+    monitor = _find(docs, "ServiceMonitor", "argo-workflow-controller")
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["argo"]
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app": "workflow-controller"}
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    config = _find(docs, "ConfigMap", "stereo-spot-grafana-dashboard")
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = config["data"].values()
+    dashboard = json.loads(text)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\b((?:stereo_spot|argo_workflows)_\w+)", " ".join(exprs)))
+    worker = {sample.name for family in WorkerMetrics().registry.collect() for sample in family.samples}
+    argo = {"argo_workflows_gauge", "argo_workflows_total_count"}  # the controller's own (Argo Workflows 3.6+)
+    assert used and used <= worker | argo, used - worker - argo
+    assert {"stereo_spot_frames_converted_total", "stereo_spot_jobs_failed_total"} <= used
 
 
 # --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------

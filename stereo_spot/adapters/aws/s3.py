@@ -112,6 +112,16 @@ class S3ObjectStorage(ObjectStorage):
                 keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)
 
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        with self._errors(f"listing s3://{bucket}/{prefix}"):
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                found.extend(ObjectInfo(key=item["Key"], size=item.get("Size", 0),
+                                        last_modified=item.get("LastModified"),
+                                        etag=(item.get("ETag") or "").strip('"') or None)
+                             for item in page.get("Contents", []))
+        return sorted(found, key=lambda info: info.key)
+
     def presign_upload(self, bucket: str, key: str, expires_seconds: int = 3600) -> str:
         _check_expiry(expires_seconds)
         with self._errors(f"signing an upload to s3://{bucket}/{key}"):
