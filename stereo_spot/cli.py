@@ -35,8 +35,28 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+                                                help="Print the version and exit.")] = False,
+          verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v what the steps "
+                                               "do, -vv everything.")] = 0,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False) -> None:
     """Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph)."""
+    _configure_logging(verbose, quiet)
+
+
+#: What a person at the shell sees by default: warnings and errors (the progress bar tells the rest).
+_DEFAULT_LEVEL = "WARNING"
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    """One logging setup (``stereo_spot.logs``) for every command. ``-v``/``-q`` set ``STEREO_SPOT_LOG_LEVEL`` as
+    well, so the worker and operator commands, which configure logging again for unattended runs, and the
+    worker processes the runner spawns, log at the level chosen here."""
+    from stereo_spot.logs import configure_logging
+
+    if quiet or verbose:
+        level = "ERROR" if quiet else ("INFO" if verbose == 1 else "DEBUG")
+        os.environ["STEREO_SPOT_LOG_LEVEL"] = level
+    configure_logging(os.environ.get("STEREO_SPOT_LOG_LEVEL") or _DEFAULT_LEVEL)
 
 
 def die(message: str, code: int = 1) -> NoReturn:
@@ -241,6 +261,10 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc, job.job_id if job else None)
     _run_with_progress(backend, job.job_id, workers, device)
+    if settings.auto_divergence:
+        chosen = backend.jobs.get(job.job_id).settings
+        console.print(f"automatic divergence {chosen.divergence:.2f} %, convergence {chosen.convergence:.2f}",
+                      highlight=False)
     _deliver(backend, job.job_id, output)
     _comfort_report(backend, job.job_id, report)
 

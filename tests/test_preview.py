@@ -7,6 +7,8 @@ range history missing, so the preview would not show what the job will), and bad
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 
@@ -86,3 +88,19 @@ def test_python_dash_m_and_shell_completion():
     script = subprocess.run([sys.executable, "-m", "stereo_spot", "--show-completion", "bash"], capture_output=True,
                             text=True, check=True)
     assert "_stereo_spot_completion" in script.stdout and "complete " in script.stdout
+
+
+def test_verbosity_flags_set_one_logging_level_for_every_command(home, clip, tmp_path, monkeypatch):
+    monkeypatch.delenv("STEREO_SPOT_LOG_LEVEL", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["-q", "convert", str(clip), "--auto-divergence", "-o", str(tmp_path / "o.mp4"),
+                                 "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger().level == logging.ERROR
+    assert "automatic divergence" in result.output  # the chosen values are shown whatever the level
+    assert os.environ["STEREO_SPOT_LOG_LEVEL"] == "ERROR"  # inherited by the runner's worker processes
+    runner.invoke(app, ["-vv", "jobs"])
+    assert logging.getLogger().level == logging.DEBUG
+    monkeypatch.delenv("STEREO_SPOT_LOG_LEVEL")
+    runner.invoke(app, ["jobs"])
+    assert logging.getLogger().level == logging.WARNING
