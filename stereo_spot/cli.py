@@ -109,18 +109,14 @@ def convert(
     """Convert a video (or a still image) to 3D on this machine."""
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
-    try:
-        settings = ConversionSettings(output_format=format, anaglyph=anaglyph, divergence=divergence,
-                                      convergence=convergence, depth_model=depth_model, depth_weights=depth_weights,
-                                      inpaint=inpaint, inpaint_weights=inpaint_weights,
-                                      auto_divergence=auto_divergence, segment_seconds=segment_seconds,
-                                      start=start, duration=duration)
-    except ValueError as exc:
-        die(one_line(exc))
-    from stereo_spot.stereo.engine import check_model_choice
+    from stereo_spot.choices import conversion_settings
 
     try:
-        check_model_choice(settings)
+        settings = conversion_settings(output_format=format, anaglyph=anaglyph, divergence=divergence,
+                                       convergence=convergence, depth_model=depth_model,
+                                       depth_weights=depth_weights, inpaint=inpaint,
+                                       inpaint_weights=inpaint_weights, auto_divergence=auto_divergence,
+                                       segment_seconds=segment_seconds, start=start, duration=duration)
     except UserError as exc:
         die(one_line(exc))
     from stereo_spot.media.probe import is_image

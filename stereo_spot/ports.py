@@ -40,14 +40,16 @@ class JobStore(ABC):
         ConflictError when ``expected_status`` is given and the stored status is not (one of) it."""
 
     @abstractmethod
-    def list_completed(self, limit: int = 20, cursor: str | None = None) -> Page:
-        """Completed jobs, newest ``completed_at`` first, one page at a time."""
+    def list_completed(self, limit: int = 20, cursor: str | None = None, *, owner: str | None = None) -> Page:
+        """Completed jobs, newest ``completed_at`` first, one page at a time. With ``owner``: only that
+        owner's jobs (every listing takes it, so the app never filters a page after the fact)."""
 
     @abstractmethod
-    def list_in_progress(self, limit: int = 100) -> list[Job]:
+    def list_in_progress(self, limit: int = 100, *, owner: str | None = None) -> list[Job]:
         """Jobs not yet completed, failed or deleted, newest first."""
 
-    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None) -> Page:
+    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None, *,
+                       owner: str | None = None) -> Page:
         """Jobs in one status, newest first. Adapters override this with an indexed query."""
         raise NotImplementedError
 

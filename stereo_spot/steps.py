@@ -97,9 +97,9 @@ def fingerprint(path: Path, settings: ConversionSettings) -> str:
 
 
 def create_job(backend: Backend, settings: ConversionSettings, title: str, *, job_id: str | None = None,
-               source_fingerprint: str | None = None) -> Job:
+               source_fingerprint: str | None = None, owner: str | None = None) -> Job:
     job = Job(job_id=job_id or keys.new_job_id(), settings=settings, title=title.strip() or "untitled",
-              source_fingerprint=source_fingerprint)
+              source_fingerprint=source_fingerprint, owner=owner)
     backend.jobs.put(job, if_absent=True)
     return job
 

@@ -9,7 +9,7 @@ from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import Job, JobStatus, utcnow
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import Backend
-from ui import context, services
+from ui import auth, context, services
 from ui.preview import job_preview
 from ui.report import ReportUnreadable, load_report
 from ui.routes import video_path
@@ -20,6 +20,8 @@ from ui.uploads import format_bytes
 PROGRESS_EVERY_SECONDS = 2.0
 
 backend: Backend = context.backend()
+user = context.identity()
+md = services.escape_markdown
 
 job_id = st.query_params.get("job", "")
 if not job_id:
@@ -31,21 +33,23 @@ try:
     keys.validate_job_id(job_id)
 except keys.InvalidKey:
     st.title("Job")
-    st.error(f"{job_id!r} is not a job id.")
+    st.error(f"{md(repr(job_id))} is not a job id.")
     st.stop()
 
 with context.store_errors():
-    job = backend.jobs.get(job_id)
+    job = auth.visible_job(backend.jobs, job_id, user)  # someone else's job reads exactly like a missing one
 if job is None:
     st.title("Job")
     st.error(f"There is no job {job_id}.")
     st.page_link("pages/jobs.py", label="Jobs", icon=":material/list:")
     st.stop()
 
-st.title(job.title or "untitled")
+st.title(md(job.title or "untitled"))
 details = [services.settings_summary(job), f"created {services.format_age(job.created_at)}"]
 if job.source_file_size_bytes:
     details.append(format_bytes(job.source_file_size_bytes))
+if user.admin and job.owner and job.owner != user.user:
+    details.append(f"owner {md(job.owner)}")
 st.caption(" · ".join(details) + f" · job {job.job_id}")
 
 if notice := st.session_state.pop("job_notice", None):
@@ -104,7 +108,8 @@ if not job.status.is_terminal:
     operator_links(job)
 
 if job.status == JobStatus.FAILED:
-    st.error(f"The conversion failed: {job.failure_reason or 'no reason was recorded'}", icon=":material/error:")
+    st.error(f"The conversion failed: {md(job.failure_reason or 'no reason was recorded')}",
+             icon=":material/error:")
     operator_links(job)
     if backend.name == "local":
         from stereo_spot.runner import log_path
@@ -126,7 +131,7 @@ def render_report(current: Job) -> None:
         st.caption("This job has no comfort report.")
         return
     for warning in report.warnings:
-        st.warning(warning, icon=":material/visibility:")
+        st.warning(md(warning), icon=":material/visibility:")
     if report.metrics:
         cols = st.columns(min(len(report.metrics), 6))
         for col, (label, value) in zip(cols, report.metrics.items(), strict=False):
@@ -157,7 +162,7 @@ if job.status == JobStatus.COMPLETED:
     # The route streams the local file (with Range requests, for seeking) or redirects to a freshly presigned
     # S3 URL, so these links work however long the page stays open.
     st.video(base + video_path(job.job_id))
-    st.link_button(f"Download {file_name}", base + video_path(job.job_id, download=True),
+    st.link_button(f"Download {md(file_name)}", base + video_path(job.job_id, download=True),
                    icon=":material/download:", type="primary")
     operator_links(job)
     preview_tab, report_tab, timing_tab = st.tabs(["Still preview", "Comfort report", "Segments"])
