@@ -323,16 +323,24 @@ def sample(path: Annotated[Path, typer.Argument(help="Where to write the clip.")
 
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
-       address: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1") -> None:
-    """Start the Streamlit app."""
-    import subprocess
-
+       address: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+       no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without sign-in on a non-loopback address "
+                                             "(UI_AUTH=none): anyone who can reach it sees every job.")] = False
+       ) -> None:
+    """Start the Streamlit app (this process becomes the server, so signals reach it)."""
+    from stereo_spot.config import get_settings
     from stereo_spot.errors import require_extra
 
     try:
         require_extra("streamlit", "ui", "the app")
-    except UserError as exc:
+        config = get_settings()
+    except (UserError, ValueError) as exc:
         die(one_line(exc))
+    from ui.auth import is_loopback
+
+    if config.ui_auth == "none" and not is_loopback(address) and not no_auth:
+        die(f"UI_AUTH=none serves every job to anyone who can reach {address}; bind to 127.0.0.1, set "
+            "UI_AUTH=header (behind an authenticating proxy) or UI_AUTH=oidc, or pass --no-auth")
     app_path = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     if not app_path.is_file():
         import ui as ui_package
@@ -340,7 +348,11 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
         app_path = Path(ui_package.__file__).resolve().parent / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replace this process rather than wait on a child: a SIGTERM from a service manager or Kubernetes then
+    # reaches streamlit itself, and nothing is left running when it stops.
+    os.execv(sys.executable, command)
 
 
 def _register_optional_commands() -> None:
