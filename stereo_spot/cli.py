@@ -125,10 +125,16 @@ def convert(
     image = is_image(input)
     if output is None:
         output = output_path_for(input, format, ".png" if image else ".mp4")
-    if output.exists() and output.resolve() == input.resolve():
+    if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
-    if report is not None and report.exists() and report.is_dir():
-        die(f"--report {report} is a folder: give a file name such as report.json")
+    if report is not None:
+        if report.is_dir():
+            die(f"--report {report} is a folder: give a file name such as report.json")
+        if _same_file(report, input):
+            die(f"--report {report} is the input video: give the report a file name of its own such as "
+                "report.json")
+        if _same_file(report, output) or report.resolve() == output.resolve():
+            die(f"--report {report} is the output video: give the report a file name of its own")
     if image:
         if report is not None:
             die("--report works with videos: a still image has no comfort report")
@@ -137,6 +143,30 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report)
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """True when both names lead to one file (hard links, symlinks, ``./x`` and ``x`` included)."""
+    try:
+        return path.exists() and os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename it over ``path``: a reader (or an interrupted run) never sees half
+    a file, and an existing file is only replaced once the new one is complete."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(name))
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def _convert_image(input: Path, output: Path, settings: ConversionSettings, disparity: Path | None) -> None:
@@ -199,8 +229,7 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
     for warning in json.loads(raw).get("warnings", []):
         console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(raw)
+        _write_atomically(path, lambda tmp: tmp.write_bytes(raw))
         out.print(str(path), soft_wrap=True)
 
 
@@ -243,12 +272,13 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 def _deliver(backend, job_id: str, output: Path) -> None:
     from stereo_spot import keys
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     local_path = getattr(backend.objects, "local_path", None)
     if local_path is not None:
-        shutil.copyfile(local_path(backend.output_bucket, keys.final_key(job_id)), output)
+        _write_atomically(output, lambda tmp: shutil.copyfile(local_path(backend.output_bucket,
+                                                                         keys.final_key(job_id)), tmp))
     else:
-        backend.objects.download_file(backend.output_bucket, keys.final_key(job_id), output)
+        _write_atomically(output, lambda tmp: backend.objects.download_file(backend.output_bucket,
+                                                                            keys.final_key(job_id), tmp))
     out.print(str(output))
 
 

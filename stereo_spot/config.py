@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     # Limits on what one job may ask for, checked on the probe before a job exists (a small file can declare
     # hours of 8K at a high frame rate: compute, not bytes, is what it costs).
-    max_frame_pixels: int = Field(3840 * 2160, ge=1)
+    max_frame_pixels: int = Field(1920 * 1080, ge=1)
     max_fps: float = Field(120.0, gt=0)
     max_duration_seconds: float = Field(4 * 3600.0, gt=0)
     max_frames_per_job: int = Field(4 * 3600 * 60, ge=1)

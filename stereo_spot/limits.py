@@ -2,7 +2,7 @@
 where the app receives the file). A few kilobytes can declare hours of 8K at 240 fps: the compute a job needs
 follows from the declared picture size, rate and length, not from the file's size.
 
-    MAX_FRAME_PIXELS       width × height of one frame (default 3840×2160)
+    MAX_FRAME_PIXELS       width × height of one frame (default 1920×1080: 4K costs four times as much)
     MAX_FPS                frames per second (default 120)
     MAX_DURATION_SECONDS   seconds converted (the --start/--duration window when given; default 4 h)
     MAX_FRAMES_PER_JOB     frames converted, duration × fps (default 4 h at 60 fps)
