@@ -71,13 +71,18 @@ class SegmentCompletionStore(ABC):
     def delete_job(self, job_id: str) -> None: ...
 
 
+# Short, and renewed by the holder while concat runs: a concat killed outright (SIGKILL, a reclaimed node) frees
+# the lock within this time, so the next run can finish the job.
+REASSEMBLY_LOCK_TTL_SECONDS = 30
+
+
 class ReassemblyLock(ABC):
     """Single-winner guard for concat (the ReassemblyTriggered table)."""
 
     @abstractmethod
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         """True for exactly one caller per job until the entry expires or is released. The same owner
-        acquiring again gets True (a retried concat pod keeps its claim)."""
+        acquiring again gets True and a new expiry (a retried concat pod keeps its claim; the holder renews)."""
 
     @abstractmethod
     def release(self, job_id: str, owner: str) -> None: ...

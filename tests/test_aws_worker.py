@@ -123,7 +123,9 @@ def test_upload_event_runs_the_pipeline_to_final_mp4(aws, clip, tmp_path):
     assert [c.segment_index for c in backend.completions.query_by_job(job_id)] == [0, 1, 2, 3]
     assert _queue_counts(settings) == (0, 0)  # deleted once the job completed
     assert backend.objects.list_keys(backend.input_bucket, f"input/{job_id}/") == input_before
-    assert len(backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job_id))) == 4
+    # the intermediates are gone once the final video is stored
+    assert backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job_id)) == []
+    assert backend.objects.list_keys(backend.output_bucket, f"jobs/{job_id}/segments/") == []
 
 
 def test_a_duplicate_delivery_during_the_run_starts_no_second_run(aws, clip):

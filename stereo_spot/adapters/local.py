@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from stereo_spot.models import IN_PROGRESS_STATUSES, Job, JobStatus, Page, SegmentCompletion, utcnow
 from stereo_spot.ports import (
+    REASSEMBLY_LOCK_TTL_SECONDS,
     Backend,
     ConflictError,
     EventDedup,
@@ -231,7 +232,7 @@ class SQLiteReassemblyLock(ReassemblyLock):
     def __init__(self, db: SQLiteDatabase):
         self.db = db
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         now = time.time()
         with self.db.transaction() as db:
             row = db.execute("SELECT owner, expires_at FROM reassembly_triggered WHERE job_id = ?",

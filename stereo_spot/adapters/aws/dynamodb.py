@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 from stereo_spot.adapters.aws.clients import AwsClients, aws_errors
 from stereo_spot.models import IN_PROGRESS_STATUSES, Job, JobStatus, Page, SegmentCompletion, utcnow
 from stereo_spot.ports import (
+    REASSEMBLY_LOCK_TTL_SECONDS,
     ConflictError,
     EventDedup,
     JobStore,
@@ -331,7 +332,7 @@ class DynamoReassemblyLock(ReassemblyLock):
     def __init__(self, clients: AwsClients, table: str):
         self.clients, self.table = clients, table
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         now = int(time.time())
         try:
             with aws_errors(self.clients, "dynamodb", f"taking the reassembly lock of job {job_id} "
