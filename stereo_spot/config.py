@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # links for operators, e.g. https://argo.example.com/workflows/argo/stereo-spot-{job_id}
     argo_ui_url: str | None = None
     argo_namespace: str = "stereo-spot"
+    # The Argo server's API: the app stops a deleted job's workflow there. Without ARGO_TOKEN the app uses its
+    # pod's service-account token (the Argo server then acts with that account's RBAC: manifests/base/rbac.yaml).
+    argo_server_url: str | None = None
+    argo_token: str | None = None
     kfp_ui_url: str | None = None
     logs_url_template: str | None = None
 

@@ -142,3 +142,43 @@ def test_resume_after_a_sigkilled_concat_completes(home, backend, clip, monkeypa
     job = run_job(backend, job_id, workers=1)
     assert job.status == JobStatus.COMPLETED
     assert backend.objects.exists(backend.output_bucket, keys.final_key(job_id))
+
+
+def test_deleting_stops_the_argo_workflow(backend, monkeypatch):
+    """The app calls the Argo server's stop API for the job's workflow, with its token."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from stereo_spot.config import Settings
+    from ui.submission import stop_argo_workflow
+
+    calls: list[tuple[str, str, str | None, dict]] = []
+
+    class ArgoServer(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append((self.command, self.path, self.headers.get("Authorization"), body))
+            known = self.path.endswith("/stereo-spot-0b7f3e2c-9f0e-4c3e-8c39-0d6f9c1b9a01/stop")
+            self.send_response(200 if known else 404)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), ArgoServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = Settings(argo_server_url=f"http://127.0.0.1:{server.server_port}", argo_token="t0ken",
+                            argo_namespace="stereo-spot")
+        job_id = "0b7f3e2c-9f0e-4c3e-8c39-0d6f9c1b9a01"
+        assert stop_argo_workflow(settings, job_id) is None
+        assert calls == [("PUT", f"/api/v1/workflows/stereo-spot/stereo-spot-{job_id}/stop", "Bearer t0ken",
+                          {"name": f"stereo-spot-{job_id}", "namespace": "stereo-spot"})]
+        assert stop_argo_workflow(settings, keys.new_job_id()) is None  # no such workflow: nothing to stop
+        down = Settings(argo_server_url="http://127.0.0.1:9", argo_token="t")
+        assert "could not be stopped" in stop_argo_workflow(down, job_id, timeout=2)
+    finally:
+        server.shutdown()

@@ -108,6 +108,8 @@ def test_rbac_is_least_privilege(overlay):
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
     sensor = {r: set(rule["verbs"]) for rule in roles["stereo-spot-sensor"]["rules"] for r in rule["resources"]}
     assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
+    ui = {r: set(rule["verbs"]) for rule in roles["stereo-spot-ui"]["rules"] for r in rule["resources"]}
+    assert ui == {"workflows": {"get", "patch"}}  # stopping a deleted job's workflow, nothing more
     workflow = roles["stereo-spot-workflow"]["rules"]
     assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
                          "verbs": ["create", "patch"]}]

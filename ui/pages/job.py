@@ -13,7 +13,7 @@ from ui import auth, context, services
 from ui.preview import job_preview
 from ui.report import ReportUnreadable, load_report
 from ui.routes import video_path
-from ui.submission import stop_local_runner
+from ui.submission import stop_run
 from ui.uploads import format_bytes
 
 # How often the progress bar asks the store (a few small reads per tick).
@@ -193,9 +193,12 @@ else:
     if yes.button("Yes, delete", type="primary", icon=":material/delete_forever:"):
         try:
             with context.store_errors():
-                if backend.name == "local" and not job.status.is_terminal:
-                    stop_local_runner(job_id)  # no segment may land after the files are removed
+                warning = None
+                if not job.status.is_terminal:  # stop the work first: nothing more is computed or written
+                    warning = stop_run(backend, context.settings(), job_id)
                 steps.delete_job(backend, job_id)
+            if warning:
+                st.session_state["job_notice"] = f"Deleted; {warning}."
         except UserError as exc:
             st.error(one_line(exc))
             st.stop()
