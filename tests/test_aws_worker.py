@@ -299,3 +299,15 @@ def test_heartbeat_keeps_a_long_job_message_hidden(aws):
     assert _queue_counts(settings) == (0, 1)
     queue.release(message)
     assert [m.message_id for m in queue.receive(wait_seconds=1)] == [message.message_id]
+
+
+def test_a_job_past_its_maximum_runtime_is_failed_and_not_retried(aws, clip):
+    backend, queue, settings = aws
+    job_id = _upload(backend, clip)
+    (message,) = queue.receive(wait_seconds=5)
+    worker = Worker(backend, queue, abort_event=threading.Event(), workers=1, max_runtime_seconds=0)
+    handled = worker.handle(message)
+    assert handled.outcome == Outcome.FAILED and "MAX_JOB_RUNTIME_SECONDS" in handled.reason
+    job = backend.jobs.get(job_id)
+    assert job.status == JobStatus.FAILED and "MAX_JOB_RUNTIME_SECONDS" in job.failure_reason
+    assert _queue_counts(settings) == (0, 0)  # deleted: not handed to another worker
