@@ -51,10 +51,14 @@ _ENGINE_NAMES = {"argo": "Argo Workflows", "kfp": "Kubeflow Pipelines"}
 
 def start_pipeline(backend: Backend, settings: Settings, job_id: str) -> Started:
     if backend.name == "local":
-        from stereo_spot.runner import start_background
+        from ui import local_queue
 
-        process = start_background(job_id, settings.stereo_spot_home)
-        return Started("Converting on this machine; it keeps going if you close this page.", pid=process.pid)
+        home = settings.stereo_spot_home
+        if job_id in local_queue.dispatch_once(backend, home, settings.max_concurrent_jobs):
+            return Started("Converting on this machine; it keeps going if you close this page.")
+        local_queue.ensure_dispatcher(home)  # starts it when a slot frees up, page open or not
+        return Started(f"Queued: {settings.max_concurrent_jobs} conversion(s) run at once on this machine "
+                       "(MAX_CONCURRENT_JOBS); it starts by itself when one finishes.")
     engine = settings.ui_submit_engine
     if engine == "none":
         return Started("Uploaded: the storage event starts the conversion on the cluster.")

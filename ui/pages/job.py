@@ -82,6 +82,20 @@ def segment_timings_chart(completions) -> None:
                  height=220, y_label="seconds", x_label="segment", sort=False)
 
 
+def queue_note(current: Job) -> None:
+    """Local runs wait their turn (MAX_CONCURRENT_JOBS): say how many jobs are ahead."""
+    if current.status != JobStatus.CREATED or backend.name != "local" or current.uploaded_at is None:
+        return
+    from ui.local_queue import place
+
+    config = context.settings()
+    position = place(backend, config.stereo_spot_home, current.job_id)
+    if position is not None:
+        ahead = position - 1
+        st.info(f"Waiting in the queue: {ahead} job{'s' if ahead != 1 else ''} ahead of this one (at most "
+                f"{config.max_concurrent_jobs} convert at once on this machine).", icon=":material/hourglass_top:")
+
+
 @st.fragment(run_every=PROGRESS_EVERY_SECONDS if not job.status.is_terminal else None)
 def live_progress() -> None:
     with context.store_errors():
@@ -89,6 +103,7 @@ def live_progress() -> None:
         completions = backend.completions.query_by_job(job_id) if current else []
     if current is None or (current.status != job.status and current.status.is_terminal):
         st.rerun()  # finished, failed or deleted since the page was drawn: draw the whole page again
+    queue_note(current)
     progress = services.job_progress(current, completions)
     estimate = services.estimate_remaining(current, progress, context.recent_seconds_per_mb())
     eta = services.format_duration(estimate.remaining_seconds) if estimate.remaining_seconds is not None else "–"
