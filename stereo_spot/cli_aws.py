@@ -49,7 +49,8 @@ def _fail(exc: BaseException) -> NoReturn:
     raise typer.Exit(1)
 
 
-_STYLE = {"created": "green", "updated": "yellow", "exists": "dim", "deleted": "red", "absent": "dim"}
+_STYLE = {"created": "green", "updated": "yellow", "exists": "dim", "deleted": "red", "absent": "dim",
+          "skipped": "dim"}
 
 
 def _print_change(change) -> None:
