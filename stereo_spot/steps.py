@@ -140,6 +140,8 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
         source = _fetch(backend, bucket, key, tmp / "source.mp4")
         info = probe(source)
         video = require_video(info)
+        if backend.name != "local":  # the command line converts what its user chose on their own machine
+            _check_limits(keys.input_key(job_id), info, video, settings)
         paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start, settings.duration)
         if not paths:
             raise StepError("the source has no video frames in the requested time window")
@@ -168,6 +170,17 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
                               source_rotation=video.rotation, source_duration_seconds=duration,
                               source_frames=frames, settings=settings)
     return _chunk_result(job)
+
+
+def _check_limits(name: str, info, video, settings: ConversionSettings) -> None:
+    """The same bounds the app checks before a job exists (``stereo_spot.limits``), for sources that reach the
+    cluster another way (a direct or presigned S3 upload)."""
+    from stereo_spot.config import get_settings
+    from stereo_spot.limits import check_media_limits
+
+    width, height = video.display_size
+    check_media_limits(name, width, height, float(video.fps or 0), info.duration_seconds, get_settings(),
+                       start=settings.start, length=settings.duration)
 
 
 def _window_duration(video_duration: float, start: float | None, end: float | None) -> float:

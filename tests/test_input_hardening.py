@@ -17,6 +17,7 @@ from stereo_spot.limits import LimitExceeded, check_media_limits
 from stereo_spot.media.errors import MediaError
 from stereo_spot.media.probe import probe
 from tests.media_fixtures import make_clip
+from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401
 from ui import services
 from ui.uploads import StagingArea, UploadError
 
@@ -138,3 +139,18 @@ def test_start_and_duration_must_be_finite(home, tmp_path, option):
     result = CliRunner().invoke(app, ["convert", str(clip), *option])
     assert result.exit_code != 0
     assert "Traceback" not in result.output
+
+
+def test_chunk_on_the_cluster_refuses_a_source_over_the_limits(aws_settings, tmp_path, monkeypatch):  # noqa: F811
+    from stereo_spot import keys, steps
+    from stereo_spot.adapters.aws import aws_backend
+    from stereo_spot.models import ConversionSettings, JobStatus
+
+    backend = aws_backend(aws_settings)
+    job = steps.create_job(backend, ConversionSettings(), "bomb")
+    steps.store_source(backend, job.job_id, make_bomb(tmp_path / "bomb.mp4", seconds=2))
+    monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
+    with pytest.raises(LimitExceeded, match="MAX_FRAME_PIXELS"):
+        steps.chunk(backend, backend.input_bucket, keys.input_key(job.job_id))
+    assert backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job.job_id)) == []
+    assert backend.jobs.get(job.job_id).status == JobStatus.CHUNKING_IN_PROGRESS  # the engine records the failure
