@@ -386,3 +386,35 @@ def test_an_unreachable_aws_store_is_reported(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert any(shown(e).startswith("The job store cannot be reached:") for e in at.error)
 
+
+
+def test_new_conversion_offers_the_clis_options_with_the_same_validation(home, backend, tmp_path):
+    from stereo_spot.choices import conversion_settings
+    from stereo_spot.errors import UserError
+
+    clip = make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    assert "heuristic" == at.selectbox(key="depth_model").value and at.selectbox(key="inpaint").value == "classical"
+    assert {"heuristic", "depth-anything"} <= set(at.selectbox(key="depth_model").options)
+    stage(at, clip)
+    at.run()
+    # a neural model without weights: the command line's own message, and no job
+    at.selectbox(key="depth_model").set_value("depth-anything")
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    with pytest.raises(UserError) as cli_error:
+        conversion_settings(depth_model="depth-anything")
+    assert [shown(e) for e in at.error] == [str(cli_error.value)]
+    assert all_jobs(backend) == []
+    # a window: start and duration travel with the job
+    at.selectbox(key="depth_model").set_value("heuristic")
+    at.number_input(key="start").set_value(0.25)
+    at.number_input(key="duration").set_value(0.5)
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    assert not at.exception, at.exception
+    (job,) = all_jobs(backend)
+    assert (job.settings.start, job.settings.duration, job.settings.depth_model) == (0.25, 0.5, "heuristic")
+    wait_terminal(backend, job.job_id)
