@@ -225,3 +225,32 @@ def test_escape_markdown_keeps_the_text():
     escaped = services.escape_markdown(text)
     assert re.sub(r"\\(.)", r"\1", escaped) == text
     assert "[" not in escaped.replace("\\[", "")
+
+
+def test_oidc_routes_read_streamlits_signed_cookie(home, backend, monkeypatch):
+    """The cookie Streamlit sets after st.login (signed with the cookie secret, bound to the redirect_uri's
+    origin) identifies the user on the app's own routes; a forged or foreign-origin one does not."""
+    import streamlit.auth_util
+    from streamlit.web.server.starlette import starlette_websocket
+    from streamlit.web.server.starlette.starlette_app_utils import create_signed_value
+
+    monkeypatch.setenv("UI_AUTH", "oidc")
+    monkeypatch.setattr(streamlit.auth_util, "get_origin_from_redirect_uri", lambda: "https://app.example.com")
+    monkeypatch.setattr(starlette_websocket, "get_cookie_secret", lambda: "the-cookie-secret")
+
+    def cookie(claims: dict, secret: str = "the-cookie-secret") -> str:
+        return create_signed_value(secret, "_streamlit_user", json.dumps(claims)).decode("latin-1")
+
+    signed_in = {"origin": "https://app.example.com", "is_logged_in": True, "email": "Alice@Example.com"}
+    assert auth.request_identity({}, {"_streamlit_user": cookie(signed_in)}, Settings()) == \
+        auth.Identity("alice@example.com")
+    assert auth.request_identity({}, {"_streamlit_user": cookie(signed_in, "another-secret")}, Settings()) is None
+    elsewhere = {**signed_in, "origin": "https://evil.example"}
+    assert auth.request_identity({}, {"_streamlit_user": cookie(elsewhere)}, Settings()) is None
+    signed_out = {**signed_in, "is_logged_in": False}
+    assert auth.request_identity({}, {"_streamlit_user": cookie(signed_out)}, Settings()) is None
+
+    mine = finished_job(backend, "alice@example.com")
+    headers = {"cookie": f"_streamlit_user={cookie(signed_in)}"}
+    assert call("GET", f"/api/jobs/{mine.job_id}/video", headers)[0] == 200
+    assert call("GET", f"/api/jobs/{mine.job_id}/video")[0] == 401
