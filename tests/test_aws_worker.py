@@ -311,3 +311,25 @@ def test_a_job_past_its_maximum_runtime_is_failed_and_not_retried(aws, clip):
     job = backend.jobs.get(job_id)
     assert job.status == JobStatus.FAILED and "MAX_JOB_RUNTIME_SECONDS" in job.failure_reason
     assert _queue_counts(settings) == (0, 0)  # deleted: not handed to another worker
+
+
+def test_the_heartbeat_stops_at_the_runtime_deadline():
+    import time
+
+    from stereo_spot.ports import QueueMessage
+    from stereo_spot.worker import _Heartbeat
+
+    class Counting:
+        beats = 0
+
+        def extend_visibility(self, message, seconds):
+            Counting.beats += 1
+
+    message = QueueMessage("m", "{}", "r")
+    with _Heartbeat(Counting(), message, visibility_timeout=3):  # beats every second
+        time.sleep(1.5)
+    assert Counting.beats >= 1
+    Counting.beats = 0
+    with _Heartbeat(Counting(), message, visibility_timeout=3, deadline=time.monotonic()):  # already past it
+        time.sleep(1.5)
+    assert Counting.beats == 0  # the message is not held any longer
