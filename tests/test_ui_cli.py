@@ -53,3 +53,22 @@ def test_sigterm_reaches_the_server(home, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_the_cluster_app_is_only_reachable_through_its_sign_in_proxy():
+    from pathlib import Path
+
+    import yaml
+
+    docs = list(yaml.safe_load_all((Path(__file__).resolve().parent.parent / "manifests" / "base" / "ui.yaml")
+                                   .read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    app_container, proxy = deployment["spec"]["template"]["spec"]["containers"]
+    args = app_container["args"]
+    assert args[args.index("--address") + 1] == "127.0.0.1" and "--no-auth" not in args
+    assert not app_container.get("ports")  # nothing of the app itself is exposed
+    env = {e["name"]: e.get("value") for e in app_container["env"]}
+    assert env["UI_AUTH"] == "header" and env["UI_AUTH_HEADER"] == "X-Forwarded-Email"
+    assert "--upstream=http://127.0.0.1:8501" in proxy["args"] and "--provider=oidc" in proxy["args"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == proxy["ports"][0]["name"]
