@@ -1,8 +1,11 @@
 """Create (idempotently) or destroy the AWS resources stereo-spot runs on.
 
-    buckets   input (uploads, segments) and output (converted segments, final videos)
+    buckets   input (uploads, segments) and output (converted segments, final videos): Block Public Access on,
+              default encryption (SSE-S3), a bucket policy refusing requests without TLS, lifecycle rules
+              (abort unfinished multipart uploads; expire intermediates concat did not remove, as a backstop)
     tables    jobs (GSIs status-completed_at and status-created_at), segment completions,
-              reassembly-triggered (TTL expires_at), event dedup (TTL expires_at)
+              reassembly-triggered (TTL expires_at), event dedup (TTL expires_at); point-in-time recovery and
+              deletion protection on every table (``destroy`` turns the protection off before it deletes)
     queues    the events queue (S3 upload events) with a dead-letter queue and redrive policy
     events    S3 -> SQS notification on the input bucket for input/*.mp4, and the queue policy allowing it
 
@@ -34,6 +37,7 @@ ABORT_MULTIPART_DAYS = 7
 _PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
 
 CREATED, EXISTS, UPDATED, DELETED, ABSENT = "created", "exists", "updated", "deleted", "absent"
+SKIPPED = "skipped"  # a setting that does not apply here (e.g. the TLS-only policy on a plain-http emulator)
 _NO_BUCKET = ("404", "NoSuchBucket", "NotFound")
 _NO_TABLE = ("ResourceNotFoundException",)
 _NO_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
@@ -104,7 +108,7 @@ class BootstrapResult:
 
     @property
     def changed(self) -> bool:
-        return any(c.action != EXISTS for c in self.changes)
+        return any(c.action not in (EXISTS, SKIPPED) for c in self.changes)
 
     def env_block(self) -> str:
         """KEY=value lines, ready for ``kubectl create configmap --from-env-file`` or a systemd unit."""
@@ -170,6 +174,35 @@ def _normal_notification(config: dict[str, Any]) -> tuple:
 
 LIFECYCLE_RULE = {"ID": "abort-incomplete-multipart-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
                   "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS}}
+# Source segments are removed by concat once the final video exists; a job that never finishes (failed and not
+# resumed, a lost workflow) would keep them for ever. The longest a job may reasonably wait for a resume.
+INTERMEDIATE_DAYS = 14
+SEGMENTS_RULE = {"ID": "expire-leftover-segments", "Status": "Enabled", "Filter": {"Prefix": "segments/"},
+                 "Expiration": {"Days": INTERMEDIATE_DAYS}}
+BLOCK_PUBLIC_ACCESS = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                       "RestrictPublicBuckets": True}
+DEFAULT_ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                                 "BucketKeyEnabled": True}]}
+TLS_ONLY_SID = "DenyInsecureTransport"
+
+
+def lifecycle_rules(bucket: str, names: ResourceNames) -> list[dict[str, Any]]:
+    return [LIFECYCLE_RULE] + ([SEGMENTS_RULE] if bucket == names.input_bucket else [])
+
+
+def tls_only_statement(bucket: str) -> dict[str, Any]:
+    """Refuse every request to the bucket that does not come over TLS."""
+    return {"Sid": TLS_ONLY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def _same_rule(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """A lifecycle rule as read back equals ours (S3 may add empty fields, and old rules carry ``Prefix``)."""
+    if current is None:
+        return False
+    return all(current.get(key) == value for key, value in desired.items() if key != "Filter") and \
+        (current.get("Filter") or {"Prefix": current.get("Prefix", "")}) == desired["Filter"]
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------
@@ -177,8 +210,9 @@ LIFECYCLE_RULE = {"ID": "abort-incomplete-multipart-uploads", "Status": "Enabled
 
 class _Bootstrapper:
     def __init__(self, settings: Settings, names: ResourceNames, clients: AwsClients,
-                 on_change: Callable[[Change], None] | None):
+                 on_change: Callable[[Change], None] | None, tls_only: bool | None = None):
         self.settings, self.names, self.clients = settings, names, clients
+        self.force_tls_only = tls_only
         self.on_change = on_change or (lambda change: None)
         self.changes: list[Change] = []
 
@@ -209,22 +243,78 @@ class _Bootstrapper:
             with self.errors("s3", f"creating bucket {name}"):
                 s3.create_bucket(**request)
         self.note("bucket", name, EXISTS if exists else CREATED)
+        self.public_access_block(name)
+        self.encryption(name)
+        self.tls_only(name)
         self.lifecycle(name)
+
+    def public_access_block(self, bucket: str) -> None:
+        s3 = self.clients.client("s3")
+        found = _call(self.clients, "s3", f"reading the public access block of bucket {bucket}",
+                      lambda: s3.get_public_access_block(Bucket=bucket), "NoSuchPublicAccessBlockConfiguration")
+        if found and found.get("PublicAccessBlockConfiguration") == BLOCK_PUBLIC_ACCESS:
+            self.note("public access", f"{bucket}: blocked", EXISTS)
+            return
+        with self.errors("s3", f"blocking public access to bucket {bucket}"):
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=BLOCK_PUBLIC_ACCESS)
+        self.note("public access", f"{bucket}: blocked", UPDATED if found else CREATED)
+
+    def encryption(self, bucket: str) -> None:
+        s3 = self.clients.client("s3")
+        found = _call(self.clients, "s3", f"reading the default encryption of bucket {bucket}",
+                      lambda: s3.get_bucket_encryption(Bucket=bucket),
+                      "ServerSideEncryptionConfigurationNotFoundError")
+        rules = (found or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        if any(r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") in ("AES256", "aws:kms",
+                                                                                     "aws:kms:dsse")
+               for r in rules):  # SSE-S3 or a KMS key the operator chose: both encrypt at rest
+            self.note("encryption", f"{bucket}: default encryption", EXISTS)
+            return
+        with self.errors("s3", f"setting the default encryption of bucket {bucket}"):
+            s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=DEFAULT_ENCRYPTION)
+        self.note("encryption", f"{bucket}: default encryption", CREATED)
+
+    def tls_only(self, bucket: str) -> None:
+        """A bucket policy refusing plain-HTTP requests, merged into any policy the bucket has. Skipped for a
+        plain-http endpoint (a local emulator such as moto), which would then refuse every request."""
+        endpoint = self.clients.config.endpoint_url or ""
+        if not self.settings_tls_only(endpoint):
+            self.note("bucket policy", f"{bucket}: TLS only", SKIPPED, "plain-http endpoint")
+            return
+        s3 = self.clients.client("s3")
+        found = _call(self.clients, "s3", f"reading the policy of bucket {bucket}",
+                      lambda: s3.get_bucket_policy(Bucket=bucket), "NoSuchBucketPolicy")
+        policy = json.loads(found["Policy"]) if found else {"Version": "2012-10-17", "Statement": []}
+        statements = policy.get("Statement", [])
+        desired = tls_only_statement(bucket)
+        if desired in statements:
+            self.note("bucket policy", f"{bucket}: TLS only", EXISTS)
+            return
+        policy["Statement"] = [st for st in statements if st.get("Sid") != TLS_ONLY_SID] + [desired]
+        with self.errors("s3", f"setting the policy of bucket {bucket}"):
+            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        self.note("bucket policy", f"{bucket}: TLS only", UPDATED if found else CREATED)
+
+    def settings_tls_only(self, endpoint: str) -> bool:
+        return self.force_tls_only if self.force_tls_only is not None else not endpoint.startswith("http://")
 
     def lifecycle(self, bucket: str) -> None:
         s3 = self.clients.client("s3")
         found = _call(self.clients, "s3", f"reading the lifecycle rules of bucket {bucket}",
                       lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket), "NoSuchLifecycleConfiguration")
         rules = found.get("Rules", []) if found else []
-        ours = [r for r in rules if r.get("ID") == LIFECYCLE_RULE["ID"]]
-        if ours and ours[0].get("AbortIncompleteMultipartUpload") == LIFECYCLE_RULE["AbortIncompleteMultipartUpload"]:
-            self.note("lifecycle", f"{bucket}: abort incomplete uploads after {ABORT_MULTIPART_DAYS} d", EXISTS)
+        desired = lifecycle_rules(bucket, self.names)
+        ids = {rule["ID"] for rule in desired}
+        current = {r.get("ID"): r for r in rules if r.get("ID") in ids}
+        label = f"{bucket}: abort incomplete uploads after {ABORT_MULTIPART_DAYS} d" + (
+            f", expire leftover segments after {INTERMEDIATE_DAYS} d" if len(desired) > 1 else "")
+        if all(_same_rule(current.get(rule["ID"]), rule) for rule in desired):
+            self.note("lifecycle", label, EXISTS)
             return
-        rules = [r for r in rules if r.get("ID") != LIFECYCLE_RULE["ID"]] + [LIFECYCLE_RULE]
+        rules = [r for r in rules if r.get("ID") not in ids] + desired
         with self.errors("s3", f"setting the lifecycle rules of bucket {bucket}"):
             s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
-        self.note("lifecycle", f"{bucket}: abort incomplete uploads after {ABORT_MULTIPART_DAYS} d",
-                  UPDATED if ours else CREATED)
+        self.note("lifecycle", label, UPDATED if current else CREATED)
 
     # tables ----------------------------------------------------------------------------------------------
 
@@ -236,7 +326,7 @@ class _Bootstrapper:
         described = self._describe_table(name)
         if described is None:
             with self.errors("dynamodb", f"creating table {name}"):
-                db.create_table(BillingMode="PAY_PER_REQUEST", **spec)
+                db.create_table(BillingMode="PAY_PER_REQUEST", DeletionProtectionEnabled=True, **spec)
             self._wait_table(name)
             self.note("table", name, CREATED)
             for index in spec.get("GlobalSecondaryIndexes", []):
@@ -256,6 +346,29 @@ class _Bootstrapper:
                 self.note("index", f"{name}/{index['IndexName']}", CREATED)
         if ttl:
             self.time_to_live(name, ttl)
+        self.protection(name, described)
+        self.point_in_time_recovery(name)
+
+    def protection(self, table: str, described: dict[str, Any] | None) -> None:
+        """Deletion protection: only ``destroy`` (which turns it off first) deletes a table."""
+        if described is None or described.get("DeletionProtectionEnabled"):
+            self.note("deletion protection", table, CREATED if described is None else EXISTS)
+            return
+        with self.errors("dynamodb", f"turning on deletion protection of table {table}"):
+            self.clients.client("dynamodb").update_table(TableName=table, DeletionProtectionEnabled=True)
+        self.note("deletion protection", table, UPDATED)
+
+    def point_in_time_recovery(self, table: str) -> None:
+        db = self.clients.client("dynamodb")
+        with self.errors("dynamodb", f"reading the backups of table {table}"):
+            current = db.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        if current.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus") == "ENABLED":
+            self.note("point-in-time recovery", table, EXISTS)
+            return
+        with self.errors("dynamodb", f"turning on point-in-time recovery of table {table}"):
+            db.update_continuous_backups(TableName=table,
+                                         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
+        self.note("point-in-time recovery", table, CREATED)
 
     def _describe_table(self, name: str) -> dict[str, Any] | None:
         db = self.clients.client("dynamodb")
@@ -351,10 +464,11 @@ class _Bootstrapper:
 
 
 def bootstrap(settings: Settings, prefix: str | None = None, *,
-              on_change: Callable[[Change], None] | None = None) -> BootstrapResult:
+              on_change: Callable[[Change], None] | None = None, tls_only: bool | None = None) -> BootstrapResult:
+    """``tls_only``: install the TLS-only bucket policy (default: unless the endpoint is plain http)."""
     names = ResourceNames.from_settings(settings, prefix)
     clients = AwsClients(AwsConfig.from_settings(settings))
-    run = _Bootstrapper(settings, names, clients, on_change)
+    run = _Bootstrapper(settings, names, clients, on_change, tls_only)
     for bucket in (names.input_bucket, names.output_bucket):
         run.bucket(bucket)
     for spec in table_specs(names):
@@ -403,9 +517,15 @@ def destroy(settings: Settings, prefix: str | None = None, *,
         note("bucket", bucket, _call(clients, "s3", f"deleting bucket {bucket}",
                                      lambda b=bucket: (_empty_bucket(s3, b), s3.delete_bucket(Bucket=b)),
                                      *_NO_BUCKET))
+    def delete_table(name: str) -> Any:
+        # Deletion protection guards against deleting by accident; this command is the deliberate way.
+        if db.describe_table(TableName=name)["Table"].get("DeletionProtectionEnabled"):
+            db.update_table(TableName=name, DeletionProtectionEnabled=False)
+        return db.delete_table(TableName=name)
+
     for table in (names.jobs_table, names.completions_table, names.reassembly_table, names.dedup_table):
         note("table", table, _call(clients, "dynamodb", f"deleting table {table}",
-                                   lambda t=table: db.delete_table(TableName=t), *_NO_TABLE))
+                                   lambda t=table: delete_table(t), *_NO_TABLE))
 
     def delete_queue(name: str) -> Any:
         return sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])

@@ -111,16 +111,14 @@ DeviceOption = Annotated[str | None, typer.Option(help="torch device (cpu, cuda,
 
 
 def _checked_settings(**fields) -> ConversionSettings:
-    """The settings of a conversion from the command line, or a one-line error: values out of range and model
-    choices that cannot work (unknown names, missing weights) are refused before any work starts."""
-    from stereo_spot.stereo.engine import check_model_choice
+    """The settings of a conversion from the command line (``stereo_spot.choices``, the rule the app uses too),
+    or a one-line error before any work starts."""
+    from stereo_spot.choices import conversion_settings
 
     try:
-        settings = ConversionSettings(**fields)
-        check_model_choice(settings)
-    except (ValueError, UserError) as exc:
+        return conversion_settings(**fields)
+    except UserError as exc:
         die(one_line(exc))
-    return settings
 
 
 @app.command()
@@ -167,10 +165,16 @@ def convert(
     image = is_image(input)
     if output is None:
         output = output_path_for(input, format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
-    if output.exists() and output.resolve() == input.resolve():
+    if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
-    if report is not None and report.exists() and report.is_dir():
-        die(f"--report {report} is a folder: give a file name such as report.json")
+    if report is not None:
+        if report.is_dir():
+            die(f"--report {report} is a folder: give a file name such as report.json")
+        if _same_file(report, input):
+            die(f"--report {report} is the input video: give the report a file name of its own such as "
+                "report.json")
+        if _same_file(report, output) or report.resolve() == output.resolve():
+            die(f"--report {report} is the output video: give the report a file name of its own")
     if image:
         if report is not None:
             die("--report works with videos: a still image has no comfort report")
@@ -179,6 +183,30 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report)
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """True when both names lead to one file (hard links, symlinks, ``./x`` and ``x`` included)."""
+    try:
+        return path.exists() and os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename it over ``path``: a reader (or an interrupted run) never sees half
+    a file, and an existing file is only replaced once the new one is complete."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(name))
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 @app.command()
@@ -207,7 +235,7 @@ def preview(
     from stereo_spot.media.probe import is_image
 
     output = output or input.with_name(f"{input.stem}-preview-{at:g}s.png")
-    if output.exists() and output.resolve() == input.resolve():
+    if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if is_image(input):
         _convert_image(input, output, settings, None)
@@ -285,8 +313,7 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
     for warning in json.loads(raw).get("warnings", []):
         console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(raw)
+        _write_atomically(path, lambda tmp: tmp.write_bytes(raw))
         out.print(str(path), soft_wrap=True)
 
 
@@ -329,12 +356,13 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 def _deliver(backend, job_id: str, output: Path) -> None:
     from stereo_spot import keys
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     local_path = getattr(backend.objects, "local_path", None)
     if local_path is not None:
-        shutil.copyfile(local_path(backend.output_bucket, keys.final_key(job_id)), output)
+        _write_atomically(output, lambda tmp: shutil.copyfile(local_path(backend.output_bucket,
+                                                                         keys.final_key(job_id)), tmp))
     else:
-        backend.objects.download_file(backend.output_bucket, keys.final_key(job_id), output)
+        _write_atomically(output, lambda tmp: backend.objects.download_file(backend.output_bucket,
+                                                                            keys.final_key(job_id), tmp))
     out.print(str(output))
 
 
@@ -409,16 +437,24 @@ def sample(path: Annotated[Path, typer.Argument(help="Where to write the clip.")
 
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
-       address: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1") -> None:
-    """Start the Streamlit app."""
-    import subprocess
-
+       address: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+       no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without sign-in on a non-loopback address "
+                                             "(UI_AUTH=none): anyone who can reach it sees every job.")] = False
+       ) -> None:
+    """Start the Streamlit app (this process becomes the server, so signals reach it)."""
+    from stereo_spot.config import get_settings
     from stereo_spot.errors import require_extra
 
     try:
         require_extra("streamlit", "ui", "the app")
-    except UserError as exc:
+        config = get_settings()
+    except (UserError, ValueError) as exc:
         die(one_line(exc))
+    from ui.auth import is_loopback
+
+    if config.ui_auth == "none" and not is_loopback(address) and not no_auth:
+        die(f"UI_AUTH=none serves every job to anyone who can reach {address}; bind to 127.0.0.1, set "
+            "UI_AUTH=header (behind an authenticating proxy) or UI_AUTH=oidc, or pass --no-auth")
     app_path = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     if not app_path.is_file():
         import ui as ui_package
@@ -426,7 +462,11 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
         app_path = Path(ui_package.__file__).resolve().parent / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replace this process rather than wait on a child: a SIGTERM from a service manager or Kubernetes then
+    # reaches streamlit itself, and nothing is left running when it stops.
+    os.execv(sys.executable, command)
 
 
 def _register_optional_commands() -> None:

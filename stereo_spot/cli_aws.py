@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -48,7 +49,8 @@ def _fail(exc: BaseException) -> NoReturn:
     raise typer.Exit(1)
 
 
-_STYLE = {"created": "green", "updated": "yellow", "exists": "dim", "deleted": "red", "absent": "dim"}
+_STYLE = {"created": "green", "updated": "yellow", "exists": "dim", "deleted": "red", "absent": "dim",
+          "skipped": "dim"}
 
 
 def _print_change(change) -> None:
@@ -74,6 +76,38 @@ def bootstrap(prefix: PrefixOption = None) -> None:
     console.print(f"dead-letter queue: {result.dead_letter_queue_url}", highlight=False)
     console.print("environment (stdout):", highlight=False)
     out.print(result.env_block(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def policies(prefix: PrefixOption = None,
+             account: Annotated[str | None, typer.Option(help="AWS account id (default: the caller's, from STS).")]
+             = None,
+             out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json files here instead of "
+                                                          "printing them.")] = None) -> None:
+    """Print (or write) the least-privilege IAM policy of each identity: app, worker, workflow, events."""
+    import json
+
+    from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
+    from stereo_spot.aws_bootstrap import ResourceNames
+    from stereo_spot.aws_iam import policies as build_policies
+    from stereo_spot.config import get_settings
+
+    try:
+        settings = get_settings()
+        names = ResourceNames.from_settings(settings, prefix)
+        if account is None:
+            account = AwsClients(AwsConfig.from_settings(settings)).client("sts").get_caller_identity()["Account"]
+        documents = build_policies(names, account, settings.aws_region)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    for role, document in documents.items():
+        text = json.dumps(document, indent=2)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{role}.json").write_text(text + "\n")
+            console.print(f"{out_dir / (role + '.json')}", highlight=False)
+        else:
+            out.print(f"# {role}\n{text}", highlight=False, soft_wrap=True)
 
 
 @app.command()

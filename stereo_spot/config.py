@@ -34,12 +34,42 @@ class Settings(BaseSettings):
     # links for operators, e.g. https://argo.example.com/workflows/argo/stereo-spot-{job_id}
     argo_ui_url: str | None = None
     argo_namespace: str = "stereo-spot"
+    # The Argo server's API: the app stops a deleted job's workflow there. Without ARGO_TOKEN the app uses its
+    # pod's service-account token (the Argo server then acts with that account's RBAC: manifests/base/rbac.yaml).
+    argo_server_url: str | None = None
+    argo_token: str | None = None
     kfp_ui_url: str | None = None
     logs_url_template: str | None = None
 
     # UI
     max_upload_bytes: int = 4 * 1024**3
     ui_submit_engine: Literal["none", "argo", "kfp"] = "none"
+    # Who is signed in: ``none`` (one user on 127.0.0.1), ``oidc`` (Streamlit's st.login with the provider in
+    # secrets.toml) or ``header`` (an authenticating proxy such as oauth2-proxy sets ``ui_auth_header``).
+    ui_auth: Literal["none", "oidc", "header"] = "none"
+    ui_auth_header: str = "X-Forwarded-Email"
+    ui_admins: str = ""  # comma-separated identities that see everyone's jobs
+    # Jobs one user may have in progress at once (0: no limit), and jobs converting at once on this machine
+    # (local storage; the rest wait in a queue).
+    ui_max_jobs_per_user: int = Field(3, ge=0)
+    max_concurrent_jobs: int = Field(1, ge=1)
+    # Staging area for uploads in flight: at most this many bytes, and always this much free disk left.
+    max_staging_bytes: int = Field(16 * 1024**3, ge=1)
+    min_free_bytes: int = Field(1024**3, ge=0)
+
+    # Limits on what one job may ask for, checked on the probe before a job exists (a small file can declare
+    # hours of 8K at a high frame rate: compute, not bytes, is what it costs).
+    max_frame_pixels: int = Field(1920 * 1080, ge=1)
+    max_fps: float = Field(120.0, gt=0)
+    max_duration_seconds: float = Field(4 * 3600.0, gt=0)
+    max_frames_per_job: int = Field(4 * 3600 * 60, ge=1)
+    # A job running longer than this is stopped and marked failed (the SQS worker; the workflow has its own
+    # activeDeadlineSeconds).
+    max_job_runtime_seconds: int = Field(12 * 3600, ge=60)
+
+    @property
+    def admins(self) -> frozenset[str]:
+        return frozenset(name.strip().lower() for name in self.ui_admins.split(",") if name.strip())
 
     @cached_property
     def database_path(self) -> Path:

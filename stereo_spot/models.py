@@ -97,8 +97,8 @@ class ConversionSettings(BaseModel):
     inpaint_weights: str | None = None
     auto_divergence: bool = False
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
-    start: float | None = Field(None, ge=0.0)
-    duration: float | None = Field(None, gt=0.0)
+    start: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
 
 class Job(BaseModel):
@@ -108,6 +108,9 @@ class Job(BaseModel):
     status: JobStatus = JobStatus.CREATED
     settings: ConversionSettings = Field(default_factory=ConversionSettings)
     title: str = ""
+    # The signed-in identity that created the job (the app's pages and routes show a user only their own);
+    # None for jobs from the command line or a storage event.
+    owner: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     uploaded_at: datetime | None = None

@@ -40,14 +40,16 @@ class JobStore(ABC):
         ConflictError when ``expected_status`` is given and the stored status is not (one of) it."""
 
     @abstractmethod
-    def list_completed(self, limit: int = 20, cursor: str | None = None) -> Page:
-        """Completed jobs, newest ``completed_at`` first, one page at a time."""
+    def list_completed(self, limit: int = 20, cursor: str | None = None, *, owner: str | None = None) -> Page:
+        """Completed jobs, newest ``completed_at`` first, one page at a time. With ``owner``: only that
+        owner's jobs (every listing takes it, so the app never filters a page after the fact)."""
 
     @abstractmethod
-    def list_in_progress(self, limit: int = 100) -> list[Job]:
+    def list_in_progress(self, limit: int = 100, *, owner: str | None = None) -> list[Job]:
         """Jobs not yet completed, failed or deleted, newest first."""
 
-    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None) -> Page:
+    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None, *,
+                       owner: str | None = None) -> Page:
         """Jobs in one status, newest first. Adapters override this with an indexed query."""
         raise NotImplementedError
 
@@ -69,13 +71,18 @@ class SegmentCompletionStore(ABC):
     def delete_job(self, job_id: str) -> None: ...
 
 
+# Short, and renewed by the holder while concat runs: a concat killed outright (SIGKILL, a reclaimed node) frees
+# the lock within this time, so the next run can finish the job.
+REASSEMBLY_LOCK_TTL_SECONDS = 30
+
+
 class ReassemblyLock(ABC):
     """Single-winner guard for concat (the ReassemblyTriggered table)."""
 
     @abstractmethod
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         """True for exactly one caller per job until the entry expires or is released. The same owner
-        acquiring again gets True (a retried concat pod keeps its claim)."""
+        acquiring again gets True and a new expiry (a retried concat pod keeps its claim; the holder renews)."""
 
     @abstractmethod
     def release(self, job_id: str, owner: str) -> None: ...

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from stereo_spot.models import (
     SegmentCompletion,
     utcnow,
 )
-from stereo_spot.ports import Backend, ConflictError
+from stereo_spot.ports import REASSEMBLY_LOCK_TTL_SECONDS, Backend, ConflictError
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,9 @@ def fingerprint(path: Path, settings: ConversionSettings) -> str:
 
 
 def create_job(backend: Backend, settings: ConversionSettings, title: str, *, job_id: str | None = None,
-               source_fingerprint: str | None = None) -> Job:
+               source_fingerprint: str | None = None, owner: str | None = None) -> Job:
     job = Job(job_id=job_id or keys.new_job_id(), settings=settings, title=title.strip() or "untitled",
-              source_fingerprint=source_fingerprint)
+              source_fingerprint=source_fingerprint, owner=owner)
     backend.jobs.put(job, if_absent=True)
     return job
 
@@ -139,6 +140,8 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
         source = _fetch(backend, bucket, key, tmp / "source.mp4")
         info = probe(source)
         video = require_video(info)
+        if backend.name != "local":  # the command line converts what its user chose on their own machine
+            _check_limits(keys.input_key(job_id), info, video, settings)
         paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start, settings.duration)
         if not paths:
             raise StepError("the source has no video frames in the requested time window")
@@ -146,8 +149,9 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
         start, end = window(settings)
         frames = 0
         for index, path in enumerate(paths):
-            backend.objects.upload_file(backend.input_bucket, keys.segment_key(job_id, index, total, job.mode),
-                                        path, content_type="video/mp4")
+            segment = keys.segment_key(job_id, index, total, job.mode)
+            backend.objects.upload_file(backend.input_bucket, segment, path, content_type="video/mp4")
+            discard_if_deleted(backend, job_id, backend.input_bucket, segment)
             frames += frame_count(path)
         duration = _window_duration(info.duration_seconds, start, end)
         if start is not None or end is not None:  # chunks start at a keyframe before the window: estimate
@@ -166,6 +170,17 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
                               source_rotation=video.rotation, source_duration_seconds=duration,
                               source_frames=frames, settings=settings)
     return _chunk_result(job)
+
+
+def _check_limits(name: str, info, video, settings: ConversionSettings) -> None:
+    """The same bounds the app checks before a job exists (``stereo_spot.limits``), for sources that reach the
+    cluster another way (a direct or presigned S3 upload)."""
+    from stereo_spot.config import get_settings
+    from stereo_spot.limits import check_media_limits
+
+    width, height = video.display_size
+    check_media_limits(name, width, height, float(video.fps or 0), info.duration_seconds, get_settings(),
+                       start=settings.start, length=settings.duration)
 
 
 def _window_duration(video_duration: float, start: float | None, end: float | None) -> float:
@@ -197,7 +212,9 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
     out_key = keys.output_segment_key(job_id, segment_index)
     if not redo:
         done = backend.completions.get(job_id, segment_index)
-        if done is not None and backend.objects.exists(backend.output_bucket, out_key):
+        # A completed job's converted segments are removed after the join: its records are the result.
+        if done is not None and (job.status == JobStatus.COMPLETED
+                                 or backend.objects.exists(backend.output_bucket, out_key)):
             return done
     with _workdir("convert") as tmp:
         source = _fetch(backend, backend.input_bucket,
@@ -219,6 +236,7 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
                                 warmup_src=warmup, device=device, progress=progress, engine=engine)
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
+    discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
     completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
                                    output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
                                    convert_seconds=stats.seconds, stats=stats.to_record())
@@ -229,9 +247,13 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
 # --- concat ---------------------------------------------------------------------------------------------
 
 
-def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
+def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seconds: float | None = None) -> Job:
     """Join the converted segments into ``final.mp4``. Exactly one caller does the work (the reassembly lock);
-    a caller that loses the lock returns the job as it is, without error: the winner completes it."""
+    a caller that loses the lock waits up to ``wait_seconds`` (the lock's TTL: a holder that died frees it by
+    then) and returns the job as it is if the holder is still working: the holder completes it.
+
+    The holder renews its short-lived lock while it works. After a successful join the intermediates (source
+    segments, converted segments) are removed; the final video and the report stay."""
     from stereo_spot.media.concat import concat_segments
 
     job = require_job(backend, job_id)
@@ -245,23 +267,32 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None) -> Job:
         shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
         raise StepError(f"job {job_id}: {len(missing)} of {total} segments are not converted yet ({shown})")
     owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not backend.reassembly.try_acquire(job_id, owner):
+    if wait_seconds is None:
+        wait_seconds = REASSEMBLY_LOCK_TTL_SECONDS + 5
+    if not _acquire_reassembly(backend, job_id, owner, wait_seconds):
         log.info("job %s: another concat holds the reassembly lock", job_id)
-        return job
+        return require_job(backend, job_id)
     try:
-        job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
-                                  reassembly_started_at=utcnow())
-        with _workdir("concat") as tmp:
-            segments = [_fetch(backend, backend.output_bucket, c.output_key, tmp / f"{c.segment_index}.mp4")
-                        for c in completions if c.segment_index < total]
-            source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
-            out = tmp / "final.mp4"
-            concat_segments(segments, source, out, job.settings.start, job.settings.duration)
-            _write_layout_metadata(out, job.settings)
-            backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
-        _write_report(backend, job, completions)
-        return backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
-                                   completed_at=utcnow(), failure_reason=None)
+        with _renewing_lock(backend, job_id, owner):
+            job = require_job(backend, job_id)
+            if job.status == JobStatus.COMPLETED and backend.objects.exists(backend.output_bucket, final_key):
+                return job  # the previous holder finished while this caller waited
+            job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
+                                      reassembly_started_at=utcnow())
+            with _workdir("concat") as tmp:
+                segments = [_fetch(backend, backend.output_bucket, c.output_key, tmp / f"{c.segment_index}.mp4")
+                            for c in completions if c.segment_index < total]
+                source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
+                out = tmp / "final.mp4"
+                concat_segments(segments, source, out, job.settings.start, job.settings.duration)
+                _write_layout_metadata(out, job.settings)
+                backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
+            discard_if_deleted(backend, job_id, backend.output_bucket, final_key)
+            _write_report(backend, job, completions)
+            job = backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
+                                      completed_at=utcnow(), failure_reason=None)
+        remove_intermediates(backend, job)
+        return job
     except BaseException:
         backend.reassembly.release(job_id, owner)
         raise
@@ -274,6 +305,69 @@ def _write_layout_metadata(path: Path, settings: ConversionSettings) -> None:
     meta = spatial.metadata_for(settings.output_format, settings.swap_eyes)
     if meta is not None:
         spatial.write_metadata(path, meta)
+
+
+def _acquire_reassembly(backend: Backend, job_id: str, owner: str, wait_seconds: float) -> bool:
+    """Take the lock, waiting up to ``wait_seconds`` for a holder that died (its entry expires) or finished."""
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    while True:
+        if backend.reassembly.try_acquire(job_id, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+            return True
+        job = backend.jobs.get(job_id)
+        if job is None or job.status in (JobStatus.COMPLETED, JobStatus.DELETED, JobStatus.FAILED) \
+                or time.monotonic() >= deadline:
+            return False
+        time.sleep(min(_LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())) or 0.01)
+
+
+_LOCK_POLL_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def _renewing_lock(backend: Backend, job_id: str, owner: str) -> Iterator[None]:
+    """Renew the reassembly lock every third of its TTL while the block runs (a long join of a 3-hour film)."""
+    import threading
+
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(REASSEMBLY_LOCK_TTL_SECONDS / 3):
+            try:
+                if not backend.reassembly.try_acquire(job_id, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+                    log.warning("job %s: the reassembly lock was taken over; finishing anyway (the result is the "
+                                "same)", job_id)
+            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next tick
+                log.warning("job %s: renewing the reassembly lock failed: %s", job_id, exc)
+
+    thread = threading.Thread(target=renew, name=f"reassembly-lock-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def remove_intermediates(backend: Backend, job: Job) -> int:
+    """After a successful join: remove the source segments (``segments/{job}/``) and the converted segments
+    (``jobs/{job}/segments/``); their records stay for the report and the timings. Returns how many objects."""
+    removed = 0
+    for bucket, prefix in ((backend.input_bucket, keys.segments_prefix(job.job_id)),
+                           (backend.output_bucket, keys.job_output_prefix(job.job_id) + "segments/")):
+        for key in backend.objects.list_keys(bucket, prefix):
+            backend.objects.delete(bucket, key)
+            removed += 1
+    return removed
+
+
+def discard_if_deleted(backend: Backend, job_id: str, bucket: str, key: str) -> None:
+    """Called right after a step wrote an object: if the job was deleted meanwhile, remove what was written and
+    stop. ``delete_job`` marks the job deleted before it lists the job's objects, so every object is either seen
+    by that listing or removed here."""
+    job = backend.jobs.get(job_id)
+    if job is None or job.status == JobStatus.DELETED:
+        backend.objects.delete(bucket, key)
+        raise StepError(f"job {job_id} was deleted")
 
 
 def reopen_failed(backend: Backend, job_id: str) -> Job:
@@ -324,17 +418,15 @@ def fail(backend: Backend, job_id: str, reason: str) -> Job | None:
 
 
 def delete_job(backend: Backend, job_id: str) -> Job:
-    """Mark the job deleted and remove its objects (source, segments, outputs). The record stays, so lists
-    and links show that it was deleted rather than a missing job."""
+    """Mark the job deleted, then remove every object under its prefixes (source, segments, outputs, report),
+    whatever wrote them. The record stays, so lists and links show that it was deleted rather than a missing
+    job. Steps that write after this began remove their own object (``discard_if_deleted``)."""
     job = require_job(backend, job_id)
     job = backend.jobs.update(job_id, status=JobStatus.DELETED)
-    total = job.total_segments or 0
-    for index in range(total):
-        backend.objects.delete(backend.input_bucket, keys.segment_key(job_id, index, total, job.mode))
-        backend.objects.delete(backend.output_bucket, keys.output_segment_key(job_id, index))
-    for key in (keys.final_key(job_id), keys.report_key(job_id)):
-        backend.objects.delete(backend.output_bucket, key)
-    backend.objects.delete(backend.input_bucket, keys.input_key(job_id))
+    prefixes = ((backend.input_bucket, f"input/{job_id}/"), (backend.input_bucket, keys.segments_prefix(job_id)),
+                (backend.output_bucket, keys.job_output_prefix(job_id)))
+    for bucket, prefix in prefixes:
+        for key in backend.objects.list_keys(bucket, prefix):
+            backend.objects.delete(bucket, key)
     backend.completions.delete_job(job_id)
     return job
-

@@ -75,6 +75,11 @@ class WorkerStats:
         return sum(1 for h in self.handled if h.outcome == outcome)
 
 
+class _TimedOut(KeyboardInterrupt):
+    """The job ran longer than MAX_JOB_RUNTIME_SECONDS (raised from the progress callback, passed through by the
+    runner like an interrupt)."""
+
+
 class _Aborted(KeyboardInterrupt):
     """Raised from the progress callback to leave the runner like an interrupt: the job is left as it is (not
     failed), ready to resume. A KeyboardInterrupt subclass because the runner passes interrupts through."""
@@ -130,16 +135,23 @@ def event_id(obj: ObjectCreated) -> str:
 
 
 class _Heartbeat:
-    """Keeps the message invisible to other workers while its job runs."""
+    """Keeps the message invisible to other workers while its job runs, but not past ``deadline`` (monotonic
+    seconds): a job that hangs must not hold its message forever."""
 
-    def __init__(self, receiver: QueueReceiver, message: QueueMessage, visibility_timeout: int):
+    def __init__(self, receiver: QueueReceiver, message: QueueMessage, visibility_timeout: int,
+                 deadline: float | None = None):
         self.receiver, self.message, self.visibility_timeout = receiver, message, visibility_timeout
+        self.deadline = deadline
         self.interval = max(1.0, visibility_timeout / 3)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{message.message_id[:8]}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                log.warning("message %s: the job ran past MAX_JOB_RUNTIME_SECONDS; no more visibility extensions",
+                            self.message.message_id)
+                return
             try:
                 self.receiver.extend_visibility(self.message, self.visibility_timeout)
             except Exception as exc:  # noqa: BLE001 - keep beating; the job itself is unaffected
@@ -162,11 +174,14 @@ class Worker:
     def __init__(self, backend: Backend, receiver: QueueReceiver, *, abort_event: threading.Event,
                  workers: int | None = None, device: str | None = None,
                  visibility_timeout: int = DEFAULT_VISIBILITY_SECONDS,
-                 progress: Callable[[Any], None] | None = None, metrics: Any = None):
+                 progress: Callable[[Any], None] | None = None, metrics: Any = None,
+                 max_runtime_seconds: int | None = None):
         self.backend, self.receiver = backend, receiver
         self.metrics = metrics  # a stereo_spot.metrics.WorkerMetrics, or None
         self.abort_event, self.workers, self.device = abort_event, workers, device
         self.visibility_timeout, self.progress = visibility_timeout, progress
+        self.max_runtime_seconds = max_runtime_seconds
+        self._deadline: float | None = None
         if backend.dedup is None:
             log.warning("the backend has no event dedup table: a duplicate delivery would start a second run")
 
@@ -252,6 +267,8 @@ class Worker:
             self.progress(state)
         if self.abort_event.is_set():
             raise _Aborted()
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise _TimedOut()
 
     def _run(self, message: QueueMessage, job_id: str) -> HandledMessage:
         with log_context(job_id=job_id):
@@ -282,13 +299,24 @@ class Worker:
             return HandledMessage(mid, Outcome.RELEASED, "shutting down before the job started", job_id)
         log.info("message %s: running job %s", mid, job_id)
         started = time.monotonic()
+        limit = self.max_runtime_seconds
+        if limit is None:
+            from stereo_spot.config import get_settings
+
+            limit = get_settings().max_job_runtime_seconds
+        self._deadline = started + limit
         # The heartbeat stops before the message is released, so a late beat cannot hide it again.
         failure: Exception | None = None
         aborted = False
-        with _Heartbeat(self.receiver, message, self.visibility_timeout):
+        with _Heartbeat(self.receiver, message, self.visibility_timeout, deadline=self._deadline):
             try:
                 job = run_job(self.backend, job_id, workers=self.workers, device=self.device,
                               progress=self._progress)
+            except _TimedOut:
+                reason = f"the job ran longer than {limit} s (MAX_JOB_RUNTIME_SECONDS) and was stopped"
+                steps.fail(self.backend, job_id, reason)
+                # FAILED: the message is deleted, not retried (another run would take as long)
+                return HandledMessage(mid, Outcome.FAILED, reason, job_id)
             except _Aborted:
                 aborted = True
             except Exception as exc:  # noqa: BLE001 - the runner recorded the reason on the job

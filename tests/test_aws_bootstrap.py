@@ -15,6 +15,7 @@ from stereo_spot.aws_bootstrap import (
     CREATED,
     DELETED,
     EXISTS,
+    SKIPPED,
     ResourceNames,
     bootstrap,
     destroy,
@@ -34,7 +35,7 @@ def test_bootstrap_creates_everything_and_a_second_run_changes_nothing(moto_endp
     settings = settings_for(moto_endpoint, prefix)
     first = bootstrap(settings, prefix)
     names = first.names
-    assert {c.action for c in first.changes} == {CREATED}
+    assert {c.action for c in first.changes} == {CREATED, SKIPPED}  # skipped: TLS-only policy on plain http
     kinds = [c.kind for c in first.changes]
     assert kinds.count("bucket") == 2 and kinds.count("table") == 4 and kinds.count("queue") == 2
     assert kinds.count("ttl") == 2 and kinds.count("index") == 2 and kinds.count("notification") == 1
@@ -43,7 +44,7 @@ def test_bootstrap_creates_everything_and_a_second_run_changes_nothing(moto_endp
     assert not second.changed
     assert [(c.kind, c.name) for c in second.changes if c.kind != "index"] == \
         [(c.kind, c.name) for c in first.changes if c.kind != "index"]
-    assert {c.action for c in second.changes} == {EXISTS}
+    assert {c.action for c in second.changes} == {EXISTS, SKIPPED}
     assert second.env == first.env
 
     env = first.env
@@ -118,9 +119,14 @@ def test_bootstrap_repairs_drift(moto_endpoint):  # noqa: F811
     sqs.set_queue_attributes(QueueUrl=first.env["CHUNKING_QUEUE_URL"], Attributes={"VisibilityTimeout": "30"})
     _client("dynamodb", moto_endpoint).update_time_to_live(
         TableName=first.names.dedup_table, TimeToLiveSpecification={"Enabled": False, "AttributeName": "expires_at"})
+    s3, dynamodb = _client("s3", moto_endpoint), _client("dynamodb", moto_endpoint)
+    s3.delete_public_access_block(Bucket=first.names.output_bucket)
+    dynamodb.update_table(TableName=first.names.jobs_table, DeletionProtectionEnabled=False)
     repaired = bootstrap(settings, prefix)
-    changed = {(c.kind, c.name): c for c in repaired.changes if c.action != EXISTS}
-    assert set(changed) == {("queue", f"{prefix}-events"), ("ttl", f"{prefix}-event-dedup.expires_at")}
+    changed = {(c.kind, c.name): c for c in repaired.changes if c.action not in (EXISTS, SKIPPED)}
+    assert set(changed) == {("queue", f"{prefix}-events"), ("ttl", f"{prefix}-event-dedup.expires_at"),
+                            ("public access", f"{prefix}-output: blocked"),
+                            ("deletion protection", f"{prefix}-jobs")}
     assert "VisibilityTimeout" in changed[("queue", f"{prefix}-events")].detail
     assert not bootstrap(settings, prefix).changed
 
@@ -138,7 +144,7 @@ def test_destroy_removes_everything_including_objects(moto_endpoint):  # noqa: F
 
 def _actions(report: str) -> set[str]:
     """The action column of the resource report (lines like '  created  bucket  name')."""
-    return set(re.findall(r"^  (created|exists|updated|deleted|absent) ", report, flags=re.M))
+    return set(re.findall(r"^  (created|exists|updated|deleted|absent|skipped) ", report, flags=re.M))
 
 
 def _cli_env(moto_endpoint: str) -> dict[str, str]:  # noqa: F811
@@ -156,9 +162,10 @@ def test_cli_bootstrap_prints_the_environment_block_and_destroy_asks_first(moto_
     assert first.exit_code == 0, first.output
     assert f"INPUT_BUCKET_NAME={prefix}-input" in first.stdout
     assert f"CHUNKING_QUEUE_URL={moto_endpoint}/" in first.stdout
-    assert _actions(first.stderr) == {"created"}
+    assert _actions(first.stderr) == {"created", "skipped"}  # skipped: the TLS-only policy on plain http
     second = runner.invoke(app, ["bootstrap", "--prefix", prefix], env=_cli_env(moto_endpoint))
-    assert second.exit_code == 0 and "no changes" in second.stderr and _actions(second.stderr) == {"exists"}
+    assert second.exit_code == 0 and "no changes" in second.stderr
+    assert _actions(second.stderr) == {"exists", "skipped"}
     assert second.stdout == first.stdout
 
     refused = runner.invoke(app, ["destroy", "--prefix", prefix], input="n\n", env=_cli_env(moto_endpoint))
@@ -178,3 +185,40 @@ def test_cli_reports_an_unreachable_endpoint_in_one_line():
     assert result.exit_code == 1
     assert "error: cannot reach S3 at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_bootstrap_hardens_buckets_and_tables(moto_endpoint):  # noqa: F811
+    prefix = new_prefix()
+    settings = settings_for(moto_endpoint, prefix)
+    names = bootstrap(settings, prefix).names
+    s3, dynamodb = _client("s3", moto_endpoint), _client("dynamodb", moto_endpoint)
+    for bucket in (names.input_bucket, names.output_bucket):
+        assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True}
+        (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=names.input_bucket)["Rules"]}
+    assert rules["expire-leftover-segments"]["Filter"] == {"Prefix": "segments/"}
+    assert rules["expire-leftover-segments"]["Expiration"]["Days"] >= 1
+    for table in (names.jobs_table, names.completions_table, names.reassembly_table, names.dedup_table):
+        assert dynamodb.describe_table(TableName=table)["Table"]["DeletionProtectionEnabled"] is True
+        backups = dynamodb.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+        with pytest.raises(dynamodb.exceptions.ClientError):  # protected: not deleted by accident
+            dynamodb.delete_table(TableName=table)
+    # the deliberate way still works
+    assert {c.action for c in destroy(settings, prefix) if c.kind == "table"} == {DELETED}
+
+
+def test_the_tls_only_policy_refuses_plain_http(moto_endpoint):  # noqa: F811
+    prefix = new_prefix()
+    settings = settings_for(moto_endpoint, prefix)
+    result = bootstrap(settings, prefix, tls_only=True)  # as against AWS itself
+    s3 = _client("s3", moto_endpoint)
+    bucket = result.names.output_bucket
+    (statement,) = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    with pytest.raises(s3.exceptions.ClientError, match="403|Forbidden|AccessDenied"):
+        s3.put_object(Bucket=bucket, Key="x", Body=b"x")  # this endpoint is plain http: refused
+    assert not bootstrap(settings, prefix, tls_only=True).changed

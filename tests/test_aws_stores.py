@@ -273,3 +273,25 @@ def test_missing_table_says_to_bootstrap(moto_endpoint):  # noqa: F811
     store = DynamoJobStore(AwsClients(AwsConfig(endpoint_url=moto_endpoint)), "no-such-table")
     with pytest.raises(StoreError, match="aws bootstrap"):
         store.get(new_job_id())
+
+
+def test_listings_filter_by_owner(backend):
+    """The app's per-user lists: pages fill up with the owner's jobs only, however many others lie between."""
+    now = utcnow()
+    alice, bob = f"alice-{new_job_id()}@example.com", f"bob-{new_job_id()}@example.com"
+    mine = []
+    for i in range(12):
+        owner = alice if i % 4 == 0 else bob
+        job = Job(job_id=new_job_id(), status=JobStatus.COMPLETED, owner=owner,
+                  created_at=now - timedelta(minutes=30 - i), completed_at=now - timedelta(minutes=20 - i))
+        backend.jobs.put(job)
+        if owner == alice:
+            mine.append(job.job_id)
+    backend.jobs.put(Job(job_id=new_job_id(), status=JobStatus.CREATED, owner=bob))
+    first = backend.jobs.list_completed(limit=2, owner=alice)
+    assert len(first.items) == 2 and first.next_cursor
+    rest = backend.jobs.list_completed(limit=2, cursor=first.next_cursor, owner=alice)
+    assert [j.job_id for j in first.items + rest.items] == list(reversed(mine)) and rest.next_cursor is None
+    assert backend.jobs.list_in_progress(owner=alice) == []
+    assert [j.owner for j in backend.jobs.list_in_progress(owner=bob)] == [bob]
+    assert {j.owner for j in backend.jobs.list_by_status(JobStatus.COMPLETED, limit=50, owner=bob).items} == {bob}

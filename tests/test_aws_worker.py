@@ -123,7 +123,9 @@ def test_upload_event_runs_the_pipeline_to_final_mp4(aws, clip, tmp_path):
     assert [c.segment_index for c in backend.completions.query_by_job(job_id)] == [0, 1, 2, 3]
     assert _queue_counts(settings) == (0, 0)  # deleted once the job completed
     assert backend.objects.list_keys(backend.input_bucket, f"input/{job_id}/") == input_before
-    assert len(backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job_id))) == 4
+    # the intermediates are gone once the final video is stored
+    assert backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job_id)) == []
+    assert backend.objects.list_keys(backend.output_bucket, f"jobs/{job_id}/segments/") == []
 
 
 def test_a_duplicate_delivery_during_the_run_starts_no_second_run(aws, clip):
@@ -297,3 +299,37 @@ def test_heartbeat_keeps_a_long_job_message_hidden(aws):
     assert _queue_counts(settings) == (0, 1)
     queue.release(message)
     assert [m.message_id for m in queue.receive(wait_seconds=1)] == [message.message_id]
+
+
+def test_a_job_past_its_maximum_runtime_is_failed_and_not_retried(aws, clip):
+    backend, queue, settings = aws
+    job_id = _upload(backend, clip)
+    (message,) = queue.receive(wait_seconds=5)
+    worker = Worker(backend, queue, abort_event=threading.Event(), workers=1, max_runtime_seconds=0)
+    handled = worker.handle(message)
+    assert handled.outcome == Outcome.FAILED and "MAX_JOB_RUNTIME_SECONDS" in handled.reason
+    job = backend.jobs.get(job_id)
+    assert job.status == JobStatus.FAILED and "MAX_JOB_RUNTIME_SECONDS" in job.failure_reason
+    assert _queue_counts(settings) == (0, 0)  # deleted: not handed to another worker
+
+
+def test_the_heartbeat_stops_at_the_runtime_deadline():
+    import time
+
+    from stereo_spot.ports import QueueMessage
+    from stereo_spot.worker import _Heartbeat
+
+    class Counting:
+        beats = 0
+
+        def extend_visibility(self, message, seconds):
+            Counting.beats += 1
+
+    message = QueueMessage("m", "{}", "r")
+    with _Heartbeat(Counting(), message, visibility_timeout=3):  # beats every second
+        time.sleep(1.5)
+    assert Counting.beats >= 1
+    Counting.beats = 0
+    with _Heartbeat(Counting(), message, visibility_timeout=3, deadline=time.monotonic()):  # already past it
+        time.sleep(1.5)
+    assert Counting.beats == 0  # the message is not held any longer

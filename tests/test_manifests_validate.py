@@ -111,6 +111,8 @@ def test_rbac_is_least_privilege(overlay):
         assert sensor == {"jobs": {"create"}}  # it only creates the trigger Job
     else:
         assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
+    ui = {r: set(rule["verbs"]) for rule in roles["stereo-spot-ui"]["rules"] for r in rule["resources"]}
+    assert ui == {"workflows": {"get", "patch"}}  # stopping a deleted job's workflow, nothing more
     workflow = roles["stereo-spot-workflow"]["rules"]
     assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
                          "verbs": ["create", "patch"]}]

@@ -164,9 +164,9 @@ def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, 
     assert again.status == "Succeeded", again.failures
     assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
     assert (final.stat().st_mtime_ns, final.read_bytes()) == before
+    # the converted segments were removed after the join; a duplicate run does not bring them back
     assert backend.objects.list_keys(backend.output_bucket, f"jobs/{job_id}/") == sorted(
-        [keys.final_key(job_id), keys.report_key(job_id), keys.output_segment_key(job_id, 0),
-         keys.output_segment_key(job_id, 1)])
+        [keys.final_key(job_id), keys.report_key(job_id)])
     assert len(backend.completions.query_by_job(job_id)) == 2
 
 

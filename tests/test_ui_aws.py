@@ -15,6 +15,7 @@ from stereo_spot.adapters.aws import aws_backend
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests.media_fixtures import make_clip
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401 - fixtures
+from ui.auth import local_identity
 from ui.backend import staging_area
 from ui.routes import PRESIGN_SECONDS, _video_response
 
@@ -69,7 +70,7 @@ def test_direct_submission_failure_is_recorded_on_the_job(aws_env, tmp_path, mon
     _upload(at, clip)
     next(b for b in at.button if b.label == "Convert to 3D").click().run()
     assert not at.exception, at.exception
-    assert any("cannot reach the Argo server at http://127.0.0.1:9" in e.value for e in at.error)
+    assert any("cannot reach the Argo server at http://127.0.0.1:9" in e.value.replace("\\", "") for e in at.error)
     backend = aws_backend(aws_env)
     [failed] = backend.jobs.list_by_status(JobStatus.FAILED).items
     assert "cannot reach the Argo server" in failed.failure_reason
@@ -82,10 +83,11 @@ def test_video_route_redirects_to_a_fresh_presigned_url(aws_env, tmp_path):
     job = steps.create_job(backend, ConversionSettings(), "Night drive")
     final = make_clip(tmp_path / "final.mp4", seconds=1, fps=12, size=(320, 96))
     backend.objects.upload_file(backend.output_bucket, keys.final_key(job.job_id), final)
-    assert _video_response(job.job_id, False).status_code == 404  # not completed yet
+    owner = local_identity()  # UI_AUTH=none: the one local user, who sees every job
+    assert _video_response(job.job_id, False, owner).status_code == 404  # not completed yet
     backend.jobs.update(job.job_id, status=JobStatus.COMPLETED, completed_at=job.created_at)
 
-    answer = _video_response(job.job_id, True)
+    answer = _video_response(job.job_id, True, owner)
     assert answer.status_code == 307
     location = answer.headers["location"]
     query = parse_qs(urlsplit(location).query)

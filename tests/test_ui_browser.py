@@ -53,8 +53,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def _serve(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     home = tmp_path / "home"
     port = _free_port()
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local",
@@ -85,6 +84,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             process.wait()
         log.close()
         stop_all_background(home)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    yield from _serve(tmp_path)
 
 
 @pytest.fixture
@@ -238,3 +242,107 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     # the rejected uploads left nothing behind: one job in all, now deleted
     assert [j.job_id for j in backend.jobs.list_by_status(JobStatus.DELETED).items] == [job_id]
     assert backend.jobs.list_in_progress() == [] and backend.jobs.list_by_status(JobStatus.FAILED).items == []
+
+
+@pytest.fixture
+def header_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """The app in header mode, as behind oauth2-proxy: the identity arrives in X-Forwarded-Email."""
+    monkeypatch.setenv("UI_AUTH", "header")
+    monkeypatch.setenv("UI_ADMINS", "")
+    yield from _serve(tmp_path)
+
+
+def _seed_finished_job(home: Path, owner: str, title: str) -> str:
+    """A finished job of ``owner`` with a real little video, written straight to the store."""
+    from stereo_spot import steps
+    from stereo_spot.models import ConversionSettings, utcnow
+
+    backend = local_backend(home)
+    job = steps.create_job(backend, ConversionSettings(), title, owner=owner)
+    clip = make_clip(home.parent / f"{title}.mp4", seconds=1, fps=12, size=(160, 96))
+    backend.objects.upload_file(backend.output_bucket, keys.final_key(job.job_id), clip)
+    backend.jobs.update(job.job_id, status=JobStatus.COMPLETED, completed_at=utcnow(), total_segments=1)
+    return job.job_id
+
+
+def test_two_users_never_see_each_others_jobs(header_server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    url, home = header_server
+    alice_job = _seed_finished_job(home, "alice@example.com", "alices-trip")
+    bob_job = _seed_finished_job(home, "bob@example.com", "bobs-party")
+    guessed = keys.new_job_id()
+    expect.set_options(timeout=30_000)
+
+    def as_user(email: str):
+        context = browser.new_context(extra_http_headers={"X-Forwarded-Email": email},
+                                      viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(30_000)
+        return context, context.new_page()
+
+    def video(job_id: str, email: str | None, download: bool = False) -> requests.Response:
+        headers = {"X-Forwarded-Email": email} if email else {}
+        return requests.get(f"{url}/api/jobs/{job_id}/video" + ("?download=1" if download else ""),
+                            headers=headers, timeout=30)
+
+    alice_context, alice = as_user("alice@example.com")
+    bob_context, bob = as_user("bob@example.com")
+    try:
+        for page, own, own_title, other, other_title in (
+                (alice, alice_job, "alices-trip", bob_job, "bobs-party"),
+                (bob, bob_job, "bobs-party", alice_job, "alices-trip")):
+            page.goto(f"{url}/jobs")
+            expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+            expect(page.get_by_role("link", name=own_title)).to_be_visible()
+            expect(page.get_by_role("link", name=other_title)).to_have_count(0)
+            # the other's job, by its real id and by a guessed one: the same "no such job"
+            for job_id in (other, guessed):
+                page.goto(f"{url}/job?job={job_id}")
+                expect(page.get_by_text(f"There is no job {job_id}.")).to_be_visible()
+                expect(page.get_by_role("button", name="Delete this job")).to_have_count(0)
+                expect(page.locator("video")).to_have_count(0)
+            # their own plays, and the page's player points at the route
+            page.goto(f"{url}/job?job={own}")
+            expect(page.get_by_role("heading", name=own_title)).to_be_visible()
+            expect(page.locator("video")).to_have_count(1)
+            # the playlist holds only their own video
+            page.goto(f"{url}/how_to_watch")
+            with page.expect_download() as caught:
+                page.get_by_role("button", name="Download playlist (1 video, M3U)").click()
+            playlist = Path(caught.value.path()).read_text()
+            assert own in playlist and other not in playlist
+
+        # the routes answer the same for someone else's job as for one that does not exist
+        for owner, other in (("alice@example.com", bob_job), ("bob@example.com", alice_job)):
+            theirs, missing = video(other, owner), video(guessed, owner)
+            assert theirs.status_code == missing.status_code == 404
+            assert theirs.json()["error"].replace(other, "ID") == missing.json()["error"].replace(guessed, "ID")
+            assert video(other, owner, download=True).status_code == 404
+        assert video(alice_job, "alice@example.com").status_code == 200
+        assert video(alice_job, None).status_code == 401  # no identity: nothing
+        anonymous = browser.new_page()
+        anonymous.goto(url)
+        expect(anonymous.get_by_role("heading", name="Sign in")).to_be_visible()
+        anonymous.close()
+
+        # Bob deletes his own job; Alice's stays
+        bob.goto(f"{url}/job?job={bob_job}")
+        bob.get_by_role("button", name="Delete this job").click()
+        bob.get_by_role("button", name="Yes, delete").click()
+        expect(bob.get_by_text("This job was deleted", exact=False)).to_be_visible()
+        backend = local_backend(home)
+        assert backend.jobs.get(bob_job).status == JobStatus.DELETED
+        assert backend.jobs.get(alice_job).status == JobStatus.COMPLETED
+        assert video(alice_job, "alice@example.com").status_code == 200
+
+        # an upload goes into the uploader's slot only: Alice's token does not take Bob's file
+        alice.goto(url)
+        expect(alice.locator(".ss-upload input[type=file]")).to_be_attached()
+        expect(alice.locator(".ss-upload[data-token]")).to_have_count(1)
+        token = alice.locator(".ss-upload").get_attribute("data-token")
+        refused = requests.put(f"{url}/api/uploads/{token}", data=b"x", timeout=10,
+                               headers={"X-Forwarded-Email": "bob@example.com"})
+        assert refused.status_code == 403
+    finally:
+        alice_context.close()
+        bob_context.close()

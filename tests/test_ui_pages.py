@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -32,6 +33,11 @@ APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 SIZE = (160, 96)
 # A background conversion of a 1 s 160x96 clip takes seconds; the limit only guards against a hang.
 RUNNER_LIMIT_SECONDS = 300
+
+
+def shown(element) -> str:
+    """The text an element shows: its Markdown source without the escapes that keep user text literal."""
+    return re.sub(r"\\(.)", r"\1", element.value)
 
 
 def new_app() -> AppTest:
@@ -90,13 +96,13 @@ def test_upload_creates_the_job_and_the_runner_converts_it(home, backend, tmp_pa
     staged = stage(at, clip)
     at.run()
     assert not at.exception
-    assert any("holiday.mp4 · " in s.value and "160×96" in s.value for s in at.success)
+    assert any("holiday.mp4 · " in shown(s) and "160×96" in shown(s) for s in at.success)
     token = at.session_state["upload_token"]
     assert at.text_input(key=f"title-{token}").value == "holiday"
     at.radio(key="output_format").set_value(OutputFormat.HSBS)
     at.slider(key="divergence").set_value(3.0)
     at.run()
-    assert any("holiday-3d_Half_SBS.mp4" in c.value for c in at.caption)
+    assert any("holiday-3d_Half_SBS.mp4" in shown(c) for c in at.caption)
     next(b for b in at.button if b.label == "Convert to 3D").click()
     at.run()
     assert not at.exception, at.exception
@@ -107,7 +113,7 @@ def test_upload_creates_the_job_and_the_runner_converts_it(home, backend, tmp_pa
     assert backend.objects.head(backend.input_bucket, keys.input_key(job_id)).size == clip.stat().st_size
     assert not staged.path.exists()  # the staged copy is gone once stored
     assert at.session_state["upload_token"] != token  # a fresh picker for the next file
-    assert [t.value for t in at.title] == ["holiday"]
+    assert [shown(t) for t in at.title] == ["holiday"]
     assert log_path(home, job_id).is_file()  # the runner was started in the background
     # the job page shows its progress bar (running, or already completed: a tiny clip converts fast)
     assert len(at.get("progress")) == 1
@@ -147,7 +153,7 @@ def test_bad_upload_shows_why_and_creates_no_job(home, backend, tmp_path, make, 
     stage(at, path)
     at.run()
     assert not at.exception
-    assert [e.value for e in at.error] == [message] or any(message in e.value for e in at.error)
+    assert [shown(e) for e in at.error] == [message] or any(message in shown(e) for e in at.error)
     assert at.session_state["upload_token"] != first_token
     assert not (home / "uploads" / first_token).exists()
     assert next(b for b in at.button if b.label == "Convert to 3D").disabled
@@ -159,11 +165,11 @@ def test_upload_over_the_limit_is_refused(home, backend, tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "long.mp4", seconds=2, fps=24, size=SIZE)
     assert clip.stat().st_size > 10000
     at = new_app()
-    assert any("up to 9.8 KB" in c.value for c in at.caption)
+    assert any("up to 9.8 KB" in shown(c) for c in at.caption)
     staged = stage(at, clip)
     assert staged.too_large
     at.run()
-    assert any("long.mp4 is" in e.value and "the upload limit is 9.8 KB" in e.value for e in at.error)
+    assert any("long.mp4 is" in shown(e) and "the upload limit is 9.8 KB" in shown(e) for e in at.error)
     assert all_jobs(backend) == []
 
 
@@ -186,7 +192,7 @@ def _put(backend: Backend, title: str, status: JobStatus, minutes_ago: float, **
 
 
 def _titles(at: AppTest) -> list[str]:
-    return [link.value for link in at.page_link]
+    return [shown(link) for link in at.page_link]
 
 
 def test_jobs_lists_paginate_newest_first(home, backend):
@@ -202,8 +208,8 @@ def test_jobs_lists_paginate_newest_first(home, backend):
     at = open_page(new_app(), "pages/jobs.py")
     at.number_input(key="per_page").set_value(2).run()
     assert _titles(at) == ["running 0", "running 1", "done 0", "done 1", "broken"]
-    assert any("30.0 s/MB" in m.value for m in at.markdown)  # 90 s for 3 MB
-    assert any("1 min 30 s" in m.value for m in at.markdown)
+    assert any("30.0 s/MB" in shown(m) for m in at.markdown)  # 90 s for 3 MB
+    assert any("1 min 30 s" in shown(m) for m in at.markdown)
     at.button(key="older-in-progress").click().run()
     assert _titles(at)[:2] == ["running 2", "running 3"]
     at.button(key="older-in-progress").click().run()
@@ -230,28 +236,28 @@ def test_detail_shows_progress_and_eta(home, backend):
     backend.completions.put(SegmentCompletion(job_id=job.job_id, segment_index=1, total_segments=3,
                                               output_key=keys.output_segment_key(job.job_id, 1), convert_seconds=2.5))
     at = open_page(new_app(), "pages/job.py", job=job.job_id)
-    assert [t.value for t in at.title] == ["running"]
+    assert [shown(t) for t in at.title] == ["running"]
     bars = at.get("progress")
     assert len(bars) == 1 and "converting segments · segments 1/3" in bars[0].proto.text
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Segments done"] == "1/3"
     assert metrics["Time left"].endswith(" min 00 s") or "min" in metrics["Time left"]
-    assert any("recent jobs" in c.value for c in at.caption)
+    assert any("recent jobs" in shown(c) for c in at.caption)
 
 
 def test_detail_of_a_failed_job_shows_the_reason(home, backend):
     job = _put(backend, "broken", JobStatus.FAILED, 1, failure_reason="notes.mp4 is not a video file FFmpeg can read")
     at = open_page(new_app(), "pages/job.py", job=job.job_id)
-    assert any("The conversion failed: notes.mp4 is not a video file" in e.value for e in at.error)
+    assert any("The conversion failed: notes.mp4 is not a video file" in shown(e) for e in at.error)
     assert not at.get("progress")
 
 
 def test_detail_of_an_unknown_or_invalid_job(home):
     at = open_page(new_app(), "pages/job.py", job=keys.new_job_id())
-    assert any(e.value.startswith("There is no job") for e in at.error)
+    assert any(shown(e).startswith("There is no job") for e in at.error)
     at.query_params["job"] = "../etc"
     at.run()
-    assert any("is not a job id" in e.value for e in at.error)
+    assert any("is not a job id" in shown(e) for e in at.error)
 
 
 @pytest.fixture
@@ -271,7 +277,7 @@ def test_detail_of_a_completed_job_plays_downloads_previews_and_deletes(home, ba
     videos = at.get("video")
     assert len(videos) == 1 and videos[0].proto.url.endswith(f"/api/jobs/{job_id}/video")
     download = at.link_button[0]
-    assert download.value == "Download beach-day-3d_LRF_Full_SBS.mp4"
+    assert shown(download) == "Download beach-day-3d_LRF_Full_SBS.mp4"
     assert download.proto.url.endswith(f"/api/jobs/{job_id}/video?download=1")
     images = at.get("image")
     assert len(images) == 1 and "full side-by-side (320×96 shown)" in images[0].captions[0]
@@ -281,7 +287,7 @@ def test_detail_of_a_completed_job_plays_downloads_previews_and_deletes(home, ba
     # a job without one says so
     backend.objects.delete(backend.output_bucket, keys.report_key(job_id))
     at.run()
-    assert any(c.value == "This job has no comfort report." for c in at.caption)
+    assert any(shown(c) == "This job has no comfort report." for c in at.caption)
     charts = at.get("vega_lite_chart")
     assert len(charts) == 1  # seconds per segment, from the completions
 
@@ -292,19 +298,19 @@ def test_detail_of_a_completed_job_plays_downloads_previews_and_deletes(home, ba
               "warnings": ["Strong pop-out near the frame edges."]}
     backend.objects.write_bytes(backend.output_bucket, keys.report_key(job_id), json.dumps(report).encode())
     at.run()
-    assert any(w.value == "Strong pop-out near the frame edges." for w in at.warning)
+    assert any(shown(w) == "Strong pop-out near the frame edges." for w in at.warning)
     assert {m.label: m.value for m in at.metric}["Hole ratio"] == "0.02"
     assert len(at.get("vega_lite_chart")) == 3  # percentiles, report timings, completions timings
 
     next(b for b in at.button if b.label == "Delete this job").click().run()
-    assert any("cannot be undone" in w.value for w in at.warning)
+    assert any("cannot be undone" in shown(w) for w in at.warning)
     assert backend.jobs.get(job_id).status == JobStatus.COMPLETED  # nothing happens before confirming
     next(b for b in at.button if b.label == "Yes, delete").click().run()
     assert backend.jobs.get(job_id).status == JobStatus.DELETED
     assert not backend.objects.exists(backend.output_bucket, keys.final_key(job_id))
     assert not backend.objects.exists(backend.input_bucket, keys.input_key(job_id))
     assert backend.completions.query_by_job(job_id) == []
-    assert any("This job was deleted" in i.value for i in at.info)
+    assert any("This job was deleted" in shown(i) for i in at.info)
 
 
 def test_deleting_a_running_job_stops_its_runner(home, backend, tmp_path):
@@ -353,7 +359,7 @@ def test_how_to_watch_lists_players_and_offers_the_playlist(home, backend, compl
 
 def test_how_to_watch_without_finished_jobs(home):
     at = open_page(new_app(), "pages/how_to_watch.py")
-    assert any(c.value == "No finished videos yet." for c in at.caption)
+    assert any(shown(c) == "No finished videos yet." for c in at.caption)
 
 
 # --- an unreachable store -------------------------------------------------------------------------------
@@ -373,7 +379,7 @@ def test_an_unreachable_store_is_reported_not_raised(tmp_path, monkeypatch, page
         at.query_params["job"] = keys.new_job_id()
         at.run()
     assert not at.exception, at.exception
-    assert any(e.value.startswith("The job store cannot be reached:") for e in at.error)
+    assert any(shown(e).startswith("The job store cannot be reached:") for e in at.error)
 
 
 def test_an_unreachable_aws_store_is_reported(tmp_path, monkeypatch):
@@ -386,5 +392,37 @@ def test_an_unreachable_aws_store_is_reported(tmp_path, monkeypatch):
     at.run()
     at.switch_page("pages/jobs.py").run()
     assert not at.exception, at.exception
-    assert any(e.value.startswith("The job store cannot be reached:") for e in at.error)
+    assert any(shown(e).startswith("The job store cannot be reached:") for e in at.error)
 
+
+
+def test_new_conversion_offers_the_clis_options_with_the_same_validation(home, backend, tmp_path):
+    from stereo_spot.choices import conversion_settings
+    from stereo_spot.errors import UserError
+
+    clip = make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    assert "heuristic" == at.selectbox(key="depth_model").value and at.selectbox(key="inpaint").value == "classical"
+    assert {"heuristic", "depth-anything"} <= set(at.selectbox(key="depth_model").options)
+    stage(at, clip)
+    at.run()
+    # a neural model without weights: the command line's own message, and no job
+    at.selectbox(key="depth_model").set_value("depth-anything")
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    with pytest.raises(UserError) as cli_error:
+        conversion_settings(depth_model="depth-anything")
+    assert [shown(e) for e in at.error] == [str(cli_error.value)]
+    assert all_jobs(backend) == []
+    # a window: start and duration travel with the job
+    at.selectbox(key="depth_model").set_value("heuristic")
+    at.number_input(key="start").set_value(0.25)
+    at.number_input(key="duration").set_value(0.5)
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    assert not at.exception, at.exception
+    (job,) = all_jobs(backend)
+    assert (job.settings.start, job.settings.duration, job.settings.depth_model) == (0.25, 0.5, "heuristic")
+    wait_terminal(backend, job.job_id)

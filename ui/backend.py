@@ -32,4 +32,5 @@ def backend_for(settings: Settings | None = None) -> Backend:
 
 def staging_area(settings: Settings | None = None) -> StagingArea:
     settings = settings or current_settings()
-    return StagingArea(settings.stereo_spot_home / "uploads", settings.max_upload_bytes)
+    return StagingArea(settings.stereo_spot_home / "uploads", settings.max_upload_bytes,
+                       max_total_bytes=settings.max_staging_bytes, min_free_bytes=settings.min_free_bytes)

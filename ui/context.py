@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from stereo_spot.config import Settings
 from stereo_spot.errors import one_line
 from stereo_spot.ports import Backend, StoreError
-from ui import services
+from ui import auth, services
 from ui.backend import backend_for, current_settings
 
 # When the page cannot tell its own address (no browser attached, as in AppTest).
@@ -43,6 +43,33 @@ def settings() -> Settings:
     except ValidationError as exc:
         st.error(f"The app's settings are invalid: {one_line(exc)}", icon=":material/settings:")
         st.stop()
+
+
+def page_identity(config: Settings) -> auth.Identity | None:
+    """The signed-in user as the page sees it (the routes use ``auth.request_identity`` on the same data)."""
+    if config.ui_auth == "none":
+        return auth.local_identity()
+    if config.ui_auth == "header":
+        return auth.from_headers(dict(st.context.headers), config)
+    if not st.user.get("is_logged_in"):
+        return None
+    return auth.make_identity(auth.user_from_claims(dict(st.user)), config)
+
+
+def identity() -> auth.Identity:
+    """The signed-in user; a page without one shows how to sign in and stops."""
+    config = settings()
+    who = page_identity(config)
+    if who is not None:
+        return who
+    st.title("Sign in")
+    if config.ui_auth == "oidc":
+        st.info("Sign in to convert videos and see your jobs.", icon=":material/login:")
+        st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
+    else:
+        st.error(f"No signed-in user: the app expects the {config.ui_auth_header} header from the "
+                 "authenticating proxy in front of it. Open the app through that proxy.", icon=":material/lock:")
+    st.stop()
 
 
 def backend() -> Backend:

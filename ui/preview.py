@@ -9,6 +9,7 @@ import av
 import numpy as np
 
 from stereo_spot import keys
+from stereo_spot.media.containers import open_input
 from stereo_spot.models import Job
 from stereo_spot.ports import Backend, NotFound
 
@@ -18,7 +19,7 @@ MAX_PREVIEW_WIDTH = 1600
 
 def frame_at(path: Path | str, fraction: float = 0.5, max_width: int = MAX_PREVIEW_WIDTH) -> np.ndarray:
     """RGB (H, W, 3) uint8 of the first frame at or after ``fraction`` of the video's duration."""
-    with av.open(str(path)) as container:
+    with open_input(path) as container:  # the same container whitelist as every source
         stream = container.streams.video[0]
         duration = None
         if container.duration:

@@ -9,6 +9,9 @@ Why not Streamlit's widgets: ``st.file_uploader`` and ``st.video(path)`` both ho
 memory. The video route also means a link (the player, the download button, an M3U playlist) never expires: every
 request signs a new short-lived URL.
 
+Both routes check the same identity as the pages (``ui.auth``): an upload token is accepted only from the user it
+was issued to, and the video of someone else's job is answered like a job that does not exist.
+
 Cross-site requests: the upload is a ``PUT`` (a browser must ask permission first, which is never granted) to a
 token only this process issued; the video route only reads.
 """
@@ -28,6 +31,7 @@ from stereo_spot import keys
 from stereo_spot.models import JobStatus
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
+from ui import auth
 from ui.backend import backend_for, current_settings, staging_area
 
 log = logging.getLogger(__name__)
@@ -47,10 +51,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _identity(request: Request) -> auth.Identity | None:
+    return auth.request_identity(request.headers, request.cookies, current_settings())
+
+
+NOT_SIGNED_IN = "not signed in: open the app's page first (through the sign-in proxy when there is one)"
+
+
 async def receive_upload(request: Request) -> Response:
     token = request.path_params["token"]
+    user = _identity(request)
+    if user is None:
+        return _error(401, NOT_SIGNED_IN)
     area = staging_area()
-    if not area.is_issued(token):
+    if not area.is_issued(token, user.user):
         return _error(403, "This upload form has expired (the app was restarted or the file was already used); "
                            "reload the page and choose the file again.")
     name = unquote(request.headers.get("x-file-name", "")) or "upload"
@@ -67,10 +81,10 @@ async def receive_upload(request: Request) -> Response:
     return JSONResponse({"name": staged.name, "size": staged.size})
 
 
-def _video_response(job_id: str, download: bool) -> Response:
+def _video_response(job_id: str, download: bool, user: auth.Identity) -> Response:
     settings = current_settings()
     backend = backend_for(settings)
-    job = backend.jobs.get(job_id)
+    job = auth.visible_job(backend.jobs, job_id, user)
     if job is None or job.status != JobStatus.COMPLETED:
         return _error(404, f"job {job_id} has no finished video")
     name = output_file_name(job.title, job.output_format)
@@ -89,6 +103,9 @@ def _video_response(job_id: str, download: bool) -> Response:
 
 async def job_video(request: Request) -> Response:
     job_id = request.path_params["job_id"]
+    user = _identity(request)
+    if user is None:
+        return _error(401, NOT_SIGNED_IN)
     try:
         keys.validate_job_id(job_id)
     except keys.InvalidKey:
@@ -96,7 +113,7 @@ async def job_video(request: Request) -> Response:
     download = request.query_params.get("download") == "1"
     try:
         # Store calls block (SQLite, boto3): keep them off the event loop that serves every page.
-        return await anyio.to_thread.run_sync(_video_response, job_id, download)
+        return await anyio.to_thread.run_sync(_video_response, job_id, download, user)
     except (StoreError, OSError) as exc:
         log.warning("video of job %s: %s", job_id, exc)
         return _error(503, f"the job store cannot be reached: {exc}")

@@ -7,13 +7,16 @@ import base64
 import heapq
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from stereo_spot.config import Settings
 from stereo_spot.models import (
     AnaglyphMethod,
+    ConversionSettings,
     Job,
     JobStatus,
     OutputFormat,
@@ -22,6 +25,7 @@ from stereo_spot.models import (
     utcnow,
 )
 from stereo_spot.ports import JobStore
+from ui.auth import Identity
 from ui.uploads import UploadError, format_bytes
 
 MB = 1024 * 1024
@@ -117,12 +121,70 @@ def check_video(path: Path, name: str) -> VideoSummary:
         info = probe(path)
         video = require_video(info)
     except MediaError as exc:
-        raise UploadError(str(exc)) from exc
+        # The media layer names the file it read, which is staged under a fixed name: say the user's name.
+        message = str(exc)
+        if message.startswith(path.name):
+            message = name + message[len(path.name):]
+        raise UploadError(message) from exc
     except Exception as exc:  # noqa: BLE001 - FFmpeg can fail in ways the media layer does not classify
         raise UploadError(f"{name} is not a video file that can be read ({type(exc).__name__})") from exc
     width, height = video.display_size
     return VideoSummary(name=name, size_bytes=size, duration_seconds=info.duration_seconds, width=width,
                         height=height, fps=float(video.fps or 0), has_audio=info.has_audio)
+
+
+DEPTH_MODEL_HELP = ("heuristic needs no weights and runs anywhere; a neural model estimates depth better and "
+                    "needs its weights.")
+INPAINT_HELP = "classical fills the holes beside near objects quickly; diffusion paints them, from its weights."
+
+
+def depth_model_names() -> list[str]:
+    from stereo_spot.stereo.depth import known_depth_estimators
+
+    return sorted(known_depth_estimators(), key=lambda name: name != "heuristic")  # the default first
+
+
+def inpainter_names() -> list[str]:
+    from stereo_spot.stereo.fill import known_inpainters
+
+    return sorted(known_inpainters(), key=lambda name: name != "classical")
+
+
+def checked_settings(user: Identity, **choices) -> ConversionSettings:
+    """The same validation as ``stereo-spot convert`` (``stereo_spot.choices``). Weights from a folder on the
+    server are for admins: anyone else could make the app read (and reveal the existence of) its files."""
+    from stereo_spot.choices import conversion_settings
+
+    if not user.admin:
+        for name in ("depth_weights", "inpaint_weights"):
+            value = (choices.get(name) or "").strip()
+            if value and not value.startswith("s3://"):
+                raise UploadError("weights from a folder on the server can only be chosen by an admin; "
+                                  "give an s3:// prefix")
+    return conversion_settings(**choices)
+
+
+def check_limits(summary: VideoSummary, settings: ConversionSettings | None, config: Settings) -> None:
+    """UploadError when the video (or the part of it chosen) is over the app's limits."""
+    from stereo_spot.limits import LimitExceeded, check_media_limits
+
+    try:
+        check_media_limits(summary.name, summary.width, summary.height, summary.fps, summary.duration_seconds,
+                           config, start=settings.start if settings else None,
+                           length=settings.duration if settings else None)
+    except LimitExceeded as exc:
+        raise UploadError(str(exc)) from exc
+
+
+def check_user_quota(store: JobStore, user: Identity, config: Settings) -> None:
+    """UploadError when the user already has as many jobs in progress as UI_MAX_JOBS_PER_USER allows."""
+    limit = config.ui_max_jobs_per_user
+    if not limit:
+        return
+    running = store.list_in_progress(limit=limit, owner=user.user)
+    if len(running) >= limit:
+        raise UploadError(f"you have {len(running)} conversions in progress, the most one user may have at once "
+                          f"(UI_MAX_JOBS_PER_USER={limit}); start this one when one of them is done")
 
 
 def default_title(file_name: str) -> str:
@@ -149,7 +211,8 @@ def decode_cursor(cursor: str) -> dict[str, str | None]:
     return state
 
 
-def merged_page(store: JobStore, statuses: Sequence[JobStatus], limit: int, cursor: str | None = None) -> Page:
+def merged_page(store: JobStore, statuses: Sequence[JobStatus], limit: int, cursor: str | None = None, *,
+                owner: str | None = None) -> Page:
     """One page of the jobs in any of ``statuses``, newest ``created_at`` first, through the store's own
     per-status cursors (an indexed query each, never a scan).
 
@@ -163,7 +226,7 @@ def merged_page(store: JobStore, statuses: Sequence[JobStatus], limit: int, curs
     for status in statuses:
         position = state.get(status.value, _EXHAUSTED)
         if position is not _EXHAUSTED:
-            pages[status.value] = store.list_by_status(status, limit=limit, cursor=position or None)
+            pages[status.value] = store.list_by_status(status, limit=limit, cursor=position or None, owner=owner)
     tagged = ([(job.created_at, job.job_id, name, job) for job in page.items] for name, page in pages.items())
     merged = heapq.merge(*tagged, key=lambda t: (t[0], t[1]), reverse=True)
     taken = [next_item for _, next_item in zip(range(limit), merged, strict=False)]
@@ -176,7 +239,7 @@ def merged_page(store: JobStore, statuses: Sequence[JobStatus], limit: int, curs
         if count == len(page.items):  # all used (or nothing there): continue after this page
             next_state[name] = page.next_cursor or _EXHAUSTED
         elif count:  # partly used: the position after exactly ``count`` items
-            again = store.list_by_status(JobStatus(name), limit=count, cursor=state[name] or None)
+            again = store.list_by_status(JobStatus(name), limit=count, cursor=state[name] or None, owner=owner)
             next_state[name] = again.next_cursor or _EXHAUSTED
         # unused: the same position next time
     more = any(value is not _EXHAUSTED for value in next_state.values())
@@ -308,6 +371,17 @@ def estimate_remaining(job: Job, progress: JobProgress, recent_seconds_per_mb: f
     return Estimate(max(0.0, total - elapsed), basis)
 
 
+# --- words ---
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=^&])")
+
+
+def escape_markdown(text: str) -> str:
+    """User text (a title, a query parameter, a file name) shown as itself wherever Streamlit renders Markdown:
+    no links, images, emphasis, ``:material/...:`` icons or HTML. Newlines become spaces (one-line labels)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
 # --- words ----------------------------------------------------------------------------------------------
 
 
@@ -363,12 +437,12 @@ def playlist_m3u(entries: Iterable[PlaylistEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iter_completed(store: JobStore, limit: int, page_size: int = 50) -> list[Job]:
-    """The newest ``limit`` completed jobs, page by page through the store's cursor."""
+def iter_completed(store: JobStore, limit: int, page_size: int = 50, *, owner: str | None = None) -> list[Job]:
+    """The newest ``limit`` completed jobs (of ``owner``, or everyone's), page by page through the store's cursor."""
     jobs: list[Job] = []
     cursor = None
     while len(jobs) < limit:
-        page = store.list_completed(limit=min(page_size, limit - len(jobs)), cursor=cursor)
+        page = store.list_completed(limit=min(page_size, limit - len(jobs)), cursor=cursor, owner=owner)
         jobs.extend(page.items)
         cursor = page.next_cursor
         if not cursor:

@@ -2,7 +2,16 @@
 
 import streamlit as st
 
+from ui import context, services
+
 st.set_page_config(page_title="stereo-spot", page_icon=":material/3d_rotation:", layout="wide")
+
+user = context.identity()  # every page needs a signed-in user (UI_AUTH); without one this shows how and stops
+if context.settings().ui_auth != "none":
+    with st.sidebar:
+        st.caption(f"Signed in as {services.escape_markdown(user.user)}" + (" (admin)" if user.admin else ""))
+        if context.settings().ui_auth == "oidc":
+            st.button("Sign out", icon=":material/logout:", on_click=st.logout)
 
 pages = [
     st.Page("pages/new_conversion.py", title="New conversion", icon=":material/upload:", default=True),

@@ -51,10 +51,14 @@ _ENGINE_NAMES = {"argo": "Argo Workflows", "kfp": "Kubeflow Pipelines"}
 
 def start_pipeline(backend: Backend, settings: Settings, job_id: str) -> Started:
     if backend.name == "local":
-        from stereo_spot.runner import start_background
+        from ui import local_queue
 
-        process = start_background(job_id, settings.stereo_spot_home)
-        return Started("Converting on this machine; it keeps going if you close this page.", pid=process.pid)
+        home = settings.stereo_spot_home
+        if job_id in local_queue.dispatch_once(backend, home, settings.max_concurrent_jobs):
+            return Started("Converting on this machine; it keeps going if you close this page.")
+        local_queue.ensure_dispatcher(home)  # starts it when a slot frees up, page open or not
+        return Started(f"Queued: {settings.max_concurrent_jobs} conversion(s) run at once on this machine "
+                       "(MAX_CONCURRENT_JOBS); it starts by itself when one finishes.")
     engine = settings.ui_submit_engine
     if engine == "none":
         return Started("Uploaded: the storage event starts the conversion on the cluster.")
@@ -72,6 +76,54 @@ def _submit(backend: Backend, engine: str, job_id: str) -> Started:
         steps.fail(backend, job_id, reason)
         raise SubmissionError(reason) from exc
     return Started(f"Submitted to {name}.", run_link=link if isinstance(link, str) else None)
+
+
+# The service-account token Kubernetes mounts in every pod (used when ARGO_TOKEN is not set).
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def workflow_name(job_id: str) -> str:
+    """The Argo workflow of a job: deterministic (the Sensor and ``stereo-spot submit`` name it so)."""
+    return f"stereo-spot-{keys.validate_job_id(job_id)}"
+
+
+def stop_run(backend: Backend, settings: Settings, job_id: str) -> str | None:
+    """Stop the running work of a job that is being deleted, so nothing more is computed or written. Local
+    storage: the background runner. AWS with ARGO_SERVER_URL: the job's Argo workflow, through the Argo server's
+    stop API. Returns a one-line warning when the run could not be stopped (the delete goes on: every step checks
+    for a deleted job after it writes, so a run that was not stopped removes what it writes and ends)."""
+    if backend.name == "local":
+        stop_local_runner(job_id)
+        return None
+    if not settings.argo_server_url:
+        return None
+    return stop_argo_workflow(settings, job_id)
+
+
+def stop_argo_workflow(settings: Settings, job_id: str, timeout: float = 15.0) -> str | None:
+    import json
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    name = workflow_name(job_id)
+    token = settings.argo_token
+    if not token and Path(SERVICE_ACCOUNT_TOKEN).is_file():
+        token = Path(SERVICE_ACCOUNT_TOKEN).read_text().strip()
+    url = f"{settings.argo_server_url.rstrip('/')}/api/v1/workflows/{settings.argo_namespace}/{name}/stop"
+    request = urllib.request.Request(url, method="PUT", data=json.dumps(
+        {"name": name, "namespace": settings.argo_namespace}).encode(), headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", token if token.startswith("Bearer ") else f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # no such workflow (never started, or already removed): nothing to stop
+            return None
+        return f"the workflow {name} could not be stopped (Argo server answered {exc.code})"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"the workflow {name} could not be stopped: {one_line(exc)}"
 
 
 def stop_local_runner(job_id: str) -> int:

@@ -6,13 +6,18 @@ route (``ui/routes.py``) that writes the request body to disk as it arrives, and
 disk: probe it, then create the job and store the source. A rejected upload leaves no job behind because nothing
 is created before the file has been checked.
 
-Layout: ``{root}/{token}/{file name}`` plus ``{root}/{token}/status.json`` written last (atomically), so a reader
-sees either a finished upload or none. A token is a random UUID the page hands to its upload widget; the route
-accepts only tokens issued by this process, so a page elsewhere cannot drop files into the staging area.
+Layout: ``{root}/{token}/upload`` (a fixed name: the browser's file name is only recorded, so no name can collide
+with the record) plus ``{root}/{token}/status.json`` written last (atomically), so a reader sees either a finished
+upload or none. A token is a random UUID the page hands to its upload widget, issued to the signed-in user; the
+route accepts a token only from the user it was issued to, so nobody else can drop files into that slot.
+
+Room: all staged uploads together stay under ``MAX_STAGING_BYTES``, and an upload is refused (before and while it
+streams) when it would leave less than ``MIN_FREE_BYTES`` free on the disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,10 +32,13 @@ from pathlib import Path
 from stereo_spot.errors import UserError
 
 STATUS_FILE = "status.json"
+UPLOAD_FILE = "upload"
 # Staged files nobody converted (page closed after uploading) are removed after this long.
 STALE_SECONDS = 24 * 3600
 # Bytes gathered from the request before one disk write: bounded memory, few system calls.
 WRITE_BUFFER_BYTES = 4 * 1024 * 1024
+# How often (in bytes received) an upload re-checks the staging cap and the free disk space.
+ROOM_CHECK_BYTES = 64 * 1024 * 1024
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -40,6 +48,10 @@ class UploadError(UserError):
 
 class UploadTooLarge(UploadError):
     pass
+
+
+class NoRoom(UploadTooLarge):
+    """The staging area (or the disk under it) has no room for this upload now."""
 
 
 def format_bytes(size: float) -> str:
@@ -78,20 +90,50 @@ class StagedUpload:
 
 
 class StagingArea:
-    def __init__(self, root: Path | str, max_bytes: int):
+    def __init__(self, root: Path | str, max_bytes: int, *, max_total_bytes: int | None = None,
+                 min_free_bytes: int = 0):
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        self.max_total_bytes = max_total_bytes
+        self.min_free_bytes = int(min_free_bytes)
 
     # --- tokens -----------------------------------------------------------------------------------------
 
-    def new_token(self) -> str:
+    def new_token(self, owner: str = "local") -> str:
         token = uuid.uuid4().hex
-        _ISSUED.add(token)
+        _ISSUED.add(token, owner)
         return token
 
     @staticmethod
-    def is_issued(token: str) -> bool:
-        return _ISSUED.contains(token)
+    def is_issued(token: str, owner: str = "local") -> bool:
+        return _ISSUED.owner(token) == owner
+
+    # --- room -------------------------------------------------------------------------------------------
+
+    def staged_bytes(self, exclude: str | None = None) -> int:
+        total = 0
+        if not self.root.is_dir():
+            return 0
+        for entry in self.root.iterdir():
+            if entry.name == exclude or not entry.is_dir():
+                continue
+            for path in entry.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
+    def check_room(self, token: str, size: int, already_staged: int | None = None) -> None:
+        """NoRoom when ``size`` more bytes for this upload would pass the staging cap or the free-space floor."""
+        if self.max_total_bytes is not None:
+            staged = self.staged_bytes(exclude=token) if already_staged is None else already_staged
+            if staged + size > self.max_total_bytes:
+                raise NoRoom(f"the app is receiving too many uploads right now ({format_bytes(staged)} staged, "
+                             f"limit {format_bytes(self.max_total_bytes)}, MAX_STAGING_BYTES); try again later")
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if free - size < self.min_free_bytes:
+            raise NoRoom(f"the server's disk has {format_bytes(free)} free, too little for this upload "
+                         f"(MIN_FREE_BYTES keeps {format_bytes(self.min_free_bytes)} free); try again later")
 
     def _dir(self, token: str) -> Path:
         if not isinstance(token, str) or not _TOKEN.match(token):
@@ -149,7 +191,7 @@ class StagingArea:
         directory = self._dir(upload.token)
         directory.mkdir(parents=True, exist_ok=True)
         status = {"name": upload.name, "size": upload.size, "error": upload.error,
-                  "too_large": upload.too_large, "file": upload.path.name if upload.path else None}
+                  "too_large": upload.too_large, "file": UPLOAD_FILE if upload.path else None}
         tmp = directory / f".{STATUS_FILE}.part"
         tmp.write_text(json.dumps(status))
         os.replace(tmp, directory / STATUS_FILE)
@@ -166,7 +208,7 @@ class StagingArea:
             return None
         except (OSError, ValueError):
             return StagedUpload(token, "upload", None, 0, "the upload's record is unreadable; choose the file again")
-        path = directory / status["file"] if status.get("file") else None
+        path = directory / UPLOAD_FILE if status.get("file") else None
         if path is not None and not path.is_file():
             return StagedUpload(token, status.get("name", "upload"), None, 0,
                                 "the uploaded file is gone from the staging area; choose it again")
@@ -203,8 +245,12 @@ class _Writer:
             raise UploadTooLarge(too_large_message(self.name, declared_size, area.max_bytes))
         self.directory = area._dir(token)
         shutil.rmtree(self.directory, ignore_errors=True)  # a second upload for the same token replaces the first
+        # Others' uploads in flight, counted once; this one is counted as it arrives.
+        self.others = area.staged_bytes(exclude=token) if area.max_total_bytes is not None else 0
+        area.check_room(token, declared_size or 0, self.others)
         self.directory.mkdir(parents=True)
-        self.part = self.directory / f".{self.name}.part"
+        self.part = self.directory / f".{UPLOAD_FILE}.part"
+        self.next_room_check = ROOM_CHECK_BYTES
         self.out = open(self.part, "wb")
         self.size = 0
         self.buffer = bytearray()
@@ -213,6 +259,9 @@ class _Writer:
         self.size += len(chunk)
         if self.size > self.area.max_bytes:
             raise UploadTooLarge(too_large_message(self.name, None, self.area.max_bytes))
+        if self.size >= self.next_room_check:  # no Content-Length, or the disk filling from elsewhere
+            self.next_room_check = self.size + ROOM_CHECK_BYTES
+            self.area.check_room(self.token, self.size, self.others)
 
     def add(self, chunk: bytes) -> None:
         self._count(chunk)
@@ -231,7 +280,7 @@ class _Writer:
 
     def finish(self) -> StagedUpload:
         self.out.close()
-        path = self.directory / self.name
+        path = self.directory / UPLOAD_FILE
         os.replace(self.part, path)
         if self.size == 0:
             return self.reject(f"{self.name} is empty (0 bytes); choose a video file")
@@ -247,23 +296,25 @@ class _Writer:
 
 
 class _IssuedTokens:
-    """Tokens handed to upload widgets by this process (pages and the upload route share one interpreter)."""
+    """Tokens handed to upload widgets by this process (pages and the upload route share one interpreter), each
+    with the identity it was issued to."""
 
     def __init__(self, limit: int = 10_000):
-        self._tokens: dict[str, float] = {}
+        self._tokens: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._limit = limit
 
-    def add(self, token: str) -> None:
+    def add(self, token: str, owner: str) -> None:
         with self._lock:
-            self._tokens[token] = time.time()
+            self._tokens[token] = (time.time(), owner)
             if len(self._tokens) > self._limit:  # forget the oldest: a long-idle page just gets a new token
-                for old in sorted(self._tokens, key=self._tokens.get)[: len(self._tokens) - self._limit]:
+                for old in sorted(self._tokens, key=lambda t: self._tokens[t][0])[: len(self._tokens) - self._limit]:
                     del self._tokens[old]
 
-    def contains(self, token: str) -> bool:
+    def owner(self, token: str) -> str | None:
         with self._lock:
-            return token in self._tokens
+            entry = self._tokens.get(token)
+        return entry[1] if entry else None
 
     def discard(self, token: str) -> None:
         with self._lock:

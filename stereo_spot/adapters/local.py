@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from stereo_spot.models import IN_PROGRESS_STATUSES, Job, JobStatus, Page, SegmentCompletion, utcnow
 from stereo_spot.ports import (
+    REASSEMBLY_LOCK_TTL_SECONDS,
     Backend,
     ConflictError,
     EventDedup,
@@ -167,13 +168,17 @@ class SQLiteJobStore(JobStore):
                        (*self._row(job)[1:], job_id))
         return job
 
-    def list_completed(self, limit: int = 20, cursor: str | None = None) -> Page:
-        return self.list_by_status(JobStatus.COMPLETED, limit, cursor)
+    def list_completed(self, limit: int = 20, cursor: str | None = None, *, owner: str | None = None) -> Page:
+        return self.list_by_status(JobStatus.COMPLETED, limit, cursor, owner=owner)
 
-    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None) -> Page:
+    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None, *,
+                       owner: str | None = None) -> Page:
         order = "completed_at" if status == JobStatus.COMPLETED else "created_at"
         sql = f"SELECT data, {order}, job_id FROM jobs WHERE status = ?"
         args: list[Any] = [status.value]
+        if owner is not None:
+            sql += " AND json_extract(data, '$.owner') = ?"
+            args.append(owner)
         if cursor:
             after_time, after_id = _decode_cursor(cursor)
             sql += f" AND ({order} < ? OR ({order} = ? AND job_id < ?))"
@@ -186,12 +191,14 @@ class SQLiteJobStore(JobStore):
         next_cursor = _encode_cursor(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
-    def list_in_progress(self, limit: int = 100) -> list[Job]:
+    def list_in_progress(self, limit: int = 100, *, owner: str | None = None) -> list[Job]:
         marks = ",".join("?" for _ in IN_PROGRESS_STATUSES)
+        mine = " AND json_extract(data, '$.owner') = ?" if owner is not None else ""
         with self.db.transaction() as db:
             rows = db.execute(
-                f"SELECT data FROM jobs WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT ?",
-                [s.value for s in IN_PROGRESS_STATUSES] + [limit]).fetchall()
+                f"SELECT data FROM jobs WHERE status IN ({marks}){mine} ORDER BY created_at DESC LIMIT ?",
+                [s.value for s in IN_PROGRESS_STATUSES] + ([owner] if owner is not None else []) + [limit]
+            ).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
 
@@ -225,7 +232,7 @@ class SQLiteReassemblyLock(ReassemblyLock):
     def __init__(self, db: SQLiteDatabase):
         self.db = db
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         now = time.time()
         with self.db.transaction() as db:
             row = db.execute("SELECT owner, expires_at FROM reassembly_triggered WHERE job_id = ?",

@@ -34,12 +34,26 @@ def check_readable_file(path: Path) -> int:
     return size
 
 
+# The containers a source may be (FFmpeg demuxer names). FFmpeg picks a demuxer from the file's content, and some
+# demuxers open other files: an uploaded HLS playlist (.m3u8) or ffconcat list naming ``/etc/passwd`` or another
+# user's video would be read. So only these demuxers, and only the ``file`` protocol (no http, no pipe, no
+# nested "concat:"/"subfile:" URLs), are allowed. Audio containers are here so that an audio-only upload gets
+# "has no video stream" rather than a vaguer message.
+ALLOWED_CONTAINERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "mpeg", "asf", "flv", "ogg",
+                      "mp3", "wav", "aac", "flac")
+_INPUT_OPTIONS = {"format_whitelist": ",".join(ALLOWED_CONTAINERS), "protocol_whitelist": "file"}
+
+
 def open_input(path: str | Path) -> InputContainer:
-    """Open a media file for reading; every failure becomes a one-line MediaError."""
+    """Open a media file for reading (the allowed containers only, from a local file); every failure becomes a
+    one-line MediaError."""
     path = Path(path)
     check_readable_file(path)
     try:
-        container = av.open(str(path), metadata_errors="replace")
+        container = av.open(str(path), metadata_errors="replace", options=dict(_INPUT_OPTIONS))
+    except av.error.ArgumentError as exc:  # EINVAL: FFmpeg's answer for a demuxer that is not on the whitelist
+        raise MediaError(f"{path.name} is not a video file this app converts (allowed containers: mp4/mov, "
+                         "mkv/webm, avi, mpeg-ts, mpeg-ps, wmv, flv, ogg)") from exc
     except av.error.FFmpegError as exc:
         truncation = mp4_truncation(path)
         if truncation:

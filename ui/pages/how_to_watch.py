@@ -31,7 +31,7 @@ st.caption("Full formats keep each eye's full resolution (the file is twice as w
 st.subheader("Playlist")
 backend = context.backend()
 with context.store_errors():
-    jobs = services.iter_completed(backend.jobs, PLAYLIST_JOBS)
+    jobs = services.iter_completed(backend.jobs, PLAYLIST_JOBS, owner=context.identity().owner_filter)
 if not jobs:
     st.caption("No finished videos yet.")
 else:

@@ -9,17 +9,19 @@ from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import Job, JobStatus, utcnow
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import Backend
-from ui import context, services
+from ui import auth, context, services
 from ui.preview import job_preview
 from ui.report import ReportUnreadable, load_report
 from ui.routes import video_path
-from ui.submission import stop_local_runner
+from ui.submission import stop_run
 from ui.uploads import format_bytes
 
 # How often the progress bar asks the store (a few small reads per tick).
 PROGRESS_EVERY_SECONDS = 2.0
 
 backend: Backend = context.backend()
+user = context.identity()
+md = services.escape_markdown
 
 job_id = st.query_params.get("job", "")
 if not job_id:
@@ -31,21 +33,23 @@ try:
     keys.validate_job_id(job_id)
 except keys.InvalidKey:
     st.title("Job")
-    st.error(f"{job_id!r} is not a job id.")
+    st.error(f"{md(repr(job_id))} is not a job id.")
     st.stop()
 
 with context.store_errors():
-    job = backend.jobs.get(job_id)
+    job = auth.visible_job(backend.jobs, job_id, user)  # someone else's job reads exactly like a missing one
 if job is None:
     st.title("Job")
     st.error(f"There is no job {job_id}.")
     st.page_link("pages/jobs.py", label="Jobs", icon=":material/list:")
     st.stop()
 
-st.title(job.title or "untitled")
+st.title(md(job.title or "untitled"))
 details = [services.settings_summary(job), f"created {services.format_age(job.created_at)}"]
 if job.source_file_size_bytes:
     details.append(format_bytes(job.source_file_size_bytes))
+if user.admin and job.owner and job.owner != user.user:
+    details.append(f"owner {md(job.owner)}")
 st.caption(" · ".join(details) + f" · job {job.job_id}")
 
 if notice := st.session_state.pop("job_notice", None):
@@ -78,6 +82,20 @@ def segment_timings_chart(completions) -> None:
                  height=220, y_label="seconds", x_label="segment", sort=False)
 
 
+def queue_note(current: Job) -> None:
+    """Local runs wait their turn (MAX_CONCURRENT_JOBS): say how many jobs are ahead."""
+    if current.status != JobStatus.CREATED or backend.name != "local" or current.uploaded_at is None:
+        return
+    from ui.local_queue import place
+
+    config = context.settings()
+    position = place(backend, config.stereo_spot_home, current.job_id)
+    if position is not None:
+        ahead = position - 1
+        st.info(f"Waiting in the queue: {ahead} job{'s' if ahead != 1 else ''} ahead of this one (at most "
+                f"{config.max_concurrent_jobs} convert at once on this machine).", icon=":material/hourglass_top:")
+
+
 @st.fragment(run_every=PROGRESS_EVERY_SECONDS if not job.status.is_terminal else None)
 def live_progress() -> None:
     with context.store_errors():
@@ -85,6 +103,7 @@ def live_progress() -> None:
         completions = backend.completions.query_by_job(job_id) if current else []
     if current is None or (current.status != job.status and current.status.is_terminal):
         st.rerun()  # finished, failed or deleted since the page was drawn: draw the whole page again
+    queue_note(current)
     progress = services.job_progress(current, completions)
     estimate = services.estimate_remaining(current, progress, context.recent_seconds_per_mb())
     eta = services.format_duration(estimate.remaining_seconds) if estimate.remaining_seconds is not None else "–"
@@ -104,7 +123,8 @@ if not job.status.is_terminal:
     operator_links(job)
 
 if job.status == JobStatus.FAILED:
-    st.error(f"The conversion failed: {job.failure_reason or 'no reason was recorded'}", icon=":material/error:")
+    st.error(f"The conversion failed: {md(job.failure_reason or 'no reason was recorded')}",
+             icon=":material/error:")
     operator_links(job)
     if backend.name == "local":
         from stereo_spot.runner import log_path
@@ -126,7 +146,7 @@ def render_report(current: Job) -> None:
         st.caption("This job has no comfort report.")
         return
     for warning in report.warnings:
-        st.warning(warning, icon=":material/visibility:")
+        st.warning(md(warning), icon=":material/visibility:")
     if report.metrics:
         cols = st.columns(min(len(report.metrics), 6))
         for col, (label, value) in zip(cols, report.metrics.items(), strict=False):
@@ -157,7 +177,7 @@ if job.status == JobStatus.COMPLETED:
     # The route streams the local file (with Range requests, for seeking) or redirects to a freshly presigned
     # S3 URL, so these links work however long the page stays open.
     st.video(base + video_path(job.job_id))
-    st.link_button(f"Download {file_name}", base + video_path(job.job_id, download=True),
+    st.link_button(f"Download {md(file_name)}", base + video_path(job.job_id, download=True),
                    icon=":material/download:", type="primary")
     operator_links(job)
     preview_tab, report_tab, timing_tab = st.tabs(["Still preview", "Comfort report", "Segments"])
@@ -188,9 +208,12 @@ else:
     if yes.button("Yes, delete", type="primary", icon=":material/delete_forever:"):
         try:
             with context.store_errors():
-                if backend.name == "local" and not job.status.is_terminal:
-                    stop_local_runner(job_id)  # no segment may land after the files are removed
+                warning = None
+                if not job.status.is_terminal:  # stop the work first: nothing more is computed or written
+                    warning = stop_run(backend, context.settings(), job_id)
                 steps.delete_job(backend, job_id)
+            if warning:
+                st.session_state["job_notice"] = f"Deleted; {warning}."
         except UserError as exc:
             st.error(one_line(exc))
             st.stop()

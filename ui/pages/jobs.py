@@ -12,6 +12,8 @@ from ui import context, services
 REFRESH_SECONDS = 5.0
 
 backend: Backend = context.backend()
+mine = context.identity().owner_filter  # None for admins: everyone's jobs
+md = services.escape_markdown
 
 st.title("Jobs")
 top = st.columns([1, 1, 4], vertical_alignment="bottom")
@@ -41,7 +43,7 @@ def paging_buttons(name: str, state: services.Pager, page: Page) -> None:
 
 
 def link(job: Job) -> None:
-    st.page_link("pages/job.py", label=job.title or job.job_id, query_params={"job": job.job_id},
+    st.page_link("pages/job.py", label=md(job.title or job.job_id), query_params={"job": job.job_id},
                  icon=":material/movie:")
 
 
@@ -101,7 +103,7 @@ def failed_row(job: Job) -> None:
     with cols[0]:
         link(job)
     cols[1].write(job.output_format.label)
-    cols[2].write(job.failure_reason or "unknown reason")
+    cols[2].write(md(job.failure_reason or "unknown reason"))
     cols[3].write(services.format_age(job.updated_at))
 
 
@@ -111,14 +113,16 @@ def failed_row(job: Job) -> None:
 def in_progress_section() -> None:
     """Redrawn by itself every few seconds, so running jobs move without a reload."""
     section("in-progress", "In progress",
-            lambda cursor: services.merged_page(backend.jobs, IN_PROGRESS_STATUSES, per_page, cursor),
+            lambda cursor: services.merged_page(backend.jobs, IN_PROGRESS_STATUSES, per_page, cursor,
+                                                 owner=mine),
             in_progress_row, ["Title", "Format", "Status", "Progress", "Age"], IN_PROGRESS_WIDTHS)
 
 
 in_progress_section()
 section("completed", "Completed",
-        lambda cursor: backend.jobs.list_completed(limit=per_page, cursor=cursor),
+        lambda cursor: backend.jobs.list_completed(limit=per_page, cursor=cursor, owner=mine),
         completed_row, ["Title", "Format", "Segments", "Conversion time", "Speed", "Finished"], COMPLETED_WIDTHS)
 section("failed", "Failed",
-        lambda cursor: backend.jobs.list_by_status(JobStatus.FAILED, limit=per_page, cursor=cursor),
+        lambda cursor: backend.jobs.list_by_status(JobStatus.FAILED, limit=per_page, cursor=cursor,
+                                                    owner=mine),
         failed_row, ["Title", "Format", "Reason", "Age"], FAILED_WIDTHS)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from stereo_spot import steps
 from stereo_spot.errors import UserError, one_line
-from stereo_spot.models import AnaglyphMethod, ConversionSettings, OutputFormat
+from stereo_spot.models import AnaglyphMethod, OutputFormat
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
 from ui import context, services, submission
@@ -14,7 +14,9 @@ from ui.uploads import UploadError, format_bytes, too_large_message
 
 config = context.settings()
 backend = context.backend()
+user = context.identity()
 area = staging_area(config)
+md = services.escape_markdown
 
 
 def fresh_picker(error: str | None = None) -> None:
@@ -22,7 +24,7 @@ def fresh_picker(error: str | None = None) -> None:
     old = st.session_state.get("upload_token")
     if old:
         area.discard(old)
-    st.session_state["upload_token"] = area.new_token()
+    st.session_state["upload_token"] = area.new_token(user.user)
     if error:
         st.session_state["upload_error"] = error
 
@@ -36,7 +38,7 @@ st.caption("Upload an ordinary video; stereo-spot estimates depth and renders a 
            "running if you close this page.")
 
 if message := st.session_state.pop("upload_error", None):
-    st.error(message, icon=":material/error:")
+    st.error(md(message), icon=":material/error:")
 
 event = upload_widget(token, config.max_upload_bytes)
 st.caption(f"Video files up to {format_bytes(config.max_upload_bytes)}.")
@@ -58,8 +60,10 @@ if staged is not None:
     probe_key = f"probe-{token}"
     if probe_key not in st.session_state:
         try:
-            with st.spinner(f"Checking {staged.name}…"):
-                st.session_state[probe_key] = services.check_video(staged.path, staged.name)
+            with st.spinner(f"Checking {md(staged.name)}…"):
+                summary = services.check_video(staged.path, staged.name)
+                services.check_limits(summary, None, config)  # refused before any job exists
+                st.session_state[probe_key] = summary
             # The title starts as the file name; set through the widget's state so it fills in the box that
             # was already on the page before the upload.
             st.session_state[f"title-{token}"] = services.default_title(staged.name)
@@ -68,7 +72,7 @@ if staged is not None:
             st.rerun()
     summary = st.session_state[probe_key]
     left, right = st.columns([3, 1], vertical_alignment="center")
-    left.success(summary.describe(), icon=":material/movie:")
+    left.success(md(summary.describe()), icon=":material/movie:")
     if right.button("Choose another file"):
         fresh_picker()
         st.rerun()
@@ -93,19 +97,41 @@ convergence = st.slider("Convergence", min_value=0.0, max_value=1.0, value=0.5, 
                         disabled=auto_divergence)
 st.caption(services.CONVERGENCE_HELP)
 
+with st.expander("Models and part of the video"):
+    models = st.columns(2)
+    depth_model = models[0].selectbox("Depth model", options=services.depth_model_names(), key="depth_model",
+                                      help=services.DEPTH_MODEL_HELP)
+    depth_weights = models[0].text_input("Depth model weights", key="depth_weights",
+                                         placeholder="s3://bucket/prefix or a folder on the server",
+                                         help="Needed by neural depth models; none for heuristic.")
+    inpaint = models[1].selectbox("Hole filling", options=services.inpainter_names(), key="inpaint",
+                                  help=services.INPAINT_HELP)
+    inpaint_weights = models[1].text_input("Hole filling weights", key="inpaint_weights",
+                                           placeholder="s3://bucket/prefix or a folder on the server",
+                                           help="Needed by diffusion; none for classical.")
+    part = st.columns(2)
+    start = part[0].number_input("Start (seconds)", min_value=0.0, value=None, step=1.0, key="start",
+                                 placeholder="from the beginning")
+    duration = part[1].number_input("Duration (seconds)", min_value=0.0, value=None, step=1.0, key="duration",
+                                    placeholder="to the end")
+
 job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
 if summary:
-    st.caption(f"The result downloads as **{output_file_name(job_title, output_format)}**.")
+    st.caption(f"The result downloads as **{md(output_file_name(job_title, output_format))}**.")
 
 if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":material/play_arrow:"):
     assert staged is not None and staged.path is not None
     job = None
     try:
         submission.preflight(backend, config)
-        job_settings = ConversionSettings(output_format=output_format, anaglyph=anaglyph, divergence=divergence,
-                                          convergence=convergence, auto_divergence=auto_divergence)
-        with st.spinner(f"Storing {staged.name}…"):
-            job = steps.create_job(backend, job_settings, job_title)
+        job_settings = services.checked_settings(
+            user, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
+            auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
+            inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration)
+        services.check_limits(summary, job_settings, config)
+        services.check_user_quota(backend.jobs, user, config)
+        with st.spinner(f"Storing {md(staged.name)}…"):
+            job = steps.create_job(backend, job_settings, job_title, owner=user.user)
             steps.store_source(backend, job.job_id, staged.path)
         started = submission.start_pipeline(backend, config, job.job_id)
     except (UserError, StoreError, OSError, ValueError) as exc:
@@ -115,7 +141,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
                 steps.delete_job(backend, job.job_id)
             except (UserError, StoreError, OSError):
                 pass
-        st.error(context.store_error_message(exc) if isinstance(exc, (StoreError, OSError)) else one_line(exc),
+        st.error(md(context.store_error_message(exc) if isinstance(exc, (StoreError, OSError)) else one_line(exc)),
                  icon=":material/error:")
         if isinstance(exc, submission.SubmissionError) and job is not None:
             st.page_link("pages/job.py", label="Open the job", query_params={"job": job.job_id})

@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 from stereo_spot.adapters.aws.clients import AwsClients, aws_errors
 from stereo_spot.models import IN_PROGRESS_STATUSES, Job, JobStatus, Page, SegmentCompletion, utcnow
 from stereo_spot.ports import (
+    REASSEMBLY_LOCK_TTL_SECONDS,
     ConflictError,
     EventDedup,
     JobStore,
@@ -210,8 +211,10 @@ class DynamoJobStore(JobStore):
     # listings -------------------------------------------------------------------------------------------
 
     def _query_status(self, index: str, sort_key: str, status: JobStatus, limit: int,
-                      start: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool]:
-        """Up to ``limit`` raw items of one status, newest first, and whether more remain."""
+                      start: dict[str, Any] | None, owner: str | None = None
+                      ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` raw items of one status, newest first, and whether more remain. ``owner`` is a filter
+        on the status index (DynamoDB applies it after reading, so the loop reads on until the page is full)."""
         items: list[dict[str, Any]] = []
         while len(items) < limit:
             request: dict[str, Any] = {
@@ -219,6 +222,10 @@ class DynamoJobStore(JobStore):
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": {":status": {"S": status.value}},
                 "ScanIndexForward": False, "Limit": limit - len(items)}
+            if owner is not None:
+                request["FilterExpression"] = "#owner = :owner"
+                request["ExpressionAttributeNames"]["#owner"] = "owner"
+                request["ExpressionAttributeValues"][":owner"] = {"S": owner}
             if start:
                 request["ExclusiveStartKey"] = start
             with self._errors(f"listing {status.value} jobs (index {index})"):
@@ -229,7 +236,8 @@ class DynamoJobStore(JobStore):
                 return items, False
         return items, True
 
-    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None) -> Page:
+    def list_by_status(self, status: JobStatus, limit: int = 20, cursor: str | None = None, *,
+                       owner: str | None = None) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         status = JobStatus(status)
@@ -238,7 +246,7 @@ class DynamoJobStore(JobStore):
         key_names = {"job_id", "status", sort_key}
         start = decode_cursor(cursor, key_names) if cursor else None
         # One item more than the page tells whether there is a next page without an empty last page.
-        items, _ = self._query_status(index, sort_key, status, limit + 1, start)
+        items, _ = self._query_status(index, sort_key, status, limit + 1, start, owner)
         page = items[:limit]
         next_cursor = None
         if len(items) > limit:
@@ -246,11 +254,11 @@ class DynamoJobStore(JobStore):
             next_cursor = encode_cursor({name: last[name] for name in key_names})
         return Page(items=[Job.model_validate(deserialize_item(item)) for item in page], next_cursor=next_cursor)
 
-    def list_completed(self, limit: int = 20, cursor: str | None = None) -> Page:
-        return self.list_by_status(JobStatus.COMPLETED, limit, cursor)
+    def list_completed(self, limit: int = 20, cursor: str | None = None, *, owner: str | None = None) -> Page:
+        return self.list_by_status(JobStatus.COMPLETED, limit, cursor, owner=owner)
 
-    def list_in_progress(self, limit: int = 100) -> list[Job]:
-        per_status = [self._query_status(CREATED_INDEX, "created_at", status, limit, None)[0]
+    def list_in_progress(self, limit: int = 100, *, owner: str | None = None) -> list[Job]:
+        per_status = [self._query_status(CREATED_INDEX, "created_at", status, limit, None, owner)[0]
                       for status in IN_PROGRESS_STATUSES]
         # Each list is newest first already: a k-way merge keeps that order.
         merged = heapq.merge(*per_status, key=lambda item: item["created_at"]["S"], reverse=True)
@@ -324,7 +332,7 @@ class DynamoReassemblyLock(ReassemblyLock):
     def __init__(self, clients: AwsClients, table: str):
         self.clients, self.table = clients, table
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = 6 * 3600) -> bool:
+    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
         now = int(time.time())
         try:
             with aws_errors(self.clients, "dynamodb", f"taking the reassembly lock of job {job_id} "

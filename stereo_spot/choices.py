@@ -1,0 +1,41 @@
+"""What a user may ask of a conversion, checked in one place for the command line and the app: the settings'
+own ranges (finite start and duration included), known model names, and weights that exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from stereo_spot.errors import UserError
+from stereo_spot.models import ConversionSettings
+
+# How a settings field is spelt on the command line (the app's labels say the same in words).
+OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "convergence": "--convergence",
+                "depth_model": "--depth-model", "depth_weights": "--depth-weights", "inpaint": "--inpaint",
+                "inpaint_weights": "--inpaint-weights", "segment_seconds": "--segment-seconds",
+                "start": "--start", "duration": "--duration", "anaglyph": "--anaglyph",
+                "swap_eyes": "--swap-eyes"}
+
+
+class InvalidChoice(UserError):
+    pass
+
+
+def conversion_settings(**choices: Any) -> ConversionSettings:
+    """ConversionSettings from a user's choices, or InvalidChoice with one line naming the option to fix.
+    Empty weights mean none."""
+    for name in ("depth_weights", "inpaint_weights"):
+        if isinstance(choices.get(name), str) and not choices[name].strip():
+            choices[name] = None
+    try:
+        settings = ConversionSettings(**choices)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error.get("loc") else "settings"
+        raise InvalidChoice(f"{OPTION_NAMES.get(field, field)}: {error['msg']} "
+                            f"(got {error.get('input')!r})") from None
+    from stereo_spot.stereo.engine import check_model_choice
+
+    check_model_choice(settings)
+    return settings

@@ -1,0 +1,138 @@
+"""Who is using the app, decided in one place for the pages and for the HTTP routes.
+
+    UI_AUTH=none     one user on this machine ("local", who sees every job); ``stereo-spot ui`` refuses to bind
+                     to anything but loopback in this mode unless given ``--no-auth``
+    UI_AUTH=header   an authenticating proxy (oauth2-proxy, an identity-aware load balancer) signs the user in and
+                     sets ``UI_AUTH_HEADER`` (default ``X-Forwarded-Email``) on every request it forwards; the app
+                     must only be reachable through that proxy
+    UI_AUTH=oidc     Streamlit's own OpenID Connect sign-in (``st.login``; the provider in ``secrets.toml``); the
+                     routes read the same signed ``_streamlit_user`` cookie the pages' ``st.user`` comes from
+
+``UI_ADMINS`` (comma-separated identities) see everyone's jobs. Identities compare case-insensitively (e-mail
+addresses). A job is visible to its owner and to admins; anything else is answered exactly like a job that does
+not exist, so a guessed id tells nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from stereo_spot.config import Settings
+from stereo_spot.models import Job
+from stereo_spot.ports import JobStore
+
+log = logging.getLogger(__name__)
+
+LOCAL_USER = "local"
+# What an identity may look like: an e-mail address or a provider's subject, printable, of sane length.
+_IDENTITY = re.compile(r"^[^\s\x00-\x1f\x7f]{1,320}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    admin: bool = False
+
+    @property
+    def owner_filter(self) -> str | None:
+        """What listings filter on: None (everything) for admins, the user's own jobs for everyone else."""
+        return None if self.admin else self.user
+
+
+def normalise(raw: str | None) -> str | None:
+    value = (raw or "").strip().lower()
+    return value if value and _IDENTITY.match(value) else None
+
+
+def make_identity(user: str | None, settings: Settings) -> Identity | None:
+    user = normalise(user)
+    if user is None:
+        return None
+    return Identity(user, admin=user in settings.admins)
+
+
+def local_identity() -> Identity:
+    return Identity(LOCAL_USER, admin=True)
+
+
+def from_headers(headers: Mapping[str, str], settings: Settings) -> Identity | None:
+    """Header mode: the proxy's identity header (header names compare case-insensitively)."""
+    wanted = settings.ui_auth_header.lower()
+    value = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    return make_identity(value, settings)
+
+
+def user_from_claims(claims: Mapping[str, object]) -> str | None:
+    """The identity in an OpenID Connect user record: the e-mail address, else the subject."""
+    for name in ("email", "sub"):
+        value = claims.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def from_oidc_cookie(cookies: Mapping[str, str]) -> Identity | None:
+    """OIDC mode, for the routes: the user record in Streamlit's signed ``_streamlit_user`` cookie, checked the way
+    Streamlit checks it when a page connects (signature with the cookie secret, and the origin of the
+    ``redirect_uri`` in secrets.toml). Streamlit keeps these helpers private; if they move, sign-in on the routes
+    fails closed (no identity), never open."""
+    try:
+        from streamlit.auth_util import get_origin_from_redirect_uri
+        from streamlit.web.server.starlette.starlette_server_config import USER_COOKIE_NAME
+        from streamlit.web.server.starlette.starlette_websocket import (
+            _get_signed_cookie_with_chunks,
+            _parse_decoded_user_cookie,
+        )
+
+        from stereo_spot.config import get_settings
+
+        origin = get_origin_from_redirect_uri()
+        decoded = _get_signed_cookie_with_chunks(dict(cookies), USER_COOKIE_NAME)
+        if not origin or decoded is None:
+            return None
+        claims = _parse_decoded_user_cookie(decoded, origin)
+    except (ImportError, AttributeError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        log.warning("cannot read the sign-in cookie: %s", exc)
+        return None
+    if not claims.get("is_logged_in"):
+        return None
+    return make_identity(user_from_claims(claims), get_settings())
+
+
+def request_identity(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> Identity | None:
+    """The identity behind one HTTP request to the app's own routes; None: not signed in."""
+    if settings.ui_auth == "none":
+        return local_identity()
+    if settings.ui_auth == "header":
+        return from_headers(headers, settings)
+    return from_oidc_cookie(cookies)
+
+
+def can_see(identity: Identity, job: Job) -> bool:
+    return identity.admin or (job.owner is not None and job.owner == identity.user)
+
+
+def visible_job(store: JobStore, job_id: str, identity: Identity) -> Job | None:
+    """The job if this user may see it; None both when it does not exist and when it is someone else's."""
+    job = store.get(job_id)
+    if job is None or not can_see(identity, job):
+        return None
+    return job
+
+
+def is_loopback(address: str) -> bool:
+    """True for an address only this machine can reach (what UI_AUTH=none may bind to)."""
+    import ipaddress
+
+    host = address.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
