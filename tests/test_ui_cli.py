@@ -48,6 +48,8 @@ def test_sigterm_reaches_the_server(home, tmp_path):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         with socket.socket() as probe:  # the port is free again: nothing kept serving
+            # SO_REUSEADDR: connections the server closed may linger in TIME_WAIT; only a listener would block
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
     finally:
         if process.poll() is None:
