@@ -1,8 +1,9 @@
 """chunk, for the engines: split the uploaded source into segments and hand on the fan-out list.
 
 Argo runs ``python -m hera.workflows.runner -e components.chunk:chunk <inputs>``; Kubeflow runs the component
-from ``kfp_component``. Both call ``chunk`` below. The output is the list of segment indices, e.g. ``[0, 1, 2]``:
-about 6 bytes a segment, so a 3-hour film at 10 s segments is ~6 kB, far under Argo's 256 kB output limit.
+from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
+(contiguous shards of segments, ``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's
+length, far under Argo's 256 kB output limit.
 """
 
 import logging
@@ -19,8 +20,11 @@ from stereo_spot.ports import Backend, ConflictError
 log = logging.getLogger("stereo_spot.components.chunk")
 
 
-def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "") -> list[int]:
-    """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not).
+def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
+          gpu_workers: str = str(steps.DEFAULT_GPU_WORKERS)) -> list[int]:
+    """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not) and return the
+    shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
+    wrong value is reported as this step's user error rather than failing the runner's parsing).
 
     ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
     before chunking. A source uploaded without a job record (straight to S3) gets a job with those settings.
@@ -28,8 +32,9 @@ def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", 
 
     def action(backend: Backend, job_id: str) -> list[int]:
         overrides = settings_overrides(output_format, divergence, convergence)
+        workers = gpu_workers_parameter(gpu_workers)
         ensure_job(backend, job_id, bucket, key, overrides)
-        return steps.chunk(backend, bucket, key).segment_indices
+        return list(range(steps.shard_count(steps.chunk(backend, bucket, key).total_segments, workers)))
 
     return run_step("chunk", key, action)
 
@@ -44,6 +49,16 @@ def settings_overrides(output_format: str, divergence: str, convergence: str) ->
         name = str(error["loc"][0]) if error.get("loc") else "a parameter"
         raise UserError(f"invalid workflow parameter {name}={overrides.get(name)!r}: {error['msg']}") from exc
     return overrides
+
+
+def gpu_workers_parameter(value: Any) -> int:
+    try:
+        workers = int(str(value).strip())
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UserError(f"invalid workflow parameter gpu-workers={value!r}: give a whole number of at least 1")
+    return workers
 
 
 def ensure_job(backend: Backend, job_id: str, bucket: str, key: str, overrides: dict[str, Any]) -> Job:
@@ -73,11 +88,11 @@ def kfp_component(image: str):
     """The Kubeflow component: runs in ``image`` (the project is installed there), installs nothing at start."""
     from kfp import dsl
 
-    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "",
-              convergence: str = "") -> list[int]:
+    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
+              gpu_workers: int = 8) -> list[int]:
         from components.chunk import chunk as run
 
-        return run(bucket, key, output_format, divergence, convergence)
+        return run(bucket, key, output_format, divergence, convergence, gpu_workers)
 
     return dsl.component(chunk, base_image=image, packages_to_install=[], install_kfp_package=False)
 

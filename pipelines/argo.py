@@ -84,7 +84,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="key", description="input/<job id>/source.mp4 (URL-encoded as in S3 events, or not)"),
                  Parameter(name="format", value="", description="sbs, hsbs, tb, htb or anaglyph; empty: the job's"),
                  Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
-                 Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's")]
+                 Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
+                 Parameter(name="gpu-workers", value=str(config.gpu_workers),
+                           description="most convert pods (GPU workers) for this job; each converts a shard of "
+                                       "contiguous segments")]
     with WorkflowTemplate(
         name=TEMPLATE_NAME,
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline"},
@@ -111,7 +114,6 @@ def build_workflow_template(config: PipelineConfig | None = None):
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
             # Spot reclaims kill pods at any moment: retry whatever happened, except a bad input (exit code 2).
             retry_strategy=_retry(config, config.convert_retries, "Always", "lastRetry.exitCode != '2'"),
-            active_deadline_seconds=config.segment_deadline_seconds,
         )
         concat_step = concat.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
@@ -127,9 +129,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                 "bucket": "{{workflow.parameters.bucket}}", "key": key,
                 "output_format": "{{workflow.parameters.format}}",
                 "divergence": "{{workflow.parameters.divergence}}",
-                "convergence": "{{workflow.parameters.convergence}}"})
-            converted = convert_step(name="convert", with_param=chunked.result,
-                                     arguments={"key": key, "segment_index": "{{item}}"})
+                "convergence": "{{workflow.parameters.convergence}}",
+                "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
+            converted = convert_step(name="convert", with_param=chunked.result, arguments={
+                "key": key, "shard_index": "{{item}}", "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
             assembled = concat_step(name="concat", arguments={"key": key})
             chunked >> converted >> assembled
         with DAG(name="exit-handler"):

@@ -54,11 +54,14 @@ class PipelineConfig:
     tag: str = field(default_factory=project_version)
     # convert pods at once: at most the GPU NodePool's node limit, so queued pods wait instead of failing
     parallelism: int = 8
+    # the default of the `gpu-workers` parameter: the most convert pods (shards) one job fans out to
+    gpu_workers: int = 8
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
     retry_backoff_seconds: int = 30
     retry_backoff_max_seconds: int = 600
     workflow_deadline_seconds: int = 12 * 3600
-    segment_deadline_seconds: int = 3600
+    # A convert pod works through a whole shard, whose length depends on the film: no per-pod deadline below
+    # the workflow's. A pod that dies or is stopped loses only its current segment (its retry skips the rest).
     ttl_after_success_seconds: int = 24 * 3600
     ttl_after_failure_seconds: int = 7 * 24 * 3600
     # chunk and concat hold the whole source (and the segments) on local disk

@@ -1,6 +1,9 @@
 """The pipeline on Kubeflow Pipelines v2, built with kfp: the same steps and the same shape as the Argo one.
 
-    ExitHandler(fail) { chunk ──ParallelFor(parallelism)──▶ convert (GPU, retried) ──Collected──▶ concat }
+    ExitHandler(fail) { chunk ──ParallelFor(parallelism)──▶ convert × shards (GPU, retried) ──Collected──▶ concat }
+
+chunk's output is one index per GPU worker (at most ``gpu_workers``); each convert task converts a contiguous
+shard of segments with its models loaded once.
 
 kfp compiles to its own pipeline spec (not an Argo Workflow), so the Sensor reaches Kubeflow through the KFP API
 (manifests/overlays/aws-kubeflow) and ``stereo-spot submit --engine kfp`` through ``kfp.Client``. Every step has
@@ -48,13 +51,15 @@ def build_pipeline(config: PipelineConfig | None = None):
     concat_op, fail_op = concat.kfp_component(cpu_image), fail.kfp_component(cpu_image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
-    def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = ""):
+    def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = "",
+                    gpu_workers: int = config.gpu_workers):
         marked = _place(fail_op(key=key), config.exit_step, "mark failed")
         with dsl.ExitHandler(marked, name="convert-video"):
             chunked = _place(chunk_op(bucket=bucket, key=key, output_format=format, divergence=divergence,
-                                      convergence=convergence), config.cpu_step, "chunk")
-            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as segment_index:
-                converted = _place(convert_op(key=key, segment_index=segment_index), config.gpu_step, "convert")
+                                      convergence=convergence, gpu_workers=gpu_workers), config.cpu_step, "chunk")
+            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as shard_index:
+                converted = _place(convert_op(key=key, shard_index=shard_index, gpu_workers=gpu_workers),
+                                   config.gpu_step, "convert")
                 converted.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
                 # spot reclaims and other lost pods; kfp retries every failure, a bad input fails again quickly
                 converted.set_retry(num_retries=config.convert_retries,

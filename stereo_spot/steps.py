@@ -226,6 +226,44 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
     return completion
 
 
+# --- convert over a shard (the engines' GPU workers) -------------------------------------------------------
+
+# GPU workers (convert pods) a job fans out to unless the run asks for another maximum: the GPU NodePool's limit.
+DEFAULT_GPU_WORKERS = 8
+
+
+def shard_count(total_segments: int, max_workers: int | None = None) -> int:
+    """How many GPU workers convert a job of ``total_segments``: as many as allowed, never more than there are
+    segments (an idle pod would still pay for its start and its model load)."""
+    limit = DEFAULT_GPU_WORKERS if max_workers is None else int(max_workers)
+    if limit < 1:
+        raise UserError(f"the maximum number of GPU workers must be at least 1, not {limit}")
+    return max(1, min(int(total_segments), limit))
+
+
+def shard_segments(total_segments: int, shard_index: int, shard_count: int) -> range:
+    """The contiguous run of segments shard ``shard_index`` of ``shard_count`` converts. Shards differ in size
+    by at most one segment and together cover every segment once, in order."""
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise StepError(f"there is no shard {shard_index} of {shard_count}")
+    base, extra = divmod(int(total_segments), shard_count)
+    start = shard_index * base + min(shard_index, extra)
+    return range(start, start + base + (1 if shard_index < extra else 0))
+
+
+def convert_shard(backend: Backend, job_id: str, shard_index: int, shard_count: int, *,
+                  device: str | None = None, progress: Callable[[int], None] | None = None) \
+        -> list[SegmentCompletion]:
+    """Convert the segments of one contiguous shard, in order, in this process: the models are loaded once
+    (they are kept per process) and used for every segment. Segments already completed are skipped by
+    ``convert``'s point read, so a retried pod resumes where the reclaimed one stopped."""
+    job = require_job(backend, job_id)
+    segments = shard_segments(job.total_segments or 0, shard_index, shard_count)
+    log.info("job %s: shard %d of %d converts segments %d-%d", job_id, shard_index, shard_count,
+             segments.start, segments.stop - 1)
+    return [convert(backend, job_id, index, device=device, progress=progress) for index in segments]
+
+
 # --- concat ---------------------------------------------------------------------------------------------
 
 

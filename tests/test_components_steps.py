@@ -165,3 +165,47 @@ def test_a_new_run_of_a_failed_job_resumes_it(backend):
     backend.jobs.update(job.job_id, status=JobStatus.FAILED, total_segments=3, failure_reason="concat: disk full")
     resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
     assert resumed.status == JobStatus.CHUNKING_COMPLETE and resumed.total_segments == 3
+
+
+# --- GPU workers: contiguous shards of segments ----------------------------------------------------------
+
+@pytest.mark.parametrize("total,max_workers,expected", [(1, 8, 1), (3, 8, 3), (1080, 8, 8), (9, 2, 2)])
+def test_the_shard_count_is_the_gpu_workers_but_never_more_than_the_segments(total, max_workers, expected):
+    assert steps.shard_count(total, max_workers) == expected
+
+
+@pytest.mark.parametrize("total,count", [(1, 1), (7, 3), (1080, 8), (9, 2), (10, 10)])
+def test_shards_are_contiguous_balanced_and_cover_every_segment_once(total, count):
+    shards = [steps.shard_segments(total, index, count) for index in range(count)]
+    assert [i for shard in shards for i in shard] == list(range(total))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(steps.StepError):
+        steps.shard_segments(total, count, count)
+
+
+def test_a_bad_gpu_workers_parameter_is_a_user_error():
+    assert chunk.gpu_workers_parameter(" 3 ") == 3
+    for bad in ("0", "-2", "many", ""):
+        with pytest.raises(steps.UserError, match="gpu-workers"):
+            chunk.gpu_workers_parameter(bad)
+
+
+def test_a_shard_converts_its_own_segments_in_order_and_a_retry_skips_the_completed(backend, tmp_path):
+    """What a retried convert pod does: segments its reclaimed predecessor completed are not converted again,
+    the rest of its shard is, and no other shard's segment is touched."""
+    from tests.media_fixtures import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=2.0, fps=12, size=(96, 64), gop=6)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    total = steps.chunk(backend, backend.input_bucket, keys.input_key(job.job_id)).total_segments
+    assert total == 4
+    first = steps.convert(backend, job.job_id, 2)  # the reclaimed pod got this far
+    done_object = backend.objects.local_path(backend.output_bucket, keys.output_segment_key(job.job_id, 2))
+    before = done_object.stat().st_mtime_ns
+    done = steps.convert_shard(backend, job.job_id, 1, 2)
+    assert [c.segment_index for c in done] == [2, 3]
+    assert done[0] == first and done_object.stat().st_mtime_ns == before  # not converted twice
+    assert sorted(c.segment_index for c in backend.completions.query_by_job(job.job_id)) == [2, 3]
+    assert [c.segment_index for c in steps.convert_shard(backend, job.job_id, 0, 2)] == [0, 1]
+    assert steps.concat(backend, job.job_id).status == JobStatus.COMPLETED

@@ -170,6 +170,17 @@ def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, 
     assert len(backend.completions.query_by_job(job_id)) == 2
 
 
+def test_one_gpu_worker_converts_every_segment_in_one_pod(backend, clip, tmp_path):
+    key = _upload(backend, clip)
+    job_id = keys.parse_input_key(key)
+    run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, **{"gpu-workers": "1"})
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "convert(0:0)", "concat"]  # one pod, one model load, for both segments
+    assert json.loads(run.results["chunk"]) == [0]
+    assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
+    assert sorted(c.segment_index for c in backend.completions.query_by_job(job_id)) == [0, 1]
+
+
 def test_workflow_parameters_choose_the_format(backend, clip, tmp_path):
     key = _upload(backend, clip)
     run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, format="htb", divergence="3")
@@ -199,7 +210,8 @@ def test_a_step_that_keeps_failing_is_reported_by_the_exit_handler(backend, clip
     key = _upload(backend, clip)
     unreachable = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
                    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-    params = {"bucket": backend.input_bucket, "key": key, "format": "", "divergence": "", "convergence": ""}
+    params = {"bucket": backend.input_bucket, "key": key, "format": "", "divergence": "", "convergence": "",
+              "gpu-workers": "8"}
     run = Run()
     ArgoEmulator(tmp_path, env=unreachable).dag("main", params, run)
     assert run.status == "Failed" and run.pods == ["chunk"]

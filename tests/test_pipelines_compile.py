@@ -63,8 +63,9 @@ def test_workflow_template_contract(workflow_template):
     spec = workflow_template["spec"]
     assert workflow_template["metadata"]["name"] == "stereo-spot"
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
-    assert set(params) == {"bucket", "key", "format", "divergence", "convergence"}
+    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers"}
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
+    assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
     assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence"))
     assert spec["onExit"] == "exit-handler" and spec["serviceAccountName"] == "stereo-spot-workflow"
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterSuccess"] > 0
@@ -79,6 +80,11 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     tasks = {t["name"]: t for t in templates["main"]["dag"]["tasks"]}
     assert templates["main"]["parallelism"] == PipelineConfig().parallelism
     assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.result}}"
+    # chunk plans the shards and every convert pod finds its shard from the same maximum
+    gpu_workers = "{{workflow.parameters.gpu-workers}}"
+    assert {p["name"]: p["value"] for p in tasks["chunk"]["arguments"]["parameters"]}["gpu_workers"] == gpu_workers
+    assert {p["name"]: p["value"] for p in tasks["convert"]["arguments"]["parameters"]} == {
+        "key": "{{workflow.parameters.key}}", "shard_index": "{{item}}", "gpu_workers": gpu_workers}
     assert tasks["convert"]["depends"] == "chunk" and tasks["concat"]["depends"] == "convert"
     convert = templates["convert"]
     assert convert["script"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -111,7 +117,9 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     spec, platform = kfp_docs
     assert spec["pipelineInfo"]["name"] == "stereo-spot"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"bucket", "key", "format", "divergence",
-                                                                    "convergence"}
+                                                                    "convergence", "gpu_workers"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpu_workers"]["defaultValue"] == \
+        PipelineConfig().gpu_workers
     for name, executor in spec["deploymentSpec"]["executors"].items():
         container = executor["container"]
         command = " ".join(container["command"])
@@ -149,9 +157,10 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
     return tasks
 
 
-def test_a_three_hour_film_fans_out_far_under_argos_limit(backend):
-    """Argo caps a step's output at 256 kB: the fan-out of a 3-hour film at the default segment length, as the
-    real chunk step prints it, stays a few kB."""
+def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_template):
+    """A 3-hour film at the default segment length fans out to one convert pod per GPU worker (the compiled
+    default of `gpu-workers`), as the real chunk step prints it: a few bytes, far under Argo's 256 kB cap, and
+    one model load per pod instead of one per segment."""
     import subprocess
     import sys
 
@@ -162,15 +171,20 @@ def test_a_three_hour_film_fans_out_far_under_argos_limit(backend):
     total = math.ceil(3 * 3600 / settings.segment_seconds)
     job = steps.create_job(backend, settings, "a long film")
     backend.jobs.update(job.job_id, status=JobStatus.CHUNKING_COMPLETE, total_segments=total)
+    params = {p["name"]: p.get("value") for p in workflow_template["spec"]["arguments"]["parameters"]}
+    gpu_workers = int(params["gpu-workers"])
     inputs = [{"name": "bucket", "value": backend.input_bucket}, {"name": "key", "value": keys.input_key(job.job_id)},
               {"name": "output_format", "value": ""}, {"name": "divergence", "value": ""},
-              {"name": "convergence", "value": ""}]
+              {"name": "convergence", "value": ""}, {"name": "gpu_workers", "value": params["gpu-workers"]}]
     path = backend.objects.local_path(backend.input_bucket, "inputs.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(inputs))
     proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "components.chunk:chunk", str(path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == list(range(total))
-    size = len(proc.stdout.encode())
-    assert total == 1080 and size < 16 * 1024, size  # 256 kB is Argo's limit
+    shards = json.loads(proc.stdout)
+    assert total == 1080 and shards == list(range(gpu_workers)), shards
+    assert len(proc.stdout.encode()) < 1024  # 256 kB is Argo's limit
+    # every segment belongs to exactly one shard, in order
+    covered = [i for shard in shards for i in steps.shard_segments(total, shard, len(shards))]
+    assert covered == list(range(total))
