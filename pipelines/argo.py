@@ -15,6 +15,9 @@ from pipelines.config import (
     ENV_CONFIG_MAP,
     GPU_POOL_LABEL,
     GPU_RESOURCE,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_HOST_PATH,
+    MODEL_CACHE_VOLUME,
     TEMPLATE_NAME,
     WORKFLOW_SERVICE_ACCOUNT,
     PipelineConfig,
@@ -64,7 +67,7 @@ def _retry(config: PipelineConfig, limit: int, policy: str, expression: str | No
 
 def build_workflow_template(config: PipelineConfig | None = None):
     """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
-    from hera.workflows import DAG, Parameter, WorkflowTemplate
+    from hera.workflows import DAG, Env, HostPathVolume, Parameter, WorkflowTemplate
     from hera.workflows.models import (
         Metadata,
         Mutex,
@@ -111,6 +114,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
         convert_step = convert.argo_template(
             **_container_options(config, gpu_image, config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
+            # one copy of the weights per node, shared by its convert pods (a file lock orders the download)
+            volumes=[HostPathVolume(name=MODEL_CACHE_VOLUME, path=MODEL_CACHE_HOST_PATH, type="DirectoryOrCreate",
+                                    mount_path=MODEL_CACHE_HOST_PATH)],
+            env=[Env(name=MODEL_CACHE_ENV, value=MODEL_CACHE_HOST_PATH)],
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
             # Spot reclaims kill pods at any moment: retry whatever happened, except a bad input (exit code 2).
             retry_strategy=_retry(config, config.convert_retries, "Always", "lastRetry.exitCode != '2'"),

@@ -18,6 +18,11 @@ CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where th
 WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
 GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
 GPU_RESOURCE = "nvidia.com/gpu"
+# Weights fetched from s3:// are cached per node in this host folder (the GPU EC2NodeClass creates it owned by
+# the pods' user), so the convert pods on one node download them once (stereo_spot/weights.py locks it).
+MODEL_CACHE_HOST_PATH = "/var/cache/stereo-spot/models"
+MODEL_CACHE_VOLUME = "model-cache"
+MODEL_CACHE_ENV = "STEREO_SPOT_MODEL_CACHE"
 
 # The environment contract the steps read (stereo_spot/config.py). Argo pods take the whole ConfigMap (envFrom);
 # a Kubeflow task names each key, so the ConfigMap must hold every one of these (a test checks it).
@@ -54,6 +59,9 @@ class PipelineConfig:
     tag: str = field(default_factory=project_version)
     # convert pods at once: at most the GPU NodePool's node limit, so queued pods wait instead of failing
     parallelism: int = 8
+    # Kubeflow only: a PersistentVolumeClaim (ReadWriteMany, e.g. EFS) for the weight cache. kfp-kubernetes has no
+    # hostPath volume; without a claim each convert pod keeps its own copy (still once per GPU worker).
+    kfp_model_cache_pvc: str | None = None
     # the default of the `gpu-workers` parameter: the most convert pods (shards) one job fans out to
     gpu_workers: int = 8
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)

@@ -19,6 +19,8 @@ from pipelines.config import (
     ENV_KEYS,
     GPU_POOL_LABEL,
     GPU_RESOURCE,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_HOST_PATH,
     PIPELINE_NAME,
     PipelineConfig,
     Resources,
@@ -65,6 +67,10 @@ def build_pipeline(config: PipelineConfig | None = None):
                 converted.set_retry(num_retries=config.convert_retries,
                                     backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
                                     backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
+                if config.kfp_model_cache_pvc:
+                    kubernetes.mount_pvc(converted, pvc_name=config.kfp_model_cache_pvc,
+                                         mount_path=MODEL_CACHE_HOST_PATH)
+                    converted.set_env_variable(MODEL_CACHE_ENV, MODEL_CACHE_HOST_PATH)
                 kubernetes.add_node_selector(converted, *GPU_POOL_LABEL)
                 kubernetes.add_toleration(converted, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
             _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat")

@@ -263,3 +263,16 @@ def test_argo_sensor_names_the_workflow_after_the_job():
     assert name == workflow_name(JOB) == f"stereo-spot-{JOB}"  # the UI's run link finds it
     # a duplicate delivery computes the same name: Kubernetes answers AlreadyExists
     assert _go_template_job_id(params["metadata.name"]["dataTemplate"], json.loads(json.dumps(event))) == name
+
+
+def test_gpu_nodes_make_the_weight_cache_folder_the_convert_pods_mount():
+    """A hostPath folder the kubelet creates belongs to root: the node's user data makes it for the pods' user."""
+    from pipelines.config import MODEL_CACHE_HOST_PATH
+
+    docs = render(MANIFESTS / "overlays" / "aws")
+    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    convert = next(t for t in workflow_template["spec"]["templates"] if t["name"] == "convert")
+    assert convert["volumes"][0]["hostPath"]["path"] == MODEL_CACHE_HOST_PATH
+    user = workflow_template["spec"]["securityContext"]["runAsUser"]
+    node_class = _find(docs, "EC2NodeClass", "stereo-spot-gpu")
+    assert f"install -d -m 0755 -o {user} -g {user} {MODEL_CACHE_HOST_PATH}" in node_class["spec"]["userData"]

@@ -55,6 +55,17 @@ def test_compile_command_writes_and_checks(tmp_path):
         [False, True]
 
 
+def test_kubeflow_convert_tasks_can_share_a_weight_cache_claim(tmp_path):
+    result = CliRunner().invoke(app, ["compile", "--out", str(tmp_path), "--kfp-model-cache-pvc", "models-efs"])
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all((tmp_path / KFP_PIPELINE_FILE).read_text())
+    convert = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-convert"]
+    assert convert["pvcMount"] == [{"constant": "models-efs", "mountPath": "/var/cache/stereo-spot/models",
+                                    "pvcNameParameter": {"runtimeValue": {"constant": "models-efs"}}}]
+    env = spec["deploymentSpec"]["executors"]["exec-convert"]["container"]["env"]
+    assert {"name": "STEREO_SPOT_MODEL_CACHE", "value": "/var/cache/stereo-spot/models"} in env
+
+
 def _templates(wt: dict) -> dict[str, dict]:
     return {t["name"]: t for t in wt["spec"]["templates"]}
 
@@ -90,6 +101,11 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     assert convert["script"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert convert["nodeSelector"] == dict([GPU_POOL_LABEL])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in convert["tolerations"]
+    # the node-local weight cache: one host folder per node, named by the environment the weights code reads
+    [volume] = convert["volumes"]
+    assert volume["hostPath"] == {"path": "/var/cache/stereo-spot/models", "type": "DirectoryOrCreate"}
+    assert convert["script"]["volumeMounts"] == [{"name": volume["name"], "mountPath": volume["hostPath"]["path"]}]
+    assert {"name": "STEREO_SPOT_MODEL_CACHE", "value": volume["hostPath"]["path"]} in convert["script"]["env"]
     retry = convert["retryStrategy"]
     assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2 and retry["backoff"]["factor"] == 2
     assert retry["expression"] == "lastRetry.exitCode != '2'"  # a bad input is not retried
