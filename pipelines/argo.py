@@ -56,11 +56,18 @@ def _container_options(config: PipelineConfig, image: str, resources: Resources,
     }
 
 
-def _retry(config: PipelineConfig, limit: int, policy: str, expression: str | None = None):
+# Every step retries whatever went wrong except a user error (exit code 2: bad input, a job in the wrong state).
+# `Always` and not `OnFailure`/`OnError`: in Argo a main container that exits non-zero (a store timing out, an OOM
+# kill, a spot node's graceful shutdown) is a Failure, which `OnError` never retries, while a deleted pod or a lost
+# node is an Error, which `OnFailure` never retries. The expression keeps bad input from being retried.
+RETRY_EXPRESSION = "lastRetry.exitCode != '2'"
+
+
+def _retry(config: PipelineConfig, limit: int):
     from hera.workflows import RetryStrategy
     from hera.workflows.models import Backoff
 
-    return RetryStrategy(limit=limit, retry_policy=policy, expression=expression,
+    return RetryStrategy(limit=limit, retry_policy="Always", expression=RETRY_EXPRESSION,
                          backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2,
                                          max_duration=f"{config.retry_backoff_max_seconds}s"))
 
@@ -109,7 +116,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
     ) as template:
         chunk_step = chunk.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, 2, "OnError"),  # a lost node; a failing input is not retried
+            retry_strategy=_retry(config, config.step_retries),
         )
         convert_step = convert.argo_template(
             **_container_options(config, gpu_image, config.gpu_step, gpus=1),
@@ -119,16 +126,16 @@ def build_workflow_template(config: PipelineConfig | None = None):
                                     mount_path=MODEL_CACHE_HOST_PATH)],
             env=[Env(name=MODEL_CACHE_ENV, value=MODEL_CACHE_HOST_PATH)],
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
-            # Spot reclaims kill pods at any moment: retry whatever happened, except a bad input (exit code 2).
-            retry_strategy=_retry(config, config.convert_retries, "Always", "lastRetry.exitCode != '2'"),
+            # spot reclaims kill pods at any moment: more retries; each one resumes the shard
+            retry_strategy=_retry(config, config.convert_retries),
         )
         concat_step = concat.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, 2, "OnError"),
+            retry_strategy=_retry(config, config.step_retries),
         )
         fail_step = fail.argo_template(
             **_container_options(config, cpu_image, config.exit_step),
-            retry_strategy=_retry(config, 2, "OnError"),
+            retry_strategy=_retry(config, config.step_retries),
         )
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):

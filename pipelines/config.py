@@ -65,6 +65,7 @@ class PipelineConfig:
     # the default of the `gpu-workers` parameter: the most convert pods (shards) one job fans out to
     gpu_workers: int = 8
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
+    step_retries: int = 2  # chunk, concat and the exit handler: a store that timed out, an OOM kill, a lost node
     retry_backoff_seconds: int = 30
     retry_backoff_max_seconds: int = 600
     workflow_deadline_seconds: int = 12 * 3600

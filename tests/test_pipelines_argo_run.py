@@ -1,7 +1,8 @@
 """The compiled WorkflowTemplate run the way Argo runs it, on the embedded storage: each script template's
 command + args + a file holding ``{{inputs.parameters}}`` (``python -m hera.workflows.runner -e
 components.<step>:<function> <inputs>``), stdout as ``outputs.result``, ``withParam`` fan-out over chunk's
-result, the termination message as the node message, and the onExit handler with workflow.status/failures."""
+result, each template's ``retryStrategy``, the termination message as the node message, and the onExit handler
+with workflow.status/failures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -42,9 +44,11 @@ class ArgoEmulator:
     """Just enough of the Argo controller to walk the compiled DAG: parameter substitution, withParam,
     depends, when, onExit. Pods are subprocesses on this machine."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 attempt_env: Callable[[str, int], dict[str, str]] | None = None):
         self.workdir = workdir
         self.env = env or {}  # the pods' environment on top of this process's
+        self.attempt_env = attempt_env or (lambda template, attempt: {})  # per template and attempt (0, 1, ...)
 
     def submit(self, bucket: str, key: str, **optional: str) -> Run:
         params = {p["name"]: p.get("value") for p in TEMPLATE["spec"]["arguments"]["parameters"]}
@@ -93,6 +97,30 @@ class ArgoEmulator:
         return re.sub(r"\{\{([^}=][^}]*)\}\}", lambda m: scope[m.group(1).strip()], text)
 
     def _pod(self, template_name: str, args: dict[str, str], label: str, run: Run) -> tuple[bool, str]:
+        """One node: its first pod and the retries its retryStrategy allows. A pod that exits non-zero is a
+        Failure (an Error is the controller's or the init/wait containers'): `OnError` does not retry it."""
+        strategy = TEMPLATES[template_name].get("retryStrategy", {})
+        limit = int(strategy.get("limit", 0))
+        retried = strategy.get("retryPolicy", "OnFailure") in ("Always", "OnFailure")
+        attempt = 0
+        while True:
+            ok, stdout, exit_code = self._attempt(template_name, args, label if attempt == 0 else
+                                                  f"{label}(retry {attempt})", run, attempt)
+            if ok or not retried or attempt >= limit or not self._expression(strategy, exit_code):
+                return ok, stdout
+            attempt += 1
+
+    @staticmethod
+    def _expression(strategy: dict, exit_code: int) -> bool:
+        expression = strategy.get("expression")
+        if expression is None:
+            return True
+        match = re.fullmatch(r"lastRetry\.exitCode != '(-?\d+)'", expression)
+        assert match, f"the emulator does not know the retry expression {expression!r}"
+        return str(exit_code) != match.group(1)
+
+    def _attempt(self, template_name: str, args: dict[str, str], label: str, run: Run, attempt: int) \
+            -> tuple[bool, str, int]:
         template = TEMPLATES[template_name]
         script = template["script"]
         inputs = []
@@ -109,15 +137,16 @@ class ArgoEmulator:
         termination.write_text("")
         command = [sys.executable if part == "python" else part for part in script["command"]]
         proc = subprocess.run([*command, *script["args"], str(source)], capture_output=True, text=True,
-                              timeout=600, env={**os.environ, **self.env, TERMINATION_LOG_ENV: str(termination)})
+                              timeout=600, env={**os.environ, **self.env, **self.attempt_env(template_name, attempt),
+                                                TERMINATION_LOG_ENV: str(termination)})
         if proc.returncode != 0:
             message = termination.read_text() or proc.stderr.strip().splitlines()[-1]
             run.failures.append({"displayName": label, "message": f"Error (exit code {proc.returncode}): {message}",
                                  "templateName": template_name, "phase": "Failed", "podName": pod,
                                  "finishedAt": datetime.now(UTC).isoformat(), "task": label.split("(")[0],
                                  "exitCode": proc.returncode})
-            return False, proc.stdout
-        return True, proc.stdout.strip()
+            return False, proc.stdout, proc.returncode
+        return True, proc.stdout.strip(), 0
 
 
 def video_facts(path: Path) -> dict:
@@ -204,22 +233,44 @@ def test_a_bad_upload_fails_the_job_with_a_readable_reason(backend, tmp_path):
     assert job.failure_reason.startswith("chunk: ") and job.failure_reason in failure["message"]
 
 
-def test_a_step_that_keeps_failing_is_reported_by_the_exit_handler(backend, clip, tmp_path):
-    """A store that cannot be reached is not a user error: the step exits 1 (Argo retries it), leaves the job
-    as it is, and once the run has failed the exit handler records the step's message from workflow.failures."""
+UNREACHABLE = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
+               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+def test_every_step_retries_a_transient_failure_and_the_job_completes(backend, clip, tmp_path):
+    """Each step's first pod cannot make its scratch folder (a full or broken disk: exit 1, not a user error);
+    the retry strategy runs it again and the run succeeds."""
     key = _upload(backend, clip)
-    unreachable = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
-                   "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-    params = {"bucket": backend.input_bucket, "key": key, "format": "", "divergence": "", "convergence": "",
-              "gpu-workers": "8"}
-    run = Run()
-    ArgoEmulator(tmp_path, env=unreachable).dag("main", params, run)
-    assert run.status == "Failed" and run.pods == ["chunk"]
-    assert run.failures[0]["exitCode"] == 1
-    assert backend.jobs.get(keys.parse_input_key(key)).status == JobStatus.CREATED
-    ArgoEmulator(tmp_path).on_exit(params, run)  # the exit handler's pod reaches the store
-    assert run.pods == ["chunk", "mark-failed"]
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+
+    def first_attempt_fails(template: str, attempt: int) -> dict[str, str]:
+        return {"STEREO_SPOT_WORKDIR": str(blocker / "scratch")} if attempt == 0 else {}
+
+    run = ArgoEmulator(tmp_path, attempt_env=first_attempt_fails).submit(backend.input_bucket, key)
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "chunk(retry 1)", "convert(0:0)", "convert(0:0)(retry 1)", "convert(1:1)",
+                        "convert(1:1)(retry 1)", "concat", "concat(retry 1)"]
+    assert {f["exitCode"] for f in run.failures} == {1}
+    assert backend.jobs.get(keys.parse_input_key(key)).status == JobStatus.COMPLETED
+
+
+def test_a_step_that_keeps_failing_is_reported_by_the_exit_handler(backend, clip, tmp_path):
+    """A store that cannot be reached is not a user error: the step exits 1, is retried up to its limit, leaves
+    the job as it is, and once the run has failed the exit handler — itself retried after a first attempt that
+    could not reach the store either — records the step's message from workflow.failures."""
+    key = _upload(backend, clip)
+
+    def stores(template: str, attempt: int) -> dict[str, str]:
+        return UNREACHABLE if template == "chunk" or attempt == 0 else {}
+
+    run = ArgoEmulator(tmp_path, attempt_env=stores).submit(backend.input_bucket, key)
+    assert run.status == "Failed"
+    limit = TEMPLATES["chunk"]["retryStrategy"]["limit"]
+    assert run.pods == ["chunk"] + [f"chunk(retry {i})" for i in range(1, limit + 1)] + \
+        ["mark-failed", "mark-failed(retry 1)"]
+    assert {f["exitCode"] for f in run.failures} == {1}
     job = backend.jobs.get(keys.parse_input_key(key))
     assert job.status == JobStatus.FAILED
-    assert job.failure_reason.startswith("chunk: Error (exit code 1): chunk: "), job.failure_reason
-    assert "127.0.0.1:9" in job.failure_reason
+    assert job.failure_reason.startswith("chunk"), job.failure_reason
+    assert "Error (exit code 1): chunk: " in job.failure_reason and "127.0.0.1:9" in job.failure_reason

@@ -106,13 +106,23 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     assert volume["hostPath"] == {"path": "/var/cache/stereo-spot/models", "type": "DirectoryOrCreate"}
     assert convert["script"]["volumeMounts"] == [{"name": volume["name"], "mountPath": volume["hostPath"]["path"]}]
     assert {"name": "STEREO_SPOT_MODEL_CACHE", "value": volume["hostPath"]["path"]} in convert["script"]["env"]
-    retry = convert["retryStrategy"]
-    assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2 and retry["backoff"]["factor"] == 2
-    assert retry["expression"] == "lastRetry.exitCode != '2'"  # a bad input is not retried
+    assert convert["retryStrategy"]["limit"] >= PipelineConfig().step_retries
     exit_task = templates["exit-handler"]["dag"]["tasks"][0]
     assert exit_task["template"] == "fail" and exit_task["when"] == "{{workflow.status}} != Succeeded"
     assert {p["name"]: p["value"] for p in exit_task["arguments"]["parameters"]}["failures"] == \
         "{{workflow.failures}}"
+
+
+def test_every_step_retries_everything_but_a_user_error(workflow_template):
+    """`OnError` would not retry a main container that exits non-zero, `OnFailure` not a deleted pod: `Always`,
+    and the expression keeps a bad input (exit code 2) from being retried. The exit handler too."""
+    scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
+    assert set(scripts) == {"chunk", "convert", "concat", "fail"}
+    for name, template in scripts.items():
+        retry = template["retryStrategy"]
+        assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2, name
+        assert retry["expression"] == "lastRetry.exitCode != '2'", name
+        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["maxDuration"], name
 
 
 def test_every_step_runs_the_hera_runner_with_requests(workflow_template):
@@ -152,6 +162,8 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     assert convert_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert convert_exec["resources"]["accelerator"]["resourceCount"] == "1"
     assert tasks["convert"]["retryPolicy"]["maxRetryCount"] == PipelineConfig().convert_retries
+    for name in ("chunk", "concat", "fail"):  # the exit task too
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == PipelineConfig().step_retries, name
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     assert loop["iteratorPolicy"]["parallelismLimit"] == PipelineConfig().parallelism
     exit_task = tasks["fail"]
