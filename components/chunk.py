@@ -6,18 +6,15 @@ from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out lis
 length, far under Argo's 256 kB output limit.
 """
 
-import logging
 from typing import Any
 
 from pydantic import ValidationError
 
 from components._common import run_step
-from stereo_spot import keys, steps
+from stereo_spot import steps
 from stereo_spot.errors import UserError
-from stereo_spot.models import ConversionSettings, Job, JobStatus, utcnow
-from stereo_spot.ports import Backend, ConflictError
-
-log = logging.getLogger("stereo_spot.components.chunk")
+from stereo_spot.models import ConversionSettings
+from stereo_spot.ports import Backend
 
 
 def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
@@ -27,13 +24,13 @@ def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", 
     wrong value is reported as this step's user error rather than failing the runner's parsing).
 
     ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
-    before chunking. A source uploaded without a job record (straight to S3) gets a job with those settings.
+    before chunking. A source uploaded without a job record gets one (``steps.job_for_upload``).
     """
 
     def action(backend: Backend, job_id: str) -> list[int]:
         overrides = settings_overrides(output_format, divergence, convergence)
         workers = gpu_workers_parameter(gpu_workers)
-        ensure_job(backend, job_id, bucket, key, overrides)
+        steps.job_for_upload(backend, bucket, key, overrides)
         return list(range(steps.shard_count(steps.chunk(backend, bucket, key).total_segments, workers)))
 
     return run_step("chunk", key, action)
@@ -59,29 +56,6 @@ def gpu_workers_parameter(value: Any) -> int:
     if workers < 1:
         raise UserError(f"invalid workflow parameter gpu-workers={value!r}: give a whole number of at least 1")
     return workers
-
-
-def ensure_job(backend: Backend, job_id: str, bucket: str, key: str, overrides: dict[str, Any]) -> Job:
-    job = backend.jobs.get(job_id)
-    if job is None:
-        info = backend.objects.head(bucket, keys.normalize_event_key(key))
-        try:
-            job = steps.create_job(backend, ConversionSettings(**overrides), f"upload {job_id[:8]}", job_id=job_id)
-            log.info("job %s had no record: created one for the uploaded source", job_id)
-        except ConflictError:  # a duplicate event created it a moment ago
-            job = backend.jobs.get(job_id) or job
-        if info is not None and job.uploaded_at is None:
-            job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
-                                      source_file_size_bytes=info.size)
-        return job
-    job = steps.reopen_failed(backend, job_id)  # a new run of a failed job resumes it
-    if overrides and job.status == JobStatus.CREATED:
-        settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
-        try:
-            job = backend.jobs.update(job_id, expected_status=JobStatus.CREATED, settings=settings)
-        except ConflictError:  # chunking started meanwhile: the settings it started with stay
-            job = backend.jobs.get(job_id) or job
-    return job
 
 
 def kfp_component(image: str):

@@ -104,6 +104,41 @@ def create_job(backend: Backend, settings: ConversionSettings, title: str, *, jo
     return job
 
 
+def job_for_upload(backend: Backend, bucket: str, key: str, overrides: dict | None = None) -> Job:
+    """The job an uploaded source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not)
+    belongs to — the one policy every engine (Argo, Kubeflow, the SQS worker) applies to an upload event.
+
+    An upload without a job record gets one, with the default settings and ``overrides``: a source copied
+    straight into the bucket (``aws s3 cp``, a partner's pipeline) is a request to convert it, and dropping it
+    would lose the upload without a trace (nothing else would ever look at it again); the record makes it
+    visible in the app and in every job listing. A failed job is reopened (a new run resumes it). A job that
+    has not started chunking takes ``overrides``; once chunking has started, the settings it started with stay.
+    """
+    overrides = overrides or {}
+    key = keys.normalize_event_key(key)
+    job_id = keys.parse_input_key(key)
+    job = backend.jobs.get(job_id)
+    if job is None:
+        info = backend.objects.head(bucket, key)
+        try:
+            job = create_job(backend, ConversionSettings(**overrides), f"upload {job_id[:8]}", job_id=job_id)
+            log.info("job %s had no record: created one for the uploaded source", job_id)
+        except ConflictError:  # a duplicate event created it a moment ago
+            job = backend.jobs.get(job_id) or job
+        if info is not None and job.uploaded_at is None:
+            job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
+                                      source_file_size_bytes=info.size)
+        return job
+    job = reopen_failed(backend, job_id)
+    if overrides and job.status == JobStatus.CREATED:
+        settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
+        try:
+            job = backend.jobs.update(job_id, expected_status=JobStatus.CREATED, settings=settings)
+        except ConflictError:  # chunking started meanwhile
+            job = backend.jobs.get(job_id) or job
+    return job
+
+
 def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -> Job:
     """Put the source under ``input/{job}/source.mp4`` and record when and how big. On AWS this object's
     creation is the event that starts the workflow, so the job record is written first."""

@@ -85,14 +85,13 @@ def test_an_upload_without_a_job_record_gets_one(backend, tmp_path):
     source.write_bytes(b"\0" * 1234)
     key = keys.input_key(JOB)
     backend.objects.upload_file(backend.input_bucket, key, source)
-    job = chunk.ensure_job(backend, JOB, backend.input_bucket, key.replace("/", "%2F"),
-                           {"output_format": "hsbs"})
+    job = steps.job_for_upload(backend, backend.input_bucket, key.replace("/", "%2F"), {"output_format": "hsbs"})
     assert job.job_id == JOB and job.settings.output_format == OutputFormat.HSBS
     assert job.source_file_size_bytes == 1234 and job.uploaded_at is not None
     # a created job takes new overrides; once chunking started its settings stay
-    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "4"}).settings.divergence == 4
+    assert steps.job_for_upload(backend, backend.input_bucket, key, {"divergence": "4"}).settings.divergence == 4
     backend.jobs.update(JOB, status=JobStatus.CHUNKING_IN_PROGRESS)
-    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "1"}).settings.divergence == 4
+    assert steps.job_for_upload(backend, backend.input_bucket, key, {"divergence": "1"}).settings.divergence == 4
 
 
 def test_event_keys_are_url_decoded():
@@ -160,10 +159,10 @@ def test_a_bad_workflow_parameter_fails_the_job_with_its_name(backend, terminati
 def test_a_new_run_of_a_failed_job_resumes_it(backend):
     job = steps.create_job(backend, ConversionSettings(), "clip")
     steps.fail(backend, job.job_id, "convert: the GPU fell off")
-    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    resumed = steps.job_for_upload(backend, backend.input_bucket, keys.input_key(job.job_id))
     assert resumed.status == JobStatus.CREATED and resumed.failure_reason is None
     backend.jobs.update(job.job_id, status=JobStatus.FAILED, total_segments=3, failure_reason="concat: disk full")
-    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    resumed = steps.job_for_upload(backend, backend.input_bucket, keys.input_key(job.job_id))
     assert resumed.status == JobStatus.CHUNKING_COMPLETE and resumed.total_segments == 3
 
 
