@@ -12,7 +12,9 @@ from typing import Any
 
 from pipelines.config import (
     CREDENTIALS_SECRET,
+    DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
+    GPU_MEMORY_LABEL,
     GPU_POOL_LABEL,
     GPU_RESOURCE,
     MODEL_CACHE_ENV,
@@ -72,6 +74,20 @@ def _retry(config: PipelineConfig, limit: int):
                                          max_duration=f"{config.retry_backoff_max_seconds}s"))
 
 
+def _gpu_memory_affinity(min_mib: str):
+    from hera.workflows.models import (
+        Affinity,
+        NodeAffinity,
+        NodeSelector,
+        NodeSelectorRequirement,
+        NodeSelectorTerm,
+    )
+
+    return Affinity(node_affinity=NodeAffinity(required_during_scheduling_ignored_during_execution=NodeSelector(
+        node_selector_terms=[NodeSelectorTerm(match_expressions=[
+            NodeSelectorRequirement(key=GPU_MEMORY_LABEL, operator="Gt", values=[min_mib])])])))
+
+
 def build_workflow_template(config: PipelineConfig | None = None):
     """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
     from hera.workflows import DAG, Env, HostPathVolume, Parameter, WorkflowTemplate
@@ -97,7 +113,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
                  Parameter(name="gpu-workers", value=str(config.gpu_workers),
                            description="most convert pods (GPU workers) for this job; each converts a shard of "
-                                       "contiguous segments")]
+                                       "contiguous segments"),
+                 Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
+                           description="convert only on GPUs with more memory than this (MiB): 20000 for "
+                                       "diffusion inpainting, 0 for any")]
     with WorkflowTemplate(
         name=TEMPLATE_NAME,
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline"},
@@ -121,6 +140,8 @@ def build_workflow_template(config: PipelineConfig | None = None):
         convert_step = convert.argo_template(
             **_container_options(config, gpu_image, config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
+            affinity=_gpu_memory_affinity("{{workflow.parameters.min-gpu-memory-mib}}"),
+            annotations=dict([DO_NOT_DISRUPT]),  # a consolidation would throw away a shard's work in progress
             # one copy of the weights per node, shared by its convert pods (a file lock orders the download)
             volumes=[HostPathVolume(name=MODEL_CACHE_VOLUME, path=MODEL_CACHE_HOST_PATH, type="DirectoryOrCreate",
                                     mount_path=MODEL_CACHE_HOST_PATH)],

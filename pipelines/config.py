@@ -18,6 +18,10 @@ CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where th
 WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
 GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
 GPU_RESOURCE = "nvidia.com/gpu"
+# Karpenter labels every node with its GPU's memory (MiB): convert pods ask for more than the job's model needs.
+GPU_MEMORY_LABEL = "karpenter.k8s.aws/instance-gpu-memory"
+# Karpenter does not consolidate, drift or expire a node while such a pod runs (a spot reclaim still can).
+DO_NOT_DISRUPT = ("karpenter.sh/do-not-disrupt", "true")
 # Weights fetched from s3:// are cached per node in this host folder (the GPU EC2NodeClass creates it owned by
 # the pods' user), so the convert pods on one node download them once (stereo_spot/weights.py locks it).
 MODEL_CACHE_HOST_PATH = "/var/cache/stereo-spot/models"
@@ -62,6 +66,9 @@ class PipelineConfig:
     # Kubeflow only: a PersistentVolumeClaim (ReadWriteMany, e.g. EFS) for the weight cache. kfp-kubernetes has no
     # hostPath volume; without a claim each convert pod keeps its own copy (still once per GPU worker).
     kfp_model_cache_pvc: str | None = None
+    # the default of the `min-gpu-memory-mib` parameter: more than this much GPU memory. 0 takes any GPU of the pool
+    # (the heuristic and Depth Anything fit a 16 GB T4); diffusion inpainting needs 24 GB: 20000 skips the T4s.
+    min_gpu_memory_mib: int = 0
     # the default of the `gpu-workers` parameter: the most convert pods (shards) one job fans out to
     gpu_workers: int = 8
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)

@@ -15,6 +15,7 @@ side effects on the job's records and objects, so caching is off for all of them
 from pipelines.config import (
     CREDENTIAL_KEYS,
     CREDENTIALS_SECRET,
+    DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
     ENV_KEYS,
     GPU_POOL_LABEL,
@@ -74,6 +75,7 @@ def build_pipeline(config: PipelineConfig | None = None):
                                          mount_path=MODEL_CACHE_HOST_PATH)
                     converted.set_env_variable(MODEL_CACHE_ENV, MODEL_CACHE_HOST_PATH)
                 kubernetes.add_node_selector(converted, *GPU_POOL_LABEL)
+                kubernetes.add_pod_annotation(converted, *DO_NOT_DISRUPT)  # keep the shard's node while it runs
                 kubernetes.add_toleration(converted, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
             _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat",
                    config, config.step_retries)

@@ -74,7 +74,9 @@ def test_workflow_template_contract(workflow_template):
     spec = workflow_template["spec"]
     assert workflow_template["metadata"]["name"] == "stereo-spot"
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
-    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers"}
+    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
+                           "min-gpu-memory-mib"}
+    assert params["min-gpu-memory-mib"]["value"] == "0"  # any GPU of the pool unless a run needs more
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
     assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
     assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence"))
@@ -101,6 +103,12 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     assert convert["script"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert convert["nodeSelector"] == dict([GPU_POOL_LABEL])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in convert["tolerations"]
+    # Karpenter never consolidates a node under a running shard; the run chooses how much GPU memory it needs
+    assert convert["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+    [term] = convert["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "karpenter.k8s.aws/instance-gpu-memory", "operator": "Gt",
+                                         "values": ["{{workflow.parameters.min-gpu-memory-mib}}"]}]
     # the node-local weight cache: one host folder per node, named by the environment the weights code reads
     [volume] = convert["volumes"]
     assert volume["hostPath"] == {"path": "/var/cache/stereo-spot/models", "type": "DirectoryOrCreate"}
@@ -172,6 +180,7 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     convert = executors["exec-convert"]
     assert convert["nodeSelector"]["labels"] == dict([GPU_POOL_LABEL])
     assert convert["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert convert["podMetadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
     for name, config in executors.items():
         mapped = {m["envVar"] for m in config["configMapAsEnv"][0]["keyToEnv"]}
         assert mapped == set(ENV_KEYS), name
