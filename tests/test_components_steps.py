@@ -131,6 +131,17 @@ def test_the_exit_handler_marks_failed_but_never_a_completed_job(backend):
     fail.fail("input/not-a-job.mp4", "Failed", "")  # nothing to mark, and no error
 
 
+@pytest.mark.parametrize("state", ["COMPLETE", "CACHED", "SUCCEEDED"])
+def test_the_kubeflow_exit_task_leaves_a_successful_run_alone(backend, state):
+    """The KFP backend passes the execution state's name (``COMPLETE``) for a run that succeeded, kfp.local
+    ``SUCCEEDED``: neither is a failure."""
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+    fail.fail_kfp(keys.input_key(job.job_id), state, "", "run-1")
+    assert backend.jobs.get(job.job_id).status == JobStatus.CREATED
+    fail.fail_kfp(keys.input_key(job.job_id), "FAILED", "", "run-1")
+    assert backend.jobs.get(job.job_id).status == JobStatus.FAILED
+
+
 def test_stdout_carries_only_the_result(home, tmp_path):
     """Argo reads a script's whole stdout as its result: a step's own prints must not reach it."""
     code = ("import sys; from components._common import run_step\n"
