@@ -65,6 +65,41 @@ def _container_options(config: PipelineConfig, image: str, resources: Resources,
 RETRY_EXPRESSION = "lastRetry.exitCode != '2'"
 
 
+# Buckets for a step's duration: seconds for a clip's chunk, hours for a film's shard.
+DURATION_BUCKETS = [10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0]
+
+
+def _step_metrics(step: str, *, counts_segments: bool = False) -> list:
+    """Prometheus metrics the controller emits when a node of ``step`` ends (Argo's custom metrics): its
+    duration by outcome, failures by phase and exit code (2: the user's input, anything else: retried), and for
+    convert the segments its shard holds, all done (the component's result)."""
+    from hera.workflows import Counter, Histogram, Label
+
+    metrics = [
+        Histogram(name="stereo_spot_step_duration_seconds", help="Duration of a stereo-spot pipeline step",
+                  labels=[Label(key="step", value=step), Label(key="status", value="{{status}}")],
+                  buckets=DURATION_BUCKETS, value="{{duration}}"),
+        Counter(name="stereo_spot_step_failures_total",
+                help="Failed stereo-spot pipeline steps by phase and exit code (2: bad input, not retried)",
+                labels=[Label(key="step", value=step), Label(key="status", value="{{status}}"),
+                        Label(key="exit_code", value="{{exitCode}}")],
+                when="{{status}} != Succeeded", value="1"),
+    ]
+    if counts_segments:
+        metrics.append(Counter(name="stereo_spot_segments_converted_total",
+                               help="Segments completed by stereo-spot convert pods",
+                               when="{{status}} == Succeeded", value="{{outputs.result}}"))
+    return metrics
+
+
+def _logs_archived():
+    """Every step's log is kept in the default artifact repository (the namespace's ConfigMap annotated
+    workflows.argoproj.io/default-artifact-repository, or the controller's), so it survives pod GC."""
+    from hera.workflows.models import ArtifactLocation
+
+    return ArtifactLocation(archive_logs=True)
+
+
 def _retry(config: PipelineConfig, limit: int):
     from hera.workflows import RetryStrategy
     from hera.workflows.models import Backoff
@@ -136,6 +171,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
         chunk_step = chunk.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
             retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("chunk"), archive_location=_logs_archived(),
         )
         convert_step = convert.argo_template(
             **_container_options(config, gpu_image, config.gpu_step, gpus=1),
@@ -149,14 +185,17 @@ def build_workflow_template(config: PipelineConfig | None = None):
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
             # spot reclaims kill pods at any moment: more retries; each one resumes the shard
             retry_strategy=_retry(config, config.convert_retries),
+            metrics=_step_metrics("convert", counts_segments=True), archive_location=_logs_archived(),
         )
         concat_step = concat.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
             retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("concat"), archive_location=_logs_archived(),
         )
         fail_step = fail.argo_template(
             **_container_options(config, cpu_image, config.exit_step),
             retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("exit-handler"), archive_location=_logs_archived(),
         )
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):

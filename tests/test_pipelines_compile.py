@@ -133,6 +133,27 @@ def test_every_step_retries_everything_but_a_user_error(workflow_template):
         assert retry["backoff"]["factor"] == 2 and retry["backoff"]["maxDuration"], name
 
 
+def test_every_step_archives_its_log_and_emits_metrics(workflow_template):
+    """podGC removes successful pods: their logs go to the default artifact repository. Each step reports its
+    duration and failures (phase, exit code) to the controller's Prometheus endpoint; convert its segments."""
+    scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
+    for name, template in scripts.items():
+        assert template["archiveLocation"] == {"archiveLogs": True}, name  # no bucket named: the default one
+        metrics = {m["name"]: m for m in template["metrics"]["prometheus"]}
+        duration = metrics["stereo_spot_step_duration_seconds"]
+        assert duration["histogram"]["value"] == "{{duration}}"
+        assert {"key": "status", "value": "{{status}}"} in duration["labels"]
+        failures = metrics["stereo_spot_step_failures_total"]
+        assert failures["when"] == "{{status}} != Succeeded" and failures["counter"]["value"] == "1"
+        assert {"key": "exit_code", "value": "{{exitCode}}"} in failures["labels"]
+        assert ("stereo_spot_segments_converted_total" in metrics) is (name == "convert")
+        helps = {m["name"]: m["help"] for m in template["metrics"]["prometheus"]}
+        first = {m["name"]: m["help"] for m in scripts["chunk"]["metrics"]["prometheus"]}
+        assert all(first[k] == v for k, v in helps.items() if k in first)  # one help text per metric name
+    converted = {m["name"]: m for m in scripts["convert"]["metrics"]["prometheus"]}
+    assert converted["stereo_spot_segments_converted_total"]["counter"]["value"] == "{{outputs.result}}"
+
+
 def test_every_step_runs_the_hera_runner_with_requests(workflow_template):
     scripts = [t for t in workflow_template["spec"]["templates"] if "script" in t]
     assert {t["name"] for t in scripts} == {"chunk", "convert", "concat", "fail"}
