@@ -3,11 +3,13 @@
 Argo runs ``python -m hera.workflows.runner -e components.chunk:chunk <inputs>``; Kubeflow runs the component
 from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
 (contiguous shards of segments, ``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's
-length, far under Argo's 256 kB output limit.
+length, far under Argo's 256 kB output limit. On Argo it is the named output parameter ``shards`` (the Hera
+runner writes it to a file the executor reads), so nothing a library prints can end up in the fan-out.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
+from hera.workflows import Parameter
 from pydantic import ValidationError
 
 from components._common import run_step
@@ -18,7 +20,8 @@ from stereo_spot.ports import Backend
 
 
 def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
-          gpu_workers: str = str(steps.DEFAULT_GPU_WORKERS)) -> list[int]:
+          gpu_workers: str = str(steps.DEFAULT_GPU_WORKERS)) \
+        -> Annotated[list[int], Parameter(name="shards", description="one index per convert pod (GPU worker)")]:
     """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not) and return the
     shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
     wrong value is reported as this step's user error rather than failing the runner's parsing).

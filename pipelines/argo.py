@@ -205,7 +205,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
                 "divergence": "{{workflow.parameters.divergence}}",
                 "convergence": "{{workflow.parameters.convergence}}",
                 "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
-            converted = convert_step(name="convert", with_param=chunked.result, arguments={
+            converted = convert_step(name="convert", with_param=chunked.get_parameter("shards"), arguments={
                 "key": key, "shard_index": "{{item}}", "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
             assembled = concat_step(name="concat", arguments={"key": key})
             chunked >> converted >> assembled

@@ -37,6 +37,7 @@ class Run:
     status: str = "Succeeded"
     failures: list[dict] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> its output parameters
     pods: list[str] = field(default_factory=list)
 
 
@@ -72,6 +73,8 @@ class ArgoEmulator:
             scope.update({"workflow.status": run.status, "workflow.failures": json.dumps(run.failures),
                           "workflow.name": "stereo-spot-test"})
             scope.update({f"tasks.{t}.outputs.result": r for t, r in run.results.items()})
+            scope.update({f"tasks.{t}.outputs.parameters.{n}": v for t, out in run.parameters.items()
+                          for n, v in out.items()})
             if "when" in task:
                 left, op, right = self._sub(task["when"], scope).partition(" != ")
                 if not op or left.strip() == right.strip():
@@ -135,9 +138,17 @@ class ArgoEmulator:
         source.write_text(json.dumps(inputs))
         termination = self.workdir / f"{pod}.termination-log"
         termination.write_text("")
+        # the pod's own /tmp (where the Hera runner writes output parameters) is a folder of its own here
+        pod_tmp = self.workdir / f"{pod}-tmp"
+
+        def local(path: str) -> str:
+            return str(pod_tmp / path[len("/tmp/"):]) if path.startswith("/tmp/") else path
+
+        script_env = {e["name"]: local(e["value"]) for e in script.get("env", [])}
         command = [sys.executable if part == "python" else part for part in script["command"]]
         proc = subprocess.run([*command, *script["args"], str(source)], capture_output=True, text=True,
-                              timeout=600, env={**os.environ, **self.env, **self.attempt_env(template_name, attempt),
+                              timeout=600, env={**os.environ, **script_env, **self.env,
+                                                **self.attempt_env(template_name, attempt),
                                                 TERMINATION_LOG_ENV: str(termination)})
         if proc.returncode != 0:
             message = termination.read_text() or proc.stderr.strip().splitlines()[-1]
@@ -146,6 +157,10 @@ class ArgoEmulator:
                                  "finishedAt": datetime.now(UTC).isoformat(), "task": label.split("(")[0],
                                  "exitCode": proc.returncode})
             return False, proc.stdout, proc.returncode
+        outputs = {p["name"]: Path(local(p["valueFrom"]["path"])).read_text()
+                   for p in template.get("outputs", {}).get("parameters", [])}
+        if outputs:  # read by the executor from the files; a missing one fails the node
+            run.parameters[label.split("(")[0]] = outputs
         return True, proc.stdout.strip(), 0
 
 
@@ -177,7 +192,7 @@ def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, 
     run = argo.submit(backend.input_bucket, key.replace("/", "%2F"))
     assert run.status == "Succeeded", run.failures
     assert run.pods == ["chunk", "convert(0:0)", "convert(1:1)", "concat"]  # no exit-handler pod on success
-    assert json.loads(run.results["chunk"]) == [0, 1]
+    assert json.loads(run.parameters["chunk"]["shards"]) == [0, 1]
     assert run.results["concat"] == keys.final_key(job_id)
     job = backend.jobs.get(job_id)
     assert job.status == JobStatus.COMPLETED and job.total_segments == 2
@@ -205,7 +220,7 @@ def test_one_gpu_worker_converts_every_segment_in_one_pod(backend, clip, tmp_pat
     run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, **{"gpu-workers": "1"})
     assert run.status == "Succeeded", run.failures
     assert run.pods == ["chunk", "convert(0:0)", "concat"]  # one pod, one model load, for both segments
-    assert json.loads(run.results["chunk"]) == [0]
+    assert json.loads(run.parameters["chunk"]["shards"]) == [0]
     assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
     assert sorted(c.segment_index for c in backend.completions.query_by_job(job_id)) == [0, 1]
 

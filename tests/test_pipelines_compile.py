@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     templates = _templates(workflow_template)
     tasks = {t["name"]: t for t in templates["main"]["dag"]["tasks"]}
     assert templates["main"]["parallelism"] == PipelineConfig().parallelism
-    assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.result}}"
+    assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.parameters.shards}}"  # a named output
     # chunk plans the shards and every convert pod finds its shard from the same maximum
     gpu_workers = "{{workflow.parameters.gpu-workers}}"
     assert {p["name"]: p["value"] for p in tasks["chunk"]["arguments"]["parameters"]}["gpu_workers"] == gpu_workers
@@ -237,12 +238,18 @@ def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_templat
     path = backend.objects.local_path(backend.input_bucket, "inputs.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(inputs))
+    chunk_template = _templates(workflow_template)["chunk"]
+    [output] = chunk_template["outputs"]["parameters"]
+    outputs_dir = path.parent / "hera-outputs"  # the pod's /tmp/hera-outputs
+    env = {**os.environ, **{e["name"]: e["value"] for e in chunk_template["script"]["env"]},
+           "hera__outputs_directory": str(outputs_dir)}
     proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "components.chunk:chunk", str(path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
-    shards = json.loads(proc.stdout)
+    written = outputs_dir / Path(output["valueFrom"]["path"]).relative_to("/tmp/hera-outputs")
+    shards = json.loads(written.read_text())
     assert total == 1080 and shards == list(range(gpu_workers)), shards
-    assert len(proc.stdout.encode()) < 1024  # 256 kB is Argo's limit
+    assert written.stat().st_size < 1024  # 256 kB is Argo's limit
     # every segment belongs to exactly one shard, in order
     covered = [i for shard in shards for i in steps.shard_segments(total, shard, len(shards))]
     assert covered == list(range(total))
