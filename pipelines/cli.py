@@ -94,6 +94,8 @@ def submit_command(
                                                       help="Override the job's convergence.")] = None,
     experiment: Annotated[str | None, typer.Option(help="Kubeflow experiment (default: stereo-spot).",
                                                    show_default=False)] = None,
+    gpu_workers: Annotated[int | None, typer.Option(min=1, show_default=False,
+                                                    help="Most convert pods (GPU workers) for this run.")] = None,
     registry: Annotated[str, typer.Option(help="Kubeflow: registry of the images the run uses.")] = DEFAULT_REGISTRY,
     tag: Annotated[str | None, typer.Option(help="Kubeflow: image tag (default: the project's version).",
                                             show_default=False)] = None,
@@ -109,7 +111,7 @@ def submit_command(
         run = submit(engine.value, bucket, key, host=host, token=token, namespace=namespace,
                      output_format=format.value if format else None, divergence=divergence,
                      convergence=convergence, verify_ssl=not insecure, config=_config(registry, tag),
-                     experiment=experiment)
+                     experiment=experiment, gpu_workers=gpu_workers)
     except UserError as exc:
         _die(one_line(exc))
     _err.print(f"started {run.engine} run {run.run_id}", highlight=False)
