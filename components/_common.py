@@ -21,13 +21,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pydantic import ValidationError
-
 from stereo_spot import keys, steps
-from stereo_spot.errors import UserError, one_line
+from stereo_spot.errors import is_user_error, one_line
 from stereo_spot.logs import log_context
 from stereo_spot.models import Job, JobStatus
-from stereo_spot.ports import Backend, NotFound
+from stereo_spot.ports import Backend
 
 log = logging.getLogger("stereo_spot.components")
 
@@ -61,11 +59,6 @@ def job_id_from_key(key: str) -> str:
     """The job id of an uploaded source: S3 events URL-encode keys and Argo Events' templates cannot decode
     them, so every step decodes the raw key it is given."""
     return keys.parse_input_key(keys.normalize_event_key(key))
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Errors a retry cannot fix: bad input, a job in the wrong state, an object that is not there."""
-    return isinstance(exc, (UserError, keys.InvalidKey, ValidationError, NotFound))
 
 
 def build_backend() -> Backend:

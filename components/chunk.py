@@ -1,35 +1,40 @@
 """chunk, for the engines: split the uploaded source into segments and hand on the fan-out list.
 
 Argo runs ``python -m hera.workflows.runner -e components.chunk:chunk <inputs>``; Kubeflow runs the component
-from ``kfp_component``. Both call ``chunk`` below. The output is the list of segment indices, e.g. ``[0, 1, 2]``:
-about 6 bytes a segment, so a 3-hour film at 10 s segments is ~6 kB, far under Argo's 256 kB output limit.
+from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
+(contiguous shards of segments, ``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's
+length, far under Argo's 256 kB output limit. On Argo it is the named output parameter ``shards`` (the Hera
+runner writes it to a file the executor reads), so nothing a library prints can end up in the fan-out.
 """
 
-import logging
-from typing import Any
+from typing import Annotated, Any
 
+from hera.workflows import Parameter
 from pydantic import ValidationError
 
 from components._common import run_step
-from stereo_spot import keys, steps
+from stereo_spot import steps
 from stereo_spot.errors import UserError
-from stereo_spot.models import ConversionSettings, Job, JobStatus, utcnow
-from stereo_spot.ports import Backend, ConflictError
-
-log = logging.getLogger("stereo_spot.components.chunk")
+from stereo_spot.models import ConversionSettings
+from stereo_spot.ports import Backend
 
 
-def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "") -> list[int]:
-    """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not).
+def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
+          gpu_workers: str = str(steps.DEFAULT_GPU_WORKERS)) \
+        -> Annotated[list[int], Parameter(name="shards", description="one index per convert pod (GPU worker)")]:
+    """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not) and return the
+    shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
+    wrong value is reported as this step's user error rather than failing the runner's parsing).
 
     ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
-    before chunking. A source uploaded without a job record (straight to S3) gets a job with those settings.
+    before chunking. A source uploaded without a job record gets one (``steps.job_for_upload``).
     """
 
     def action(backend: Backend, job_id: str) -> list[int]:
         overrides = settings_overrides(output_format, divergence, convergence)
-        ensure_job(backend, job_id, bucket, key, overrides)
-        return steps.chunk(backend, bucket, key).segment_indices
+        workers = gpu_workers_parameter(gpu_workers)
+        steps.job_for_upload(backend, bucket, key, overrides)
+        return list(range(steps.shard_count(steps.chunk(backend, bucket, key).total_segments, workers)))
 
     return run_step("chunk", key, action)
 
@@ -46,38 +51,25 @@ def settings_overrides(output_format: str, divergence: str, convergence: str) ->
     return overrides
 
 
-def ensure_job(backend: Backend, job_id: str, bucket: str, key: str, overrides: dict[str, Any]) -> Job:
-    job = backend.jobs.get(job_id)
-    if job is None:
-        info = backend.objects.head(bucket, keys.normalize_event_key(key))
-        try:
-            job = steps.create_job(backend, ConversionSettings(**overrides), f"upload {job_id[:8]}", job_id=job_id)
-            log.info("job %s had no record: created one for the uploaded source", job_id)
-        except ConflictError:  # a duplicate event created it a moment ago
-            job = backend.jobs.get(job_id) or job
-        if info is not None and job.uploaded_at is None:
-            job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
-                                      source_file_size_bytes=info.size)
-        return job
-    job = steps.reopen_failed(backend, job_id)  # a new run of a failed job resumes it
-    if overrides and job.status == JobStatus.CREATED:
-        settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
-        try:
-            job = backend.jobs.update(job_id, expected_status=JobStatus.CREATED, settings=settings)
-        except ConflictError:  # chunking started meanwhile: the settings it started with stay
-            job = backend.jobs.get(job_id) or job
-    return job
+def gpu_workers_parameter(value: Any) -> int:
+    try:
+        workers = int(str(value).strip())
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UserError(f"invalid workflow parameter gpu-workers={value!r}: give a whole number of at least 1")
+    return workers
 
 
 def kfp_component(image: str):
     """The Kubeflow component: runs in ``image`` (the project is installed there), installs nothing at start."""
     from kfp import dsl
 
-    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "",
-              convergence: str = "") -> list[int]:
+    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
+              gpu_workers: int = 8) -> list[int]:
         from components.chunk import chunk as run
 
-        return run(bucket, key, output_format, divergence, convergence)
+        return run(bucket, key, output_format, divergence, convergence, gpu_workers)
 
     return dsl.component(chunk, base_image=image, packages_to_install=[], install_kfp_package=False)
 

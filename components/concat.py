@@ -1,7 +1,8 @@
 """concat, for the engines: join the converted segments into ``jobs/{job_id}/final.mp4`` with the source's audio.
 
 Argo runs ``python -m hera.workflows.runner -e components.concat:concat <inputs>`` after every convert item has
-succeeded; Kubeflow runs the component from ``kfp_component`` on the ``dsl.Collected`` convert outputs.
+succeeded; Kubeflow runs the component from ``kfp_component`` on the ``dsl.Collected`` convert outputs (the
+segment count of each shard).
 """
 
 from typing import Any
@@ -39,7 +40,7 @@ def kfp_component(image: str):
     def concat(key: str, converted: list[int]) -> str:
         from components.concat import concat as run
 
-        return run(key, len(converted))
+        return run(key, sum(converted))  # each convert task returns its shard's segment count
 
     return dsl.component(concat, base_image=image, packages_to_install=[], install_kfp_package=False)
 

@@ -1,8 +1,10 @@
-"""convert, for the engines: one segment to 3D on a GPU (or the CPU where there is none).
+"""convert, for the engines: one GPU worker converts a contiguous shard of segments to 3D (on the CPU where the
+pod has no GPU).
 
-Argo runs ``python -m hera.workflows.runner -e components.convert:convert <inputs>`` once per fan-out item;
-Kubeflow runs the component from ``kfp_component`` inside a ParallelFor. Re-running a segment (a retry after a
-spot node was reclaimed, a duplicate run) writes the same object and the same completion record.
+Argo runs ``python -m hera.workflows.runner -e components.convert:convert <inputs>`` once per shard index in
+chunk's fan-out list; Kubeflow runs the component from ``kfp_component`` inside a ParallelFor. The pod loads its
+models once and converts its shard's segments in order. Each segment is still completed on its own: a retried
+pod (a spot node was reclaimed, a duplicate run) skips the segments already recorded and converts the rest.
 """
 
 import os
@@ -15,24 +17,29 @@ from stereo_spot.ports import Backend
 DEVICE_ENV = "STEREO_SPOT_DEVICE"  # e.g. "cuda:0"; unset: CUDA when the pod has a GPU, else the CPU
 
 
-def convert(key: str, segment_index: int) -> None:
-    """Convert segment ``segment_index`` of the job whose source is ``key``."""
+def convert(key: str, shard_index: int, gpu_workers: int = steps.DEFAULT_GPU_WORKERS) -> int:
+    """Convert shard ``shard_index`` of the job whose source is ``key``, split over at most ``gpu_workers``
+    shards as chunk planned it; returns how many segments the shard holds."""
 
-    def action(backend: Backend, job_id: str) -> None:
-        steps.convert(backend, job_id, int(segment_index), device=os.environ.get(DEVICE_ENV) or None)
+    def action(backend: Backend, job_id: str) -> int:
+        total = steps.require_job(backend, job_id).total_segments or 0
+        count = steps.shard_count(total, int(gpu_workers))
+        done = steps.convert_shard(backend, job_id, int(shard_index), count,
+                                   device=os.environ.get(DEVICE_ENV) or None)
+        return len(done)
 
-    run_step("convert", key, action, segment=int(segment_index))
+    return run_step("convert", key, action)
 
 
 def kfp_component(image: str):
-    """The Kubeflow component. Its output (the segment index) is what ``dsl.Collected`` gathers for concat."""
+    """The Kubeflow component. Its output (the shard's segment count) is what ``dsl.Collected`` gathers for
+    concat, which checks the sum against the job's segment count."""
     from kfp import dsl
 
-    def convert(key: str, segment_index: int) -> int:
+    def convert(key: str, shard_index: int, gpu_workers: int) -> int:
         from components.convert import convert as run
 
-        run(key, segment_index)
-        return segment_index
+        return run(key, shard_index, gpu_workers)
 
     return dsl.component(convert, base_image=image, packages_to_install=[], install_kfp_package=False)
 

@@ -66,10 +66,16 @@ def _mark(key: str, reason: str) -> None:
         log.info("job %s is %s: %s", job_id, job.status.value, job.failure_reason or "")
 
 
+# What ``PipelineTaskFinalStatus.state`` says for a run that succeeded. The KFP backend's driver passes the state
+# of the exit handler's group as an execution state name — MLMD's ``COMPLETE`` (or ``CACHED``), and in the newest
+# backends ``COMPLETE`` for succeeded, skipped and cached tasks — while kfp.local and Vertex pass ``SUCCEEDED``.
+KFP_SUCCEEDED_STATES = frozenset({"SUCCEEDED", "COMPLETE", "CACHED"})
+
+
 def fail_kfp(key: str, state: str, error_message: str = "", run_name: str = "") -> None:
     """The Kubeflow exit task's work, from ``dsl.PipelineTaskFinalStatus``."""
     configure_logging()
-    if state.upper() == "SUCCEEDED":
+    if state.strip().upper() in KFP_SUCCEEDED_STATES:
         return
     detail = f": {error_message}" if error_message else ""
     _mark(key, one_line(f"the Kubeflow run {run_name or ''} ended {state.lower()}{detail}".replace("  ", " ")))

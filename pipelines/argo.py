@@ -12,9 +12,14 @@ from typing import Any
 
 from pipelines.config import (
     CREDENTIALS_SECRET,
+    DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
+    GPU_MEMORY_LABEL,
     GPU_POOL_LABEL,
     GPU_RESOURCE,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_HOST_PATH,
+    MODEL_CACHE_VOLUME,
     TEMPLATE_NAME,
     WORKFLOW_SERVICE_ACCOUNT,
     PipelineConfig,
@@ -53,18 +58,74 @@ def _container_options(config: PipelineConfig, image: str, resources: Resources,
     }
 
 
-def _retry(config: PipelineConfig, limit: int, policy: str, expression: str | None = None):
+# Every step retries whatever went wrong except a user error (exit code 2: bad input, a job in the wrong state).
+# `Always` and not `OnFailure`/`OnError`: in Argo a main container that exits non-zero (a store timing out, an OOM
+# kill, a spot node's graceful shutdown) is a Failure, which `OnError` never retries, while a deleted pod or a lost
+# node is an Error, which `OnFailure` never retries. The expression keeps bad input from being retried.
+RETRY_EXPRESSION = "lastRetry.exitCode != '2'"
+
+
+# Buckets for a step's duration: seconds for a clip's chunk, hours for a film's shard.
+DURATION_BUCKETS = [10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0]
+
+
+def _step_metrics(step: str, *, counts_segments: bool = False) -> list:
+    """Prometheus metrics the controller emits when a node of ``step`` ends (Argo's custom metrics): its
+    duration by outcome, failures by phase and exit code (2: the user's input, anything else: retried), and for
+    convert the segments its shard holds, all done (the component's result)."""
+    from hera.workflows import Counter, Histogram, Label
+
+    metrics = [
+        Histogram(name="stereo_spot_step_duration_seconds", help="Duration of a stereo-spot pipeline step",
+                  labels=[Label(key="step", value=step), Label(key="status", value="{{status}}")],
+                  buckets=DURATION_BUCKETS, value="{{duration}}"),
+        Counter(name="stereo_spot_step_failures_total",
+                help="Failed stereo-spot pipeline steps by phase and exit code (2: bad input, not retried)",
+                labels=[Label(key="step", value=step), Label(key="status", value="{{status}}"),
+                        Label(key="exit_code", value="{{exitCode}}")],
+                when="{{status}} != Succeeded", value="1"),
+    ]
+    if counts_segments:
+        metrics.append(Counter(name="stereo_spot_segments_converted_total",
+                               help="Segments completed by stereo-spot convert pods",
+                               when="{{status}} == Succeeded", value="{{outputs.result}}"))
+    return metrics
+
+
+def _logs_archived():
+    """Every step's log is kept in the default artifact repository (the namespace's ConfigMap annotated
+    workflows.argoproj.io/default-artifact-repository, or the controller's), so it survives pod GC."""
+    from hera.workflows.models import ArtifactLocation
+
+    return ArtifactLocation(archive_logs=True)
+
+
+def _retry(config: PipelineConfig, limit: int):
     from hera.workflows import RetryStrategy
     from hera.workflows.models import Backoff
 
-    return RetryStrategy(limit=limit, retry_policy=policy, expression=expression,
+    return RetryStrategy(limit=limit, retry_policy="Always", expression=RETRY_EXPRESSION,
                          backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2,
                                          max_duration=f"{config.retry_backoff_max_seconds}s"))
 
 
+def _gpu_memory_affinity(min_mib: str):
+    from hera.workflows.models import (
+        Affinity,
+        NodeAffinity,
+        NodeSelector,
+        NodeSelectorRequirement,
+        NodeSelectorTerm,
+    )
+
+    return Affinity(node_affinity=NodeAffinity(required_during_scheduling_ignored_during_execution=NodeSelector(
+        node_selector_terms=[NodeSelectorTerm(match_expressions=[
+            NodeSelectorRequirement(key=GPU_MEMORY_LABEL, operator="Gt", values=[min_mib])])])))
+
+
 def build_workflow_template(config: PipelineConfig | None = None):
     """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
-    from hera.workflows import DAG, Parameter, WorkflowTemplate
+    from hera.workflows import DAG, Env, HostPathVolume, Parameter, WorkflowTemplate
     from hera.workflows.models import (
         Metadata,
         Mutex,
@@ -84,7 +145,13 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="key", description="input/<job id>/source.mp4 (URL-encoded as in S3 events, or not)"),
                  Parameter(name="format", value="", description="sbs, hsbs, tb, htb or anaglyph; empty: the job's"),
                  Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
-                 Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's")]
+                 Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
+                 Parameter(name="gpu-workers", value=str(config.gpu_workers),
+                           description="most convert pods (GPU workers) for this job; each converts a shard of "
+                                       "contiguous segments"),
+                 Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
+                           description="convert only on GPUs with more memory than this (MiB): 20000 for "
+                                       "diffusion inpainting, 0 for any")]
     with WorkflowTemplate(
         name=TEMPLATE_NAME,
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline"},
@@ -103,23 +170,32 @@ def build_workflow_template(config: PipelineConfig | None = None):
     ) as template:
         chunk_step = chunk.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, 2, "OnError"),  # a lost node; a failing input is not retried
+            retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("chunk"), archive_location=_logs_archived(),
         )
         convert_step = convert.argo_template(
             **_container_options(config, gpu_image, config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
+            affinity=_gpu_memory_affinity("{{workflow.parameters.min-gpu-memory-mib}}"),
+            annotations=dict([DO_NOT_DISRUPT]),  # a consolidation would throw away a shard's work in progress
+            # one copy of the weights per node, shared by its convert pods (a file lock orders the download)
+            volumes=[HostPathVolume(name=MODEL_CACHE_VOLUME, path=MODEL_CACHE_HOST_PATH, type="DirectoryOrCreate",
+                                    mount_path=MODEL_CACHE_HOST_PATH)],
+            env=[Env(name=MODEL_CACHE_ENV, value=MODEL_CACHE_HOST_PATH)],
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
-            # Spot reclaims kill pods at any moment: retry whatever happened, except a bad input (exit code 2).
-            retry_strategy=_retry(config, config.convert_retries, "Always", "lastRetry.exitCode != '2'"),
-            active_deadline_seconds=config.segment_deadline_seconds,
+            # spot reclaims kill pods at any moment: more retries; each one resumes the shard
+            retry_strategy=_retry(config, config.convert_retries),
+            metrics=_step_metrics("convert", counts_segments=True), archive_location=_logs_archived(),
         )
         concat_step = concat.argo_template(
             **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, 2, "OnError"),
+            retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("concat"), archive_location=_logs_archived(),
         )
         fail_step = fail.argo_template(
             **_container_options(config, cpu_image, config.exit_step),
-            retry_strategy=_retry(config, 2, "OnError"),
+            retry_strategy=_retry(config, config.step_retries),
+            metrics=_step_metrics("exit-handler"), archive_location=_logs_archived(),
         )
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):
@@ -127,9 +203,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                 "bucket": "{{workflow.parameters.bucket}}", "key": key,
                 "output_format": "{{workflow.parameters.format}}",
                 "divergence": "{{workflow.parameters.divergence}}",
-                "convergence": "{{workflow.parameters.convergence}}"})
-            converted = convert_step(name="convert", with_param=chunked.result,
-                                     arguments={"key": key, "segment_index": "{{item}}"})
+                "convergence": "{{workflow.parameters.convergence}}",
+                "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
+            converted = convert_step(name="convert", with_param=chunked.get_parameter("shards"), arguments={
+                "key": key, "shard_index": "{{item}}", "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
             assembled = concat_step(name="concat", arguments={"key": key})
             chunked >> converted >> assembled
         with DAG(name="exit-handler"):

@@ -38,10 +38,11 @@ def _require_engines() -> None:
         _die(one_line(exc))
 
 
-def _config(registry: str, tag: str | None):
+def _config(registry: str, tag: str | None, model_cache_pvc: str | None = None):
     from pipelines.config import PipelineConfig
 
-    return PipelineConfig(registry=registry, **({"tag": tag} if tag else {}))
+    return PipelineConfig(registry=registry, kfp_model_cache_pvc=model_cache_pvc or None,
+                          **({"tag": tag} if tag else {}))
 
 
 def compile_command(
@@ -53,13 +54,16 @@ def compile_command(
                                             show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check", help="Write nothing; fail when the files differ from a fresh "
                                         "compile (CI).")] = False,
+    kfp_model_cache_pvc: Annotated[str | None, typer.Option(
+        help="Kubeflow: a ReadWriteMany PersistentVolumeClaim the convert tasks share as their weight cache.",
+        show_default=False)] = None,
 ) -> None:
     """Compile the Argo WorkflowTemplate (Hera) and the Kubeflow pipeline (kfp) into YAML."""
     _require_engines()
     from pipelines.compile import compile_all
 
     try:
-        results = compile_all(out, _config(registry, tag), check=check)
+        results = compile_all(out, _config(registry, tag, kfp_model_cache_pvc), check=check)
     except (OSError, ValueError) as exc:
         _die(f"cannot compile: {exc}")
     for result in results:
@@ -90,6 +94,8 @@ def submit_command(
                                                       help="Override the job's convergence.")] = None,
     experiment: Annotated[str | None, typer.Option(help="Kubeflow experiment (default: stereo-spot).",
                                                    show_default=False)] = None,
+    gpu_workers: Annotated[int | None, typer.Option(min=1, show_default=False,
+                                                    help="Most convert pods (GPU workers) for this run.")] = None,
     registry: Annotated[str, typer.Option(help="Kubeflow: registry of the images the run uses.")] = DEFAULT_REGISTRY,
     tag: Annotated[str | None, typer.Option(help="Kubeflow: image tag (default: the project's version).",
                                             show_default=False)] = None,
@@ -105,7 +111,7 @@ def submit_command(
         run = submit(engine.value, bucket, key, host=host, token=token, namespace=namespace,
                      output_format=format.value if format else None, divergence=divergence,
                      convergence=convergence, verify_ssl=not insecure, config=_config(registry, tag),
-                     experiment=experiment)
+                     experiment=experiment, gpu_workers=gpu_workers)
     except UserError as exc:
         _die(one_line(exc))
     _err.print(f"started {run.engine} run {run.run_id}", highlight=False)

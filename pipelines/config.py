@@ -18,6 +18,15 @@ CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where th
 WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
 GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
 GPU_RESOURCE = "nvidia.com/gpu"
+# Karpenter labels every node with its GPU's memory (MiB): convert pods ask for more than the job's model needs.
+GPU_MEMORY_LABEL = "karpenter.k8s.aws/instance-gpu-memory"
+# Karpenter does not consolidate, drift or expire a node while such a pod runs (a spot reclaim still can).
+DO_NOT_DISRUPT = ("karpenter.sh/do-not-disrupt", "true")
+# Weights fetched from s3:// are cached per node in this host folder (the GPU EC2NodeClass creates it owned by
+# the pods' user), so the convert pods on one node download them once (stereo_spot/weights.py locks it).
+MODEL_CACHE_HOST_PATH = "/var/cache/stereo-spot/models"
+MODEL_CACHE_VOLUME = "model-cache"
+MODEL_CACHE_ENV = "STEREO_SPOT_MODEL_CACHE"
 
 # The environment contract the steps read (stereo_spot/config.py). Argo pods take the whole ConfigMap (envFrom);
 # a Kubeflow task names each key, so the ConfigMap must hold every one of these (a test checks it).
@@ -54,11 +63,21 @@ class PipelineConfig:
     tag: str = field(default_factory=project_version)
     # convert pods at once: at most the GPU NodePool's node limit, so queued pods wait instead of failing
     parallelism: int = 8
+    # Kubeflow only: a PersistentVolumeClaim (ReadWriteMany, e.g. EFS) for the weight cache. kfp-kubernetes has no
+    # hostPath volume; without a claim each convert pod keeps its own copy (still once per GPU worker).
+    kfp_model_cache_pvc: str | None = None
+    # the default of the `min-gpu-memory-mib` parameter: more than this much GPU memory. 0 takes any GPU of the pool
+    # (the heuristic and Depth Anything fit a 16 GB T4); diffusion inpainting needs 24 GB: 20000 skips the T4s.
+    min_gpu_memory_mib: int = 0
+    # the default of the `gpu-workers` parameter: the most convert pods (shards) one job fans out to
+    gpu_workers: int = 8
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
+    step_retries: int = 2  # chunk, concat and the exit handler: a store that timed out, an OOM kill, a lost node
     retry_backoff_seconds: int = 30
     retry_backoff_max_seconds: int = 600
     workflow_deadline_seconds: int = 12 * 3600
-    segment_deadline_seconds: int = 3600
+    # A convert pod works through a whole shard, whose length depends on the film: no per-pod deadline below
+    # the workflow's. A pod that dies or is stopped loses only its current segment (its retry skips the rest).
     ttl_after_success_seconds: int = 24 * 3600
     ttl_after_failure_seconds: int = 7 * 24 * 3600
     # chunk and concat hold the whole source (and the segments) on local disk

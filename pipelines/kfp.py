@@ -1,6 +1,9 @@
 """The pipeline on Kubeflow Pipelines v2, built with kfp: the same steps and the same shape as the Argo one.
 
-    ExitHandler(fail) { chunk ──ParallelFor(parallelism)──▶ convert (GPU, retried) ──Collected──▶ concat }
+    ExitHandler(fail) { chunk ──ParallelFor(parallelism)──▶ convert × shards (GPU, retried) ──Collected──▶ concat }
+
+chunk's output is one index per GPU worker (at most ``gpu_workers``); each convert task converts a contiguous
+shard of segments with its models loaded once.
 
 kfp compiles to its own pipeline spec (not an Argo Workflow), so the Sensor reaches Kubeflow through the KFP API
 (manifests/overlays/aws-kubeflow) and ``stereo-spot submit --engine kfp`` through ``kfp.Client``. Every step has
@@ -12,10 +15,13 @@ side effects on the job's records and objects, so caching is off for all of them
 from pipelines.config import (
     CREDENTIAL_KEYS,
     CREDENTIALS_SECRET,
+    DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
     ENV_KEYS,
     GPU_POOL_LABEL,
     GPU_RESOURCE,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_HOST_PATH,
     PIPELINE_NAME,
     PipelineConfig,
     Resources,
@@ -24,10 +30,14 @@ from pipelines.config import (
 DESCRIPTION = "2D video to stereoscopic 3D: chunk, convert segments in parallel on GPUs, concat with the audio."
 
 
-def _place(task, resources: Resources, display_name: str):
+def _place(task, resources: Resources, display_name: str, config: PipelineConfig, retries: int):
     from kfp import kubernetes
 
     task.set_display_name(display_name)
+    # kfp retries every failure (it has no exit-code condition): a transient one succeeds on a retry, a bad
+    # input fails again quickly with the same recorded reason
+    task.set_retry(num_retries=retries, backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
+                   backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
     task.set_caching_options(False)
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory)
     kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {key: key for key in ENV_KEYS})
@@ -48,21 +58,27 @@ def build_pipeline(config: PipelineConfig | None = None):
     concat_op, fail_op = concat.kfp_component(cpu_image), fail.kfp_component(cpu_image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
-    def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = ""):
-        marked = _place(fail_op(key=key), config.exit_step, "mark failed")
+    def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = "",
+                    gpu_workers: int = config.gpu_workers):
+        marked = _place(fail_op(key=key), config.exit_step, "mark failed", config, config.step_retries)
         with dsl.ExitHandler(marked, name="convert-video"):
             chunked = _place(chunk_op(bucket=bucket, key=key, output_format=format, divergence=divergence,
-                                      convergence=convergence), config.cpu_step, "chunk")
-            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as segment_index:
-                converted = _place(convert_op(key=key, segment_index=segment_index), config.gpu_step, "convert")
+                                      convergence=convergence, gpu_workers=gpu_workers), config.cpu_step, "chunk",
+                             config, config.step_retries)
+            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as shard_index:
+                # spot reclaims and other lost pods: more retries; each one resumes the shard
+                converted = _place(convert_op(key=key, shard_index=shard_index, gpu_workers=gpu_workers),
+                                   config.gpu_step, "convert", config, config.convert_retries)
                 converted.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-                # spot reclaims and other lost pods; kfp retries every failure, a bad input fails again quickly
-                converted.set_retry(num_retries=config.convert_retries,
-                                    backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
-                                    backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
+                if config.kfp_model_cache_pvc:
+                    kubernetes.mount_pvc(converted, pvc_name=config.kfp_model_cache_pvc,
+                                         mount_path=MODEL_CACHE_HOST_PATH)
+                    converted.set_env_variable(MODEL_CACHE_ENV, MODEL_CACHE_HOST_PATH)
                 kubernetes.add_node_selector(converted, *GPU_POOL_LABEL)
+                kubernetes.add_pod_annotation(converted, *DO_NOT_DISRUPT)  # keep the shard's node while it runs
                 kubernetes.add_toleration(converted, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-            _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat")
+            _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat",
+                   config, config.step_retries)
 
     return stereo_spot
 

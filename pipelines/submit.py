@@ -49,11 +49,13 @@ def _env(*names: str) -> str | None:
 
 
 def _parameters(bucket: str, key: str, output_format: str | None, divergence: float | None,
-                convergence: float | None) -> dict[str, str]:
-    parameters = {"bucket": bucket, "key": key}
+                convergence: float | None, gpu_workers: int | None = None, *, engine: str = "argo") -> dict:
+    parameters: dict = {"bucket": bucket, "key": key}
     for name, value in (("format", output_format), ("divergence", divergence), ("convergence", convergence)):
         if value is not None and str(value) != "":
             parameters[name] = str(value)
+    if gpu_workers is not None:  # Argo's parameter names may hold '-', kfp's are Python identifiers (and typed)
+        parameters.update({"gpu-workers": str(gpu_workers)} if engine == "argo" else {"gpu_workers": gpu_workers})
     return parameters
 
 
@@ -66,11 +68,11 @@ def _default_bucket() -> str:
 def submit_run(engine: str, bucket: str | None, key: str, *, host: str | None = None, token: str | None = None,
                namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-               experiment: str | None = None) -> str:
+               experiment: str | None = None, gpu_workers: int | None = None) -> str:
     """Start a run and return its link in the engine's UI."""
     return submit(engine, bucket, key, host=host, token=token, namespace=namespace, output_format=output_format,
                   divergence=divergence, convergence=convergence, verify_ssl=verify_ssl, config=config,
-                  experiment=experiment).link
+                  experiment=experiment, gpu_workers=gpu_workers).link
 
 
 def submit(engine: str, bucket: str | None, key: str, **options) -> SubmittedRun:
@@ -97,7 +99,7 @@ def _check_host(host: str | None, env_name: str, what: str) -> str:
 def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
                 namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                 convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-                experiment: str | None = None) -> SubmittedRun:
+                experiment: str | None = None, gpu_workers: int | None = None) -> SubmittedRun:
     import requests
     from hera.exceptions import AlreadyExists, Forbidden, HeraException, NotFound, Unauthorized
     from hera.workflows import Workflow, WorkflowsService
@@ -112,7 +114,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
                         labels={"app.kubernetes.io/name": "stereo-spot", "stereo-spot.io/job-id": job_id},
                         workflow_template_ref=WorkflowTemplateRef(name=TEMPLATE_NAME),
-                        arguments=_parameters(bucket, key, output_format, divergence, convergence))
+                        arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers))
     try:
         created = workflow.create()
     except requests.exceptions.RequestException as exc:
@@ -136,7 +138,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
 def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
                namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-               experiment: str | None = None) -> SubmittedRun:
+               experiment: str | None = None, gpu_workers: int | None = None) -> SubmittedRun:
     import requests
 
     from pipelines.kfp import compile_pipeline
@@ -162,7 +164,8 @@ def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, t
             client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow",
                                 verify_ssl=verify_ssl)
             result = client.create_run_from_pipeline_package(
-                str(package), arguments=_parameters(bucket, key, output_format, divergence, convergence),
+                str(package), arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers,
+                                                    engine="kfp"),
                 run_name=f"{PIPELINE_NAME}-{job_id}", experiment_name=experiment or DEFAULT_EXPERIMENT,
                 namespace=namespace, enable_caching=False)
         except ApiException as exc:

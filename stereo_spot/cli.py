@@ -66,15 +66,9 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 def _user_message(exc: BaseException) -> str | None:
     """The one line a user sees for an error they can act on; None for bugs."""
-    from stereo_spot.keys import InvalidKey
-    from stereo_spot.ports import StoreError
+    from stereo_spot.errors import Failure, classify
 
-    if isinstance(exc, (UserError, StoreError, InvalidKey, FileNotFoundError, PermissionError, IsADirectoryError)):
-        return one_line(exc)
-    media_error = sys.modules.get("stereo_spot.media.errors")
-    if media_error is not None and isinstance(exc, media_error.MediaError):
-        return one_line(exc)
-    return None
+    return None if classify(exc) is Failure.INTERNAL else one_line(exc)
 
 
 def _report_failure(exc: BaseException, job_id: str | None = None) -> NoReturn:

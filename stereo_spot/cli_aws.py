@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stereo_spot.errors import UserError, one_line
+from stereo_spot.errors import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AWS resources (buckets, tables, queues) and the runbook actions.")
@@ -36,15 +36,14 @@ PrefixOption = Annotated[str | None, typer.Option(
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    from stereo_spot.keys import InvalidKey
-    from stereo_spot.ports import StoreError
+    from stereo_spot.errors import Failure, classify
 
     if os.environ.get("STEREO_SPOT_DEBUG"):
         console.print_exception()
-    if isinstance(exc, (UserError, StoreError, InvalidKey)):
-        message = one_line(exc)
-    else:
+    if classify(exc) is Failure.INTERNAL:
         message = f"internal error: {one_line(exc)}; set STEREO_SPOT_DEBUG=1 for the traceback"
+    else:
+        message = one_line(exc)
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
     raise typer.Exit(1)
 

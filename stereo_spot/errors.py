@@ -3,6 +3,8 @@ job's reason; anything else reaching the CLI or UI is a bug and is reported as o
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class UserError(Exception):
     """Something about the input or the request is wrong; the message says what and what to do."""
@@ -14,6 +16,45 @@ class JobNotFound(UserError):
 
 class StepError(UserError):
     """A pipeline step cannot go on with the job in its current state (missing segments, deleted job...)."""
+
+
+class Failure(StrEnum):
+    """What kind of failure an exception is: the one decision the CLI, the engine components, the embedded runner
+    and the SQS worker all take from ``classify``."""
+
+    USER = "user"  # the input or the request is wrong: fail the job at once with the message; never retried
+    TRANSIENT = "transient"  # a store, the network or the disk: shown as its message; retried (exit code 1)
+    INTERNAL = "internal"  # anything else is a bug: reported as an internal error; retried (exit code 1)
+
+
+# Files the user named that are missing or unreadable: a retry cannot fix them.
+_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def classify(exc: BaseException) -> Failure:
+    from pydantic import ValidationError
+
+    from stereo_spot.keys import InvalidKey
+    from stereo_spot.ports import NotFound, StoreError
+
+    if isinstance(exc, (UserError, InvalidKey, ValidationError, NotFound, *_USER_OS_ERRORS)):
+        return Failure.USER
+    if isinstance(exc, (StoreError, OSError)):  # ConflictError too: a lost race is decided again by a retry
+        return Failure.TRANSIENT
+    return Failure.INTERNAL
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Exit code 2 on the engines: the job is marked failed at once and the step is not retried."""
+    return classify(exc) is Failure.USER
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one line recorded on a failed job and shown to the user: the message itself for what the user or the
+    operator can act on, marked as an internal error for a bug."""
+    if classify(exc) is Failure.INTERNAL:
+        return f"internal error: {one_line(exc)}"
+    return one_line(exc)
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stereo_spot import keys, steps
-from stereo_spot.errors import UserError, one_line
+from stereo_spot.errors import UserError, failure_reason, one_line
 from stereo_spot.models import Job, JobStatus
 from stereo_spot.ports import Backend
 
@@ -104,7 +104,7 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        reason = one_line(exc) if isinstance(exc, UserError) else f"internal error: {one_line(exc)}"
+        reason = failure_reason(exc)
         steps.fail(backend, job_id, reason)
         raise
 

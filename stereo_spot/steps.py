@@ -105,6 +105,41 @@ def create_job(backend: Backend, settings: ConversionSettings, title: str, *, jo
     return job
 
 
+def job_for_upload(backend: Backend, bucket: str, key: str, overrides: dict | None = None) -> Job:
+    """The job an uploaded source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not)
+    belongs to — the one policy every engine (Argo, Kubeflow, the SQS worker) applies to an upload event.
+
+    An upload without a job record gets one, with the default settings and ``overrides``: a source copied
+    straight into the bucket (``aws s3 cp``, a partner's pipeline) is a request to convert it, and dropping it
+    would lose the upload without a trace (nothing else would ever look at it again); the record makes it
+    visible in the app and in every job listing. A failed job is reopened (a new run resumes it). A job that
+    has not started chunking takes ``overrides``; once chunking has started, the settings it started with stay.
+    """
+    overrides = overrides or {}
+    key = keys.normalize_event_key(key)
+    job_id = keys.parse_input_key(key)
+    job = backend.jobs.get(job_id)
+    if job is None:
+        info = backend.objects.head(bucket, key)
+        try:
+            job = create_job(backend, ConversionSettings(**overrides), f"upload {job_id[:8]}", job_id=job_id)
+            log.info("job %s had no record: created one for the uploaded source", job_id)
+        except ConflictError:  # a duplicate event created it a moment ago
+            job = backend.jobs.get(job_id) or job
+        if info is not None and job.uploaded_at is None:
+            job = backend.jobs.update(job_id, uploaded_at=info.last_modified or utcnow(),
+                                      source_file_size_bytes=info.size)
+        return job
+    job = reopen_failed(backend, job_id)
+    if overrides and job.status == JobStatus.CREATED:
+        settings = ConversionSettings.model_validate({**job.settings.model_dump(), **overrides})
+        try:
+            job = backend.jobs.update(job_id, expected_status=JobStatus.CREATED, settings=settings)
+        except ConflictError:  # chunking started meanwhile
+            job = backend.jobs.get(job_id) or job
+    return job
+
+
 def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -> Job:
     """Put the source under ``input/{job}/source.mp4`` and record when and how big. On AWS this object's
     creation is the event that starts the workflow, so the job record is written first."""
@@ -242,6 +277,50 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
                                    convert_seconds=stats.seconds, stats=stats.to_record())
     backend.completions.put(completion)
     return completion
+
+
+# --- convert over a shard (the engines' GPU workers) -------------------------------------------------------
+
+# GPU workers (convert pods) a job fans out to unless the run asks for another maximum: the GPU NodePool's limit.
+DEFAULT_GPU_WORKERS = 8
+
+
+def shard_count(total_segments: int, max_workers: int | None = None) -> int:
+    """How many GPU workers convert a job of ``total_segments``: as many as allowed, never more than there are
+    segments (an idle pod would still pay for its start and its model load)."""
+    limit = DEFAULT_GPU_WORKERS if max_workers is None else int(max_workers)
+    if limit < 1:
+        raise UserError(f"the maximum number of GPU workers must be at least 1, not {limit}")
+    return max(1, min(int(total_segments), limit))
+
+
+def shard_segments(total_segments: int, shard_index: int, shard_count: int) -> range:
+    """The contiguous run of segments shard ``shard_index`` of ``shard_count`` converts. Shards differ in size
+    by at most one segment and together cover every segment once, in order."""
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise StepError(f"there is no shard {shard_index} of {shard_count}")
+    base, extra = divmod(int(total_segments), shard_count)
+    start = shard_index * base + min(shard_index, extra)
+    return range(start, start + base + (1 if shard_index < extra else 0))
+
+
+def convert_shard(backend: Backend, job_id: str, shard_index: int, shard_count: int, *,
+                  device: str | None = None, progress: Callable[[int], None] | None = None) \
+        -> list[SegmentCompletion]:
+    """Convert the segments of one contiguous shard, in order, in this process: the models are loaded once
+    (they are kept per process) and used for every segment. Segments already completed are skipped by
+    ``convert``'s point read, so a retried pod resumes where the reclaimed one stopped."""
+    job = require_job(backend, job_id)
+    segments = shard_segments(job.total_segments or 0, shard_index, shard_count)
+    log.info("job %s: shard %d of %d converts segments %d-%d", job_id, shard_index, shard_count,
+             segments.start, segments.stop - 1)
+    from stereo_spot.logs import log_context
+
+    done = []
+    for index in segments:
+        with log_context(segment=index):  # every line about this segment says which one
+            done.append(convert(backend, job_id, index, device=device, progress=progress))
+    return done
 
 
 # --- concat ---------------------------------------------------------------------------------------------

@@ -4,10 +4,9 @@ Kubernetes). The embedded runner does the work on this machine's CPU/GPU against
 For each message:
 
 * not JSON, or not an S3 event: deleted, with the reason logged;
-* ``s3:TestEvent`` (sent when the notification is set up), other buckets, keys that are not
-  ``input/{job_id}/source.mp4``, and uploads with no Job record: deleted and logged. An upload without a Job
-  was not made by the UI or CLI (they create the Job first), so there is nothing to convert it into and the
-  worker creates no record for it;
+* ``s3:TestEvent`` (sent when the notification is set up), other buckets and keys that are not
+  ``input/{job_id}/source.mp4``: deleted and logged. An upload without a Job record gets one, as on every
+  engine (``steps.job_for_upload``), and is converted with the default settings;
 * a job that is completed, failed or deleted already: deleted (a late duplicate);
 * otherwise the event is claimed in the dedup table before anything runs. A second delivery of the same upload
   (S3 -> SQS is at-least-once) finds the claim and is deleted without starting a second run. The claim also
@@ -34,7 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from stereo_spot import keys, steps
-from stereo_spot.errors import UserError, one_line
+from stereo_spot.errors import UserError, failure_reason, one_line
 from stereo_spot.logs import log_context
 from stereo_spot.models import JobStatus, ObjectCreated
 from stereo_spot.ports import Backend, QueueMessage, QueueReceiver, StoreError
@@ -228,10 +227,7 @@ class Worker:
             return skip(Outcome.IGNORED, str(exc))
         try:
             job = self.backend.jobs.get(job_id)
-            if job is None:
-                return skip(Outcome.IGNORED, f"no job {job_id} for the upload {obj.key} (uploads start a run only "
-                                             "for jobs created by the UI or CLI)", job_id)
-            if job.status.is_terminal:
+            if job is not None and job.status.is_terminal:
                 return skip(Outcome.DUPLICATE, f"job {job_id} is {job.status.value} already", job_id)
             if not self._claim(message, obj, job_id):
                 return skip(Outcome.DUPLICATE, f"duplicate delivery of {event_id(obj)}: job {job_id} was started "
@@ -242,6 +238,7 @@ class Worker:
                 if self.metrics is not None:
                     self.metrics.jobs_failed.labels("source_deleted").inc()
                 return skip(Outcome.FAILED, f"job {job_id}: source {obj.key} no longer exists", job_id)
+            steps.job_for_upload(self.backend, obj.bucket, obj.key)  # an upload without a record gets one
         except StoreError as exc:
             return skip(Outcome.RETRY, f"stores unavailable, the message comes back later: {one_line(exc)}", job_id)
         return self._run(message, job_id)
@@ -332,7 +329,7 @@ class Worker:
         return HandledMessage(mid, Outcome.COMPLETED, f"completed in {elapsed:.1f} s", job_id)
 
     def _after_failure(self, message: QueueMessage, job_id: str, exc: Exception) -> HandledMessage:
-        reason = one_line(exc) if isinstance(exc, (UserError, StoreError)) else f"internal error: {one_line(exc)}"
+        reason = failure_reason(exc)
         try:
             job = self.backend.jobs.get(job_id)
         except StoreError:

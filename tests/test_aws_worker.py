@@ -188,6 +188,8 @@ def test_shutdown_releases_the_message_and_the_redelivery_resumes_the_job(aws, c
 
 
 def test_bad_input_is_dropped_or_fails_the_job_and_the_worker_keeps_running(aws, clip):
+    """Bad messages are dropped and the worker keeps going; an upload without a job record gets one and is
+    converted (steps.job_for_upload, the policy every engine applies)."""
     backend, queue, settings = aws
     s3 = boto3.client("s3", endpoint_url=settings.aws_endpoint_url, region_name=REGION)
     queue.send("this is not json")
@@ -197,26 +199,28 @@ def test_bad_input_is_dropped_or_fails_the_job_and_the_worker_keeps_running(aws,
     s3.upload_file(str(clip), backend.input_bucket, f"input/{keys.new_job_id()}/other.mp4")
     s3.upload_file(str(clip), backend.input_bucket, "input/not-a-job-id/source.mp4")
     unknown = keys.new_job_id()
-    s3.upload_file(str(clip), backend.input_bucket, keys.input_key(unknown))  # no Job record
+    s3.upload_file(str(clip), backend.input_bucket, keys.input_key(unknown))  # no Job record: one is made
     deleted_job = _upload(backend, clip, "deleted before chunking")
     backend.objects.delete(backend.input_bucket, keys.input_key(deleted_job))
-    input_before = backend.objects.list_keys(backend.input_bucket, "")
+    input_before = backend.objects.list_keys(backend.input_bucket, "input/")
 
     stats = run_worker(backend, queue, stop_event=threading.Event(), max_messages=7, workers=1, wait_seconds=5)
 
     outcomes = sorted(h.outcome.value for h in stats.handled)
-    assert outcomes == sorted(["ignored"] * 6 + ["failed"])
+    assert outcomes == sorted(["ignored"] * 5 + ["failed", "completed"])
     reasons = " | ".join(h.reason for h in stats.handled)
     assert "malformed message: the body is not JSON" in reasons
     assert "S3 test event" in reasons
     assert "not the input bucket" in reasons
     assert "is not an input key" in reasons and "invalid job id 'not-a-job-id'" in reasons
-    assert f"no job {unknown}" in reasons
-    assert backend.jobs.get(unknown) is None  # nothing is created for a stray upload
+    stray = backend.jobs.get(unknown)
+    assert stray.status == JobStatus.COMPLETED and stray.title == f"upload {unknown[:8]}"
+    assert stray.source_file_size_bytes == clip.stat().st_size
+    assert backend.objects.exists(backend.output_bucket, keys.final_key(unknown))
     failed = backend.jobs.get(deleted_job)
     assert failed.status == JobStatus.FAILED and "was deleted before the job could finish" in failed.failure_reason
     assert _queue_counts(settings) == (0, 0)
-    assert backend.objects.list_keys(backend.input_bucket, "") == input_before  # the worker deleted nothing
+    assert backend.objects.list_keys(backend.input_bucket, "input/") == input_before  # the worker deleted nothing
 
     # ... and it is still working: a real upload afterwards completes.
     job_id = _upload(backend, clip)

@@ -85,14 +85,13 @@ def test_an_upload_without_a_job_record_gets_one(backend, tmp_path):
     source.write_bytes(b"\0" * 1234)
     key = keys.input_key(JOB)
     backend.objects.upload_file(backend.input_bucket, key, source)
-    job = chunk.ensure_job(backend, JOB, backend.input_bucket, key.replace("/", "%2F"),
-                           {"output_format": "hsbs"})
+    job = steps.job_for_upload(backend, backend.input_bucket, key.replace("/", "%2F"), {"output_format": "hsbs"})
     assert job.job_id == JOB and job.settings.output_format == OutputFormat.HSBS
     assert job.source_file_size_bytes == 1234 and job.uploaded_at is not None
     # a created job takes new overrides; once chunking started its settings stay
-    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "4"}).settings.divergence == 4
+    assert steps.job_for_upload(backend, backend.input_bucket, key, {"divergence": "4"}).settings.divergence == 4
     backend.jobs.update(JOB, status=JobStatus.CHUNKING_IN_PROGRESS)
-    assert chunk.ensure_job(backend, JOB, backend.input_bucket, key, {"divergence": "1"}).settings.divergence == 4
+    assert steps.job_for_upload(backend, backend.input_bucket, key, {"divergence": "1"}).settings.divergence == 4
 
 
 def test_event_keys_are_url_decoded():
@@ -132,6 +131,17 @@ def test_the_exit_handler_marks_failed_but_never_a_completed_job(backend):
     fail.fail("input/not-a-job.mp4", "Failed", "")  # nothing to mark, and no error
 
 
+@pytest.mark.parametrize("state", ["COMPLETE", "CACHED", "SUCCEEDED"])
+def test_the_kubeflow_exit_task_leaves_a_successful_run_alone(backend, state):
+    """The KFP backend passes the execution state's name (``COMPLETE``) for a run that succeeded, kfp.local
+    ``SUCCEEDED``: neither is a failure."""
+    job = steps.create_job(backend, ConversionSettings(), "clip")
+    fail.fail_kfp(keys.input_key(job.job_id), state, "", "run-1")
+    assert backend.jobs.get(job.job_id).status == JobStatus.CREATED
+    fail.fail_kfp(keys.input_key(job.job_id), "FAILED", "", "run-1")
+    assert backend.jobs.get(job.job_id).status == JobStatus.FAILED
+
+
 def test_stdout_carries_only_the_result(home, tmp_path):
     """Argo reads a script's whole stdout as its result: a step's own prints must not reach it."""
     code = ("import sys; from components._common import run_step\n"
@@ -160,8 +170,52 @@ def test_a_bad_workflow_parameter_fails_the_job_with_its_name(backend, terminati
 def test_a_new_run_of_a_failed_job_resumes_it(backend):
     job = steps.create_job(backend, ConversionSettings(), "clip")
     steps.fail(backend, job.job_id, "convert: the GPU fell off")
-    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    resumed = steps.job_for_upload(backend, backend.input_bucket, keys.input_key(job.job_id))
     assert resumed.status == JobStatus.CREATED and resumed.failure_reason is None
     backend.jobs.update(job.job_id, status=JobStatus.FAILED, total_segments=3, failure_reason="concat: disk full")
-    resumed = chunk.ensure_job(backend, job.job_id, backend.input_bucket, keys.input_key(job.job_id), {})
+    resumed = steps.job_for_upload(backend, backend.input_bucket, keys.input_key(job.job_id))
     assert resumed.status == JobStatus.CHUNKING_COMPLETE and resumed.total_segments == 3
+
+
+# --- GPU workers: contiguous shards of segments ----------------------------------------------------------
+
+@pytest.mark.parametrize("total,max_workers,expected", [(1, 8, 1), (3, 8, 3), (1080, 8, 8), (9, 2, 2)])
+def test_the_shard_count_is_the_gpu_workers_but_never_more_than_the_segments(total, max_workers, expected):
+    assert steps.shard_count(total, max_workers) == expected
+
+
+@pytest.mark.parametrize("total,count", [(1, 1), (7, 3), (1080, 8), (9, 2), (10, 10)])
+def test_shards_are_contiguous_balanced_and_cover_every_segment_once(total, count):
+    shards = [steps.shard_segments(total, index, count) for index in range(count)]
+    assert [i for shard in shards for i in shard] == list(range(total))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(steps.StepError):
+        steps.shard_segments(total, count, count)
+
+
+def test_a_bad_gpu_workers_parameter_is_a_user_error():
+    assert chunk.gpu_workers_parameter(" 3 ") == 3
+    for bad in ("0", "-2", "many", ""):
+        with pytest.raises(steps.UserError, match="gpu-workers"):
+            chunk.gpu_workers_parameter(bad)
+
+
+def test_a_shard_converts_its_own_segments_in_order_and_a_retry_skips_the_completed(backend, tmp_path):
+    """What a retried convert pod does: segments its reclaimed predecessor completed are not converted again,
+    the rest of its shard is, and no other shard's segment is touched."""
+    from tests.media_fixtures import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=2.0, fps=12, size=(96, 64), gop=6)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    total = steps.chunk(backend, backend.input_bucket, keys.input_key(job.job_id)).total_segments
+    assert total == 4
+    first = steps.convert(backend, job.job_id, 2)  # the reclaimed pod got this far
+    done_object = backend.objects.local_path(backend.output_bucket, keys.output_segment_key(job.job_id, 2))
+    before = done_object.stat().st_mtime_ns
+    done = steps.convert_shard(backend, job.job_id, 1, 2)
+    assert [c.segment_index for c in done] == [2, 3]
+    assert done[0] == first and done_object.stat().st_mtime_ns == before  # not converted twice
+    assert sorted(c.segment_index for c in backend.completions.query_by_job(job.job_id)) == [2, 3]
+    assert [c.segment_index for c in steps.convert_shard(backend, job.job_id, 0, 2)] == [0, 1]
+    assert steps.concat(backend, job.job_id).status == JobStatus.COMPLETED

@@ -397,3 +397,55 @@ def test_argo_sensor_names_the_workflow_after_the_job():
     assert name == workflow_name(JOB) == f"stereo-spot-{JOB}"  # the UI's run link finds it
     # a duplicate delivery computes the same name: Kubernetes answers AlreadyExists
     assert _go_template_job_id(params["metadata.name"]["dataTemplate"], json.loads(json.dumps(event))) == name
+
+
+def test_gpu_nodes_make_the_weight_cache_folder_the_convert_pods_mount():
+    """A hostPath folder the kubelet creates belongs to root: the node's user data makes it for the pods' user."""
+    from pipelines.config import MODEL_CACHE_HOST_PATH
+
+    docs = render(MANIFESTS / "overlays" / "aws")
+    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    convert = next(t for t in workflow_template["spec"]["templates"] if t["name"] == "convert")
+    assert convert["volumes"][0]["hostPath"]["path"] == MODEL_CACHE_HOST_PATH
+    user = workflow_template["spec"]["securityContext"]["runAsUser"]
+    node_class = _find(docs, "EC2NodeClass", "stereo-spot-gpu")
+    assert f"install -d -m 0755 -o {user} -g {user} {MODEL_CACHE_HOST_PATH}" in node_class["spec"]["userData"]
+
+
+def _gibibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi|Ti)", quantity).groups()
+    return float(number) * {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}[unit]
+
+
+def test_chunk_and_concat_have_an_untainted_pool_with_room_for_their_disk():
+    """The GPU pool is tainted and its pods would not fit a default 20 GiB root volume anyway: the CPU pool
+    takes any pod (no taint, no selector the steps must carry) on nodes whose disk holds what they request."""
+    docs = render(MANIFESTS / "overlays" / "aws")
+    pool = _find(docs, "NodePool", "stereo-spot-cpu")
+    spec = pool["spec"]["template"]["spec"]
+    assert not spec.get("taints") and not spec.get("startupTaints")
+    node_class = _find(docs, "EC2NodeClass", spec["nodeClassRef"]["name"])
+    [root] = node_class["spec"]["blockDeviceMappings"]
+    disk = _gibibytes(root["ebs"]["volumeSize"])
+    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    for template in workflow_template["spec"]["templates"]:
+        if "script" not in template or template["name"] == "convert":
+            continue
+        assert "nodeSelector" not in template and "tolerations" not in template, template["name"]
+        requested = _gibibytes(template["script"]["resources"]["requests"]["ephemeral-storage"])
+        assert requested > 20 or template["name"] == "fail"
+        assert 2 * requested + 20 <= disk, template["name"]  # two at once, plus images and the system
+
+
+def test_convert_pods_are_not_disrupted_and_diffusion_can_skip_small_gpus():
+    docs = render(MANIFESTS / "overlays" / "aws")
+    convert = next(t for t in _find(docs, "WorkflowTemplate", "stereo-spot")["spec"]["templates"]
+                   if t["name"] == "convert")
+    assert convert["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    pool = _find(docs, "NodePool", "stereo-spot-gpu")
+    requirements = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
+    assert "g4dn" in requirements["karpenter.k8s.aws/instance-family"]  # T4s for the heuristic and Depth Anything
+    assert {"g5", "g6"} <= set(requirements["karpenter.k8s.aws/instance-family"])  # 24 GB for diffusion
+    expression = convert["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expression["key"] == "karpenter.k8s.aws/instance-gpu-memory" and expression["operator"] == "Gt"

@@ -1,7 +1,8 @@
 """The compiled WorkflowTemplate run the way Argo runs it, on the embedded storage: each script template's
 command + args + a file holding ``{{inputs.parameters}}`` (``python -m hera.workflows.runner -e
 components.<step>:<function> <inputs>``), stdout as ``outputs.result``, ``withParam`` fan-out over chunk's
-result, the termination message as the node message, and the onExit handler with workflow.status/failures."""
+result, each template's ``retryStrategy``, the termination message as the node message, and the onExit handler
+with workflow.status/failures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -35,6 +37,7 @@ class Run:
     status: str = "Succeeded"
     failures: list[dict] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> its output parameters
     pods: list[str] = field(default_factory=list)
 
 
@@ -42,9 +45,11 @@ class ArgoEmulator:
     """Just enough of the Argo controller to walk the compiled DAG: parameter substitution, withParam,
     depends, when, onExit. Pods are subprocesses on this machine."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 attempt_env: Callable[[str, int], dict[str, str]] | None = None):
         self.workdir = workdir
         self.env = env or {}  # the pods' environment on top of this process's
+        self.attempt_env = attempt_env or (lambda template, attempt: {})  # per template and attempt (0, 1, ...)
 
     def submit(self, bucket: str, key: str, **optional: str) -> Run:
         params = {p["name"]: p.get("value") for p in TEMPLATE["spec"]["arguments"]["parameters"]}
@@ -68,6 +73,8 @@ class ArgoEmulator:
             scope.update({"workflow.status": run.status, "workflow.failures": json.dumps(run.failures),
                           "workflow.name": "stereo-spot-test"})
             scope.update({f"tasks.{t}.outputs.result": r for t, r in run.results.items()})
+            scope.update({f"tasks.{t}.outputs.parameters.{n}": v for t, out in run.parameters.items()
+                          for n, v in out.items()})
             if "when" in task:
                 left, op, right = self._sub(task["when"], scope).partition(" != ")
                 if not op or left.strip() == right.strip():
@@ -93,6 +100,30 @@ class ArgoEmulator:
         return re.sub(r"\{\{([^}=][^}]*)\}\}", lambda m: scope[m.group(1).strip()], text)
 
     def _pod(self, template_name: str, args: dict[str, str], label: str, run: Run) -> tuple[bool, str]:
+        """One node: its first pod and the retries its retryStrategy allows. A pod that exits non-zero is a
+        Failure (an Error is the controller's or the init/wait containers'): `OnError` does not retry it."""
+        strategy = TEMPLATES[template_name].get("retryStrategy", {})
+        limit = int(strategy.get("limit", 0))
+        retried = strategy.get("retryPolicy", "OnFailure") in ("Always", "OnFailure")
+        attempt = 0
+        while True:
+            ok, stdout, exit_code = self._attempt(template_name, args, label if attempt == 0 else
+                                                  f"{label}(retry {attempt})", run, attempt)
+            if ok or not retried or attempt >= limit or not self._expression(strategy, exit_code):
+                return ok, stdout
+            attempt += 1
+
+    @staticmethod
+    def _expression(strategy: dict, exit_code: int) -> bool:
+        expression = strategy.get("expression")
+        if expression is None:
+            return True
+        match = re.fullmatch(r"lastRetry\.exitCode != '(-?\d+)'", expression)
+        assert match, f"the emulator does not know the retry expression {expression!r}"
+        return str(exit_code) != match.group(1)
+
+    def _attempt(self, template_name: str, args: dict[str, str], label: str, run: Run, attempt: int) \
+            -> tuple[bool, str, int]:
         template = TEMPLATES[template_name]
         script = template["script"]
         inputs = []
@@ -107,17 +138,30 @@ class ArgoEmulator:
         source.write_text(json.dumps(inputs))
         termination = self.workdir / f"{pod}.termination-log"
         termination.write_text("")
+        # the pod's own /tmp (where the Hera runner writes output parameters) is a folder of its own here
+        pod_tmp = self.workdir / f"{pod}-tmp"
+
+        def local(path: str) -> str:
+            return str(pod_tmp / path[len("/tmp/"):]) if path.startswith("/tmp/") else path
+
+        script_env = {e["name"]: local(e["value"]) for e in script.get("env", [])}
         command = [sys.executable if part == "python" else part for part in script["command"]]
         proc = subprocess.run([*command, *script["args"], str(source)], capture_output=True, text=True,
-                              timeout=600, env={**os.environ, **self.env, TERMINATION_LOG_ENV: str(termination)})
+                              timeout=600, env={**os.environ, **script_env, **self.env,
+                                                **self.attempt_env(template_name, attempt),
+                                                TERMINATION_LOG_ENV: str(termination)})
         if proc.returncode != 0:
             message = termination.read_text() or proc.stderr.strip().splitlines()[-1]
             run.failures.append({"displayName": label, "message": f"Error (exit code {proc.returncode}): {message}",
                                  "templateName": template_name, "phase": "Failed", "podName": pod,
                                  "finishedAt": datetime.now(UTC).isoformat(), "task": label.split("(")[0],
                                  "exitCode": proc.returncode})
-            return False, proc.stdout
-        return True, proc.stdout.strip()
+            return False, proc.stdout, proc.returncode
+        outputs = {p["name"]: Path(local(p["valueFrom"]["path"])).read_text()
+                   for p in template.get("outputs", {}).get("parameters", [])}
+        if outputs:  # read by the executor from the files; a missing one fails the node
+            run.parameters[label.split("(")[0]] = outputs
+        return True, proc.stdout.strip(), 0
 
 
 def video_facts(path: Path) -> dict:
@@ -148,7 +192,7 @@ def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, 
     run = argo.submit(backend.input_bucket, key.replace("/", "%2F"))
     assert run.status == "Succeeded", run.failures
     assert run.pods == ["chunk", "convert(0:0)", "convert(1:1)", "concat"]  # no exit-handler pod on success
-    assert json.loads(run.results["chunk"]) == [0, 1]
+    assert json.loads(run.parameters["chunk"]["shards"]) == [0, 1]
     assert run.results["concat"] == keys.final_key(job_id)
     job = backend.jobs.get(job_id)
     assert job.status == JobStatus.COMPLETED and job.total_segments == 2
@@ -168,6 +212,17 @@ def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, 
     assert backend.objects.list_keys(backend.output_bucket, f"jobs/{job_id}/") == sorted(
         [keys.final_key(job_id), keys.report_key(job_id)])
     assert len(backend.completions.query_by_job(job_id)) == 2
+
+
+def test_one_gpu_worker_converts_every_segment_in_one_pod(backend, clip, tmp_path):
+    key = _upload(backend, clip)
+    job_id = keys.parse_input_key(key)
+    run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, **{"gpu-workers": "1"})
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "convert(0:0)", "concat"]  # one pod, one model load, for both segments
+    assert json.loads(run.parameters["chunk"]["shards"]) == [0]
+    assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
+    assert sorted(c.segment_index for c in backend.completions.query_by_job(job_id)) == [0, 1]
 
 
 def test_workflow_parameters_choose_the_format(backend, clip, tmp_path):
@@ -193,21 +248,44 @@ def test_a_bad_upload_fails_the_job_with_a_readable_reason(backend, tmp_path):
     assert job.failure_reason.startswith("chunk: ") and job.failure_reason in failure["message"]
 
 
-def test_a_step_that_keeps_failing_is_reported_by_the_exit_handler(backend, clip, tmp_path):
-    """A store that cannot be reached is not a user error: the step exits 1 (Argo retries it), leaves the job
-    as it is, and once the run has failed the exit handler records the step's message from workflow.failures."""
+UNREACHABLE = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
+               "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+def test_every_step_retries_a_transient_failure_and_the_job_completes(backend, clip, tmp_path):
+    """Each step's first pod cannot make its scratch folder (a full or broken disk: exit 1, not a user error);
+    the retry strategy runs it again and the run succeeds."""
     key = _upload(backend, clip)
-    unreachable = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
-                   "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-    params = {"bucket": backend.input_bucket, "key": key, "format": "", "divergence": "", "convergence": ""}
-    run = Run()
-    ArgoEmulator(tmp_path, env=unreachable).dag("main", params, run)
-    assert run.status == "Failed" and run.pods == ["chunk"]
-    assert run.failures[0]["exitCode"] == 1
-    assert backend.jobs.get(keys.parse_input_key(key)).status == JobStatus.CREATED
-    ArgoEmulator(tmp_path).on_exit(params, run)  # the exit handler's pod reaches the store
-    assert run.pods == ["chunk", "mark-failed"]
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+
+    def first_attempt_fails(template: str, attempt: int) -> dict[str, str]:
+        return {"STEREO_SPOT_WORKDIR": str(blocker / "scratch")} if attempt == 0 else {}
+
+    run = ArgoEmulator(tmp_path, attempt_env=first_attempt_fails).submit(backend.input_bucket, key)
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "chunk(retry 1)", "convert(0:0)", "convert(0:0)(retry 1)", "convert(1:1)",
+                        "convert(1:1)(retry 1)", "concat", "concat(retry 1)"]
+    assert {f["exitCode"] for f in run.failures} == {1}
+    assert backend.jobs.get(keys.parse_input_key(key)).status == JobStatus.COMPLETED
+
+
+def test_a_step_that_keeps_failing_is_reported_by_the_exit_handler(backend, clip, tmp_path):
+    """A store that cannot be reached is not a user error: the step exits 1, is retried up to its limit, leaves
+    the job as it is, and once the run has failed the exit handler — itself retried after a first attempt that
+    could not reach the store either — records the step's message from workflow.failures."""
+    key = _upload(backend, clip)
+
+    def stores(template: str, attempt: int) -> dict[str, str]:
+        return UNREACHABLE if template == "chunk" or attempt == 0 else {}
+
+    run = ArgoEmulator(tmp_path, attempt_env=stores).submit(backend.input_bucket, key)
+    assert run.status == "Failed"
+    limit = TEMPLATES["chunk"]["retryStrategy"]["limit"]
+    assert run.pods == ["chunk"] + [f"chunk(retry {i})" for i in range(1, limit + 1)] + \
+        ["mark-failed", "mark-failed(retry 1)"]
+    assert {f["exitCode"] for f in run.failures} == {1}
     job = backend.jobs.get(keys.parse_input_key(key))
     assert job.status == JobStatus.FAILED
-    assert job.failure_reason.startswith("chunk: Error (exit code 1): chunk: "), job.failure_reason
-    assert "127.0.0.1:9" in job.failure_reason
+    assert job.failure_reason.startswith("chunk"), job.failure_reason
+    assert "Error (exit code 1): chunk: " in job.failure_reason and "127.0.0.1:9" in job.failure_reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def test_compile_command_writes_and_checks(tmp_path):
         [False, True]
 
 
+def test_kubeflow_convert_tasks_can_share_a_weight_cache_claim(tmp_path):
+    result = CliRunner().invoke(app, ["compile", "--out", str(tmp_path), "--kfp-model-cache-pvc", "models-efs"])
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all((tmp_path / KFP_PIPELINE_FILE).read_text())
+    convert = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-convert"]
+    assert convert["pvcMount"] == [{"constant": "models-efs", "mountPath": "/var/cache/stereo-spot/models",
+                                    "pvcNameParameter": {"runtimeValue": {"constant": "models-efs"}}}]
+    env = spec["deploymentSpec"]["executors"]["exec-convert"]["container"]["env"]
+    assert {"name": "STEREO_SPOT_MODEL_CACHE", "value": "/var/cache/stereo-spot/models"} in env
+
+
 def _templates(wt: dict) -> dict[str, dict]:
     return {t["name"]: t for t in wt["spec"]["templates"]}
 
@@ -63,8 +75,11 @@ def test_workflow_template_contract(workflow_template):
     spec = workflow_template["spec"]
     assert workflow_template["metadata"]["name"] == "stereo-spot"
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
-    assert set(params) == {"bucket", "key", "format", "divergence", "convergence"}
+    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
+                           "min-gpu-memory-mib"}
+    assert params["min-gpu-memory-mib"]["value"] == "0"  # any GPU of the pool unless a run needs more
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
+    assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
     assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence"))
     assert spec["onExit"] == "exit-handler" and spec["serviceAccountName"] == "stereo-spot-workflow"
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterSuccess"] > 0
@@ -78,19 +93,66 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     templates = _templates(workflow_template)
     tasks = {t["name"]: t for t in templates["main"]["dag"]["tasks"]}
     assert templates["main"]["parallelism"] == PipelineConfig().parallelism
-    assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.result}}"
+    assert tasks["convert"]["withParam"] == "{{tasks.chunk.outputs.parameters.shards}}"  # a named output
+    # chunk plans the shards and every convert pod finds its shard from the same maximum
+    gpu_workers = "{{workflow.parameters.gpu-workers}}"
+    assert {p["name"]: p["value"] for p in tasks["chunk"]["arguments"]["parameters"]}["gpu_workers"] == gpu_workers
+    assert {p["name"]: p["value"] for p in tasks["convert"]["arguments"]["parameters"]} == {
+        "key": "{{workflow.parameters.key}}", "shard_index": "{{item}}", "gpu_workers": gpu_workers}
     assert tasks["convert"]["depends"] == "chunk" and tasks["concat"]["depends"] == "convert"
     convert = templates["convert"]
     assert convert["script"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert convert["nodeSelector"] == dict([GPU_POOL_LABEL])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in convert["tolerations"]
-    retry = convert["retryStrategy"]
-    assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2 and retry["backoff"]["factor"] == 2
-    assert retry["expression"] == "lastRetry.exitCode != '2'"  # a bad input is not retried
+    # Karpenter never consolidates a node under a running shard; the run chooses how much GPU memory it needs
+    assert convert["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+    [term] = convert["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "karpenter.k8s.aws/instance-gpu-memory", "operator": "Gt",
+                                         "values": ["{{workflow.parameters.min-gpu-memory-mib}}"]}]
+    # the node-local weight cache: one host folder per node, named by the environment the weights code reads
+    [volume] = convert["volumes"]
+    assert volume["hostPath"] == {"path": "/var/cache/stereo-spot/models", "type": "DirectoryOrCreate"}
+    assert convert["script"]["volumeMounts"] == [{"name": volume["name"], "mountPath": volume["hostPath"]["path"]}]
+    assert {"name": "STEREO_SPOT_MODEL_CACHE", "value": volume["hostPath"]["path"]} in convert["script"]["env"]
+    assert convert["retryStrategy"]["limit"] >= PipelineConfig().step_retries
     exit_task = templates["exit-handler"]["dag"]["tasks"][0]
     assert exit_task["template"] == "fail" and exit_task["when"] == "{{workflow.status}} != Succeeded"
     assert {p["name"]: p["value"] for p in exit_task["arguments"]["parameters"]}["failures"] == \
         "{{workflow.failures}}"
+
+
+def test_every_step_retries_everything_but_a_user_error(workflow_template):
+    """`OnError` would not retry a main container that exits non-zero, `OnFailure` not a deleted pod: `Always`,
+    and the expression keeps a bad input (exit code 2) from being retried. The exit handler too."""
+    scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
+    assert set(scripts) == {"chunk", "convert", "concat", "fail"}
+    for name, template in scripts.items():
+        retry = template["retryStrategy"]
+        assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2, name
+        assert retry["expression"] == "lastRetry.exitCode != '2'", name
+        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["maxDuration"], name
+
+
+def test_every_step_archives_its_log_and_emits_metrics(workflow_template):
+    """podGC removes successful pods: their logs go to the default artifact repository. Each step reports its
+    duration and failures (phase, exit code) to the controller's Prometheus endpoint; convert its segments."""
+    scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
+    for name, template in scripts.items():
+        assert template["archiveLocation"] == {"archiveLogs": True}, name  # no bucket named: the default one
+        metrics = {m["name"]: m for m in template["metrics"]["prometheus"]}
+        duration = metrics["stereo_spot_step_duration_seconds"]
+        assert duration["histogram"]["value"] == "{{duration}}"
+        assert {"key": "status", "value": "{{status}}"} in duration["labels"]
+        failures = metrics["stereo_spot_step_failures_total"]
+        assert failures["when"] == "{{status}} != Succeeded" and failures["counter"]["value"] == "1"
+        assert {"key": "exit_code", "value": "{{exitCode}}"} in failures["labels"]
+        assert ("stereo_spot_segments_converted_total" in metrics) is (name == "convert")
+        helps = {m["name"]: m["help"] for m in template["metrics"]["prometheus"]}
+        first = {m["name"]: m["help"] for m in scripts["chunk"]["metrics"]["prometheus"]}
+        assert all(first[k] == v for k, v in helps.items() if k in first)  # one help text per metric name
+    converted = {m["name"]: m for m in scripts["convert"]["metrics"]["prometheus"]}
+    assert converted["stereo_spot_segments_converted_total"]["counter"]["value"] == "{{outputs.result}}"
 
 
 def test_every_step_runs_the_hera_runner_with_requests(workflow_template):
@@ -111,7 +173,9 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     spec, platform = kfp_docs
     assert spec["pipelineInfo"]["name"] == "stereo-spot"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"bucket", "key", "format", "divergence",
-                                                                    "convergence"}
+                                                                    "convergence", "gpu_workers"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpu_workers"]["defaultValue"] == \
+        PipelineConfig().gpu_workers
     for name, executor in spec["deploymentSpec"]["executors"].items():
         container = executor["container"]
         command = " ".join(container["command"])
@@ -128,6 +192,8 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     assert convert_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert convert_exec["resources"]["accelerator"]["resourceCount"] == "1"
     assert tasks["convert"]["retryPolicy"]["maxRetryCount"] == PipelineConfig().convert_retries
+    for name in ("chunk", "concat", "fail"):  # the exit task too
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == PipelineConfig().step_retries, name
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     assert loop["iteratorPolicy"]["parallelismLimit"] == PipelineConfig().parallelism
     exit_task = tasks["fail"]
@@ -136,6 +202,7 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     convert = executors["exec-convert"]
     assert convert["nodeSelector"]["labels"] == dict([GPU_POOL_LABEL])
     assert convert["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert convert["podMetadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
     for name, config in executors.items():
         mapped = {m["envVar"] for m in config["configMapAsEnv"][0]["keyToEnv"]}
         assert mapped == set(ENV_KEYS), name
@@ -149,9 +216,10 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
     return tasks
 
 
-def test_a_three_hour_film_fans_out_far_under_argos_limit(backend):
-    """Argo caps a step's output at 256 kB: the fan-out of a 3-hour film at the default segment length, as the
-    real chunk step prints it, stays a few kB."""
+def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_template):
+    """A 3-hour film at the default segment length fans out to one convert pod per GPU worker (the compiled
+    default of `gpu-workers`), as the real chunk step prints it: a few bytes, far under Argo's 256 kB cap, and
+    one model load per pod instead of one per segment."""
     import subprocess
     import sys
 
@@ -162,15 +230,26 @@ def test_a_three_hour_film_fans_out_far_under_argos_limit(backend):
     total = math.ceil(3 * 3600 / settings.segment_seconds)
     job = steps.create_job(backend, settings, "a long film")
     backend.jobs.update(job.job_id, status=JobStatus.CHUNKING_COMPLETE, total_segments=total)
+    params = {p["name"]: p.get("value") for p in workflow_template["spec"]["arguments"]["parameters"]}
+    gpu_workers = int(params["gpu-workers"])
     inputs = [{"name": "bucket", "value": backend.input_bucket}, {"name": "key", "value": keys.input_key(job.job_id)},
               {"name": "output_format", "value": ""}, {"name": "divergence", "value": ""},
-              {"name": "convergence", "value": ""}]
+              {"name": "convergence", "value": ""}, {"name": "gpu_workers", "value": params["gpu-workers"]}]
     path = backend.objects.local_path(backend.input_bucket, "inputs.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(inputs))
+    chunk_template = _templates(workflow_template)["chunk"]
+    [output] = chunk_template["outputs"]["parameters"]
+    outputs_dir = path.parent / "hera-outputs"  # the pod's /tmp/hera-outputs
+    env = {**os.environ, **{e["name"]: e["value"] for e in chunk_template["script"]["env"]},
+           "hera__outputs_directory": str(outputs_dir)}
     proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "components.chunk:chunk", str(path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == list(range(total))
-    size = len(proc.stdout.encode())
-    assert total == 1080 and size < 16 * 1024, size  # 256 kB is Argo's limit
+    written = outputs_dir / Path(output["valueFrom"]["path"]).relative_to("/tmp/hera-outputs")
+    shards = json.loads(written.read_text())
+    assert total == 1080 and shards == list(range(gpu_workers)), shards
+    assert written.stat().st_size < 1024  # 256 kB is Argo's limit
+    # every segment belongs to exactly one shard, in order
+    covered = [i for shard in shards for i in steps.shard_segments(total, shard, len(shards))]
+    assert covered == list(range(total))

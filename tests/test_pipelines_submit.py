@@ -103,7 +103,8 @@ def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch
     monkeypatch.delenv("ARGO_UI_URL", raising=False)
     with http_server(_argo_server) as server:
         result = CliRunner().invoke(app, ["submit", "--engine", "argo", "--bucket", "uploads", "--key", KEY,
-                                          "--host", server.url, "--format", "anaglyph", "--divergence", "3"])
+                                          "--host", server.url, "--format", "anaglyph", "--divergence", "3",
+                                          "--gpu-workers", "2"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"{server.url}/workflows/stereo-spot/stereo-spot-{JOB}"
     [created] = server.posts("/api/v1/workflows/")
@@ -112,7 +113,7 @@ def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch
     assert workflow["kind"] == "Workflow" and workflow["metadata"]["name"] == f"stereo-spot-{JOB}"
     assert workflow["spec"]["workflowTemplateRef"] == {"name": "stereo-spot"}
     assert {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]} == {
-        "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0"}
+        "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0", "gpu-workers": "2"}
     assert "ok" in _validate(workflow, tmp_path, "workflow.yaml")
 
 
@@ -167,7 +168,8 @@ def test_submit_to_kubeflow_sends_a_valid_run_request(tmp_path, monkeypatch):
     monkeypatch.setenv("KFP_UI_URL", "https://kubeflow.example.com/pipeline")
     with http_server(_kfp_api) as server:
         result = CliRunner().invoke(app, ["submit", "--engine", "kfp", "--bucket", "uploads", "--key", KEY,
-                                          "--host", server.url, "--registry", "example.com/team", "--tag", "7"])
+                                          "--host", server.url, "--registry", "example.com/team", "--tag", "7",
+                                          "--gpu-workers", "3"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "https://kubeflow.example.com/pipeline/#/runs/details/run-42"
     [experiment] = server.posts("/apis/v2beta1/experiments")
@@ -176,7 +178,7 @@ def test_submit_to_kubeflow_sends_a_valid_run_request(tmp_path, monkeypatch):
     assert run.headers["authorization"] == "Bearer kfp-token"
     body = run.body
     assert body["display_name"] == f"stereo-spot-{JOB}" and body["experiment_id"] == "exp-1"
-    assert body["runtime_config"]["parameters"] == {"bucket": "uploads", "key": KEY}
+    assert body["runtime_config"]["parameters"] == {"bucket": "uploads", "key": KEY, "gpu_workers": 3}
     spec, platform = body["pipeline_spec"]["pipeline_spec"], body["pipeline_spec"]["platform_spec"]
     assert spec["pipelineInfo"]["name"] == "stereo-spot"
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
