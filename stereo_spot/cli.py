@@ -59,9 +59,21 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     configure_logging(os.environ.get("STEREO_SPOT_LOG_LEVEL") or _DEFAULT_LEVEL)
 
 
+class CommandError(typer.Exit):
+    """A command (or one input of a folder conversion) ends with this one-line message and exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(code)
+        self.message = message
+
+
+#: Exit code of an interrupted command (Ctrl-C): a folder conversion stops there too.
+INTERRUPTED = 130
+
+
 def die(message: str, code: int = 1) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
-    raise typer.Exit(code)
+    raise CommandError(message, code)
 
 
 def _user_message(exc: BaseException) -> str | None:
@@ -117,9 +129,13 @@ def _checked_settings(**fields) -> ConversionSettings:
 
 @app.command()
 def convert(
-    input: Annotated[Path, typer.Argument(help="A video or a still image.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the 3D file "
-                                                "(default: next to the input, with the layout suffix).")] = None,
+    inputs: Annotated[list[Path], typer.Argument(help="Videos, still images, or folders (searched recursively).",
+                                                 show_default=False, metavar="PATH...")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the 3D file (default: next "
+                                                "to the input, with the layout suffix); with several inputs or a "
+                                                "folder, the folder to write them to.")] = None,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose 3D file already "
+                                                "exists.")] = False,
     format: FormatOption = OutputFormat.SBS,
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
@@ -145,14 +161,21 @@ def convert(
     device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
 ) -> None:
-    """Convert a video (or a still image) to 3D on this machine."""
-    if not input.is_file():
-        die(f"{input} does not exist or is not a file")
+    """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
                                  divergence=divergence, convergence=convergence, depth_model=depth_model,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration)
+    if len(inputs) > 1 or inputs[0].is_dir():
+        for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
+            if value is not None:
+                die(f"{flag} works with one input file; convert the files one by one to use it")
+        _convert_many(inputs, output, settings, skip_existing, workers, device)
+        return
+    input = inputs[0]
+    if not input.is_file():
+        die(f"{input} does not exist or is not a file")
     from stereo_spot.media.probe import is_image
     from stereo_spot.naming import output_path_for
 
@@ -177,6 +200,55 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report)
+
+
+def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
+                  workers: int | None, device: str | None) -> None:
+    """Convert every input in turn, past the ones that fail, and end with a summary; the exit status is 1 when
+    any failed. Interrupted jobs resume as a single conversion does (each job is found by its fingerprint)."""
+    from stereo_spot.inputs import plan
+
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        die(f"-o {output_dir} is a file: with several inputs or a folder, -o names the folder to write to")
+    try:
+        conversions = plan(paths, settings.output_format, output_dir=output_dir, swap_eyes=settings.swap_eyes)
+    except UserError as exc:
+        die(one_line(exc))
+    if not conversions:
+        die(f"no videos or still images in {', '.join(map(str, paths))}")
+    results: list[tuple[Path, str, str]] = []
+    for number, item in enumerate(conversions, 1):
+        console.print(f"[bold]{number}/{len(conversions)}[/] {escape(str(item.source))}", highlight=False)
+        if skip_existing and item.output.exists():
+            console.print(f"skipped: {escape(str(item.output))} exists", highlight=False)
+            results.append((item.source, "skipped", f"{item.output} exists"))
+            continue
+        try:
+            if _same_file(item.output, item.source):
+                die(f"the output {item.output} is the input")
+            if item.is_image:
+                _convert_image(item.source, item.output, settings, None)
+            else:
+                _convert_video(item.source, item.output, settings, workers, device, item.source.stem)
+        except CommandError as failure:
+            if failure.exit_code == INTERRUPTED:
+                raise
+            results.append((item.source, "failed", failure.message))
+            continue
+        results.append((item.source, "converted", str(item.output)))
+    _print_summary(results)
+    if any(status == "failed" for _, status, _ in results):
+        raise typer.Exit(1)
+
+
+def _print_summary(results: list[tuple[Path, str, str]]) -> None:
+    table = Table("input", "result", "output or reason", title="summary", title_justify="left")
+    style = {"converted": "green", "skipped": "cyan", "failed": "red"}
+    for source, status, detail in results:
+        table.add_row(escape(str(source)), f"[{style[status]}]{status}[/]", escape(detail))
+    console.print(table)
+    counts = {s: sum(1 for _, status, _ in results if status == s) for s in style}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -341,7 +413,7 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
             raise
         except KeyboardInterrupt:
             bar.stop()
-            die(f"interrupted; run the same command again to resume job {job_id}", code=130)
+            die(f"interrupted; run the same command again to resume job {job_id}", code=INTERRUPTED)
         except Exception as exc:  # noqa: BLE001
             bar.stop()
             _report_failure(exc, job_id)

@@ -22,6 +22,17 @@ LAYOUT_SUFFIX = {
 SWAPPED_SUFFIX = "_Swapped"
 
 
+_OUTPUT_NAME = re.compile(
+    r"-3d(" + "|".join(re.escape(s) for s in LAYOUT_SUFFIX.values()) + r")(" + re.escape(SWAPPED_SUFFIX)
+    + r")?\.\w+$|-preview-[\d.]+s\.png$", re.IGNORECASE)
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file name is one the converter gives its results (``…-3d_LRF_Full_SBS.mp4``, a preview PNG), so
+    a folder converted again does not convert its own 3D files."""
+    return _OUTPUT_NAME.search(name) is not None
+
+
 def slug(title: str) -> str:
     """A file-name-safe form of a title: letters, digits, '-', '_' and '.' kept, the rest collapsed."""
     cleaned = re.sub(r"[^\w.-]+", "-", title.strip(), flags=re.UNICODE).strip("-._")
