@@ -24,12 +24,18 @@ StereoCrafter's release splits this in two folders (``stable-video-diffusion-img
 cross-attention gets zeros (only sensible for a UNet trained that way).
 
 Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
-chunks of ``frames_per_chunk`` frames, each starting with the last ``overlap`` frames already inpainted (their
-mask cleared, so the model continues from them) — across calls and, through the engine's warm-up, across
-segments. Large frames are cut into overlapping spatial tiles of at most ``tile`` pixels a side (multiples of
-the latent grid), blended with linear ramps over ``tile_overlap`` pixels; tiles with no hole are skipped, which
-is most of them. The UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32),
-fp32 on the CPU. The noise comes from a fixed seed, so a run is reproducible.
+chunks of ``frames_per_chunk`` frames — the first of a shot all new, each later one starting with the last
+``overlap`` frames already inpainted (their mask cleared, so the model continues from them) — across calls and,
+through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
+pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
+``tile_overlap`` pixels, blended with linear ramps; tiles with no hole are skipped, which is most of them. The
+UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32), fp32 on the CPU. The
+noise comes from a fixed seed, so a run is reproducible.
+
+StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
+is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
+an independent implementation of StereoCrafter's loop: ``tests/test_neural_inpaint_reference.py``). The
+defaults and the measurements behind them are in docs/quality.md.
 
 GPU memory and speed — estimated from the architecture, NOT measured (no GPU was available when this was
 written). Weights: SVD-XT's UNet has about 1.5 G parameters (3.0 GB in fp16), the CLIP ViT-H image encoder
