@@ -5,9 +5,11 @@
        the disoccluded pixels, next to a naive baseline (nearest-pixel forward warp with a z-buffer, holes filled
        by copying the neighbouring pixel on the left).                          target: >= 2 dB better overall
        With --inpaint-weights, the diffusion inpainter's fill is compared with the classical one on the
-       disoccluded pixels of the same scenes.
+       disoccluded pixels of the same scenes (PSNR and SSIM of the right view), and its temporal flicker on
+       the holes of a static shot; without weights that column says "no weights".
     2. Depth: Spearman rank correlation with the true inverse depth on moving clips (two independent scene
-       generators), for the heuristic estimator and, with --depth-weights, a Depth Anything checkpoint.
+       generators), and flicker on a static noisy shot, for the heuristic estimator and, with --depth-weights,
+       a Depth Anything checkpoint ("no weights" without).
     3. Video consistency of a per-frame model: the true inverse depth of moving clips, re-scaled and shifted at
        random every frame (what a monocular network's affine ambiguity does) plus noise, normalised three ways:
        per frame, with a pooled range (no alignment), with the pooled range and least-squares alignment
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from stereo_spot.stereo.depth.heuristic import HeuristicDepth
-from stereo_spot.stereo.fill import fill_holes
+from stereo_spot.stereo.fill import ClassicalInpainter, fill_holes
 from stereo_spot.stereo.synthetic import layered_scene, parallax_clip, render
 from stereo_spot.stereo.warp import forward_warp
 
@@ -73,6 +75,36 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
+def ssim(a: np.ndarray, b: np.ndarray, radius: int = 3) -> float:
+    """Mean structural similarity of two H x W x 3 images in 0..1 (box windows of 2 x radius + 1 pixels, the
+    usual constants), averaged over channels."""
+    x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()
+    y = torch.from_numpy(np.ascontiguousarray(b)).permute(2, 0, 1)[None].double()
+
+    def box(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(t, 2 * radius + 1, stride=1)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = box(x), box(y)
+    vx, vy, cov = box(x * x) - mx * mx, box(y * y) - my * my, box(x * y) - mx * my
+    value = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(value.mean())
+
+
+def inpaint_flicker(inpainter, width: int, height: int, frames: int = 12, seed: int = 0) -> float:
+    """Mean absolute frame-to-frame change (0..1) of the fill on the holes of a static shot: the truth does not
+    change, so every change is flicker."""
+    views = render(layered_scene(width, height, seed=seed, divergence_px=0.04 * width), width, height)
+    left = torch.from_numpy(views.left).permute(2, 0, 1).unsqueeze(0).contiguous().repeat(frames, 1, 1, 1)
+    disparity = torch.from_numpy(views.disparity)[None, None].repeat(frames, 1, 1, 1)
+    with torch.inference_mode():
+        warped, holes, warped_disp = forward_warp(left, disparity)
+        inpainter.reset()
+        out = inpainter.inpaint(warped.clone(), holes.clone(), warped_disp.clone(), left)
+    mask = holes[1:].expand(-1, 3, -1, -1)
+    return float((out[1:] - out[:-1]).abs()[mask].mean()) if mask.any() else float("nan")
+
+
 def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict:
     rows = []
     for seed in range(scenes):
@@ -89,7 +121,7 @@ def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict
             row = {
                 "scene": f"{seed}/{span_pct:g}%", "ours": psnr(ours, truth), "naive": psnr(naive, truth),
                 "ours_dis": psnr(ours, truth, dis), "naive_dis": psnr(naive, truth, dis),
-                "dis_pct": 100 * dis.mean(),
+                "dis_pct": 100 * dis.mean(), "ours_ssim": ssim(ours, truth),
             }
             if inpainter is not None:
                 with torch.inference_mode():
@@ -98,9 +130,62 @@ def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict
                     neural = inpainter.inpaint(warped.clone(), holes.clone(), warped_disp.clone(), left)
                 neural = neural[0].permute(1, 2, 0).numpy()
                 row["diffusion"], row["diffusion_dis"] = psnr(neural, truth), psnr(neural, truth, dis)
+                row["diffusion_ssim"] = ssim(neural, truth)
             rows.append(row)
-    keys = ["ours", "naive", "ours_dis", "naive_dis"] + (["diffusion", "diffusion_dis"] if inpainter else [])
+    keys = ["ours", "naive", "ours_dis", "naive_dis", "ours_ssim"] + (
+        ["diffusion", "diffusion_dis", "diffusion_ssim"] if inpainter else [])
     return {"rows": rows, **{k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+
+
+def thin_hole_loss(width: int, height: int, scenes: int, cell: int = 8) -> float:
+    """Share of disoccluded pixels in latent cells (``cell`` pixels, SVD's VAE) whose one sampled pixel is not
+    a hole: what StereoCrafter's nearest-neighbour mask downsampling hides from the model (max pooling: 0)."""
+    lost = total = 0
+    for seed in range(scenes):
+        for span_pct in (2.0, 4.0):
+            views = render(layered_scene(width, height, seed=seed, divergence_px=span_pct / 100 * width), width,
+                           height)
+            left = torch.from_numpy(views.left).permute(2, 0, 1).unsqueeze(0).contiguous()
+            _, holes, _ = forward_warp(left, torch.from_numpy(views.disparity)[None, None])
+            h, w = holes.shape[-2:]
+            holes = holes[..., : h // cell * cell, : w // cell * cell].float()
+            marked = torch.nn.functional.interpolate(torch.nn.functional.interpolate(holes, scale_factor=1 / cell),
+                                                     scale_factor=cell)
+            lost += float((holes * (1 - marked)).sum())
+            total += float(holes.sum())
+    return lost / max(total, 1.0)
+
+
+def bench_inpaint_options(weights: str, width: int, height: int, frames: int = 12, seed: int = 0) -> dict:
+    """Each of StereoCrafter's choices against the default, one at a time, on a layered scene panned sideways:
+    seconds, PSNR against the true right view outside the holes and in them, and the fill's flicker on a
+    static shot."""
+    from stereo_spot.stereo.inpaint_diffusion import STEREOCRAFTER, DiffusionInpainter
+
+    planes = layered_scene(width, height, seed=seed, divergence_px=0.04 * width)
+    views = [render([p.at_frame(i) for p in planes], width, height) for i in range(frames)]
+    left = torch.stack([torch.from_numpy(v.left).permute(2, 0, 1) for v in views]).contiguous()
+    disparity = torch.stack([torch.from_numpy(v.disparity)[None] for v in views])
+    truth = np.stack([v.right for v in views])
+    with torch.inference_mode():
+        warped, holes, warped_disp = forward_warp(left, disparity)
+    hole_np = holes[:, 0].numpy()
+    base = DiffusionInpainter(weights, "cpu").options
+    rows = {}
+    for name, value in [("default", None), *STEREOCRAFTER.items()]:
+        from dataclasses import replace
+
+        options = base if value is None else replace(base, **{name: value})
+        inpainter = DiffusionInpainter(weights, "cpu", options=options)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = inpainter.inpaint(warped.clone(), holes.clone(), warped_disp.clone(), left)
+        seconds = time.perf_counter() - started
+        out_np = out.permute(0, 2, 3, 1).numpy()
+        rows[name if value is None else f"{name}={value}"] = {
+            "seconds": seconds, "outside": psnr(out_np, truth, ~hole_np), "holes": psnr(out_np, truth, hole_np),
+            "flicker": inpaint_flicker(inpainter, width, height, frames)}
+    return rows
 
 
 # --- 2. depth -------------------------------------------------------------------------------------------------
@@ -141,9 +226,26 @@ def depth_clips(width: int, height: int, frames: int) -> dict[str, tuple[np.ndar
     return clips
 
 
+def depth_flicker(width: int, height: int, frames: int, estimator=None) -> float:
+    """Mean absolute frame-to-frame change of the normalised depth on a static shot with sensor noise."""
+    from stereo_spot.stereo.synthetic import texture
+
+    estimator = estimator or HeuristicDepth(device="cpu")
+    estimator.reset()
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = texture(5, xs, ys) * 255
+    rng = np.random.default_rng(0)
+    clip = np.stack([np.clip(base + rng.normal(0, 2.0, base.shape), 0, 255) for _ in range(frames)])
+    x = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        depth = torch.cat([estimator.estimate(x[i : i + 1]) for i in range(frames)])[:, 0].numpy()
+    return float(np.abs(np.diff(depth[2:], axis=0)).mean())
+
+
 def bench_depth(width: int, height: int, frames: int, estimator=None) -> dict:
-    return {name: _depth_correlation(clip, truth, estimator=estimator)
-            for name, (clip, truth) in depth_clips(width, height, frames).items()}
+    result = {name: _depth_correlation(clip, truth, estimator=estimator)
+              for name, (clip, truth) in depth_clips(width, height, frames).items()}
+    return result, depth_flicker(width, height, frames, estimator)
 
 
 # --- 3. video consistency of a per-frame model -------------------------------------------------------------
@@ -232,6 +334,51 @@ def bench_seams(seconds: int = 10, size: tuple[int, int] = (160, 96), fps: int =
     return results
 
 
+def bench_diffusion_seams(weights: str, seconds: int = 4, size: tuple[int, int] = (96, 64), fps: int = 12) -> dict:
+    """The diffusion inpainter's seams: a clip converted in 1 s segments and in one (lossless encoder,
+    divergence 6 %), PSNR between the two right views on the hole pixels (and their feather) of every frame."""
+    import os
+    import tempfile
+
+    from stereo_spot import keys, steps
+    from stereo_spot.adapters.local import local_backend
+    from stereo_spot.media.frames import read_frames
+    from stereo_spot.models import ConversionSettings
+    from stereo_spot.runner import run_job
+    from stereo_spot.sample import write_sample
+    from stereo_spot.stereo.engine import StereoEngine, frames_to_tensor
+
+    os.environ["STEREO_SPOT_CRF"] = "0"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            clip = write_sample(Path(tmp) / "clip.mp4", seconds=seconds, size=size, fps=fps, gop=fps // 2)
+            source = np.stack([f.rgb for f in read_frames(clip)])
+            engine = StereoEngine(ConversionSettings(divergence=6.0), device="cpu")
+            holes = []
+            with torch.inference_mode():
+                for frame in source:
+                    _, left = frames_to_tensor(frame[None], engine.device)
+                    _, hole, _ = forward_warp(left, engine.disparity(left))
+                    holes.append(torch.nn.functional.max_pool2d(hole.float(), 5, stride=1, padding=2)[0, 0] > 0)
+            holes = torch.stack(holes).numpy()
+            outputs = []
+            for segment_seconds in (1.0, 1000.0):
+                backend = local_backend(Path(tmp) / f"home-{segment_seconds}")
+                settings = ConversionSettings(segment_seconds=segment_seconds, divergence=6.0, inpaint="diffusion",
+                                              inpaint_weights=weights)
+                job = steps.create_job(backend, settings, "seams")
+                steps.store_source(backend, job.job_id, clip)
+                run_job(backend, job.job_id, workers=1)
+                final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+                outputs.append(np.stack([f.rgb for f in read_frames(final)])[:, :, size[0]:].astype(np.float64))
+    finally:
+        os.environ.pop("STEREO_SPOT_CRF", None)
+    per_frame = [psnr(a / 255, b / 255, m) for a, b, m in zip(*outputs, holes, strict=True)]
+    seams = [min(per_frame[s * fps - 1], per_frame[s * fps]) for s in range(1, seconds)]
+    return {"seams": seams, "min frame": float(np.nanmin(per_frame)),
+            "overall": psnr(outputs[0] / 255, outputs[1] / 255, np.broadcast_to(holes[..., None], outputs[0].shape))}
+
+
 # --- 3. stage timings -----------------------------------------------------------------------------------------
 
 
@@ -311,6 +458,8 @@ def main() -> None:
     parser.add_argument("--seams", action="store_true", help="also compare 1 s segments with one long run")
     parser.add_argument("--depth-weights", help="a Depth Anything checkpoint (folder or s3://) to compare")
     parser.add_argument("--inpaint-weights", help="a stereo inpainting checkpoint (folder or s3://) to compare")
+    parser.add_argument("--inpaint-options", action="store_true",
+                        help="with --inpaint-weights: each of StereoCrafter's choices against the default")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
@@ -331,12 +480,16 @@ def main() -> None:
           f"   {result['ours_dis']:8.2f} {result['naive_dis']:8.2f} {result['ours_dis'] - result['naive_dis']:+7.2f}")
     print(f"whole-frame gain over the naive baseline: {gain:+.2f} dB (target >= +2 dB): "
           f"{'PASS' if gain >= 2.0 else 'FAIL'}")
+    print(f"\nRight view against the true right view ({args.scenes * 2} scenes): PSNR whole frame / disoccluded, "
+          f"SSIM; temporal flicker of the fill on a static shot's holes (mean |change|, 0..1)")
+    print(f"  {'fill':>22} {'PSNR':>8} {'PSNR dis.':>10} {'SSIM':>7} {'flicker':>8}")
+    print(f"  {'classical':>22} {result['ours']:8.2f} {result['ours_dis']:10.2f} {result['ours_ssim']:7.4f} "
+          f"{inpaint_flicker(ClassicalInpainter(), width, height):8.4f}")
     if inpainter is not None:
-        print(f"diffusion inpainter ({args.inpaint_weights}): {result['diffusion']:.2f} dB whole frame, "
-              f"{result['diffusion_dis']:.2f} dB disoccluded (classical fill: {result['ours']:.2f} / "
-              f"{result['ours_dis']:.2f})")
+        print(f"  {'diffusion':>22} {result['diffusion']:8.2f} {result['diffusion_dis']:10.2f} "
+              f"{result['diffusion_ssim']:7.4f} {inpaint_flicker(inpainter, width, height):8.4f}")
     else:
-        print("diffusion inpainter: not compared (no --inpaint-weights)")
+        print(f"  {'diffusion':>22} {'no weights':>8}")
 
     estimators = {"heuristic": None}
     if args.depth_weights:
@@ -344,15 +497,22 @@ def main() -> None:
 
         estimators["depth-anything"] = DepthAnythingDepth(args.depth_weights)
     print(f"\nDepth vs true inverse depth, Spearman rank correlation ({width // 2}x{height // 2}, "
-          f"{args.frames} frames, first 6 skipped)")
-    table = {name: bench_depth(width // 2, height // 2, args.frames, estimator)
-             for name, estimator in estimators.items()}
-    print(f"  {'clip':>18}" + "".join(f" {name:>15}" for name in table))
-    for clip_name in next(iter(table.values())):
-        print(f"  {clip_name:>18}" + "".join(f" {table[name][clip_name]:+15.3f}" for name in table))
-    print(f"  {'mean':>18}" + "".join(f" {np.mean(list(values.values())):+15.3f}" for values in table.values()))
-    if not args.depth_weights:
-        print("  depth-anything: not compared (no --depth-weights)")
+          f"{args.frames} frames, first 6 skipped); flicker: mean |change| of the depth on a static noisy shot")
+    table, flicker = {}, {}
+    for name, estimator in estimators.items():
+        table[name], flicker[name] = bench_depth(width // 2, height // 2, args.frames, estimator)
+    names = ["heuristic", "depth-anything"]
+    print(f"  {'clip':>18}" + "".join(f" {name:>15}" for name in names))
+
+    def cell(name: str, value) -> str:
+        return f" {value:+15.3f}" if name in table else f" {'no weights':>15}"
+
+    for clip_name in table["heuristic"]:
+        print(f"  {clip_name:>18}" + "".join(cell(n, table[n][clip_name] if n in table else 0) for n in names))
+    print(f"  {'mean':>18}" + "".join(cell(n, np.mean(list(table[n].values())) if n in table else 0)
+                                      for n in names))
+    print(f"  {'flicker':>18}" + "".join(f" {flicker[n]:15.4f}" if n in flicker else f" {'no weights':>15}"
+                                         for n in names))
 
     consistency = bench_consistency(width // 2, height // 2, args.frames)
     print("\nVideo consistency of a per-frame model (true depth x random scale 0.6-1.6, shift +-0.3, noise "
@@ -366,12 +526,31 @@ def main() -> None:
         print(f"  {name:>18}" + "".join(f" {row[m]['error']:8.4f} {row[m]['flicker']:8.4f} {row[m]['worst']:8.4f}"
                                         for m in modes))
 
+    print(f"\nMask downsampling to SVD's 8-pixel latent cells: {100 * thin_hole_loss(width, height, args.scenes):.1f} "
+          f"% of disoccluded pixels are in cells StereoCrafter's nearest sampling leaves unmarked (max pooling: 0 %)")
+    if args.inpaint_options and inpainter is not None:
+        print(f"\nDiffusion options, one StereoCrafter choice at a time ({width}x{height}, 12 frames panned; PSNR "
+              f"against the true right view; flicker on a static shot's holes)")
+        print(f"  {'option':>28} {'seconds':>8} {'outside dB':>11} {'holes dB':>9} {'flicker':>8}")
+        for name, row in bench_inpaint_options(args.inpaint_weights, width, height).items():
+            print(f"  {name:>28} {row['seconds']:8.2f} {row['outside']:11.2f} {row['holes']:9.2f} "
+                  f"{row['flicker']:8.4f}")
+    elif args.inpaint_options:
+        print("diffusion options: no weights")
+
     if args.seams:
         print("\nSeams: 10 s clip (160x96, 24 fps) in 1 s segments vs one segment, PSNR between the outputs")
         for name, row in bench_seams().items():
             print(f"  {name}: overall {row['overall']:.1f} dB, min at a seam {row['min seam']:.1f} dB, mean "
                   f"inside segments {row['mean inside segments']:.1f} dB")
             print("    seams: " + " ".join(f"{v:.1f}" for v in row["seams"]))
+
+    if args.seams and args.inpaint_weights:
+        row = bench_diffusion_seams(args.inpaint_weights)
+        print(f"  diffusion inpainter, 4 s clip (96x64, 12 fps), lossless, hole pixels: overall {row['overall']:.1f} "
+              f"dB, worst frame {row['min frame']:.1f} dB, seams " + " ".join(f"{v:.1f}" for v in row["seams"]))
+    elif args.seams:
+        print("  diffusion inpainter: no weights")
 
     if args.stages:
         stages = bench_stages()

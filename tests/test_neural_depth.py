@@ -1,8 +1,24 @@
-"""Depth Anything through the real loading code, with a tiny randomly initialised model (no download).
+"""Depth Anything through the real loading code, with tiny randomly initialised models (no download).
 
-The model has Depth Anything's own config classes (``DepthAnythingConfig`` with a small ``Dinov2Config``
-backbone) and is saved with ``save_pretrained`` next to its image processor, exactly the layout of a
-Depth Anything V2 checkpoint; it is loaded from that folder and from an ``s3://`` prefix on a moto server.
+The models have Depth Anything V2's own config classes (``DepthAnythingConfig`` with a ``Dinov2Config``
+backbone, the -Small-hf structure scaled down: four backbone stages feeding the DPT neck, patch 14) and are saved
+with ``save_pretrained`` next to the image processor exactly as the ``-hf`` repositories hold it
+(``DPTImageProcessor``: size 518 → here a smaller square, keep_aspect_ratio, ensure_multiple_of 14, bicubic,
+ImageNet mean/std); relative and metric (``depth_estimation_type="metric"``, ``max_depth``) checkpoints.
+They load from a folder and from an ``s3://`` prefix on a moto server.
+
+What each test is there to catch (each breakage was made on purpose and the test went red):
+
+* ``test_preprocessing_matches_the_image_processor`` — the tensor resize + normalisation against
+  ``AutoImageProcessor``'s own ``pixel_values`` (tolerance below: PIL's bicubic on uint8 vs torch's on float):
+  normalisation removed, mean/std swapped or ignored, RGB fed as BGR, the size rule broken.
+* ``test_raw_prediction_matches_transformers_on_the_processor_output`` — the project's raw prediction against
+  ``model(**processor(images))`` for relative and metric checkpoints: the model's output replaced by zeros or a
+  constant, the metric inversion dropped or applied to a relative model, the output not the model's.
+* ``test_depth_order_follows_the_checkpoint_type`` — a model whose output is known (a hook turns the real
+  model's input brightness into its prediction: bright = near, as disparity for a relative checkpoint, as metres
+  for a metric one) on a scene with a known order: near and far inverted in the normalisation, a metric model's
+  depth not inverted (near = small metres), a relative model's output inverted, a constant output.
 """
 
 from __future__ import annotations
@@ -29,7 +45,12 @@ from tests.moto_server import moto_endpoint  # noqa: F401
 W, H = 96, 64
 
 
-def save_tiny_depth_anything(folder: Path, input_size: int = 56) -> Path:
+#: Depth-Anything-V2-*-hf's preprocessor_config.json (with a smaller size for the tiny models)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def save_tiny_depth_anything(folder: Path, input_size: int = 56, metric: bool = False, max_depth: int = 20
+                             ) -> Path:
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     torch.manual_seed(0)
@@ -39,16 +60,22 @@ def save_tiny_depth_anything(folder: Path, input_size: int = 56) -> Path:
     backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                             image_size=input_size, patch_size=14, out_indices=[1, 2, 3, 4],
                             reshape_hidden_states=False, initializer_range=0.1)
+    kind = {"depth_estimation_type": "metric", "max_depth": max_depth} if metric else {}
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
                                  neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
-                                 initializer_range=0.1)
+                                 reassemble_factors=[4, 2, 1, 0.5], initializer_range=0.1, **kind)
     model = DepthAnythingForDepthEstimation(config)
     with torch.no_grad():
-        model.head.conv3.weight.mul_(20.0)
-        model.head.conv3.bias.fill_(1.0)
+        if metric:  # sigmoid × max_depth: keep the head's output in the sigmoid's varying range
+            model.head.conv3.weight.mul_(60.0)
+            model.head.conv3.bias.fill_(0.0)
+        else:
+            model.head.conv3.weight.mul_(20.0)
+            model.head.conv3.bias.fill_(1.0)
     model.save_pretrained(folder)
-    DPTImageProcessor(size={"height": input_size, "width": input_size}, keep_aspect_ratio=True,
-                      ensure_multiple_of=14, do_pad=False).save_pretrained(folder)
+    DPTImageProcessor(do_resize=True, size={"height": input_size, "width": input_size}, resample=3,
+                      keep_aspect_ratio=True, ensure_multiple_of=14, do_rescale=True, do_normalize=True,
+                      image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_pad=False).save_pretrained(folder)
     return folder
 
 
@@ -78,6 +105,116 @@ def test_loads_from_a_folder_and_estimates_normalised_depth(weights, frames):
         image = np.zeros((height, width, 3), np.uint8)
         expected = processor(images=image, return_tensors="pt")["pixel_values"].shape[-2:]
         assert estimator.loaded.preprocessing.size_for(height, width) == tuple(expected)
+
+
+@pytest.fixture(scope="module")
+def metric_weights(tmp_path_factory) -> Path:
+    return save_tiny_depth_anything(tmp_path_factory.mktemp("models") / "depth-anything-metric-tiny", metric=True)
+
+
+@pytest.fixture(scope="module")
+def large_input_weights(tmp_path_factory) -> Path:
+    """A processor size between the test frames' sizes: one frame is upscaled, the others downscaled."""
+    return save_tiny_depth_anything(tmp_path_factory.mktemp("models") / "depth-anything-126", input_size=126)
+
+
+def _pixel_values_fed(estimator, frames: torch.Tensor) -> torch.Tensor:
+    """The ``pixel_values`` the project hands to the real model."""
+    captured = {}
+    hook = estimator.loaded.model.register_forward_pre_hook(lambda _m, _a, kwargs: captured.update(kwargs),
+                                                            with_kwargs=True)
+    try:
+        estimator.predict(frames)
+    finally:
+        hook.remove()
+    return captured["pixel_values"]
+
+
+#: Tolerance against the image processor, in normalised units (1 unit = one ImageNet std, ~0.23 of the 0..1
+#: range). PIL resizes the uint8 image and rounds to uint8, torch resizes floats; both bicubic, but PIL's cubic
+#: kernel has a = -0.5 and torch's a = -0.75, which shows when upscaling. Measured: mean 0.020 / 99th percentile
+#: 0.066 upscaling 96x64 to 126x84, under 0.02 downscaling; without normalisation the difference is above 1.
+PREPROCESS_MEAN_TOLERANCE = 0.03
+PREPROCESS_P99_TOLERANCE = 0.1
+
+
+@pytest.mark.parametrize("size", [(64, 96), (180, 320), (360, 200)])
+def test_preprocessing_matches_the_image_processor(large_input_weights, size):
+    from transformers import AutoImageProcessor
+
+    height, width = size
+    clip, _ = parallax_clip(width, height, 1, seed=3)
+    processor = AutoImageProcessor.from_pretrained(large_input_weights)
+    expected = processor(images=clip[0], return_tensors="pt")["pixel_values"]
+    estimator = create_depth_estimator("depth-anything", str(large_input_weights), "cpu")
+    got = _pixel_values_fed(estimator, torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0)
+    assert got.shape == expected.shape
+    difference = (got - expected).abs()
+    assert float(difference.mean()) < PREPROCESS_MEAN_TOLERANCE, float(difference.mean())
+    assert float(difference.quantile(0.99)) < PREPROCESS_P99_TOLERANCE, float(difference.quantile(0.99))
+
+
+@pytest.mark.parametrize("kind", ["relative", "metric"])
+def test_raw_prediction_matches_transformers_on_the_processor_output(weights, metric_weights, frames, kind):
+    """``predict`` returns the checkpoint's inverse depth: the relative model's output as it is, the metric
+    model's metres inverted. Compared with the real model run on the image processor's ``pixel_values``."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    folder = weights if kind == "relative" else metric_weights
+    estimator = create_depth_estimator("depth-anything", str(folder), "cpu")
+    assert estimator.loaded.metric is (kind == "metric")
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForDepthEstimation.from_pretrained(folder).eval()
+    images = [(f.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for f in frames[:2]]
+    with torch.no_grad():
+        reference = model(**processor(images=images, return_tensors="pt")).predicted_depth
+    if kind == "metric":
+        assert float(reference.min()) > 0 and float(reference.max()) < 20.0  # metres, below max_depth
+        reference = 1.0 / reference
+    got = estimator.predict(frames[:2])[:, 0]
+    assert got.shape == reference.shape
+    relative_error = float((got - reference).abs().mean() / reference.abs().mean())
+    assert relative_error < 0.05, relative_error
+    assert float(reference.std()) > 0.05 * float(reference.abs().mean())  # the reference itself varies
+
+
+def _known_scene(height: int = 64, width: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bright square (the near object) on a dark textured wall: frames [2,3,H,W] and the square's mask."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    from stereo_spot.stereo.synthetic import texture
+
+    wall = texture(1, xs, ys) * 0.35
+    near = np.zeros((height, width), bool)
+    near[16:44, 30:70] = True
+    image = np.where(near[..., None], 0.75 + 0.25 * texture(2, xs, ys), wall)
+    frames = torch.from_numpy(np.stack([image, image])).permute(0, 3, 1, 2).float()
+    return frames, torch.from_numpy(near)
+
+
+@pytest.mark.parametrize("kind", ["relative", "metric"])
+def test_depth_order_follows_the_checkpoint_type(weights, metric_weights, kind):
+    folder = weights if kind == "relative" else metric_weights
+    estimator = da.DepthAnythingDepth(str(folder), "cpu")
+    p = estimator.loaded.preprocessing
+    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
+
+    def known_output(_module, _args, kwargs, output):
+        brightness = (kwargs["pixel_values"].float() * std + mean).mean(dim=1)  # [N,h,w], 0..1
+        # relative checkpoints predict inverse depth (bright = near = large); metric ones metres (near = small)
+        predicted = 10.0 * brightness if kind == "relative" else 1.0 + 9.0 * (1.0 - brightness)
+        return type(output)(predicted_depth=predicted.to(output.predicted_depth.dtype))
+
+    hook = estimator.loaded.model.register_forward_hook(known_output, with_kwargs=True)
+    try:
+        frames, near = _known_scene()
+        depth = estimator.estimate(frames)[:, 0]
+    finally:
+        hook.remove()
+    inner = torch.zeros_like(near)
+    inner[20:40, 34:66] = True  # away from the square's edge (upsampling blurs it)
+    outer = ~torch.nn.functional.max_pool2d(near[None, None].float(), 9, stride=1, padding=4)[0, 0].bool()
+    assert float(depth[:, inner].mean()) > 0.8, float(depth[:, inner].mean())  # near = 1
+    assert float(depth[:, outer].mean()) < 0.2, float(depth[:, outer].mean())  # far = 0
 
 
 def test_the_model_is_loaded_once_per_process_and_device(weights, frames):

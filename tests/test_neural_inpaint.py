@@ -108,7 +108,8 @@ def test_is_reproducible_and_continues_across_calls(weights, clip):
 
 
 def test_skips_tiles_without_holes(weights, clip):
-    options = diffusion.DiffusionOptions(steps=2, frames_per_chunk=4, overlap=1, tile=32, tile_overlap=8)
+    options = diffusion.DiffusionOptions(steps=2, frames_per_chunk=4, overlap=1, tile=32, tile_short=32,
+                                         tile_overlap=8)
     inpainter = diffusion.DiffusionInpainter(str(weights), "cpu", options=options)
     left = torch.from_numpy(clip[:2]).permute(0, 3, 1, 2).float() / 255.0
     right = left.clone()
@@ -175,3 +176,22 @@ def test_the_engine_and_the_cli_convert_with_the_diffusion_inpainter(home, weigh
                                       "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert np.stack([f.rgb for f in read_frames(out)]).shape == (6, H, 2 * W, 3)
+
+
+@pytest.mark.parametrize("width, height", [(1920, 1080), (1280, 720), (1080, 1920), (3840, 2160), (1024, 576)])
+def test_tiles_are_at_most_svds_1024x576_and_cover_little_more_than_the_frame(width, height):
+    """SVD's UNet works at 1024x576: the fewest tiles of at most that size with at least 64 pixels of overlap,
+    on SVD's grid (VAE 8 x UNet 8 = 64 pixels), the long side along the frame's."""
+    plan = diffusion.tile_plan(height, width, diffusion.DiffusionOptions(), multiple=64, quantum=8)
+    long_side, short_side = max(plan.tile_width, plan.tile_height), min(plan.tile_width, plan.tile_height)
+    assert long_side <= 1024 and short_side <= 576 and (plan.tile_width >= plan.tile_height) == (width >= height)
+    assert plan.tile_width % 64 == 0 and plan.tile_height % 64 == 0
+    for starts, tile, size in ((plan.ys, plan.tile_height, plan.height), (plan.xs, plan.tile_width, plan.width)):
+        assert starts[0] == 0 and starts[-1] + tile == size  # covered to the edge
+        assert all(b - a <= tile - 64 for a, b in zip(starts, starts[1:], strict=False))  # >= 64 shared
+        assert all(s % 8 == 0 for s in starts)  # on the latent grid
+    ratio = plan.tiled_area / (width * height)
+    if (width, height) in ((1920, 1080), (1080, 1920)):
+        assert (long_side, short_side) == (1024, 576) and len(plan.xs) * len(plan.ys) == 4
+        assert ratio <= 1.15, ratio  # 1.14
+    assert ratio <= 1.4, ratio

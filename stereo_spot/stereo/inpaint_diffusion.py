@@ -24,12 +24,18 @@ StereoCrafter's release splits this in two folders (``stable-video-diffusion-img
 cross-attention gets zeros (only sensible for a UNet trained that way).
 
 Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
-chunks of ``frames_per_chunk`` frames, each starting with the last ``overlap`` frames already inpainted (their
-mask cleared, so the model continues from them) — across calls and, through the engine's warm-up, across
-segments. Large frames are cut into overlapping spatial tiles of at most ``tile`` pixels a side (multiples of
-the latent grid), blended with linear ramps over ``tile_overlap`` pixels; tiles with no hole are skipped, which
-is most of them. The UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32),
-fp32 on the CPU. The noise comes from a fixed seed, so a run is reproducible.
+chunks of ``frames_per_chunk`` frames — the first of a shot all new, each later one starting with the last
+``overlap`` frames already inpainted (their mask cleared, so the model continues from them) — across calls and,
+through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
+pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
+``tile_overlap`` pixels, blended with linear ramps; tiles with no hole are skipped, which is most of them. The
+UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32), fp32 on the CPU. The
+noise comes from a fixed seed, so a run is reproducible.
+
+StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
+is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
+an independent implementation of StereoCrafter's loop: ``tests/test_neural_inpaint_reference.py``). The
+defaults and the measurements behind them are in docs/quality.md.
 
 GPU memory and speed — estimated from the architecture, NOT measured (no GPU was available when this was
 written). Weights: SVD-XT's UNet has about 1.5 G parameters (3.0 GB in fp16), the CLIP ViT-H image encoder
@@ -62,19 +68,53 @@ from stereo_spot.weights import WeightsError, fetch_weights
 OPTIONS_FILE = "stereo_spot_inpaint.json"
 
 
+_CHOICES = {"mask_downsample": ("max", "nearest"), "composite": ("holes", "frame"),
+            "tile_blend": ("pixel", "latent"), "last_chunk": ("short", "reach_back"), "noise": ("shared", "fresh")}
+
+
 @dataclass(frozen=True)
 class DiffusionOptions:
     steps: int = 8  # denoising steps (StereoCrafter uses 8)
     frames_per_chunk: int = 23  # frames the UNet sees at once, overlap included
     overlap: int = 3  # already inpainted frames each chunk starts with
-    tile: int = 1024  # largest tile side in pixels (SVD works at 1024x576)
-    tile_overlap: int = 128  # pixels shared by neighbouring tiles, blended linearly
+    tile: int = 1024  # a tile's long side in pixels, along the frame's long side (SVD works at 1024x576)
+    tile_short: int = 576  # a tile's short side
+    tile_overlap: int = 64  # at least this many pixels shared by neighbouring tiles, blended linearly
     feather: int = 2  # pixels around the holes that blend the generated and the warped view
     fps: int = 7  # SVD micro-conditioning (the UNet gets fps - 1), as StereoCrafter
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.0
     seed: int = 0
     vae_frames: int = 2  # frames the VAE encodes or decodes at once (its full-resolution activations are large)
+    # Where this inpainter departs from StereoCrafter's published inference (``STEREOCRAFTER`` has its values):
+    #: the overlap frames (already inpainted) get an empty mask, so the model keeps them; StereoCrafter keeps
+    #: their original holes in the mask
+    clear_overlap_mask: bool = True
+    #: "max": a latent cell is a hole when any of its pixels is (thin holes survive); "nearest": StereoCrafter's
+    #: ``interpolate(scale_factor=1/8)``, one pixel per cell
+    mask_downsample: str = "max"
+    #: > 1: classifier-free guidance against zero conditioning (StereoCrafter: 1.01, twice the UNet work)
+    guidance_scale: float = 1.0
+    #: "holes": only hole pixels (plus the feather) take the generated view; "frame": the whole decoded frame
+    #: is the right view, as in StereoCrafter (every pixel through the VAE)
+    composite: str = "holes"
+    #: "pixel": each tile decoded and blended in pixels (tiles without holes skipped); "latent": tiles blended
+    #: in latent space and the frame decoded whole, as StereoCrafter
+    tile_blend: str = "pixel"
+    #: a chunk with fewer new frames than ``frames_per_chunk - overlap``: "short" runs it as it is;
+    #: "reach_back" takes more already inpainted frames as context, as StereoCrafter's last chunk does
+    last_chunk: str = "short"
+    #: "shared": every tile and chunk starts from the same seeded noise; "fresh": one generator seeded at the
+    #: start of a shot draws new noise for every tile and chunk (StereoCrafter draws fresh noise every call)
+    noise: str = "shared"
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise WeightsError(f"inpainting option {name} must be one of {', '.join(allowed)}, "
+                                   f"not {getattr(self, name)!r}")
+        if not 0 <= self.overlap < self.frames_per_chunk:
+            raise WeightsError("inpainting option overlap must be at least 0 and below frames_per_chunk")
 
     @classmethod
     def from_folder(cls, folder: Path) -> DiffusionOptions:
@@ -90,10 +130,15 @@ class DiffusionOptions:
         if unknown:
             raise WeightsError(f"{path}: unknown options {', '.join(sorted(unknown))}; known: "
                                f"{', '.join(sorted(known))}")
-        options = replace(cls(), **values)
-        if not 0 <= options.overlap < options.frames_per_chunk:
-            raise WeightsError(f"{path}: overlap must be at least 0 and below frames_per_chunk")
-        return options
+        try:
+            return replace(cls(), **values)
+        except WeightsError as exc:
+            raise WeightsError(f"{path}: {exc}") from exc
+
+
+#: StereoCrafter's own inference choices (``inpainting_inference.py`` and its pipeline), for comparison
+STEREOCRAFTER = {"clear_overlap_mask": False, "mask_downsample": "nearest", "guidance_scale": 1.01,
+                 "composite": "frame", "tile_blend": "latent", "last_chunk": "reach_back", "noise": "fresh"}
 
 
 @dataclass
@@ -200,24 +245,70 @@ def _load_clip(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module | None
     return encoder, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1), size
 
 
-def _ramp(length: int, overlap: int, before: bool, after: bool, device: torch.device) -> torch.Tensor:
-    """Blend weights along one axis of a tile: rising over ``overlap`` pixels where a neighbour comes before,
-    falling where one comes after, 1 elsewhere."""
-    position = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+def _ramp(length: int, overlap: int, before: bool, after: bool, device: torch.device,
+          latent: bool = False) -> torch.Tensor:
+    """Blend weights along one axis of a tile: rising over ``overlap`` cells where a neighbour comes before,
+    falling where one comes after, 1 elsewhere. ``latent``: StereoCrafter's ramp (``k / overlap``, which two
+    neighbours' weights sum to 1 over); otherwise centred on the pixels and never 0."""
+    position = torch.arange(length, device=device, dtype=torch.float32) + (0.0 if latent else 0.5)
     weight = torch.ones(length, device=device)
     if overlap > 0 and before:
         weight = torch.minimum(weight, position / overlap)
     if overlap > 0 and after:
         weight = torch.minimum(weight, (length - position) / overlap)
-    return weight.clamp_(min=1e-3)
+    return weight if latent else weight.clamp_(min=1e-3)
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Starts of tiles of ``tile`` pixels covering ``size`` with at least ``overlap`` shared, evenly spread."""
+def tile_starts(size: int, tile: int, overlap: int, quantum: int = 1) -> list[int]:
+    """Starts of the fewest tiles of ``tile`` pixels covering ``size`` with at least ``overlap`` shared, evenly
+    spread, each a multiple of ``quantum`` (the latent cell, so tiles blend on one latent grid)."""
     if size <= tile:
         return [0]
     count = math.ceil((size - overlap) / (tile - overlap))
-    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+    return [round(i * (size - tile) / (count - 1) / quantum) * quantum for i in range(count)]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a frame is cut into tiles: the padded frame (sides multiples of the UNet's grid), the tile size and
+    the tiles' top-left corners."""
+
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def tiled_area(self) -> int:
+        return len(self.ys) * len(self.xs) * self.tile_height * self.tile_width
+
+
+def _axis(size: int, tile: int, overlap: int, multiple: int, quantum: int) -> tuple[int, list[int]]:
+    """One axis of a tile plan: the fewest tiles of at most ``tile`` pixels sharing at least ``overlap``, then
+    shrunk (to a multiple of ``multiple``) as far as that count still covers ``size``."""
+    tile = min(tile, size)
+    if size <= tile:
+        return tile, [0]
+    overlap = min(overlap, tile // 2)
+    count = math.ceil((size - overlap) / (tile - overlap))
+    tile = min(tile, math.ceil((size + (count - 1) * overlap) / count / multiple) * multiple)
+    return tile, tile_starts(size, tile, overlap, quantum)
+
+
+def tile_plan(height: int, width: int, options: DiffusionOptions, multiple: int, quantum: int) -> TilePlan:
+    """Tiles of at most ``options.tile`` x ``options.tile_short`` pixels (the long side along the frame's long
+    side, as SVD's native 1024x576), multiples of ``multiple`` (the VAE's and the UNet's downsampling), over the
+    frame padded to multiples of it; starts on the latent grid (``quantum``). At 1080p: 2 x 2 tiles of
+    1024x576, 1.14x the frame's pixels."""
+    padded_h, padded_w = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+    long_side = max(multiple, options.tile // multiple * multiple)
+    short_side = max(multiple, options.tile_short // multiple * multiple)
+    tile_h, tile_w = (short_side, long_side) if width >= height else (long_side, short_side)
+    tile_h, ys = _axis(padded_h, tile_h, options.tile_overlap, multiple, quantum)
+    tile_w, xs = _axis(padded_w, tile_w, options.tile_overlap, multiple, quantum)
+    return TilePlan(padded_h, padded_w, tile_h, tile_w, tuple(ys), tuple(xs))
 
 
 class DiffusionInpainter(Inpainter):
@@ -239,40 +330,64 @@ class DiffusionInpainter(Inpainter):
         self.reset()
 
     def reset(self) -> None:
-        self._context: torch.Tensor | None = None  # last inpainted frames [K,3,H,W]
+        # the last inpainted frames [K,3,H,W] and their holes [K,1,H,W]: the next chunk's context
+        self._context: torch.Tensor | None = None
+        self._context_holes: torch.Tensor | None = None
+        self._generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
 
     # --- the Inpainter interface ---------------------------------------------------------------------
 
     @torch.inference_mode()
     def inpaint(self, right, hole_mask, warped_disparity, left=None):
+        """Chunks of ``frames_per_chunk`` frames: the first of a shot all new, the next ones ``overlap`` already
+        inpainted frames (the context) followed by new ones."""
         right = right.float()
         holes = hole_mask.bool()
         out = torch.empty_like(right, memory_format=torch.contiguous_format)
-        step = max(1, self.frames_per_call)
-        for start in range(0, right.shape[0], step):
-            stop = min(right.shape[0], start + step)
+        start = 0
+        while start < right.shape[0]:
+            context = self._context_for(right)
+            new = self.options.frames_per_chunk - (0 if context is None else self.options.overlap)
+            stop = min(right.shape[0], start + max(1, new))
             out[start:stop] = self._inpaint_chunk(right[start:stop], holes[start:stop])
+            start = stop
         return out
 
     # --- one temporal chunk ---------------------------------------------------------------------------
 
-    def _inpaint_chunk(self, right: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    def _context_for(self, right: torch.Tensor) -> torch.Tensor | None:
         context = self._context
-        if context is not None and context.shape[-2:] != right.shape[-2:]:
-            context = None
-        k = 0 if context is None else len(context)
-        if holes.any():
-            frames = right if context is None else torch.cat([context, right])
-            mask = holes if context is None else torch.cat([torch.zeros_like(holes[:1]).expand(k, -1, -1, -1),
-                                                             holes])
+        return None if context is None or context.shape[-2:] != right.shape[-2:] or not len(context) else context
+
+    def _inpaint_chunk(self, right: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        options = self.options
+        context = self._context_for(right)
+        k = 0
+        if context is not None:
+            k = options.overlap
+            if options.last_chunk == "reach_back":  # at least frames_per_chunk - overlap frames in the chunk
+                k = max(k, options.frames_per_chunk - options.overlap - len(right))
+            k = min(k, len(context))
+        if holes.any() or (k and self._context_holes[-k:].any() and not options.clear_overlap_mask):
+            # new frames with their holes black (the warped view as StereoCrafter's splatting writes it); the
+            # context frames as they were inpainted
+            black = right.masked_fill(holes, 0.0)
+            frames = black if not k else torch.cat([context[-k:], black])
+            if not k:
+                mask = holes
+            elif options.clear_overlap_mask:
+                mask = torch.cat([torch.zeros_like(holes[:1]).expand(k, -1, -1, -1), holes])
+            else:
+                mask = torch.cat([self._context_holes[-k:], holes])
             generated = self._generate(frames, mask)[k:]
-            result = self._composite(right, holes, generated)
+            result = generated if options.composite == "frame" else self._composite(right, holes, generated)
         else:
             result = right.clone()
-        keep = self.options.overlap
+        keep = options.frames_per_chunk - 1 if options.last_chunk == "reach_back" else options.overlap
         if keep:
             history = result if context is None else torch.cat([context, result])
-            self._context = history[-keep:].clone()
+            history_holes = holes if context is None else torch.cat([self._context_holes, holes])
+            self._context, self._context_holes = history[-keep:].clone(), history_holes[-keep:].clone()
         return result
 
     def _composite(self, right: torch.Tensor, holes: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
@@ -293,75 +408,119 @@ class DiffusionInpainter(Inpainter):
 
     # --- diffusion over tiles -------------------------------------------------------------------------
 
+    def plan(self, height: int, width: int) -> TilePlan:
+        return tile_plan(height, width, self.options, self.models.multiple, self.models.vae_factor)
+
     def _generate(self, frames: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
         """Generated frames [F,3,H,W] 0..1 (meaningful where there are holes)."""
         n, _, h, w = frames.shape
-        m = self.models.multiple
-        tile = max(m, self.options.tile // m * m)
-        overlap = min(self.options.tile_overlap // m * m, tile // 2)
-        padded_h, padded_w = math.ceil(h / m) * m, math.ceil(w / m) * m
-        if (padded_h, padded_w) != (h, w):
-            frames = F.pad(frames, (0, padded_w - w, 0, padded_h - h), mode="replicate")
-            holes = F.pad(holes.float(), (0, padded_w - w, 0, padded_h - h)).bool()
-        tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
-        ys, xs = tile_starts(padded_h, tile_h, overlap), tile_starts(padded_w, tile_w, overlap)
-        total = torch.zeros((n, 3, padded_h, padded_w), device=frames.device)
-        weight = torch.zeros((1, 1, padded_h, padded_w), device=frames.device)
-        for iy, y in enumerate(ys):
-            for ix, x in enumerate(xs):
-                tile_holes = holes[:, :, y:y + tile_h, x:x + tile_w]
+        plan = self.plan(h, w)
+        if (plan.height, plan.width) != (h, w):
+            frames = F.pad(frames, (0, plan.width - w, 0, plan.height - h), mode="replicate")
+            holes = F.pad(holes.float(), (0, plan.width - w, 0, plan.height - h)).bool()
+        latent = self.options.tile_blend == "latent"
+        q = self.models.vae_factor if latent else 1
+        th, tw = plan.tile_height // q, plan.tile_width // q
+        overlap = self.options.tile_overlap // q
+        total = torch.zeros((n, 4 if latent else 3, plan.height // q, plan.width // q), device=self.device)
+        weight = torch.zeros((1, 1, plan.height // q, plan.width // q), device=self.device)
+        for iy, y in enumerate(plan.ys):
+            for ix, x in enumerate(plan.xs):
+                box = (slice(None), slice(None), slice(y, y + plan.tile_height), slice(x, x + plan.tile_width))
+                tile_holes = holes[box]
                 if not tile_holes.any():  # nothing to make up here (the feather stays inside the overlap)
                     continue
-                generated = self._denoise(frames[:, :, y:y + tile_h, x:x + tile_w], tile_holes)
+                out = self._denoise(frames[box], tile_holes, decode=not latent)
                 self.tiles_run += 1
-                ramp = (_ramp(tile_h, overlap, iy > 0, iy < len(ys) - 1, frames.device).view(1, 1, -1, 1)
-                        * _ramp(tile_w, overlap, ix > 0, ix < len(xs) - 1, frames.device).view(1, 1, 1, -1))
-                total[:, :, y:y + tile_h, x:x + tile_w] += generated * ramp
-                weight[:, :, y:y + tile_h, x:x + tile_w] += ramp
-        return (total / weight.clamp_min(1e-6))[:, :, :h, :w]
+                ramp = (_ramp(th, min(overlap, th // 2), iy > 0, iy < len(plan.ys) - 1, self.device, latent
+                              ).view(1, 1, -1, 1)
+                        * _ramp(tw, min(overlap, tw // 2), ix > 0, ix < len(plan.xs) - 1, self.device, latent
+                                ).view(1, 1, 1, -1))
+                cells = (slice(None), slice(None), slice(y // q, y // q + th), slice(x // q, x // q + tw))
+                total[cells] += out.float().to(self.device) * ramp
+                weight[cells] += ramp
+        if not latent:
+            return (total / weight.clamp_min(1e-6))[:, :, :h, :w].to(frames.device)
+        # Cells no tile with holes covers keep the warped view's own latents (no hole there).
+        fallback = self._encode(frames).float()
+        latents = torch.where(weight > 1e-6, total / weight.clamp_min(1e-6), fallback)
+        return self._decode(latents.to(self.models.dtype))[:, :, :h, :w].to(frames.device)
 
     def _clip_embedding(self, frame: torch.Tensor) -> torch.Tensor:
         models = self.models
         if models.image_encoder is None:
             dim = int(models.unet.config.cross_attention_dim)
             return torch.zeros((1, 1, dim), device=self.device, dtype=models.dtype)
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+            _resize_with_antialiasing,
+        )
+
         size = models.clip_size
-        image = F.interpolate(frame[None], size=(size, size), mode="bicubic", align_corners=False,
-                              antialias=True).clamp_(0.0, 1.0)
+        # SVD's (and StereoCrafter's) resize: a Gaussian blur against aliasing, then bicubic
+        image = _resize_with_antialiasing(frame[None].float(), (size, size))
         image = (image - models.clip_mean) / models.clip_std
         return models.image_encoder(image.to(models.dtype)).image_embeds.unsqueeze(1)
 
-    def _denoise(self, frames: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-        """One tile: [F,3,h,w] 0..1 with holes black, mask [F,1,h,w] → generated [F,3,h,w] 0..1."""
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """VAE latents (the distribution's mode) [F,4,h,w] of frames 0..1."""
+        models = self.models
+        step = max(1, self.options.vae_frames)
+        x = (frames * 2.0 - 1.0).to(self.device)
+        return torch.cat([models.vae.encode(x[i:i + step].to(models.vae_dtype)).latent_dist.mode()
+                          for i in range(0, len(x), step)]).to(models.dtype)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frames 0..1 [F,3,H,W] from denoised latents [F,4,h,w], ``vae_frames`` at a time (the temporal
+        decoder mixes the frames it decodes together)."""
+        models = self.models
+        latents = latents.to(models.vae_dtype) / models.vae.config.scaling_factor
+        step = max(1, self.options.vae_frames)
+        decoded = [models.vae.decode(latents[i:i + step], num_frames=len(latents[i:i + step])).sample.float()
+                   for i in range(0, len(latents), step)]
+        return ((torch.cat(decoded) + 1.0) / 2.0).clamp_(0.0, 1.0)
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.options.noise == "fresh":
+            return torch.randn(shape, generator=self._generator, dtype=torch.float32)
+        return torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(self.options.seed),
+                           dtype=torch.float32)
+
+    def _denoise(self, frames: torch.Tensor, holes: torch.Tensor, decode: bool = True) -> torch.Tensor:
+        """One tile: [F,3,h,w] 0..1 (new frames' holes black), mask [F,1,h,w] → generated [F,3,h,w] 0..1, or its
+        denoised latents [F,4,h/8,w/8] with ``decode=False``."""
         models, options = self.models, self.options
         n, _, h, w = frames.shape
         device = self.device
-        cond = (frames.masked_fill(holes, 0.0) * 2.0 - 1.0).to(device)
-        step = max(1, options.vae_frames)
-        latents_cond = torch.cat([models.vae.encode(cond[i:i + step].to(models.vae_dtype)).latent_dist.mode()
-                                  for i in range(0, n, step)]).to(models.dtype)
+        latents_cond = self._encode(frames)
         lh, lw = h // models.vae_factor, w // models.vae_factor
-        # Any hole in a latent cell marks the cell (a nearest-neighbour downsampling would miss thin holes).
-        mask = F.adaptive_max_pool2d(holes.float().to(device), (lh, lw)).to(models.dtype)
+        if options.mask_downsample == "max":  # any hole in a latent cell marks the cell (thin holes survive)
+            mask = F.adaptive_max_pool2d(holes.float().to(device), (lh, lw))
+        else:  # StereoCrafter: one pixel per cell
+            mask = F.interpolate(holes.float().to(device), scale_factor=1 / models.vae_factor)
+        mask = mask.to(models.dtype)
         embedding = self._clip_embedding(frames[0].to(device))
         time_ids = torch.tensor([[options.fps - 1, options.motion_bucket_id, options.noise_aug_strength]],
                                 device=device, dtype=models.dtype)
+        condition = torch.cat([latents_cond, mask], dim=1).unsqueeze(0)
+        guided = options.guidance_scale > 1.0
+        if guided:  # the unconditional half: zero image embedding, zero latents and mask
+            embedding = torch.cat([torch.zeros_like(embedding), embedding])
+            condition = torch.cat([torch.zeros_like(condition), condition])
+            time_ids = torch.cat([time_ids, time_ids])
         scheduler = self.scheduler
         scheduler.set_timesteps(options.steps, device=device)
-        generator = torch.Generator(device="cpu").manual_seed(options.seed)
-        channels = latents_cond.shape[1]
-        noise = torch.randn((1, n, channels, lh, lw), generator=generator, dtype=torch.float32)
+        noise = self._noise((1, n, latents_cond.shape[1], lh, lw))
         latents = (noise.to(device) * scheduler.init_noise_sigma).to(models.dtype)
-        condition = torch.cat([latents_cond, mask], dim=1).unsqueeze(0)
         for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(latents, t)
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
             model_input = torch.cat([model_input.to(models.dtype), condition], dim=2)
             predicted = models.unet(model_input, t, encoder_hidden_states=embedding, added_time_ids=time_ids,
                                     return_dict=False)[0]
+            if guided:
+                unconditional, conditional = predicted.chunk(2)
+                predicted = unconditional + options.guidance_scale * (conditional - unconditional)
             latents = scheduler.step(predicted, t, latents).prev_sample.to(models.dtype)
-        latents = latents[0].to(models.vae_dtype) / models.vae.config.scaling_factor
-        decoded = []
-        for i in range(0, n, step):
-            part = latents[i:i + step]
-            decoded.append(models.vae.decode(part, num_frames=len(part)).sample.float())
-        return ((torch.cat(decoded) + 1.0) / 2.0).clamp_(0.0, 1.0).to(frames.device)
+        if not decode:
+            return latents[0]
+        return self._decode(latents[0]).to(frames.device)
