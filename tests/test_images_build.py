@@ -23,6 +23,7 @@ import yaml
 
 from components._common import TERMINATION_LOG_ENV
 from stereo_spot import keys, steps
+from stereo_spot.adapters.local import local_backend
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests import buildah
 from tests.media_fixtures import make_clip
@@ -60,6 +61,22 @@ def cpu_image() -> str:
 @pytest.fixture(scope="module")
 def ui_image() -> str:
     return _build("ui")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """A folder mounted at the same path in the containers: the embedded storage, pods' inputs, clips."""
+    return _shared_folder(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture(scope="module")
+def cpu_container(cpu_image, shared):
+    """One working container for the module's commands (vfs storage copies the whole image per container)."""
+    env = {"STORAGE_ADAPTER": "local", "STEREO_SPOT_HOME": str(shared / "home"),
+           "STEREO_SPOT_WORKDIR": str(shared / "work")}
+    container = buildah.Container(cpu_image, volumes=[f"{shared}:{shared}"], env=env)
+    yield container
+    container.remove()
 
 
 def _shared_folder(path: Path) -> Path:
@@ -114,68 +131,59 @@ class ImageArgo(ArgoEmulator):
         return True, proc.stdout.strip()
 
 
-def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image):
+def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, cpu_container):
     config = buildah.image_config(cpu_image)
     assert config["User"].split(":")[0] == str(UID)
     labels = config["Labels"]
     assert labels["org.opencontainers.image.revision"] == buildah.git_revision()
     assert labels["org.opencontainers.image.version"] == "0.1.0"
     assert labels["org.opencontainers.image.source"].startswith("https://")
-    container = buildah.Container(cpu_image)
-    try:
-        proc = container.run(["sh", "-c", "id -u && python -c 'import torch; print(torch.__version__)' "
-                                          "&& cat /opt/stereo-spot/LICENSE | head -3 && stereo-spot --version"])
-        assert proc.returncode == 0, proc.stderr
-        uid, torch_version, *rest = proc.stdout.split("\n")
-        assert uid == str(UID)
-        assert torch_version == f"{_locked_torch()}+cpu"  # the lock's version, CPU build
-        assert "Apache License" in "\n".join(rest)
-    finally:
-        container.remove()
+    proc = cpu_container.run(["sh", "-c", "id -u && python -c 'import torch; print(torch.__version__)' "
+                                          "&& head -3 /opt/stereo-spot/LICENSE && stereo-spot --version"])
+    assert proc.returncode == 0, proc.stderr
+    uid, torch_version, *rest = proc.stdout.split("\n")
+    assert uid == str(UID)
+    assert torch_version == f"{_locked_torch()}+cpu"  # the lock's version, CPU build
+    assert "Apache License" in "\n".join(rest)
 
 
-def test_the_cpu_image_runs_the_compiled_workflow(cpu_image, backend, tmp_path):
+def test_the_cpu_image_runs_the_compiled_workflow(cpu_container, shared):
     """The whole DAG with every pod in the image: chunk → convert × 2 → concat, the 3D video checked, and the
     exit handler's pod for a bad upload (exit code 2, the job failed with its reason)."""
-    home = Path(os.environ["STEREO_SPOT_HOME"])
-    pods = _shared_folder(tmp_path / "pods")
-    work = _shared_folder(tmp_path / "work")
-    clip = make_clip(tmp_path / "clip.mp4", seconds=SECONDS, fps=FPS, size=SIZE, gop=6)
+    backend = local_backend(Path(cpu_container.env["STEREO_SPOT_HOME"]))
+    _shared_folder(Path(cpu_container.env["STEREO_SPOT_WORKDIR"]))
+    pods = _shared_folder(shared / "pods")
+    clip = make_clip(shared / "clip.mp4", seconds=SECONDS, fps=FPS, size=SIZE, gop=6)
     job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "clip")
     steps.store_source(backend, job.job_id, clip)
     key = keys.input_key(job.job_id)
     bad = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "notes")
-    (tmp_path / "notes.mp4").write_bytes(b"not a video at all " * 64)
-    steps.store_source(backend, bad.job_id, tmp_path / "notes.mp4")
-    _shared_folder(home)
-    _chown_tree(home)
-    env = {"STORAGE_ADAPTER": "local", "STEREO_SPOT_HOME": str(home), "STEREO_SPOT_WORKDIR": str(work)}
-    container = buildah.Container(cpu_image, volumes=[f"{tmp_path}:{tmp_path}"], env=env)
-    try:
-        argo = ImageArgo(pods, container)
-        started = time.monotonic()
-        run = argo.submit(backend.input_bucket, key.replace("/", "%2F"))  # as the Sensor passes it
-        print(f"\nworkflow in the cpu image: {time.monotonic() - started:.1f} s")
-        assert run.status == "Succeeded", run.failures
-        assert run.pods == ["chunk", "convert(0:0)", "convert(1:1)", "concat"]
-        assert {image.rsplit(":", 1)[0].rsplit("/", 1)[-1] for image in argo.images} == {"stereo-spot-cpu",
-                                                                                         "stereo-spot-gpu"}
-        done = backend.jobs.get(job.job_id)
-        assert done.status == JobStatus.COMPLETED and done.total_segments == 2
-        final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
-        source, converted = video_facts(clip), video_facts(final)
-        assert converted["frames"] == source["frames"] == SECONDS * FPS
-        assert (converted["width"], converted["height"]) == (2 * SIZE[0], SIZE[1])
-        assert converted["audio"] == 1
-        assert abs(converted["duration"] - source["duration"]) <= 1 / FPS + 1e-6
+    (shared / "notes.mp4").write_bytes(b"not a video at all " * 64)
+    steps.store_source(backend, bad.job_id, shared / "notes.mp4")
+    _chown_tree(shared)
 
-        failed = argo.submit(backend.input_bucket, keys.input_key(bad.job_id))
-        assert failed.status == "Failed" and failed.pods[-2:] == ["chunk", "mark-failed"]
-        assert failed.failures[0]["exitCode"] == 2, failed.failures
-        reason = backend.jobs.get(bad.job_id).failure_reason
-        assert backend.jobs.get(bad.job_id).status == JobStatus.FAILED and reason.startswith("chunk: ")
-    finally:
-        container.remove()
+    argo = ImageArgo(pods, cpu_container)
+    started = time.monotonic()
+    run = argo.submit(backend.input_bucket, key.replace("/", "%2F"))  # as the Sensor passes it
+    print(f"\nworkflow in the cpu image: {time.monotonic() - started:.1f} s")
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "convert(0:0)", "convert(1:1)", "concat"]
+    assert {image.rsplit(":", 1)[0].rsplit("/", 1)[-1] for image in argo.images} == {"stereo-spot-cpu",
+                                                                                     "stereo-spot-gpu"}
+    done = backend.jobs.get(job.job_id)
+    assert done.status == JobStatus.COMPLETED and done.total_segments == 2
+    final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+    source, converted = video_facts(clip), video_facts(final)
+    assert converted["frames"] == source["frames"] == SECONDS * FPS
+    assert (converted["width"], converted["height"]) == (2 * SIZE[0], SIZE[1])
+    assert converted["audio"] == 1
+    assert abs(converted["duration"] - source["duration"]) <= 1 / FPS + 1e-6
+
+    failed = argo.submit(backend.input_bucket, keys.input_key(bad.job_id))
+    assert failed.status == "Failed" and failed.pods[-2:] == ["chunk", "mark-failed"]
+    assert failed.failures[0]["exitCode"] == 2, failed.failures
+    reason = backend.jobs.get(bad.job_id).failure_reason
+    assert backend.jobs.get(bad.job_id).status == JobStatus.FAILED and reason.startswith("chunk: ")
 
 
 def _free_port() -> int:
