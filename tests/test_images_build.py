@@ -145,6 +145,13 @@ def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, c
     assert uid == str(UID)
     assert torch_version == f"{_locked_torch()}+cpu"  # the lock's version, CPU build
     assert "Apache License" in "\n".join(rest)
+    # Kubeflow's executor command: sh, mktemp, python3 and the executor module, as the compiled spec calls them
+    spec = yaml.safe_load_all((ROOT / "manifests" / "generated" / "kfp-pipeline.yaml").read_text())
+    command = next(spec)["deploymentSpec"]["executors"]["exec-chunk"]["container"]["command"]
+    assert command[:2] == ["sh", "-ec"] and "python3 -m kfp.dsl.executor_main" in command[2]
+    proc = cpu_container.run(["sh", "-ec", 'd=$(mktemp -d) && python3 -m kfp.dsl.executor_main --help >/dev/null '
+                                           '&& python3 -c "import components.chunk" && echo "$d"'])
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("/tmp/"), proc.stderr
 
 
 def test_the_cpu_image_runs_the_compiled_workflow(cpu_container, shared):
