@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Fit the rendered manifests (stdin) to a one-node kind cluster with a local AWS stand-in (stdout):
+
+- every step schedules on the node: no GPU pool selector or toleration, no GPU request, small CPU and memory
+  requests (the CPU image converts with heuristic depth);
+- the SQS EventSource reads the stand-in's queue (its endpoint, and keys from the stereo-spot-credentials Secret
+  the job creates: there is no IRSA in kind);
+- the UI is left out (the job talks to the storage directly).
+
+    kubectl kustomize .github/e2e | python3 .github/e2e/fit-kind.py | kubectl apply -f -
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import yaml
+
+ENDPOINT = os.environ.get("E2E_AWS_ENDPOINT_URL", "http://moto.stereo-spot.svc:5000")
+SMALL = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "3Gi"}}
+
+
+def fit(doc: dict) -> dict | None:
+    kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
+    if kind in ("Deployment", "Service") and name == "stereo-spot-ui":
+        return None
+    if kind == "WorkflowTemplate":
+        for template in doc["spec"]["templates"]:
+            template.pop("nodeSelector", None)
+            template.pop("tolerations", None)
+            step = template.get("script") or template.get("container")
+            if step is not None and "resources" in step:
+                step["resources"] = SMALL
+    if kind == "EventSource":
+        for source in doc["spec"].get("sqs", {}).values():
+            source["endpoint"] = ENDPOINT
+            source["accessKey"] = {"name": "stereo-spot-credentials", "key": "AWS_ACCESS_KEY_ID"}
+            source["secretKey"] = {"name": "stereo-spot-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+    return doc
+
+
+def main() -> int:
+    docs = [fit(doc) for doc in yaml.safe_load_all(sys.stdin) if doc]
+    yaml.safe_dump_all([d for d in docs if d is not None], sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

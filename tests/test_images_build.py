@@ -1,0 +1,229 @@
+"""The images built from images/*/Dockerfile (buildah, on a debootstrap stand-in for the base, see
+tests/buildah.py) and run: the compiled WorkflowTemplate's DAG walked with each pod's command and arguments run
+inside the CPU image (chunk → convert × N → concat on a generated clip, the embedded storage mounted in), and the
+UI image's server answering the Deployment's health check.
+
+Skipped, with the reason, where buildah or debootstrap is not installed (scripts/setup --dev installs both as
+root) or the tests do not run as root (debootstrap and vfs storage need it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components._common import TERMINATION_LOG_ENV
+from stereo_spot import keys, steps
+from stereo_spot.adapters.local import local_backend
+from stereo_spot.models import ConversionSettings, JobStatus
+from tests import buildah
+from tests.media_fixtures import make_clip
+from tests.test_pipelines_argo_run import TEMPLATES, ArgoEmulator, Run, video_facts
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE, FPS, SECONDS = (160, 96), 12, 2.0
+UID = 1000  # the images' user
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(buildah.missing_tools()),
+                       reason=f"needs {' and '.join(buildah.missing_tools())} to build the images "
+                              "(scripts/setup --dev installs them as root: apt-get install buildah debootstrap)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="building with debootstrap and vfs storage needs root"),
+]
+
+
+def _locked_torch() -> str:
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
+    return pins["torch"]
+
+
+def _build(name: str) -> str:
+    index = buildah.local_torch_index(_locked_torch())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return buildah.build(name, {"VERSION": version, **({"TORCH_INDEX_URL": index} if index else {})})
+
+
+@pytest.fixture(scope="module")
+def cpu_image() -> str:
+    return _build("cpu")
+
+
+@pytest.fixture(scope="module")
+def ui_image() -> str:
+    return _build("ui")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """A folder mounted at the same path in the containers: the embedded storage, pods' inputs, clips."""
+    return _shared_folder(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture(scope="module")
+def cpu_container(cpu_image, shared):
+    """One working container for the module's commands (vfs storage copies the whole image per container)."""
+    env = {"STORAGE_ADAPTER": "local", "STEREO_SPOT_HOME": str(shared / "home"),
+           "STEREO_SPOT_WORKDIR": str(shared / "work")}
+    container = buildah.Container(cpu_image, volumes=[f"{shared}:{shared}"], env=env)
+    yield container
+    container.remove()
+
+
+def _shared_folder(path: Path) -> Path:
+    """A folder the image's user can write, mounted at the same path inside (so keys and paths agree)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in [path, *path.parents]:
+        if folder == Path(folder.anchor) or folder == Path("/tmp"):
+            break
+        os.chmod(folder, os.stat(folder).st_mode | 0o711)  # traversable, as the mount point's parents are
+    os.chown(path, UID, UID)
+    return path
+
+
+def _chown_tree(path: Path) -> None:
+    for folder, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(folder, name), UID, UID)
+    os.chown(path, UID, UID)
+
+
+class ImageArgo(ArgoEmulator):
+    """The Argo emulator with each pod run inside a container of the image: the template's own command and
+    args, and the substituted inputs file where Argo puts it (a mounted folder here)."""
+
+    def __init__(self, workdir: Path, container: buildah.Container):
+        super().__init__(workdir)
+        self.container = container
+        self.images: list[str] = []
+
+    def _pod(self, template_name: str, args: dict[str, str], label: str, run: Run) -> tuple[bool, str]:
+        template = TEMPLATES[template_name]
+        script = template["script"]
+        self.images.append(script["image"])
+        inputs = [{"name": p["name"], "value": args.get(p["name"], p.get("default"))}
+                  for p in template["inputs"]["parameters"]]
+        pod = f"pod-{len(run.pods)}"
+        run.pods.append(label)
+        source = self.workdir / f"{pod}.json"
+        source.write_text(json.dumps(inputs))
+        termination = self.workdir / f"{pod}.termination-log"
+        termination.write_text("")
+        _chown_tree(self.workdir)
+        self.container.env[TERMINATION_LOG_ENV] = str(termination)
+        proc = self.container.run([*script["command"], *script["args"], str(source)])
+        if proc.returncode != 0:
+            message = termination.read_text() or (proc.stderr.strip().splitlines() or [""])[-1]
+            run.failures.append({"displayName": label, "message": f"Error (exit code {proc.returncode}): {message}",
+                                 "templateName": template_name, "phase": "Failed", "podName": pod,
+                                 "finishedAt": datetime.now(UTC).isoformat(), "task": label.split("(")[0],
+                                 "exitCode": proc.returncode, "stderr": proc.stderr[-3000:]})
+            return False, proc.stdout
+        return True, proc.stdout.strip()
+
+
+def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, cpu_container):
+    config = buildah.image_config(cpu_image)
+    assert config["User"].split(":")[0] == str(UID)
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.revision"] == buildah.git_revision()
+    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    proc = cpu_container.run(["sh", "-c", "id -u && python -c 'import torch; print(torch.__version__)' "
+                                          "&& head -3 /opt/stereo-spot/LICENSE && stereo-spot --version"])
+    assert proc.returncode == 0, proc.stderr
+    uid, torch_version, *rest = proc.stdout.split("\n")
+    assert uid == str(UID)
+    assert torch_version == f"{_locked_torch()}+cpu"  # the lock's version, CPU build
+    assert "Apache License" in "\n".join(rest)
+    # Kubeflow's executor command: sh, mktemp, python3 and the executor module, as the compiled spec calls them
+    spec = yaml.safe_load_all((ROOT / "manifests" / "generated" / "kfp-pipeline.yaml").read_text())
+    command = next(spec)["deploymentSpec"]["executors"]["exec-chunk"]["container"]["command"]
+    assert command[:2] == ["sh", "-ec"] and "python3 -m kfp.dsl.executor_main" in command[2]
+    proc = cpu_container.run(["sh", "-ec", 'd=$(mktemp -d) && python3 -m kfp.dsl.executor_main --help >/dev/null '
+                                           '&& python3 -c "import components.chunk" && echo "$d"'])
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("/tmp/"), proc.stderr
+
+
+def test_the_cpu_image_runs_the_compiled_workflow(cpu_container, shared):
+    """The whole DAG with every pod in the image: chunk → convert × 2 → concat, the 3D video checked, and the
+    exit handler's pod for a bad upload (exit code 2, the job failed with its reason)."""
+    backend = local_backend(Path(cpu_container.env["STEREO_SPOT_HOME"]))
+    _shared_folder(Path(cpu_container.env["STEREO_SPOT_WORKDIR"]))
+    pods = _shared_folder(shared / "pods")
+    clip = make_clip(shared / "clip.mp4", seconds=SECONDS, fps=FPS, size=SIZE, gop=6)
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    key = keys.input_key(job.job_id)
+    bad = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "notes")
+    (shared / "notes.mp4").write_bytes(b"not a video at all " * 64)
+    steps.store_source(backend, bad.job_id, shared / "notes.mp4")
+    _chown_tree(shared)
+
+    argo = ImageArgo(pods, cpu_container)
+    started = time.monotonic()
+    run = argo.submit(backend.input_bucket, key.replace("/", "%2F"))  # as the Sensor passes it
+    print(f"\nworkflow in the cpu image: {time.monotonic() - started:.1f} s")
+    assert run.status == "Succeeded", run.failures
+    assert run.pods == ["chunk", "convert(0:0)", "convert(1:1)", "concat"]
+    assert {image.rsplit(":", 1)[0].rsplit("/", 1)[-1] for image in argo.images} == {"stereo-spot-cpu",
+                                                                                     "stereo-spot-gpu"}
+    done = backend.jobs.get(job.job_id)
+    assert done.status == JobStatus.COMPLETED and done.total_segments == 2
+    final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+    source, converted = video_facts(clip), video_facts(final)
+    assert converted["frames"] == source["frames"] == SECONDS * FPS
+    assert (converted["width"], converted["height"]) == (2 * SIZE[0], SIZE[1])
+    assert converted["audio"] == 1
+    assert abs(converted["duration"] - source["duration"]) <= 1 / FPS + 1e-6
+
+    failed = argo.submit(backend.input_bucket, keys.input_key(bad.job_id))
+    assert failed.status == "Failed" and failed.pods[-2:] == ["chunk", "mark-failed"]
+    assert failed.failures[0]["exitCode"] == 2, failed.failures
+    reason = backend.jobs.get(bad.job_id).failure_reason
+    assert backend.jobs.get(bad.job_id).status == JobStatus.FAILED and reason.startswith("chunk: ")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_ui_image_answers_the_deployments_health_check(ui_image, tmp_path):
+    deployment = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "base" / "ui.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]["containers"][0]
+    probe = spec["readinessProbe"]["httpGet"]["path"]
+    args = list(spec["args"])  # the Deployment's own command, on loopback and a free port here
+    port = _free_port()
+    args[args.index("--address") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)
+    home = _shared_folder(tmp_path / "home")
+    container = buildah.Container(ui_image, env={"STORAGE_ADAPTER": "local", "STEREO_SPOT_HOME": str(home)})
+    try:
+        with container.serve(args) as server:
+            deadline = time.monotonic() + 240
+            body = None
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5) as response:
+                        body = response.status, response.read().decode()
+                        break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    time.sleep(1)
+            if body is None:
+                server.terminate()
+                pytest.fail(f"no answer on {probe}: {server.stdout.read()[-3000:] if server.stdout else ''}")
+            assert body == (200, "ok")
+    finally:
+        container.remove()

@@ -1,0 +1,128 @@
+"""The images are reproducible from this repository: every pip install in every Dockerfile is constrained by
+constraints.txt, which is exactly what scripts/lock writes from the environment the tests run in (so the images
+run the versions the tests ran); one torch policy (the lock's version, CPU or CUDA build by index, same base);
+OCI labels from build arguments; LICENSE in the image; a .dockerignore that admits just what the builds copy."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ("cpu", "gpu", "ui")
+LABELS = ("source", "revision", "version")
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of images/<name>/Dockerfile, continuation lines joined, comments dropped."""
+    text = (ROOT / "images" / name / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [(m[1].upper(), m[2].strip()) for m in re.finditer(r"^(\w+)\s+(.*)$", joined, re.M)]
+
+
+def _args(name: str) -> dict[str, str]:
+    return dict(arg.split("=", 1) for kind, arg in instructions(name) if kind == "ARG" and "=" in arg)
+
+
+def _locked() -> dict[str, str]:
+    return dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_the_lock_is_what_this_environment_locks():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock"), "--check"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_lock_pins_the_torch_the_tests_run():
+    assert _locked()["torch"] == Version(torch.__version__).public
+    assert {"hera", "kfp", "streamlit", "av", "boto3"} <= set(_locked())
+    assert not any(name.startswith(("pytest", "ruff", "moto", "playwright")) for name in _locked())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_pip_install_is_constrained_by_the_lock(name):
+    steps = instructions(name)
+    runs = [arg for kind, arg in steps if kind == "RUN" and "pip install" in arg]
+    assert len(runs) == 1, "one install layer"
+    installs = re.findall(r"pip install ([^&]*)", runs[0])
+    assert len(installs) >= 3
+    assert all("-c constraints.txt" in command for command in installs), installs
+    copied = " ".join(arg for kind, arg in steps if kind == "COPY")
+    assert "constraints.txt" in copied and "LICENSE" in copied
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_base_and_one_torch_policy(name):
+    args = _args(name)
+    assert [arg for kind, arg in instructions(name) if kind == "FROM"] == ["${BASE_IMAGE}"]
+    assert args["BASE_IMAGE"] == _args("cpu")["BASE_IMAGE"]  # the same pinned base for all three
+    index = args["TORCH_INDEX_URL"]
+    if name == "gpu":
+        assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index), index
+    else:
+        assert index == "https://download.pytorch.org/whl/cpu"
+    run = next(arg for kind, arg in instructions(name) if kind == "RUN" and "pip install" in arg)
+    assert '--extra-index-url "${TORCH_INDEX_URL}" torch' in run
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_oci_labels_come_from_build_arguments(name):
+    args = _args(name)
+    labels = " ".join(arg for kind, arg in instructions(name) if kind == "LABEL")
+    for label in LABELS:
+        match = re.search(rf'org\.opencontainers\.image\.{label}="\$\{{(\w+)\}}"', labels)
+        assert match and match[1] in args, f"{label}: {labels}"
+    assert f'org.opencontainers.image.title="stereo-spot-{name}"' in labels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_image_runs_the_projects_console_commands_as_its_user(name):
+    steps = instructions(name)
+    env = " ".join(arg for kind, arg in steps if kind == "ENV")
+    assert "PATH=/opt/venv/bin:$PATH" in env  # `python`, `python3` and `stereo-spot` are the project's
+    assert not [arg for kind, arg in steps if kind == "ENTRYPOINT"]  # the manifests' command/args run as written
+    user_index = max(i for i, (kind, _) in enumerate(steps) if kind == "USER")
+    assert steps[user_index][1] == "1000:1000"
+    assert not [arg for kind, arg in steps[user_index:] if kind in ("RUN", "COPY", "ADD")]
+
+
+def _ignored(patterns: list[str], path: str) -> bool:
+    """.dockerignore's rule: the last matching pattern wins; `!` re-admits; a folder pattern covers its files."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        candidates = [path, *["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]]
+        if any(fnmatch.fnmatch(c, pattern) or fnmatch.fnmatch(c, pattern.removeprefix("**/"))
+               or fnmatch.fnmatch(c.split("/")[-1], pattern.removeprefix("**/")) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_the_dockerignore_admits_what_the_builds_copy_and_nothing_else():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    copied = set()
+    for name in NAMES:
+        for kind, arg in instructions(name):
+            if kind == "COPY":
+                copied.update(arg.split()[:-1])
+    for source in copied:
+        path = ROOT / source
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py")]
+        assert files, source
+        for file in files:
+            assert not _ignored(patterns, str(file.relative_to(ROOT))), f"{file} is copied but ignored"
+    for outside in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "bench/bench_convert.py",
+                    "sample.mp4", "stereo_spot/__pycache__/cli.cpython-311.pyc", "manifests/base/ui.yaml"):
+        assert _ignored(patterns, outside), outside
