@@ -452,6 +452,62 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
 
 
 @app.command()
+def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete.", show_default=False,
+                                                        metavar="JOB...")]) -> None:
+    """Delete jobs and every file they have (source, segments, result); a running job is stopped first."""
+    from stereo_spot import steps
+    from stereo_spot.adapters import build_backend
+    from stereo_spot.config import get_settings
+    from stereo_spot.runner import stop_background
+
+    try:
+        config = get_settings()
+        backend = build_backend(config)
+        for job_id in job_ids:
+            job = steps.require_job(backend, job_id)
+            if not job.status.is_terminal and config.storage_adapter == "local":
+                stop_background(job_id, config.stereo_spot_home)  # nothing more is written after the delete
+            steps.delete_job(backend, job_id)
+            out.print(f"deleted {job_id}", highlight=False)
+    except Exception as exc:  # noqa: BLE001
+        _report_failure(exc)
+
+
+@app.command()
+def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0, help="Also delete completed and "
+                                                        "failed jobs finished more than this many days ago.")] = None,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False
+       ) -> None:
+    """Show the storage used and remove what is no longer needed: completed jobs' segments, deleted jobs'
+    leftovers and, with --older-than, old jobs."""
+    from datetime import timedelta
+
+    from stereo_spot import gc as collector
+    from stereo_spot.adapters import build_backend
+    from stereo_spot.units import format_bytes
+
+    try:
+        backend = build_backend()
+        used = collector.storage_used(backend)
+        removals = collector.plan(backend, older_than=timedelta(days=older_than) if older_than is not None else None)
+        if not dry_run:
+            collector.collect(backend, removals)
+    except Exception as exc:  # noqa: BLE001
+        _report_failure(exc)
+    table = Table("area", "objects", "size", title="storage", title_justify="left")
+    for area, (count, size) in used.items():
+        table.add_row(area, str(count), format_bytes(size))
+    console.print(table)
+    verb = "would remove" if dry_run else "removed"
+    for removal in removals:
+        console.print(f"{verb} {removal.kind.value}: job {removal.job.job_id} ({escape(removal.job.title)}), "
+                      f"{removal.objects} objects, {format_bytes(removal.bytes)}", highlight=False)
+    total = sum(r.bytes for r in removals)
+    console.print(f"{verb} {format_bytes(total)} in {len(removals)} jobs" if removals else "nothing to remove",
+                  highlight=False)
+
+
+@app.command()
 def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed jobs to show.")] = 20,
          cursor: Annotated[str | None, typer.Option(help="Page cursor printed by the previous page.")] = None
          ) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stereo_spot.errors import UserError
+from stereo_spot.units import format_bytes
 
 STATUS_FILE = "status.json"
 UPLOAD_FILE = "upload"
@@ -52,14 +53,6 @@ class UploadTooLarge(UploadError):
 
 class NoRoom(UploadTooLarge):
     """The staging area (or the disk under it) has no room for this upload now."""
-
-
-def format_bytes(size: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(size) < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def too_large_message(name: str, size: int | None, limit: int) -> str:
