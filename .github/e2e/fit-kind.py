@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fit the rendered manifests (stdin) to a one-node kind cluster with a local AWS stand-in (stdout):
 
-- every step schedules on the node: no GPU pool selector or toleration, no GPU request, small CPU and memory
+- every step schedules on the node: no GPU pool selector, toleration or affinity, no GPU request, small CPU and memory
   requests (the CPU image converts with heuristic depth);
 - the SQS EventSource reads the stand-in's queue (its endpoint, and keys from the stereo-spot-credentials Secret
   the job creates: there is no IRSA in kind);
@@ -29,6 +29,7 @@ def fit(doc: dict) -> dict | None:
         for template in doc["spec"]["templates"]:
             template.pop("nodeSelector", None)
             template.pop("tolerations", None)
+            template.pop("affinity", None)  # the GPU-memory floor on the convert pods
             step = template.get("script") or template.get("container")
             if step is not None and "resources" in step:
                 step["resources"] = SMALL
