@@ -426,3 +426,21 @@ def test_new_conversion_offers_the_clis_options_with_the_same_validation(home, b
     (job,) = all_jobs(backend)
     assert (job.settings.start, job.settings.duration, job.settings.depth_model) == (0.25, 0.5, "heuristic")
     wait_terminal(backend, job.job_id)
+
+
+def test_the_upload_shows_a_preview_that_follows_the_sliders(home, backend, tmp_path):
+    clip = make_clip(tmp_path / "holiday.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    assert not at.get("image")  # nothing uploaded: no preview
+    stage(at, clip)
+    at.run()
+    assert not at.exception, at.exception
+    first = at.get("image")
+    assert len(first) == 1 and "Full side-by-side at 0.3 s" in first[0].proto.imgs[0].caption
+    shown = first[0].proto.imgs[0].url
+    at.slider(key="divergence").set_value(6.0).run()
+    moved = at.get("image")[0].proto.imgs[0]
+    assert moved.url != shown  # a new picture for the new strength
+    at.radio(key="output_format").set_value(OutputFormat.TB).run()
+    assert "Full top-bottom" in at.get("image")[0].proto.imgs[0].caption
+    assert not backend.jobs.list_in_progress(limit=10)  # previewing creates no job

@@ -164,6 +164,11 @@ def checked_settings(user: Identity, **choices) -> ConversionSettings:
     return conversion_settings(**choices)
 
 
+def preview_moment(summary: VideoSummary) -> float:
+    """Where the preview starts: a third of the way in, past a title card or a fade from black."""
+    return round(summary.duration_seconds / 3, 1)
+
+
 def check_limits(summary: VideoSummary, settings: ConversionSettings | None, config: Settings) -> None:
     """UploadError when the video (or the part of it chosen) is over the app's limits."""
     from stereo_spot.limits import LimitExceeded, check_media_limits

@@ -115,6 +115,36 @@ with st.expander("Models and part of the video"):
     duration = part[1].number_input("Duration (seconds)", min_value=0.0, value=None, step=1.0, key="duration",
                                     placeholder="to the end")
 
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def converted_frame(path: str, size: int, at: float, settings_json: str):
+    """One frame converted as the job will convert it (``stereo-spot preview``); kept per file, moment and
+    settings, so moving a slider back shows the earlier picture at once."""
+    from stereo_spot.models import ConversionSettings
+    from stereo_spot.stereo.preview import preview_frame
+
+    return preview_frame(path, at, ConversionSettings.model_validate_json(settings_json), device="cpu")
+
+
+if summary is not None and staged is not None and staged.path is not None:
+    with st.expander("Preview", expanded=True, icon=":material/visibility:"):
+        moment = st.slider("Moment (seconds)", min_value=0.0, max_value=max(0.1, round(summary.duration_seconds, 1)),
+                           value=services.preview_moment(summary), step=0.1, key=f"preview-at-{token}")
+        try:
+            preview_settings = services.checked_settings(
+                user, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+                convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
+                inpaint_weights=inpaint_weights)
+            with st.spinner("Converting one frame…"):
+                frame = converted_frame(str(staged.path), staged.path.stat().st_size, moment,
+                                        preview_settings.model_dump_json())
+            note = " (divergence and convergence as set here; the job measures its own)" if auto_divergence else ""
+            st.image(frame, caption=f"{output_format.label} at {moment:g} s{note}", width="stretch",
+                     output_format="PNG")  # lossless: the eyes differ by a few pixels
+        except UserError as exc:
+            st.caption(md(f"No preview: {one_line(exc)}"))
+
 job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
 if summary:
     st.caption(f"The result downloads as **{md(output_file_name(job_title, output_format))}**.")
