@@ -10,9 +10,27 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Where state lived before it moved to the platform's data folder: still used where it exists, so an upgrade
+#: does not lose the jobs (and the resumable work) kept there.
+LEGACY_HOME = Path("~/.stereo-spot")
+
 
 def default_home() -> Path:
-    return Path.home() / ".stereo-spot"
+    """``STEREO_SPOT_HOME`` when set (read by Settings first); else an existing ``~/.stereo-spot``; else the
+    platform's data folder (``~/.local/share/stereo-spot`` on Linux, ``~/Library/Application Support/stereo-spot``
+    on macOS, ``%LOCALAPPDATA%\\stereo-spot`` on Windows)."""
+    import platformdirs
+
+    legacy = LEGACY_HOME.expanduser()
+    return legacy if legacy.is_dir() else platformdirs.user_data_path("stereo-spot", appauthor=False)
+
+
+def default_cache() -> Path:
+    """The platform's cache folder for stereo-spot (``~/.cache/stereo-spot`` on Linux, ``XDG_CACHE_HOME``
+    honoured): model weights fetched from S3 live under it."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("stereo-spot", appauthor=False)
 
 
 class Settings(BaseSettings):

@@ -42,8 +42,9 @@ def cache_root() -> Path:
     configured = os.environ.get(CACHE_ENV)
     if configured:
         return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "stereo-spot" / "models"
+    from stereo_spot.config import default_cache
+
+    return default_cache() / "models"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
