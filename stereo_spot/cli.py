@@ -98,12 +98,12 @@ def convert(
                                                    "pixels; skips depth estimation.")] = None,
     segment_seconds: Annotated[float, typer.Option(min=0.1, help="Target segment length for parallel "
                                                    "conversion.")] = 10.0,
-    workers: Annotated[int | None, typer.Option(min=1, help="Segments converted at once (default: CPU "
-                                                "count).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Segments converted at once, one process each "
+                                                "(default: one per GPU, else one per CPU core).")] = None,
     start: Annotated[float | None, typer.Option(min=0.0, help="Convert from this time (seconds).")] = None,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Convert this many seconds.")] = None,
-    device: Annotated[str | None, typer.Option(help="torch device (cpu, cuda, cuda:1); default: CUDA when "
-                                               "available.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda (every GPU) or cuda:N (that GPU); default: "
+                                               "every GPU when there is one.")] = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
 ) -> None:
     """Convert a video (or a still image) to 3D on this machine."""
@@ -117,10 +117,12 @@ def convert(
                                       start=start, duration=duration)
     except ValueError as exc:
         die(one_line(exc))
+    from stereo_spot.stereo.devices import check_device
     from stereo_spot.stereo.engine import check_model_choice
 
     try:
         check_model_choice(settings)
+        check_device(device)
     except UserError as exc:
         die(one_line(exc))
     from stereo_spot.media.probe import is_image
