@@ -266,8 +266,10 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
     """Finish an interrupted or failed job on this machine (completed segments are kept)."""
     from stereo_spot import steps
     from stereo_spot.adapters import build_backend
+    from stereo_spot.stereo.devices import check_device
 
     try:
+        check_device(device)
         backend = build_backend()
         steps.require_job(backend, job_id)
     except Exception as exc:  # noqa: BLE001
