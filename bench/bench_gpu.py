@@ -154,13 +154,15 @@ def _kernel_seconds(profiler) -> float:
     return total_us / 1e6
 
 
-def measure(name: str, settings: ConversionSettings, clip: Path, device: torch.device, work: Path) -> Row:
+def measure(name: str, settings: ConversionSettings, clip: Path, device: torch.device, work: Path,
+            warm_seconds: float = 0.5) -> Row:
     _forget_loaded_models()
     started = time.perf_counter()
     engine = StereoEngine(settings, device=device)
     _sync(device)
     load_s = time.perf_counter() - started
-    convert_segment(clip, work / f"{name}-warm.mp4", settings, engine=engine, window=(None, 0.5))  # warm-up
+    convert_segment(clip, work / f"{name}-warm.mp4", settings, engine=engine,
+                    window=(None, warm_seconds))  # warm-up: first calls allocate, compile and tune
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         from torch.profiler import ProfilerActivity, profile
@@ -218,7 +220,7 @@ def main() -> None:
                                                              else devices.default_device())
     gpus = devices.cuda_device_count()
     if args.quick:
-        size, seconds, da_input, diffusion_size, diffusion_seconds = (320, 180), args.seconds or 2.0, 182, \
+        size, seconds, da_input, diffusion_size, diffusion_seconds = (320, 180), args.seconds or 1.0, 182, \
             (128, 72), 0.5
     else:
         size, seconds, da_input, diffusion_size, diffusion_seconds = (1920, 1080), args.seconds or 8.0, 518, \
@@ -254,7 +256,7 @@ def main() -> None:
                 parser.error(f"unknown model {name}")
             print(f"  {name}: weights built and saved in {time.perf_counter() - built:.1f} s; converting "
                   f"{diffusion_size if name == 'diffusion' else size} …", flush=True)
-            row = measure(name, settings, source, device, work)
+            row = measure(name, settings, source, device, work, warm_seconds=0.25 if args.quick else 0.5)
             row.what = what + f", {'x'.join(map(str, diffusion_size if name == 'diffusion' else size))}"
             if device.type == "cuda" and gpus > 1:
                 row.all_devices = f"{all_devices_speedup(settings, source, work, str(device), 'cuda'):.2f}x " \
