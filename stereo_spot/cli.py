@@ -112,8 +112,18 @@ DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// pr
 InpaintOption = Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")]
 InpaintWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
                                                           "model.")]
-DeviceOption = Annotated[str | None, typer.Option(help="torch device (cpu, cuda, cuda:1); default: CUDA when "
-                                                  "available.")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda (every GPU) or cuda:N (that GPU); default: "
+                                                  "every GPU when there is one.")]
+
+
+def _check_device(device: str | None) -> None:
+    """A device that is not there is refused before any job exists, naming the ones that are."""
+    from stereo_spot.stereo.devices import check_device
+
+    try:
+        check_device(device)
+    except UserError as exc:
+        die(one_line(exc))
 
 
 def _checked_settings(**fields) -> ConversionSettings:
@@ -154,8 +164,8 @@ def convert(
                                                    "pixels; skips depth estimation.")] = None,
     segment_seconds: Annotated[float, typer.Option(min=0.1, help="Target segment length for parallel "
                                                    "conversion.")] = 10.0,
-    workers: Annotated[int | None, typer.Option(min=1, help="Segments converted at once (default: CPU "
-                                                "count).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Segments converted at once, one process each "
+                                                "(default: one per GPU, else one per CPU core).")] = None,
     start: Annotated[float | None, typer.Option(min=0.0, help="Convert from this time (seconds).")] = None,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Convert this many seconds.")] = None,
     device: DeviceOption = None,
@@ -167,6 +177,7 @@ def convert(
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration)
+    _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
             if value is not None:
@@ -298,6 +309,7 @@ def preview(
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
                                  divergence=divergence, convergence=convergence, depth_model=depth_model,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights)
+    _check_device(device)
     from stereo_spot.media.probe import is_image
 
     output = output or input.with_name(f"{input.stem}-preview-{at:g}s.png")
@@ -436,11 +448,12 @@ def _deliver(backend, job_id: str, output: Path) -> None:
 def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
            output: Annotated[Path | None, typer.Option("-o", "--output", help="Also copy the result here.")] = None,
            workers: Annotated[int | None, typer.Option(min=1)] = None,
-           device: Annotated[str | None, typer.Option()] = None) -> None:
+           device: DeviceOption = None) -> None:
     """Finish an interrupted or failed job on this machine (completed segments are kept)."""
     from stereo_spot import steps
     from stereo_spot.adapters import build_backend
 
+    _check_device(device)
     try:
         backend = build_backend()
         steps.require_job(backend, job_id)

@@ -5,6 +5,10 @@
 Resuming is free: completions are the record of what is done, so running a job again converts only what is
 missing. Worker processes are started with ``spawn`` (PyTorch and fork do not mix) and each rebuilds the
 backend from ``Backend.factory``; each gets an equal share of the cores for its torch threads.
+
+How many workers and on which device is ``stereo.devices``' decision: one per GPU (worker i on ``cuda:i``, so
+each GPU holds one copy of the models, loaded once and reused for every segment that worker converts), or one
+per core on the CPU.
 """
 
 from __future__ import annotations
@@ -44,19 +48,28 @@ ProgressCallback = Callable[[Progress], None]
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """Worker processes on the CPU: one per usable core."""
+    from stereo_spot.stereo.devices import usable_cores
+
+    return usable_cores()
 
 
 # --- worker processes -----------------------------------------------------------------------------------
 
 _worker_backend: Backend | None = None
 _worker_frames: mp.Queue | None = None
+_worker_device: str | None = None
 
 
-def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int) -> None:
-    global _worker_backend, _worker_frames
+def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int, devices: mp.Queue) -> None:
+    """Set up one worker process. ``devices`` holds one entry per worker of the plan: each process takes its
+    own (worker i gets ``cuda:i``) and keeps it for every segment it converts."""
+    global _worker_backend, _worker_frames, _worker_device
     import torch
 
+    _worker_device = devices.get()
+    if _worker_device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(_worker_device))
     torch.set_num_threads(threads)
     try:
         import cv2
@@ -67,10 +80,10 @@ def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int)
     _worker_backend, _worker_frames = factory(), frames
 
 
-def _convert_in_worker(job_id: str, segment_index: int, device: str | None) -> int:
+def _convert_in_worker(job_id: str, segment_index: int) -> int:
     assert _worker_backend is not None and _worker_frames is not None
     frames = _worker_frames
-    steps.convert(_worker_backend, job_id, segment_index, device=device, progress=frames.put)
+    steps.convert(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
     return segment_index
 
 
@@ -92,7 +105,7 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
             report(state)
             steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
             job = steps.require_job(backend, job_id)
-        _convert_missing(backend, job, workers or default_workers(), device, state, report)
+        _convert_missing(backend, job, workers, device, state, report)
         state.stage = "concat"
         report(state)
         job = steps.concat(backend, job_id)
@@ -109,8 +122,10 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
         raise
 
 
-def _convert_missing(backend: Backend, job: Job, workers: int, device: str | None, state: Progress,
+def _convert_missing(backend: Backend, job: Job, workers: int | None, device: str | None, state: Progress,
                      report: ProgressCallback) -> None:
+    from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
+
     total = job.total_segments or 0
     done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
     todo = [i for i in range(total) if i not in done]
@@ -120,23 +135,26 @@ def _convert_missing(backend: Backend, job: Job, workers: int, device: str | Non
     report(state)
     if not todo:
         return
-    if workers <= 1 or len(todo) == 1 or backend.factory is None:
+    plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
+    if plan.workers <= 1 or backend.factory is None:
         def on_frames(n: int) -> None:
             state.frames_done += n
             report(state)
 
         for index in todo:
-            steps.convert(backend, job.job_id, index, device=device, progress=on_frames)
+            steps.convert(backend, job.job_id, index, device=plan.devices[0], progress=on_frames)
             state.segments_done += 1
             report(state)
         return
-    workers = min(workers, len(todo))
     ctx = mp.get_context("spawn")
     frames: mp.Queue = ctx.Queue()
-    threads = max(1, default_workers() // workers)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(backend.factory, frames, threads)) as pool:
-        pending = {pool.submit(_convert_in_worker, job.job_id, i, device) for i in todo}
+    devices: mp.Queue = ctx.Queue()
+    for worker_device in plan.devices:
+        devices.put(worker_device)
+    log.info("converting %d segments with %d workers on %s", len(todo), plan.workers, ", ".join(plan.devices))
+    with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(backend.factory, frames, plan.threads, devices)) as pool:
+        pending = {pool.submit(_convert_in_worker, job.job_id, i) for i in todo}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)

@@ -32,9 +32,13 @@ CRF_ENV = "STEREO_SPOT_CRF"
 DEFAULT_CRF = 18
 
 
+#: NVENC's preset for converted video: p4 is its balanced middle (p1 fastest … p7 best)
+NVENC_PRESET = "p4"
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
-    codec: str = "libx264"
+    codec: str = "libx264"  # or "h264_nvenc" (``stereo.devices.choose_encoder``)
     preset: str = "fast"
     crf: int = DEFAULT_CRF
     pix_fmt: str = "yuv420p"
@@ -43,8 +47,16 @@ class EncodeSettings:
     #: H.264 frame-packing arrangement type written as an SEI message (3 side by side, 4 top-bottom); None: 2D
     frame_packing: int | None = None
 
+    @property
+    def sei_in_packets(self) -> bool:
+        """The frame-packing SEI is written into the packets by the writer (the encoder cannot)."""
+        return self.frame_packing is not None and self.codec != "libx264"
+
     def codec_options(self) -> dict[str, str]:
-        """Options for the FFmpeg encoder (libx264 names; other encoders ignore what they do not know)."""
+        """Options for the FFmpeg encoder: x264's, or NVENC's constant-quality equivalent (its ``cq`` is on the
+        same 0..51 quantiser scale as x264's CRF)."""
+        if self.codec.endswith("_nvenc"):
+            return {"preset": NVENC_PRESET, "tune": "hq", "rc": "vbr", "cq": str(max(1, self.crf)), "b": "0"}
         options = {"preset": self.preset, "crf": str(self.crf)}
         if self.tune:
             options["tune"] = self.tune
@@ -65,7 +77,8 @@ FRAME_PACKING = {
 }
 
 
-def settings_for(output_format: OutputFormat, threads: int = 0, *, swap_eyes: bool = False) -> EncodeSettings:
+def settings_for(output_format: OutputFormat, threads: int = 0, codec: str = "libx264", *,
+                 swap_eyes: bool = False) -> EncodeSettings:
     """The settings for a stereo layout: the layout signalled in the bitstream (see the module docstring).
 
     Anaglyph keeps full-resolution chroma (yuv444p): 4:2:0 subsampling averages the red and cyan of
@@ -74,9 +87,9 @@ def settings_for(output_format: OutputFormat, threads: int = 0, *, swap_eyes: bo
     output_format = OutputFormat(output_format)
     crf = configured_crf()
     if output_format is OutputFormat.ANAGLYPH:
-        return EncodeSettings(pix_fmt="yuv444p", threads=threads, crf=crf)
+        return EncodeSettings(codec=codec, pix_fmt="yuv444p", threads=threads, crf=crf)
     frame_packing = FRAME_PACKING[output_format] if left_eye_first(output_format, swap_eyes) else None
-    return EncodeSettings(threads=threads, crf=crf, frame_packing=frame_packing)
+    return EncodeSettings(codec=codec, threads=threads, crf=crf, frame_packing=frame_packing)
 
 
 def configured_crf() -> int:
@@ -91,3 +104,78 @@ def configured_crf() -> int:
     if not 0 <= crf <= 51:
         raise MediaError(f"{CRF_ENV}={raw!r}: the quality level must be a whole number from 0 (lossless) to 51")
     return crf
+
+
+# --- the frame-packing SEI for encoders that cannot write it ------------------------------------------------
+
+_START_CODE = b"\x00\x00\x00\x01"
+_NAL_SEI = 6
+_SEI_FRAME_PACKING = 45
+_VCL_NAL_TYPES = {1, 5}  # coded slices (non-IDR, IDR)
+
+
+class _Bits:
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def u(self, count: int, value: int) -> None:
+        self.bits.extend((value >> (count - 1 - i)) & 1 for i in range(count))
+
+    def ue(self, value: int) -> None:  # Exp-Golomb
+        code = value + 1
+        self.u(2 * code.bit_length() - 1, code)
+
+    def align_with_one(self) -> None:
+        if len(self.bits) % 8:
+            self.bits.append(1)
+            while len(self.bits) % 8:
+                self.bits.append(0)
+
+    def bytes(self) -> bytes:
+        return bytes(int("".join(map(str, self.bits[i:i + 8])), 2) for i in range(0, len(self.bits), 8))
+
+
+def _emulation_prevention(rbsp: bytes) -> bytes:
+    """Insert 0x03 after two zero bytes that precede a byte <= 3 (H.264 7.4.1)."""
+    out, zeros = bytearray(), 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def frame_packing_sei(arrangement_type: int) -> bytes:
+    """An Annex B H.264 SEI NAL unit with a frame-packing arrangement message (D.1.26), with the fields x264
+    writes: left view is frame 0 (content interpretation 1), no flipping, persistent (repetition period 1)."""
+    payload = _Bits()
+    payload.ue(0)  # frame_packing_arrangement_id
+    payload.u(1, 0)  # cancel flag
+    payload.u(7, arrangement_type)
+    payload.u(1, 0)  # quincunx_sampling_flag
+    payload.u(6, 1)  # content_interpretation_type: frame 0 is the left view
+    payload.u(6, 0)  # spatial flipping, frame0 flipped, field views, current is frame0, frame0/1 self-contained
+    payload.u(16, 0)  # frame0/frame1 grid positions x, y
+    payload.u(8, 0)  # reserved byte
+    payload.ue(1)  # repetition period: persists until the next one
+    payload.u(1, 0)  # extension flag
+    payload.align_with_one()
+    body = payload.bytes()
+    rbsp = bytes([_SEI_FRAME_PACKING, len(body)]) + body + b"\x80"  # + rbsp_trailing_bits
+    return _START_CODE + bytes([_NAL_SEI]) + _emulation_prevention(rbsp)
+
+
+def with_sei(data: bytes, sei: bytes) -> bytes:
+    """``data`` (an Annex B access unit) with the NAL unit ``sei`` put just before its first coded slice, where
+    the standard wants SEI. Data without a start code or a slice is returned unchanged."""
+    position = 0
+    while True:
+        start = data.find(b"\x00\x00\x01", position)
+        if start < 0 or start + 3 >= len(data):
+            return data
+        if data[start + 3] & 0x1F in _VCL_NAL_TYPES:
+            begin = start - 1 if start > 0 and data[start - 1] == 0 else start  # a 4-byte start code
+            return data[:begin] + sei + data[begin:]
+        position = start + 3

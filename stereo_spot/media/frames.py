@@ -20,7 +20,7 @@ from stereo_spot.media.containers import (
     require_video_stream,
     seconds_to_ticks,
 )
-from stereo_spot.media.encode import EncodeSettings
+from stereo_spot.media.encode import EncodeSettings, frame_packing_sei, with_sei
 from stereo_spot.media.errors import MediaError
 
 # AVColorSpace values (what decoded frames carry) -> the swscale matrix that undoes them.
@@ -167,6 +167,15 @@ def frame_count(path: str | Path) -> int:
         return count
 
 
+def _with_data(packet: av.Packet, data: bytes) -> av.Packet:
+    """A copy of ``packet`` (timing, stream, keyframe flag) carrying ``data`` instead."""
+    copy = av.Packet(data)
+    copy.pts, copy.dts, copy.duration, copy.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    copy.stream = packet.stream
+    copy.is_keyframe = packet.is_keyframe
+    return copy
+
+
 class VideoWriter:
     """Encodes RGB frames to an mp4 with the timestamps and time base of the source.
 
@@ -215,6 +224,8 @@ class VideoWriter:
             self._container.close()
             raise MediaError(f"cannot set up the {settings.codec} encoder: {exc}") from exc
         self._stream = stream
+        # An encoder that cannot write the frame-packing SEI itself gets it on every keyframe from here.
+        self._sei = frame_packing_sei(settings.frame_packing) if settings.sei_in_packets else None
 
     @property
     def frames_written(self) -> int:
@@ -240,7 +251,9 @@ class VideoWriter:
         self._frames += 1
 
     def _mux(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
+        for index, packet in enumerate(packets):
+            if self._sei is not None and packet.is_keyframe:
+                packets[index] = packet = _with_data(packet, with_sei(bytes(packet), self._sei))
             if not packet.duration:
                 packet.duration = self._frame_ticks
         self._container.mux(packets)

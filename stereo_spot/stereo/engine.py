@@ -20,6 +20,7 @@ import torch
 
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import DepthEstimator, create_depth_estimator
+from stereo_spot.stereo.devices import DEFAULT_BATCH_FRAMES, batch_frames_for_memory, default_device, free_memory
 from stereo_spot.stereo.disparity import depth_to_disparity
 from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.fill import Inpainter, create_inpainter
@@ -28,8 +29,7 @@ from stereo_spot.stereo.pack import pack_uint8
 from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
 
-#: Frames per batch handed to the engine by the segment converter (more when the inpainter wants longer runs).
-DEFAULT_BATCH_FRAMES = 8
+__all__ = ["DEFAULT_BATCH_FRAMES", "StereoEngine", "check_model_choice", "default_device", "frames_to_tensor"]
 
 
 #: Models that cannot run without weights: their ``--*-weights`` option is required.
@@ -72,11 +72,8 @@ def check_model_choice(settings: ConversionSettings) -> None:
                 raise StereoInputError(f"the weights {weights} for {option} {name} are not a folder")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def frames_to_tensor(frames_uint8: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def frames_to_tensor(frames_uint8: np.ndarray, device: torch.device, staging: _PinnedStaging | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,H,W,3] numpy → (the uint8 batch on the device, float [N,3,H,W] 0..1, contiguous planes).
 
     Planar float is what the warp reads; on CPU OpenCV splits the interleaved bytes (several times faster than
@@ -85,15 +82,52 @@ def frames_to_tensor(frames_uint8: np.ndarray, device: torch.device) -> tuple[to
     if frames_uint8.dtype != np.uint8 or frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3:
         raise StereoInputError(f"frames must be uint8 [N,H,W,3], got {frames_uint8.dtype} {frames_uint8.shape}")
     frames_uint8 = np.ascontiguousarray(frames_uint8)
-    u8 = torch.from_numpy(frames_uint8).to(device, non_blocking=True)
     if device.type != "cpu":
+        if staging is not None:
+            u8 = staging.upload(frames_uint8, device)
+        else:
+            u8 = torch.from_numpy(frames_uint8).to(device)
         return u8, u8.permute(0, 3, 1, 2).contiguous().to(torch.float32).mul_(1.0 / 255.0)
     n, h, w, c = frames_uint8.shape
     planar = torch.empty((n, c, h, w), dtype=torch.float32)
     for i, frame in enumerate(frames_uint8):
         for ch, plane in enumerate(cv2.split(frame)):
             planar[i, ch].copy_(torch.from_numpy(plane))
-    return u8, planar.mul_(1.0 / 255.0)
+    return torch.from_numpy(frames_uint8), planar.mul_(1.0 / 255.0)
+
+
+class _PinnedStaging:
+    """Page-locked host buffers for a GPU's uploads and downloads, reused from batch to batch: copies from
+    pinned memory run at the bus's full speed and asynchronously (``non_blocking``), where pageable memory is
+    first copied again by the driver. The upload buffer is refilled only after the previous upload finished
+    (an event), the download waits for its copy."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._uploaded: torch.cuda.Event | None = None
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < int(np.prod(shape)):
+            buffer = torch.empty(int(np.prod(shape)), dtype=torch.uint8, pin_memory=True)
+            self._buffers[name] = buffer
+        return buffer[: int(np.prod(shape))].view(shape)
+
+    def upload(self, frames_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+        host = self._buffer("in", frames_uint8.shape)
+        host.numpy()[...] = frames_uint8
+        on_device = host.to(device, non_blocking=True)
+        self._uploaded = torch.cuda.Event()
+        self._uploaded.record(torch.cuda.current_stream(device))
+        return on_device
+
+    def download(self, packed: torch.Tensor, out: np.ndarray) -> None:
+        host = self._buffer("out", tuple(packed.shape))
+        host.copy_(packed, non_blocking=True)
+        torch.cuda.current_stream(packed.device).synchronize()
+        out[...] = host.numpy()
 
 
 class StereoEngine:
@@ -119,6 +153,7 @@ class StereoEngine:
         # A GPU takes the whole batch at once.
         self.chunk_frames = 1 if self.device.type == "cpu" else 1_000_000
         self._warp_workspace = WarpWorkspace()
+        self._staging = _PinnedStaging() if self.device.type == "cuda" else None
         #: comfort statistics of the frames converted since ``reset`` (None: not collected)
         self.stats: ComfortStats | None = None
         #: seconds spent in depth estimation since ``reset`` (measured around each call; on a GPU after a sync)
@@ -126,9 +161,17 @@ class StereoEngine:
 
     @property
     def batch_frames(self) -> int:
-        """How many consecutive frames to hand to ``convert_batch`` at once: a temporal inpainter wants whole
-        chunks of frames."""
+        """How many consecutive frames to hand to ``convert_batch`` at once when the frame size is not known: a
+        temporal inpainter wants whole chunks of frames."""
         return max(DEFAULT_BATCH_FRAMES, int(getattr(self.inpainter, "frames_per_call", 1)))
+
+    def batch_frames_for(self, width: int, height: int) -> int:
+        """Frames per batch for frames of ``width`` x ``height``: on a GPU as many as its free memory holds
+        (``devices.batch_frames_for_memory``), at least a temporal inpainter's chunk; ``batch_frames`` on CPU."""
+        if self.device.type != "cuda":
+            return self.batch_frames
+        fits = batch_frames_for_memory(free_memory(self.device), width, height)
+        return max(fits, int(getattr(self.inpainter, "frames_per_call", 1)))
 
     @property
     def warmup_frames(self) -> int:
@@ -167,7 +210,8 @@ class StereoEngine:
         context = min(len(frames_uint8), int(getattr(self.inpainter, "context_frames", 0) or 0))
         head = len(frames_uint8) - context
         for start in range(0, head, self.chunk_frames):
-            _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device)
+            _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device,
+                                         self._staging)
             self.depth.estimate(frames)
         if context:
             self._render_batch(frames_uint8[head:], observe=False)
@@ -207,7 +251,7 @@ class StereoEngine:
         reuses its workspace, so a chunk's tensors are valid until the next one is produced."""
         for start in range(0, len(frames_uint8), self.chunk_frames):
             stop = min(len(frames_uint8), start + self.chunk_frames)
-            u8, left = frames_to_tensor(frames_uint8[start:stop], self.device)
+            u8, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
             disparity = self.disparity(left)
             warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
             if observe and self.stats is not None:
@@ -257,4 +301,7 @@ class StereoEngine:
         else:
             packed = pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
                                 swap_eyes=self.settings.swap_eyes)
-            out[start:stop] = packed.cpu().numpy()
+            if self._staging is not None:
+                self._staging.download(packed, out[start:stop])
+            else:
+                out[start:stop] = packed.cpu().numpy()

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from stereo_spot.stereo.fill import Inpainter
+from stereo_spot.stereo.loading import loading_error
 from stereo_spot.weights import WeightsError, fetch_weights
 
 OPTIONS_FILE = "stereo_spot_inpaint.json"
@@ -210,8 +211,8 @@ def _load(folder: Path, device: torch.device) -> DiffusionModels:
         scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
         scheduler = scheduler_class.from_pretrained(folder / "scheduler")
         image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise WeightsError(f"cannot load the inpainting model from {folder}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
+        raise loading_error("inpainting model", folder, exc) from exc
     latent = int(vae.config.latent_channels)
     if int(unet.config.in_channels) != 2 * latent + 1:
         raise WeightsError(f"{folder}/unet takes {unet.config.in_channels} input channels; a stereo inpainting "

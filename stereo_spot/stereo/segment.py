@@ -11,12 +11,18 @@ longer, runs through the engine's temporal state first. The estimators keep a
 finite memory, so the state at this segment's first frame is what a single long run would have had, and
 segments converted in parallel join without a visible seam.
 
+On a GPU the batch size follows the free memory (``StereoEngine.batch_frames_for``); a CUDA out-of-memory error
+halves the batch and converts the segment again, down to one frame, and then fails with a message naming the
+resolution and the batch. The encoder is NVENC where a GPU converts and NVENC opens, libx264 otherwise
+(``devices.encoder_for``).
+
 While converting, the engine samples comfort statistics (``stereo/stats.py``); they come back in
 ``SegmentStats.comfort`` with the segment's timings, for the job's comfort report.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -31,9 +37,12 @@ import numpy as np
 import torch
 
 from stereo_spot.models import ConversionSettings
+from stereo_spot.stereo.devices import GpuMemoryError, encoder_for
 from stereo_spot.stereo.engine import StereoEngine
 from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.stats import ComfortStats
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -71,6 +80,8 @@ class SegmentStats:
     warmup_seconds: float = 0.0  # of ``seconds``: running the previous segment's tail through the engine
     engine_seconds: float = 0.0  # of ``seconds``: the stereo engine (depth, warp, fill, pack) on this segment
     depth_seconds: float = 0.0  # of ``engine_seconds``: depth estimation
+    batch_size: int = 0  # frames per engine batch that converted the segment (smaller after an out-of-memory)
+    encoder: str = ""  # the video encoder (libx264, h264_nvenc)
     comfort: dict | None = None  # ``ComfortStats.to_dict()``: parallax histogram, holes, borders, flicker
 
     def to_record(self) -> dict:
@@ -227,7 +238,8 @@ def convert_segment(
     (``warmup_seconds_needed``) warms up the engine's temporal state.
 
     Frames keep their pts and the source's time base. ``progress(n)`` is called with the number of frames
-    just written. ``batch_size`` frames go through the engine at once (default: ``engine.batch_frames``).
+    just written (negative after an out-of-memory retry: the frames of the failed attempt are taken back).
+    ``batch_size`` frames go through the engine at once (default: ``engine.batch_frames_for`` the frame size).
     ``compute_threads`` sets torch's intra-op threads on CPU for the duration (default: half the
     current setting, see ``_compute_threads``). ``collect_stats`` samples the comfort statistics. Raises
     ``StereoInputError`` when the window holds no frame, and the media layer's errors for files that cannot be
@@ -239,11 +251,39 @@ def convert_segment(
     src, dst = Path(src), Path(dst)
     video = require_video(probe(src))
     engine = engine or StereoEngine(settings, device=device)
-    batch_size = batch_size or engine.batch_frames
+    batch_size = batch_size or engine.batch_frames_for(video.width, video.height)
     codec_threads = _codec_threads()
+    codec = encoder_for(engine.device)
     with _compute_threads(engine.device, compute_threads):
-        return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size, progress,
-                        started, collect_stats, codec_threads)
+        while True:
+            reported = 0
+
+            def counted(n: int) -> None:
+                nonlocal reported
+                reported += n
+                if progress is not None:
+                    progress(n)
+
+            try:
+                return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size,
+                                counted, started, collect_stats, codec_threads, codec)
+            except torch.cuda.OutOfMemoryError as exc:
+                if reported and progress is not None:
+                    progress(-reported)  # this attempt's frames are converted again
+                if batch_size <= 1:
+                    raise GpuMemoryError(
+                        f"out of GPU memory on {engine.device} converting {src.name} ({video.width}x{video.height})"
+                        f" even at a batch of 1 frame: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
+                    ) from exc
+                log.warning("out of GPU memory at %dx%d with a batch of %d frames; converting %s again with %d",
+                            video.width, video.height, batch_size, src.name, batch_size // 2)
+                batch_size //= 2
+                _release_cached_memory(engine.device)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _codec_threads() -> int:
@@ -258,7 +298,7 @@ def _codec_threads() -> int:
 def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSettings, video, rotation: int,
              window: tuple[float | None, float | None], warmup_src: Path | Sequence[Path] | None, batch_size: int,
              progress: Callable[[int], None] | None, started: float, collect_stats: bool,
-             codec_threads: int = 0) -> SegmentStats:
+             codec_threads: int = 0, codec: str = "libx264") -> SegmentStats:
     from stereo_spot.media.encode import settings_for
     from stereo_spot.media.frames import VideoWriter, read_frame_batches
 
@@ -273,7 +313,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     engine.stats = ComfortStats() if collect_stats else None
     engine_seconds = 0.0
 
-    encode = settings_for(settings.output_format, threads=codec_threads, swap_eyes=settings.swap_eyes)
+    encode = settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes)
     fps = video.fps or Fraction(25)
     time_base: Fraction | None = None
     first_pts: int | None = None
@@ -312,4 +352,5 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     engine.stats = None
     return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
                         warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
-                        depth_seconds=engine.depth_seconds, comfort=comfort)
+                        depth_seconds=engine.depth_seconds, comfort=comfort, batch_size=batch_size,
+                        encoder=codec)

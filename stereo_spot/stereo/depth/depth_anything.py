@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from stereo_spot.stereo.depth.base import DepthEstimator
 from stereo_spot.stereo.depth.temporal import TemporalRange
+from stereo_spot.stereo.loading import loading_error, quiet_loading
 from stereo_spot.weights import WeightsError, fetch_weights
 
 #: Predictions are fitted and ranged at about this long side (plenty for a scale and a shift).
@@ -140,9 +141,10 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        model = AutoModelForDepthEstimation.from_pretrained(folder, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"cannot load the depth model from {folder}: {exc}") from exc
+        with quiet_loading():
+            model = AutoModelForDepthEstimation.from_pretrained(folder, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
+        raise loading_error("depth model", folder, exc) from exc
     model.to(device).eval()
     metric = getattr(model.config, "depth_estimation_type", "relative") == "metric"
     return LoadedModel(model=model, preprocessing=preprocessing_from(folder), dtype=dtype, metric=metric,

@@ -196,8 +196,11 @@ class HeuristicDepth(DepthEstimator):
         p = self.params
         n, _, h, w = frames.shape
         hs, ws = working_size(h, w, p.work_long_side)
-        small = resize(frames, (hs, ws), area=True)
-        gray_small = luma(small).contiguous()
+        # Luma is linear in the channels, so the area-averaged luma of the full frame is the luma of the
+        # area-averaged frame: one plane to shrink instead of three, and the full-resolution luma is needed
+        # by the guided filter anyway.
+        gray_full = luma(frames)
+        gray_small = resize(gray_full, (hs, ws), area=True).contiguous()
 
         # Cues that need no history, for the whole batch at once.
         gx = F.pad(gray_small[..., :, 1:] - gray_small[..., :, :-1], (0, 1, 0, 0))
@@ -241,5 +244,5 @@ class HeuristicDepth(DepthEstimator):
             self._prev_hist = hist
 
         radius = max(2, round(p.guided_radius * ws / 320))
-        refined = fast_guided_upsample(gray_small, depth_small, luma(frames), radius, p.guided_eps)
+        refined = fast_guided_upsample(gray_small, depth_small, gray_full, radius, p.guided_eps)
         return refined.clamp_(0.0, 1.0)

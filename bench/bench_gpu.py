@@ -1,0 +1,282 @@
+"""Throughput of the conversion on a GPU (or the CPU with ``--quick``), per depth model and inpainter.
+
+For each of
+
+    heuristic      the default depth (no weights), classical fill
+    da-v2-small    Depth Anything V2 Small (DINOv2-S backbone: hidden 384, 12 layers, 6 heads; neck 48/96/192/384,
+                   fusion 64), classical fill
+    da-v2-base     Depth Anything V2 Base (DINOv2-B: hidden 768, 12 layers, 12 heads; neck 96/192/384/768,
+                   fusion 128), classical fill
+    diffusion      heuristic depth + the StereoCrafter-style inpainter: Stable Video Diffusion img2vid-xt's
+                   spatio-temporal UNet (its published configuration, 9 input channels: noise + warped-view latents
+                   + mask), its temporal VAE and CLIP ViT-H/14 image encoder
+
+the model is built from that configuration with random weights (the timing of a network does not depend on its
+weights), saved with ``save_pretrained`` and loaded back through the project's own loading code (the
+``--depth-weights`` / ``--inpaint-weights`` path), then a synthetic clip is converted end to end (decode → engine →
+encode) to Full SBS. Printed per model:
+
+    fps          frames per second of ``convert_segment``, decode and encode included (NVENC where it opens)
+    load s       building the engine: reading the weights and moving them to the device (first load in the process)
+    peak GiB     peak GPU memory allocated (CPU: the process's peak RSS)
+    busy         GPU kernel time / wall time over the timed run, from torch.profiler (CPU: process CPU time /
+                 wall / cores)
+    all devices  the whole pipeline (chunk → convert → concat) on every GPU vs on one: speedup (one worker per GPU,
+                 model loads included); on the CPU see bench_convert.py's worker scaling
+
+    python bench/bench_gpu.py            # 1080p, the published configurations: the one command for a GPU machine
+    python bench/bench_gpu.py --quick    # CPU, small frames and reduced diffusion networks: a smoke test (< 5 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stereo_spot.models import ConversionSettings, OutputFormat
+from stereo_spot.sample import write_sample
+from stereo_spot.stereo import devices
+from stereo_spot.stereo.engine import StereoEngine
+from stereo_spot.stereo.segment import convert_segment
+
+# --- the published configurations --------------------------------------------------------------------------
+
+#: Depth-Anything-V2-{Small,Base}-hf config.json (DINOv2 backbone, DPT-style neck); the processor: 518, keep the
+#: aspect ratio, multiples of 14
+DEPTH_ANYTHING_V2 = {
+    "da-v2-small": {"hidden_size": 384, "num_attention_heads": 6, "neck_hidden_sizes": [48, 96, 192, 384],
+                    "fusion_hidden_size": 64},
+    "da-v2-base": {"hidden_size": 768, "num_attention_heads": 12, "neck_hidden_sizes": [96, 192, 384, 768],
+                   "fusion_hidden_size": 128},
+}
+SVD_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "prediction_type": "v_prediction", "use_karras_sigmas": True, "sigma_min": 0.002, "sigma_max": 700.0,
+                 "timestep_type": "continuous", "interpolation_type": "linear", "steps_offset": 1,
+                 "timestep_spacing": "leading"}
+
+
+def save_depth_anything(folder: Path, name: str, input_size: int = 518) -> Path:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    spec = DEPTH_ANYTHING_V2[name]
+    backbone = Dinov2Config(hidden_size=spec["hidden_size"], num_hidden_layers=12,
+                            num_attention_heads=spec["num_attention_heads"], image_size=518, patch_size=14,
+                            out_indices=[3, 6, 9, 12], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=spec["hidden_size"],
+                                 neck_hidden_sizes=spec["neck_hidden_sizes"],
+                                 fusion_hidden_size=spec["fusion_hidden_size"], head_hidden_size=32,
+                                 reassemble_factors=[4, 2, 1, 0.5], depth_estimation_type="relative")
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": input_size, "width": input_size}, keep_aspect_ratio=True,
+                      ensure_multiple_of=14, do_pad=False).save_pretrained(folder)
+    return folder
+
+
+def save_stereo_inpainter(folder: Path, reduced: bool) -> Path:
+    """SVD-img2vid-xt's UNet (diffusers' defaults for ``UNetSpatioTemporalConditionModel`` are that config) with 9
+    input channels, its temporal VAE (``AutoencoderKLTemporalDecoder``'s defaults) and CLIP ViT-H/14; ``reduced``:
+    the same block types with a few channels, for a CPU smoke test."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    if reduced:
+        unet = UNetSpatioTemporalConditionModel(
+            in_channels=9, block_out_channels=(32, 64, 64, 64), num_attention_heads=(2, 4, 4, 4),
+            cross_attention_dim=32, addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+            layers_per_block=1, num_frames=8)
+        vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+                                           down_block_types=("DownEncoderBlock2D",) * 4)
+        options = {"steps": 2, "frames_per_chunk": 6, "overlap": 1, "tile": 256, "tile_overlap": 64}
+        clip = None
+    else:
+        unet = UNetSpatioTemporalConditionModel(in_channels=9)
+        vae = AutoencoderKLTemporalDecoder()
+        options = {}
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+            patch_size=14, projection_dim=1024, hidden_act="gelu"))
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    EulerDiscreteScheduler(**SVD_SCHEDULER).save_pretrained(folder / "scheduler")
+    if clip is not None:
+        clip.save_pretrained(folder / "image_encoder")
+        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(
+            folder / "feature_extractor")
+    (folder / "stereo_spot_inpaint.json").write_text(json.dumps(options))
+    return folder
+
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    model: str
+    what: str
+    fps: float
+    load_s: float
+    peak_gib: float
+    busy: float
+    all_devices: str
+
+
+def _forget_loaded_models() -> None:
+    """Make the next engine load its weights again (the loaders keep one copy per process and device)."""
+    from stereo_spot.stereo import inpaint_diffusion
+    from stereo_spot.stereo.depth import depth_anything
+
+    depth_anything._MODELS.clear()
+    inpaint_diffusion._MODELS.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _kernel_seconds(profiler) -> float:
+    total_us = 0.0
+    for event in profiler.key_averages():
+        total_us += getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0)
+    return total_us / 1e6
+
+
+def measure(name: str, settings: ConversionSettings, clip: Path, device: torch.device, work: Path,
+            warm_seconds: float = 0.5) -> Row:
+    _forget_loaded_models()
+    started = time.perf_counter()
+    engine = StereoEngine(settings, device=device)
+    _sync(device)
+    load_s = time.perf_counter() - started
+    convert_segment(clip, work / f"{name}-warm.mp4", settings, engine=engine,
+                    window=(None, warm_seconds))  # warm-up: first calls allocate, compile and tune
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+            stats = convert_segment(clip, work / f"{name}.mp4", settings, engine=engine)
+            _sync(device)
+        busy = _kernel_seconds(profiler) / stats.seconds
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        # the profiler slows the host side: time a run without it for the fps
+        stats = convert_segment(clip, work / f"{name}.mp4", settings, engine=engine)
+    else:
+        cpu_before = os.times()
+        stats = convert_segment(clip, work / f"{name}.mp4", settings, engine=engine)
+        cpu_after = os.times()
+        used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        busy = used / stats.seconds / devices.usable_cores()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return Row(name, "", stats.frames / stats.seconds, load_s, peak, busy, "")
+
+
+def all_devices_speedup(settings: ConversionSettings, clip: Path, work: Path, one: str, every: str | None,
+                        workers: int | None = None) -> float:
+    """Seconds of the whole pipeline on ``one`` device over seconds on ``every`` device."""
+    from stereo_spot import steps
+    from stereo_spot.adapters.local import local_backend
+    from stereo_spot.runner import run_job
+
+    times = []
+    for label, device, count in (("one", one, 1), ("all", every, workers)):
+        home = work / f"home-{label}-{time.monotonic_ns()}"
+        os.environ["STEREO_SPOT_HOME"] = str(home)
+        backend = local_backend(home)
+        job = steps.create_job(backend, settings.model_copy(update={"segment_seconds": 1.0}), "bench")
+        steps.store_source(backend, job.job_id, clip)
+        started = time.perf_counter()
+        run_job(backend, job.job_id, workers=count, device=device)
+        times.append(time.perf_counter() - started)
+    return times[0] / times[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CPU, small frames, reduced diffusion networks")
+    parser.add_argument("--models", default="heuristic,da-v2-small,da-v2-base,diffusion")
+    parser.add_argument("--seconds", type=float, default=None, help="length of the test clip")
+    parser.add_argument("--device", default=None, help="cpu, cuda:N (default: the first GPU, else the CPU)")
+    args = parser.parse_args()
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    device = torch.device(args.device) if args.device else (torch.device("cpu") if args.quick
+                                                             else devices.default_device())
+    gpus = devices.cuda_device_count()
+    if args.quick:
+        size, seconds, da_input, diffusion_size, diffusion_seconds = (320, 180), args.seconds or 1.0, 182, \
+            (128, 72), 0.5
+    else:
+        size, seconds, da_input, diffusion_size, diffusion_seconds = (1920, 1080), args.seconds or 8.0, 518, \
+            (1920, 1080), 2.0
+    torch.set_num_threads(devices.usable_cores())
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"GPUs visible: {gpus}, cores: {devices.usable_cores()}, encoder: {devices.encoder_for(device)}, "
+          f"torch {torch.__version__}", flush=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="stereo-spot-bench-gpu-") as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("STEREO_SPOT_WORKDIR", str(work / "steps"))
+        clip = write_sample(work / "clip.mp4", seconds=seconds, size=size, fps=24, audio=False)
+        small_clip = write_sample(work / "diffusion.mp4", seconds=diffusion_seconds, size=diffusion_size, fps=24,
+                                  audio=False)
+        for name in args.models.split(","):
+            built = time.perf_counter()
+            if name == "heuristic":
+                settings, source, what = ConversionSettings(output_format=OutputFormat.SBS), clip, "no weights"
+            elif name in DEPTH_ANYTHING_V2:
+                folder = save_depth_anything(work / name, name, da_input)
+                settings = ConversionSettings(output_format=OutputFormat.SBS, depth_model="depth-anything",
+                                              depth_weights=str(folder))
+                source, what = clip, f"published config, input {da_input}"
+            elif name == "diffusion":
+                folder = save_stereo_inpainter(work / name, reduced=args.quick)
+                settings = ConversionSettings(output_format=OutputFormat.SBS, inpaint="diffusion",
+                                              inpaint_weights=str(folder))
+                source = small_clip
+                what = ("REDUCED UNet/VAE (4 blocks of 32-64 ch), 2 steps, 6-frame chunks" if args.quick
+                        else "SVD-xt UNet + temporal VAE + CLIP ViT-H, 8 steps, 23-frame chunks")
+            else:
+                parser.error(f"unknown model {name}")
+            print(f"  {name}: weights built and saved in {time.perf_counter() - built:.1f} s; converting "
+                  f"{diffusion_size if name == 'diffusion' else size} …", flush=True)
+            row = measure(name, settings, source, device, work, warm_seconds=0.25 if args.quick else 0.5)
+            row.what = what + f", {'x'.join(map(str, diffusion_size if name == 'diffusion' else size))}"
+            if device.type == "cuda" and gpus > 1:
+                row.all_devices = f"{all_devices_speedup(settings, source, work, str(device), 'cuda'):.2f}x " \
+                                  f"on {gpus}"
+            elif device.type == "cuda":
+                row.all_devices = "1 GPU only"
+            else:
+                row.all_devices = "n/a on CPU"  # worker scaling on the CPU: bench_convert.py
+            rows.append(row)
+    mem = "peak GiB" if device.type == "cuda" else "peak RSS GiB"
+    busy = "GPU busy" if device.type == "cuda" else "CPU busy"
+    print(f"\n1080p-class → Full SBS, end to end (decode, engine, encode) on {device}"
+          if not args.quick else f"\n--quick: small frames → Full SBS on {device} (CPU figures)")
+    print(f"| model        |    fps | load s | {mem:>12} | {busy:>8} | all devices     | what ran")
+    print("|--------------|--------|--------|--------------|----------|-----------------|---------")
+    for r in rows:
+        print(f"| {r.model:<12} | {r.fps:6.2f} | {r.load_s:6.2f} | {r.peak_gib:12.2f} | {100 * r.busy:7.0f}% | "
+              f"{r.all_devices:<15} | {r.what}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
