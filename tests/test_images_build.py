@@ -98,15 +98,17 @@ def _chown_tree(path: Path) -> None:
 
 
 class ImageArgo(ArgoEmulator):
-    """The Argo emulator with each pod run inside a container of the image: the template's own command and
-    args, and the substituted inputs file where Argo puts it (a mounted folder here)."""
+    """The Argo emulator (its DAG walk and retry strategies) with each pod run inside a container of the image:
+    the template's own command, args and env, the substituted inputs file where Argo puts it, and the pod's
+    /tmp (where the Hera runner writes output parameters) in a mounted folder of its own."""
 
     def __init__(self, workdir: Path, container: buildah.Container):
         super().__init__(workdir)
         self.container = container
         self.images: list[str] = []
 
-    def _pod(self, template_name: str, args: dict[str, str], label: str, run: Run) -> tuple[bool, str]:
+    def _attempt(self, template_name: str, args: dict[str, str], label: str, run: Run, attempt: int) \
+            -> tuple[bool, str, int]:
         template = TEMPLATES[template_name]
         script = template["script"]
         self.images.append(script["image"])
@@ -118,17 +120,32 @@ class ImageArgo(ArgoEmulator):
         source.write_text(json.dumps(inputs))
         termination = self.workdir / f"{pod}.termination-log"
         termination.write_text("")
+        pod_tmp = _shared_folder(self.workdir / f"{pod}-tmp")
+
+        def local(path: str) -> str:
+            return str(pod_tmp / path[len("/tmp/"):]) if path.startswith("/tmp/") else path
+
         _chown_tree(self.workdir)
-        self.container.env[TERMINATION_LOG_ENV] = str(termination)
-        proc = self.container.run([*script["command"], *script["args"], str(source)])
+        env = {e["name"]: local(e["value"]) for e in script.get("env", []) if e["name"] != "STEREO_SPOT_MODEL_CACHE"}
+        saved = dict(self.container.env)
+        self.container.env.update({**env, TERMINATION_LOG_ENV: str(termination)})
+        try:
+            proc = self.container.run([*script["command"], *script["args"], str(source)])
+        finally:
+            self.container.env.clear()
+            self.container.env.update(saved)
         if proc.returncode != 0:
             message = termination.read_text() or (proc.stderr.strip().splitlines() or [""])[-1]
             run.failures.append({"displayName": label, "message": f"Error (exit code {proc.returncode}): {message}",
                                  "templateName": template_name, "phase": "Failed", "podName": pod,
                                  "finishedAt": datetime.now(UTC).isoformat(), "task": label.split("(")[0],
                                  "exitCode": proc.returncode, "stderr": proc.stderr[-3000:]})
-            return False, proc.stdout
-        return True, proc.stdout.strip()
+            return False, proc.stdout, proc.returncode
+        outputs = {p["name"]: Path(local(p["valueFrom"]["path"])).read_text()
+                   for p in template.get("outputs", {}).get("parameters", [])}
+        if outputs:
+            run.parameters[label.split("(")[0]] = outputs
+        return True, proc.stdout.strip(), 0
 
 
 def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, cpu_container):
@@ -202,9 +219,10 @@ def _free_port() -> int:
 def test_the_ui_image_answers_the_deployments_health_check(ui_image, tmp_path):
     deployment = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "base" / "ui.yaml").read_text())
                       if d and d["kind"] == "Deployment")
-    spec = deployment["spec"]["template"]["spec"]["containers"][0]
-    probe = spec["readinessProbe"]["httpGet"]["path"]
-    args = list(spec["args"])  # the Deployment's own command, on loopback and a free port here
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    # the sign-in proxy's probe, which it passes through to the app without a session
+    probe = containers["oauth2-proxy"]["readinessProbe"]["httpGet"]["path"]
+    args = list(containers["ui"]["args"])  # the app container's own command, on a free loopback port here
     port = _free_port()
     args[args.index("--address") + 1] = "127.0.0.1"
     args[args.index("--port") + 1] = str(port)
