@@ -15,7 +15,8 @@ OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "conv
                 "depth_model": "--depth-model", "depth_weights": "--depth-weights", "inpaint": "--inpaint",
                 "inpaint_weights": "--inpaint-weights", "segment_seconds": "--segment-seconds",
                 "start": "--start", "duration": "--duration", "anaglyph": "--anaglyph",
-                "swap_eyes": "--swap-eyes"}
+                "swap_eyes": "--swap-eyes", "codec": "--codec", "crf": "--crf", "preset": "--preset",
+                "pix_fmt": "--pix-fmt", "max_fps": "--max-fps"}
 
 
 class InvalidChoice(UserError):
@@ -38,4 +39,7 @@ def conversion_settings(**choices: Any) -> ConversionSettings:
     from stereo_spot.stereo.engine import check_model_choice
 
     check_model_choice(settings)
+    from stereo_spot.media.encode import check_encoder_choice
+
+    check_encoder_choice(settings.codec.value, settings.pix_fmt.value if settings.pix_fmt else None, settings.preset)
     return settings

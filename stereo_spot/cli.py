@@ -17,7 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from stereo_spot.errors import UserError, one_line
-from stereo_spot.models import AnaglyphMethod, ConversionSettings, JobStatus, OutputFormat
+from stereo_spot.models import (
+    AnaglyphMethod,
+    ConversionSettings,
+    JobStatus,
+    OutputFormat,
+    PixelFormat,
+    VideoCodec,
+)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph).")
@@ -112,6 +119,16 @@ DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// pr
 InpaintOption = Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")]
 InpaintWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
                                                           "model.")]
+CodecOption = Annotated[VideoCodec, typer.Option(help="Video encoder: auto (NVENC H.264 on a GPU when it opens, "
+                                                  "libx264 otherwise), libx264, libx265, h264_nvenc, hevc_nvenc.")]
+CrfOption = Annotated[int | None, typer.Option(min=0, max=51, help="Constant quality, 0 (lossless) .. 51; "
+                                               "default 18 (STEREO_SPOT_CRF).")]
+PresetOption = Annotated[str | None, typer.Option(help="Encoder speed preset: ultrafast .. veryslow (x264, x265), "
+                                                  "p1 .. p7 (NVENC); default fast / p4.")]
+PixFmtOption = Annotated[PixelFormat | None, typer.Option("--pix-fmt", help="yuv420p, yuv420p10le (10-bit) or "
+                                                          "yuv444p; default yuv444p for anaglyph, else yuv420p.")]
+MaxFpsOption = Annotated[float | None, typer.Option("--max-fps", min=1.0, help="Drop frames above this rate "
+                                                    "(a 60 fps phone video at 30 converts in half the time).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda (every GPU) or cuda:N (that GPU); default: "
                                                   "every GPU when there is one.")]
 
@@ -168,6 +185,11 @@ def convert(
                                                 "(default: one per GPU, else one per CPU core).")] = None,
     start: Annotated[float | None, typer.Option(min=0.0, help="Convert from this time (seconds).")] = None,
     duration: Annotated[float | None, typer.Option(min=0.001, help="Convert this many seconds.")] = None,
+    codec: CodecOption = VideoCodec.AUTO,
+    crf: CrfOption = None,
+    preset: PresetOption = None,
+    pix_fmt: PixFmtOption = None,
+    max_fps: MaxFpsOption = None,
     device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
 ) -> None:
@@ -176,7 +198,8 @@ def convert(
                                  divergence=divergence, convergence=convergence, depth_model=depth_model,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
-                                 start=start, duration=duration)
+                                 start=start, duration=duration, codec=codec, crf=crf, preset=preset,
+                                 pix_fmt=pix_fmt, max_fps=max_fps)
     _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):

@@ -81,6 +81,22 @@ class AnaglyphMethod(StrEnum):
     WIMMER2 = "wimmer2"  # Wimmer's improved method: red hues kept in the green/blue mix, gamma on the red channel
 
 
+class VideoCodec(StrEnum):
+    """The encoder of the converted video."""
+
+    AUTO = "auto"  # NVENC H.264 when a GPU converts and NVENC opens there, libx264 otherwise
+    LIBX264 = "libx264"
+    LIBX265 = "libx265"
+    H264_NVENC = "h264_nvenc"
+    HEVC_NVENC = "hevc_nvenc"
+
+
+class PixelFormat(StrEnum):
+    YUV420P = "yuv420p"  # 8-bit 4:2:0: what every player decodes
+    YUV420P10LE = "yuv420p10le"  # 10-bit 4:2:0: smoother gradients, fewer hardware decoders
+    YUV444P = "yuv444p"  # full-resolution colour (anaglyph's default: red and cyan fringes stay sharp)
+
+
 class ConversionSettings(BaseModel):
     """What the user chose for a job. Travels with the Job so every step converts the same way."""
 
@@ -89,6 +105,11 @@ class ConversionSettings(BaseModel):
     output_format: OutputFormat = OutputFormat.SBS
     anaglyph: AnaglyphMethod = AnaglyphMethod.DUBOIS
     swap_eyes: bool = False  # put the right eye where the layout puts the left one (and the left where the right)
+    codec: VideoCodec = VideoCodec.AUTO
+    crf: int | None = Field(None, ge=0, le=51, description="constant quality; None: STEREO_SPOT_CRF or 18")
+    preset: str | None = Field(None, pattern=r"^[a-z0-9]{1,16}$", description="the encoder's speed preset")
+    pix_fmt: PixelFormat | None = None  # None: yuv444p for anaglyph, yuv420p otherwise
+    max_fps: float | None = Field(None, gt=0.0, le=480.0, description="drop frames above this rate")
     divergence: float = Field(2.0, ge=0.0, le=10.0, description="max disparity, % of the image width")
     convergence: float = Field(0.5, ge=0.0, le=1.0, description="normalised depth that sits on the screen")
     depth_model: str = "heuristic"

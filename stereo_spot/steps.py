@@ -191,6 +191,8 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
         duration = _window_duration(info.duration_seconds, start, end)
         if start is not None or end is not None:  # chunks start at a keyframe before the window: estimate
             frames = min(frames, max(1, round(duration * float(video.fps or 0))))
+        if settings.max_fps and float(video.fps or 0) > settings.max_fps:  # frames dropped in convert
+            frames = min(frames, max(1, round(duration * settings.max_fps)))
         if settings.auto_divergence:
             # Chosen once for the whole job, so every segment converts with the same values.
             from stereo_spot.stereo import auto_divergence

@@ -34,12 +34,20 @@ DEFAULT_CRF = 18
 
 #: NVENC's preset for converted video: p4 is its balanced middle (p1 fastest … p7 best)
 NVENC_PRESET = "p4"
+#: x264's and x265's preset for converted video
+X26X_PRESET = "fast"
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+NVENC_PRESETS = tuple(f"p{n}" for n in range(1, 8))
+#: Encoders whose bitstream is H.264, the one whose frame-packing SEI players read (HEVC players take the
+#: layout from the container's st3d box, written for every codec).
+H264_ENCODERS = ("libx264", "h264_nvenc")
 
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    codec: str = "libx264"  # or "h264_nvenc" (``stereo.devices.choose_encoder``)
-    preset: str = "fast"
+    codec: str = "libx264"  # libx264, libx265, h264_nvenc or hevc_nvenc (``stereo.devices.encoder_for``)
+    preset: str = "fast"  # x264/x265's; an NVENC encoder takes p1..p7 (NVENC_PRESET for anything else)
     crf: int = DEFAULT_CRF
     pix_fmt: str = "yuv420p"
     tune: str | None = None
@@ -56,12 +64,15 @@ class EncodeSettings:
         """Options for the FFmpeg encoder: x264's, or NVENC's constant-quality equivalent (its ``cq`` is on the
         same 0..51 quantiser scale as x264's CRF)."""
         if self.codec.endswith("_nvenc"):
-            return {"preset": NVENC_PRESET, "tune": "hq", "rc": "vbr", "cq": str(max(1, self.crf)), "b": "0"}
+            preset = self.preset if self.preset in NVENC_PRESETS else NVENC_PRESET
+            return {"preset": preset, "tune": "hq", "rc": "vbr", "cq": str(max(1, self.crf)), "b": "0"}
         options = {"preset": self.preset, "crf": str(self.crf)}
         if self.tune:
             options["tune"] = self.tune
         if self.frame_packing is not None and self.codec == "libx264":
             options["x264-params"] = f"frame-packing={self.frame_packing}"
+        if self.codec == "libx265":
+            options["x265-params"] = "log-level=error"  # x265 prints its settings on every segment otherwise
         return options
 
 
@@ -78,18 +89,46 @@ FRAME_PACKING = {
 
 
 def settings_for(output_format: OutputFormat, threads: int = 0, codec: str = "libx264", *,
-                 swap_eyes: bool = False) -> EncodeSettings:
-    """The settings for a stereo layout: the layout signalled in the bitstream (see the module docstring).
+                 swap_eyes: bool = False, crf: int | None = None, preset: str | None = None,
+                 pix_fmt: str | None = None) -> EncodeSettings:
+    """The settings for a stereo layout and the job's encoder choices (None: the defaults), with the layout
+    signalled in the bitstream where the codec defines it (see the module docstring).
 
-    Anaglyph keeps full-resolution chroma (yuv444p): 4:2:0 subsampling averages the red and cyan of
-    neighbouring pixels, smearing each eye's colour fringe into the other and showing as ghosting.
+    Anaglyph keeps full-resolution chroma (yuv444p) unless told otherwise: 4:2:0 subsampling averages the red
+    and cyan of neighbouring pixels, smearing each eye's colour fringe into the other and showing as ghosting.
     """
     output_format = OutputFormat(output_format)
-    crf = configured_crf()
-    if output_format is OutputFormat.ANAGLYPH:
-        return EncodeSettings(codec=codec, pix_fmt="yuv444p", threads=threads, crf=crf)
+    crf = configured_crf() if crf is None else crf
+    default_pix_fmt = "yuv444p" if output_format is OutputFormat.ANAGLYPH else "yuv420p"
     frame_packing = FRAME_PACKING[output_format] if left_eye_first(output_format, swap_eyes) else None
-    return EncodeSettings(codec=codec, threads=threads, crf=crf, frame_packing=frame_packing)
+    if codec not in H264_ENCODERS:
+        frame_packing = None
+    preset = preset or (NVENC_PRESET if codec.endswith("_nvenc") else X26X_PRESET)
+    return EncodeSettings(codec=codec, preset=preset, threads=threads, crf=crf, pix_fmt=pix_fmt or default_pix_fmt,
+                          frame_packing=frame_packing)
+
+
+def check_encoder_choice(codec: str, pix_fmt: str | None, preset: str | None) -> None:
+    """Refuse an encoder this FFmpeg build lacks, a pixel format it cannot write, or a preset it does not
+    know, before any job exists. ``codec`` "auto" always works (libx264 is in every build this runs on)."""
+    import av
+
+    if codec == "auto":
+        if preset is not None and preset not in X26X_PRESETS + NVENC_PRESETS:
+            raise MediaError(f"--preset {preset!r} is not a preset; x264/x265: {', '.join(X26X_PRESETS)}; "
+                             f"NVENC: {', '.join(NVENC_PRESETS)}")
+        return
+    if codec not in av.codecs_available:
+        present = [c for c in ("libx264", "libx265", "h264_nvenc", "hevc_nvenc") if c in av.codecs_available]
+        raise MediaError(f"this FFmpeg build has no {codec} encoder; choose --codec auto or one of "
+                         f"{', '.join(present)}")
+    formats = {f.name for f in (av.Codec(codec, "w").video_formats or [])}
+    if pix_fmt is not None and formats and pix_fmt not in formats:
+        raise MediaError(f"{codec} cannot write {pix_fmt} in this FFmpeg build (it writes "
+                         f"{', '.join(sorted(formats))})")
+    known = NVENC_PRESETS if codec.endswith("_nvenc") else X26X_PRESETS
+    if preset is not None and preset not in known:
+        raise MediaError(f"--preset {preset!r} is not a {codec} preset; choose one of {', '.join(known)}")
 
 
 def configured_crf() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,6 +56,7 @@ def read_frames(
     rotation: int = 0,
     window: tuple[float | None, float | None] = (None, None),
     threads: int = 0,
+    max_fps: float | None = None,
 ) -> Iterator[DecodedFrame]:
     """Decode every frame of the main video stream as RGB, in display order.
 
@@ -62,7 +64,9 @@ def read_frames(
     ``window`` = (start, end) in seconds of the file's timeline (pts x time_base): only frames with
     start <= time < end are yielded (either bound may be None). 10-bit and other pixel formats are converted
     to 8-bit RGB with the colour matrix the stream is tagged with. Decoding uses frame and slice threads
-    (``threads=0``: FFmpeg's choice).
+    (``threads=0``: FFmpeg's choice). ``max_fps`` keeps at most that many frames a second: the first frame of
+    each 1/max_fps slot of the timeline (``keeps_frame``), a rule of the frame's own time, so segments decoded
+    apart keep the same frames a single pass would.
     """
     if rotation not in _ROTATIONS:
         raise ValueError(f"rotation must be one of {_ROTATIONS}, got {rotation}")
@@ -81,6 +85,7 @@ def read_frames(
             except av.error.FFmpegError:
                 pass  # not seekable: decode from the start and skip
         quarter_turns = -(rotation // 90)  # np.rot90 turns counter-clockwise
+        frame_seconds = 1 / float(stream.average_rate) if stream.average_rate else 0.0
         position = 0
         try:
             for frame in container.decode(stream):
@@ -90,12 +95,20 @@ def read_frames(
                     continue
                 if hi is not None and pts >= hi:
                     break  # frames leave the decoder in display order: the rest are later still
+                if max_fps and not keeps_frame(float(pts * time_base), frame_seconds, max_fps):
+                    continue
                 rgb = _to_rgb(frame)
                 if quarter_turns:
                     rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
                 yield DecodedFrame(rgb=rgb, pts=pts, time_base=time_base)
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path.name} cannot be decoded (its video data is damaged): {exc}") from exc
+
+
+def keeps_frame(seconds: float, frame_seconds: float, max_fps: float) -> bool:
+    """Whether a frame at ``seconds`` (lasting ``frame_seconds``) is the first of its 1/max_fps slot."""
+    slot = math.floor(seconds * max_fps + 1e-6)
+    return frame_seconds <= 0 or math.floor((seconds - frame_seconds) * max_fps + 1e-6) != slot
 
 
 def read_frame_batches(path: str | Path, batch_size: int, **kwargs) -> Iterator[list[DecodedFrame]]:

@@ -196,8 +196,16 @@ def nvenc_usable(codec: str = "h264_nvenc") -> bool:
         return False
 
 
-def encoder_for(device: torch.device | str) -> str:
-    """The encoder for a conversion running on ``device`` (the machine's facts fed to ``choose_encoder``)."""
+def encoder_for(device: torch.device | str, requested: str = "auto") -> str:
+    """The encoder for a conversion running on ``device``: the job's choice, or for ``auto`` the machine's facts
+    fed to ``choose_encoder``. An NVENC encoder chosen where it does not open is a clear error."""
+    if requested != "auto":
+        if requested.endswith("_nvenc") and not nvenc_usable(requested):
+            from stereo_spot.media.errors import MediaError
+
+            raise MediaError(f"--codec {requested} needs an NVIDIA GPU with a driver FFmpeg can open; it does not "
+                             "open on this machine (choose --codec auto or libx264)")
+        return requested
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_ENCODER

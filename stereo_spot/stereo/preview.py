@@ -40,7 +40,7 @@ def preview_frame(src: Path | str, at: float, settings: ConversionSettings, *, d
     warm = min(WARMUP_SECONDS_MAX, warmup_seconds_needed(engine, fps))
     target = video.start_seconds + at
     window = (max(video.start_seconds, target - warm - 1.0 / fps), target + 1.0 / fps)
-    frames = [f for f in read_frames(src, rotation=video.rotation, window=window)]
+    frames = list(read_frames(src, rotation=video.rotation, window=window, max_fps=settings.max_fps))
     if not frames:
         raise UserError(f"{src.name} has no picture at {at:g} s")
     # the picture on screen at `at`: the last frame that starts at or before it (the first one if none does)

@@ -192,7 +192,7 @@ def warmup_seconds_needed(engine: StereoEngine, fps: float) -> float:
 
 
 def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int,
-             codec_threads: int = 0) -> int:
+             codec_threads: int = 0, max_fps: float | None = None) -> int:
     """Run the tail of the preceding segments (oldest first) through the engine's temporal state."""
     from stereo_spot.media.frames import read_frame_batches
     from stereo_spot.media.probe import probe, require_video
@@ -212,7 +212,7 @@ def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_siz
     fed = 0
     for source, start in reversed(plan):
         for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None),
-                                        threads=codec_threads):
+                                        threads=codec_threads, max_fps=max_fps):
             engine.warm_up(_stack(batch))
             fed += len(batch)
     return fed
@@ -253,7 +253,7 @@ def convert_segment(
     engine = engine or StereoEngine(settings, device=device)
     batch_size = batch_size or engine.batch_frames_for(video.width, video.height)
     codec_threads = _codec_threads()
-    codec = encoder_for(engine.device)
+    codec = encoder_for(engine.device, settings.codec.value)
     with _compute_threads(engine.device, compute_threads):
         while True:
             reported = 0
@@ -307,14 +307,18 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     warmup_seconds = 0.0
     if warmup_src:
         sources = [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src]
-        _warm_up(engine, sources, rotation, batch_size, codec_threads)
+        _warm_up(engine, sources, rotation, batch_size, codec_threads, settings.max_fps)
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
     engine.stats = ComfortStats() if collect_stats else None
     engine_seconds = 0.0
 
-    encode = settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes)
+    encode = settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes,
+                          crf=settings.crf, preset=settings.preset,
+                          pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
     fps = video.fps or Fraction(25)
+    if settings.max_fps and fps > settings.max_fps:
+        fps = Fraction(settings.max_fps).limit_denominator(1001)
     time_base: Fraction | None = None
     first_pts: int | None = None
     last_pts = 0
@@ -326,7 +330,8 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     encoder = _EncoderThread(make_writer)
     stop = threading.Event()
     try:
-        batches = read_frame_batches(src, batch_size, rotation=rotation, window=window, threads=codec_threads)
+        batches = read_frame_batches(src, batch_size, rotation=rotation, window=window, threads=codec_threads,
+                                     max_fps=settings.max_fps)
         for batch in _threaded(batches, stop, "stereo-decode"):
             if time_base is None:
                 time_base = batch[0].time_base
