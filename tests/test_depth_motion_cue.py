@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from stereo_spot.stereo.depth.heuristic import HeuristicDepth, HeuristicParams
-from stereo_spot.stereo.synthetic import texture
+from stereo_spot.stereo.synthetic import render_layers
 
 W, H, FRAMES = 160, 96, 14
 
@@ -35,32 +35,7 @@ def contradicting_clip(width: int = W, height: int = H, frames: int = FRAMES, se
         (0.1, (0.0, 0.62, 1.0, 1.0), 2),  # far band along the bottom: the position prior calls it nearest
         (1.0, (0.35, 0.08, 0.65, 0.45), 3),  # the nearest object, in the upper half
     ]
-    speed = 0.02 * width
-    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
-    xs = np.arange(width, dtype=np.float64)[None, :] + 0.5
-    out = np.zeros((frames, height, width, 3), np.uint8)
-    depth = np.zeros((frames, height, width), np.float32)
-    for i in range(frames):
-        frame = np.zeros((height, width, 3), np.float32)
-        inv = np.zeros((height, width), np.float32)
-        for value, box, tex in layers:
-            shift = (0.15 + value) * speed * i
-            u = np.broadcast_to(xs - shift, (height, width))
-            v = np.broadcast_to(ys, (height, width))
-            if box is None:
-                mask, origin = np.ones((height, width), bool), (0.0, 0.0)
-            else:
-                x0, y0, x1, y1 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-                if box[0] == 0.0 and box[2] == 1.0:  # a band across the whole width
-                    mask, origin = (v >= y0) & (v < y1), (0.0, y0)
-                else:
-                    mask, origin = (u >= x0) & (u < x1) & (v >= y0) & (v < y1), (x0, y0)
-            colour = texture(seed * 10 + tex, u - origin[0], v - origin[1])
-            frame[mask] = colour[mask]
-            inv[mask] = value
-        out[i] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
-        depth[i] = inv
-    return out, depth
+    return render_layers(layers, width, height, frames, 0.02 * width, seed)
 
 
 def _estimate(params: HeuristicParams | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -143,16 +143,26 @@ def layered_scene(width: int, height: int, seed: int = 0, divergence_px: float |
     return [background, middle, near]
 
 
+Layer = tuple[float, tuple[float, float, float, float] | None, int]  # inverse depth, box (fractions), texture
+
+
 def parallax_clip(width: int, height: int, frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A clip of a camera moving sideways past a layered scene: (frames N×H×W×3 uint8, true inverse depth
     N×H×W in 0..1). Nearer layers sit lower in the frame and move faster (motion parallax)."""
     rng = np.random.default_rng(seed)
-    layers = [  # (inverse depth, box as fractions, seed)
+    layers = [
         (0.0, None, 1),
         (0.5, (rng.uniform(0.05, 0.3), 0.25, rng.uniform(0.45, 0.6), 0.6), 2),
         (1.0, (rng.uniform(0.4, 0.6), 0.55, rng.uniform(0.75, 0.95), 0.95), 3),
     ]
-    speed = 0.004 * width  # pixels per frame at inverse depth 1 (plus a little for the background)
+    return render_layers(layers, width, height, frames, 0.004 * width, seed)
+
+
+def render_layers(layers: list[Layer], width: int, height: int, frames: int, speed: float, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of textured layers (back to front) that each shift sideways by (0.15 + inverse depth) × ``speed``
+    pixels per frame, and their true inverse depth. ``box`` None is a wall filling the frame; a box spanning
+    the whole width is a band, masked by rows only, so it never slides out of the picture."""
     out = np.zeros((frames, height, width, 3), np.uint8)
     depth = np.zeros((frames, height, width), np.float32)
     ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
@@ -165,12 +175,13 @@ def parallax_clip(width: int, height: int, frames: int, seed: int = 0) -> tuple[
             u = np.broadcast_to(xs - shift, (height, width))
             v = np.broadcast_to(ys, (height, width))
             if box is None:
-                mask = np.ones((height, width), bool)
-                origin = (0.0, 0.0)
+                mask, origin = np.ones((height, width), bool), (0.0, 0.0)
             else:
                 x0, y0, x1, y1 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-                mask = (u >= x0) & (u < x1) & (v >= y0) & (v < y1)
-                origin = (x0, y0)
+                if box[0] == 0.0 and box[2] == 1.0:
+                    mask, origin = (v >= y0) & (v < y1), (0.0, y0)
+                else:
+                    mask, origin = (u >= x0) & (u < x1) & (v >= y0) & (v < y1), (x0, y0)
             colour = texture(seed * 10 + tex, u - origin[0], v - origin[1])
             frame[mask] = colour[mask]
             inv[mask] = value
