@@ -1,7 +1,7 @@
 """chunk, for the engines: split the uploaded source into segments and hand on the fan-out list.
 
-Argo runs ``python -m hera.workflows.runner -e components.chunk:chunk <inputs>``; Kubeflow runs the component
-from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
+Argo runs ``python -m hera.workflows.runner -e stereo_spot.components.chunk:chunk <inputs>``; Kubeflow runs the
+component from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
 (contiguous shards of segments, ``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's
 length, far under Argo's 256 kB output limit. On Argo it is the named output parameter ``shards`` (the Hera
 runner writes it to a file the executor reads), so nothing a library prints can end up in the fan-out.
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from hera.workflows import Parameter
 from pydantic import ValidationError
 
-from components._common import run_step
 from stereo_spot import steps
+from stereo_spot.components._common import run_step
 from stereo_spot.errors import UserError
 from stereo_spot.models import ConversionSettings
 from stereo_spot.ports import Backend
@@ -67,7 +67,7 @@ def kfp_component(image: str):
 
     def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
               gpu_workers: int = 8) -> list[int]:
-        from components.chunk import chunk as run
+        from stereo_spot.components.chunk import chunk as run
 
         return run(bucket, key, output_format, divergence, convergence, gpu_workers)
 

@@ -1,14 +1,14 @@
 """concat, for the engines: join the converted segments into ``jobs/{job_id}/final.mp4`` with the source's audio.
 
-Argo runs ``python -m hera.workflows.runner -e components.concat:concat <inputs>`` after every convert item has
-succeeded; Kubeflow runs the component from ``kfp_component`` on the ``dsl.Collected`` convert outputs (the
+Argo runs ``python -m hera.workflows.runner -e stereo_spot.components.concat:concat <inputs>`` after every convert
+item has succeeded; Kubeflow runs the component from ``kfp_component`` on the ``dsl.Collected`` convert outputs (the
 segment count of each shard).
 """
 
 from typing import Any
 
-from components._common import run_step
 from stereo_spot import keys, steps
+from stereo_spot.components._common import run_step
 from stereo_spot.errors import StepError
 from stereo_spot.models import JobStatus
 from stereo_spot.ports import Backend
@@ -38,7 +38,7 @@ def kfp_component(image: str):
     from kfp import dsl
 
     def concat(key: str, converted: list[int]) -> str:
-        from components.concat import concat as run
+        from stereo_spot.components.concat import concat as run
 
         return run(key, sum(converted))  # each convert task returns its shard's segment count
 

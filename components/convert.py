@@ -1,7 +1,7 @@
 """convert, for the engines: one GPU worker converts a contiguous shard of segments to 3D (on the CPU where the
 pod has no GPU).
 
-Argo runs ``python -m hera.workflows.runner -e components.convert:convert <inputs>`` once per shard index in
+Argo runs ``python -m hera.workflows.runner -e stereo_spot.components.convert:convert <inputs>`` once per shard index in
 chunk's fan-out list; Kubeflow runs the component from ``kfp_component`` inside a ParallelFor. The pod loads its
 models once and converts its shard's segments in order. Each segment is still completed on its own: a retried
 pod (a spot node was reclaimed, a duplicate run) skips the segments already recorded and converts the rest.
@@ -10,8 +10,8 @@ pod (a spot node was reclaimed, a duplicate run) skips the segments already reco
 import os
 from typing import Any
 
-from components._common import run_step
 from stereo_spot import steps
+from stereo_spot.components._common import run_step
 from stereo_spot.ports import Backend
 
 DEVICE_ENV = "STEREO_SPOT_DEVICE"  # e.g. "cuda:0"; unset: CUDA when the pod has a GPU, else the CPU
@@ -37,7 +37,7 @@ def kfp_component(image: str):
     from kfp import dsl
 
     def convert(key: str, shard_index: int, gpu_workers: int) -> int:
-        from components.convert import convert as run
+        from stereo_spot.components.convert import convert as run
 
         return run(key, shard_index, gpu_workers)
 

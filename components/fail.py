@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from components._common import build_backend, configure_logging, job_id_from_key, mark_failed
+from stereo_spot.components._common import build_backend, configure_logging, job_id_from_key, mark_failed
 from stereo_spot.errors import one_line
 from stereo_spot.keys import InvalidKey
 
@@ -85,7 +85,7 @@ def kfp_component(image: str):
     from kfp import dsl
 
     def fail(key: str, status: dsl.PipelineTaskFinalStatus):
-        from components.fail import fail_kfp
+        from stereo_spot.components.fail import fail_kfp
 
         fail_kfp(key, status.state, status.error_message or "", status.pipeline_job_resource_name or "")
 

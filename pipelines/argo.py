@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.config import (
+from stereo_spot.pipelines.config import (
     CREDENTIALS_SECRET,
     DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
@@ -137,7 +137,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
         TTLStrategy,
     )
 
-    from components import chunk, concat, convert, fail
+    from stereo_spot.components import chunk, concat, convert, fail
 
     config = config or PipelineConfig()
     cpu_image, gpu_image = config.image("cpu"), config.image("gpu")

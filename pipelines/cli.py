@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pipelines.config import DEFAULT_REGISTRY
 from stereo_spot.models import OutputFormat
+from stereo_spot.pipelines.config import DEFAULT_REGISTRY
 
 _err = Console(stderr=True)
 _out = Console()
@@ -39,7 +39,7 @@ def _require_engines() -> None:
 
 
 def _config(registry: str, tag: str | None, model_cache_pvc: str | None = None):
-    from pipelines.config import PipelineConfig
+    from stereo_spot.pipelines.config import PipelineConfig
 
     return PipelineConfig(registry=registry, kfp_model_cache_pvc=model_cache_pvc or None,
                           **({"tag": tag} if tag else {}))
@@ -60,7 +60,7 @@ def compile_command(
 ) -> None:
     """Compile the Argo WorkflowTemplate (Hera) and the Kubeflow pipeline (kfp) into YAML."""
     _require_engines()
-    from pipelines.compile import compile_all
+    from stereo_spot.pipelines.compile import compile_all
 
     try:
         results = compile_all(out, _config(registry, tag, kfp_model_cache_pvc), check=check)
@@ -104,8 +104,8 @@ def submit_command(
 ) -> None:
     """Start a run for an uploaded source and print its link in the Argo or Kubeflow UI."""
     _require_engines()
-    from pipelines.submit import submit
     from stereo_spot.errors import UserError, one_line
+    from stereo_spot.pipelines.submit import submit
 
     try:
         run = submit(engine.value, bucket, key, host=host, token=token, namespace=namespace,

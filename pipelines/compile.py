@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import PipelineConfig
+from stereo_spot.pipelines.config import PipelineConfig
 
 WORKFLOW_TEMPLATE_FILE = "workflowtemplate.yaml"
 KFP_PIPELINE_FILE = "kfp-pipeline.yaml"
@@ -24,13 +24,13 @@ def repository_generated_dir() -> Path:
 
 
 def render_workflow_template(config: PipelineConfig | None = None) -> str:
-    from pipelines.argo import build_workflow_template
+    from stereo_spot.pipelines.argo import build_workflow_template
 
     return _HEADER.format(source="pipelines/argo.py") + build_workflow_template(config).to_yaml()
 
 
 def render_kfp_pipeline(config: PipelineConfig | None = None) -> str:
-    from pipelines.kfp import compile_pipeline
+    from stereo_spot.pipelines.kfp import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="stereo-spot-kfp-") as tmp:
         path = Path(tmp) / KFP_PIPELINE_FILE

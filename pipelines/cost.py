@@ -1,7 +1,7 @@
 """What a run costs on the cluster: pods, model loads, GPU-hours and the GPU's idle fraction for a film of a given
 length, read from the compiled WorkflowTemplate's own parameters (``gpu-workers``, the DAG's parallelism).
 
-    python -m pipelines.cost            # the table in docs/kubernetes.md (10 minutes and 3 hours)
+    python -m stereo_spot.pipelines.cost            # the table in docs/kubernetes.md (10 minutes and 3 hours)
 
 A convert pod holds its GPU from the moment it is scheduled: while the image starts, while the weights are
 fetched and loaded, and while it converts its shard. Only the converting is useful work; the rest is the idle

@@ -12,7 +12,7 @@ side effects on the job's records and objects, so caching is off for all of them
 
 # No `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types.
 
-from pipelines.config import (
+from stereo_spot.pipelines.config import (
     CREDENTIAL_KEYS,
     CREDENTIALS_SECRET,
     DO_NOT_DISRUPT,
@@ -50,7 +50,7 @@ def build_pipeline(config: PipelineConfig | None = None):
     """The pipeline function (a kfp GraphComponent) for ``config``'s images and limits."""
     from kfp import dsl, kubernetes
 
-    from components import chunk, concat, convert, fail
+    from stereo_spot.components import chunk, concat, convert, fail
 
     config = config or PipelineConfig()
     cpu_image, gpu_image = config.image("cpu"), config.image("gpu")

@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components._common import job_id_from_key
-from pipelines.config import PIPELINE_NAME, TEMPLATE_NAME, PipelineConfig
+from stereo_spot.components._common import job_id_from_key
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.operator_links import workflow_name
+from stereo_spot.pipelines.config import PIPELINE_NAME, TEMPLATE_NAME, PipelineConfig
 
 DEFAULT_NAMESPACE = "stereo-spot"  # where manifests/ deploys the WorkflowTemplate
 DEFAULT_EXPERIMENT = "stereo-spot"
@@ -141,7 +141,7 @@ def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, t
                experiment: str | None = None, gpu_workers: int | None = None) -> SubmittedRun:
     import requests
 
-    from pipelines.kfp import compile_pipeline
+    from stereo_spot.pipelines.kfp import compile_pipeline
 
     host = _check_host(host or _env("KFP_HOST", "KF_PIPELINES_ENDPOINT"), "KFP_HOST", "Kubeflow Pipelines")
     token = token or _env("KFP_TOKEN")

@@ -608,16 +608,14 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
         config = get_settings()
     except (UserError, ValueError) as exc:
         die(one_line(exc))
-    from ui.auth import is_loopback
+    from stereo_spot.ui.auth import is_loopback
 
     if config.ui_auth == "none" and not is_loopback(address) and not no_auth:
         die(f"UI_AUTH=none serves every job to anyone who can reach {address}; bind to 127.0.0.1, set "
             "UI_AUTH=header (behind an authenticating proxy) or UI_AUTH=oidc, or pass --no-auth")
-    app_path = Path(__file__).resolve().parent.parent / "ui" / "app.py"
-    if not app_path.is_file():
-        import ui as ui_package
+    import stereo_spot.ui as ui_package  # the repository's ui/ when installed editable, else the installed copy
 
-        app_path = Path(ui_package.__file__).resolve().parent / "app.py"
+    app_path = Path(ui_package.__file__).resolve().parent / "app.py"
     command = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     sys.stdout.flush()
@@ -639,7 +637,7 @@ def _register_optional_commands() -> None:
 
     cli_ops.register(app)
     try:
-        from pipelines import cli as pipelines_cli
+        from stereo_spot.pipelines import cli as pipelines_cli
     except ImportError:  # pragma: no cover
         pipelines_cli = None
     if pipelines_cli is not None:

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from components import _common, chunk, fail
-from components._common import EXIT_FAILURE, EXIT_USER_ERROR, StepFailed
 from stereo_spot import keys, steps
+from stereo_spot.components import _common, chunk, fail
+from stereo_spot.components._common import EXIT_FAILURE, EXIT_USER_ERROR, StepFailed
 from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
 
 JOB = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
@@ -144,7 +144,7 @@ def test_the_kubeflow_exit_task_leaves_a_successful_run_alone(backend, state):
 
 def test_stdout_carries_only_the_result(home, tmp_path):
     """Argo reads a script's whole stdout as its result: a step's own prints must not reach it."""
-    code = ("import sys; from components._common import run_step\n"
+    code = ("import sys; from stereo_spot.components._common import run_step\n"
             "def action(backend, job_id):\n"
             "    print('noise from a library'); sys.stdout.flush()\n"
             "    import os; os.write(1, b'native noise\\n')\n"

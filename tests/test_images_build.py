@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components._common import TERMINATION_LOG_ENV
 from stereo_spot import keys, steps
 from stereo_spot.adapters.local import local_backend
+from stereo_spot.components._common import TERMINATION_LOG_ENV
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests import buildah
 from tests.media_fixtures import make_clip
@@ -167,7 +167,7 @@ def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, c
     command = next(spec)["deploymentSpec"]["executors"]["exec-chunk"]["container"]["command"]
     assert command[:2] == ["sh", "-ec"] and "python3 -m kfp.dsl.executor_main" in command[2]
     proc = cpu_container.run(["sh", "-ec", 'd=$(mktemp -d) && python3 -m kfp.dsl.executor_main --help >/dev/null '
-                                           '&& python3 -c "import components.chunk" && echo "$d"'])
+                                           '&& python3 -c "import stereo_spot.components.chunk" && echo "$d"'])
     assert proc.returncode == 0 and proc.stdout.strip().startswith("/tmp/"), proc.stderr
 
 

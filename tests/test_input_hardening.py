@@ -16,10 +16,10 @@ from stereo_spot.config import Settings
 from stereo_spot.limits import LimitExceeded, check_media_limits
 from stereo_spot.media.errors import MediaError
 from stereo_spot.media.probe import probe
+from stereo_spot.ui import services
+from stereo_spot.ui.uploads import StagingArea, UploadError
 from tests.media_fixtures import make_clip
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401
-from ui import services
-from ui.uploads import StagingArea, UploadError
 
 
 def make_bomb(path: Path, seconds: int = 10, fps: int = 60, size: tuple[int, int] = (3840, 2160)) -> Path:

@@ -151,7 +151,7 @@ def test_deleting_stops_the_argo_workflow(backend, monkeypatch):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from stereo_spot.config import Settings
-    from ui.submission import stop_argo_workflow
+    from stereo_spot.ui.submission import stop_argo_workflow
 
     calls: list[tuple[str, str, str | None, dict]] = []
 

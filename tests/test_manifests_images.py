@@ -88,7 +88,7 @@ def test_every_kfp_executor_imports_an_existing_component():
         source = container["command"][-1]
         function = container["args"][container["args"].index("--function_to_execute") + 1]
         assert f"def {function}(" in source, name
-        imports = re.findall(r"from (components\.\w+) import (\w+)", source)
+        imports = re.findall(r"from (stereo_spot\.components\.\w+) import (\w+)", source)
         assert imports, f"{name} does not call a component module"
         for module, attribute in imports:
             assert callable(getattr(importlib.import_module(module), attribute)), (name, module, attribute)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import ENV_KEYS
+from stereo_spot.pipelines.config import ENV_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -154,7 +154,7 @@ def test_the_gpu_pool_is_spot_with_on_demand_fallback_and_a_limit():
     node_class = _find(docs, "EC2NodeClass", pool["spec"]["template"]["spec"]["nodeClassRef"]["name"])
     assert node_class["apiVersion"] == "karpenter.k8s.aws/v1"
     # the pipeline never runs more convert pods than the pool can hold
-    from pipelines.config import PipelineConfig
+    from stereo_spot.pipelines.config import PipelineConfig
 
     assert PipelineConfig().parallelism <= pool["spec"]["limits"]["nvidia.com/gpu"]
 
@@ -401,7 +401,7 @@ def test_argo_sensor_names_the_workflow_after_the_job():
 
 def test_gpu_nodes_make_the_weight_cache_folder_the_convert_pods_mount():
     """A hostPath folder the kubelet creates belongs to root: the node's user data makes it for the pods' user."""
-    from pipelines.config import MODEL_CACHE_HOST_PATH
+    from stereo_spot.pipelines.config import MODEL_CACHE_HOST_PATH
 
     docs = render(MANIFESTS / "overlays" / "aws")
     workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")

@@ -58,7 +58,7 @@ def test_text_at_a_terminal_and_the_format_switch(monkeypatch):
 
 def test_a_failing_step_logs_its_job_step_and_segment(capsys, monkeypatch, tmp_path):
     """What Argo and Kubeflow keep of a failed convert pod: JSON lines a log query can select by job."""
-    from components._common import StepFailed, run_step
+    from stereo_spot.components._common import StepFailed, run_step
     from stereo_spot.errors import UserError
 
     monkeypatch.setenv("STEREO_SPOT_LOG_FORMAT", "json")

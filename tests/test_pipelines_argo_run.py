@@ -21,8 +21,8 @@ import av
 import pytest
 import yaml
 
-from components._common import TERMINATION_LOG_ENV
 from stereo_spot import keys, steps
+from stereo_spot.components._common import TERMINATION_LOG_ENV
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests.media_fixtures import make_clip
 

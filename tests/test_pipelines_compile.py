@@ -13,9 +13,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.compile import GENERATED_FILES, KFP_PIPELINE_FILE, WORKFLOW_TEMPLATE_FILE, compile_all, render_all
-from pipelines.config import ENV_KEYS, GPU_POOL_LABEL, PipelineConfig
 from stereo_spot.cli import app
+from stereo_spot.pipelines.compile import (
+    GENERATED_FILES,
+    KFP_PIPELINE_FILE,
+    WORKFLOW_TEMPLATE_FILE,
+    compile_all,
+    render_all,
+)
+from stereo_spot.pipelines.config import ENV_KEYS, GPU_POOL_LABEL, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "manifests" / "generated"
@@ -161,7 +167,7 @@ def test_every_step_runs_the_hera_runner_with_requests(workflow_template):
     for template in scripts:
         script = template["script"]
         assert script["command"] == ["python"]
-        assert script["args"][:4] == ["-m", "hera.workflows.runner", "-e", f"components.{template['name']}:"
+        assert script["args"][:4] == ["-m", "hera.workflows.runner", "-e", f"stereo_spot.components.{template['name']}:"
                                       f"{template['name']}"]
         assert script["source"] == "{{inputs.parameters}}"
         requests = script["resources"]["requests"]
@@ -243,8 +249,8 @@ def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_templat
     outputs_dir = path.parent / "hera-outputs"  # the pod's /tmp/hera-outputs
     env = {**os.environ, **{e["name"]: e["value"] for e in chunk_template["script"]["env"]},
            "hera__outputs_directory": str(outputs_dir)}
-    proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "components.chunk:chunk", str(path)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "stereo_spot.components.chunk:chunk",
+                           str(path)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     written = outputs_dir / Path(output["valueFrom"]["path"]).relative_to("/tmp/hera-outputs")
     shards = json.loads(written.read_text())

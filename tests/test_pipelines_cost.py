@@ -8,8 +8,8 @@ import math
 import pytest
 import yaml
 
-from pipelines import cost
-from pipelines.config import PipelineConfig
+from stereo_spot.pipelines import cost
+from stereo_spot.pipelines.config import PipelineConfig
 
 THREE_HOURS = 3 * 3600.0
 

@@ -20,8 +20,8 @@ from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample
 from stereo_spot.stereo import auto_divergence
 from stereo_spot.stereo.stats import ComfortStats
+from stereo_spot.ui.report import parse_report
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401
-from ui.report import parse_report
 
 W, H = 200, 100
 SIZE = (160, 96)

@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 from stereo_spot import keys, steps
 from stereo_spot.config import Settings
 from stereo_spot.models import ConversionSettings, JobStatus, utcnow
-from ui import auth, services
-from ui.backend import staging_area
-from ui.routes import api_routes
+from stereo_spot.ui import auth, services
+from stereo_spot.ui.backend import staging_area
+from stereo_spot.ui.routes import api_routes
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 
@@ -169,7 +169,7 @@ def test_per_user_quota(backend, monkeypatch):
 
 
 def app_as(monkeypatch, user: str | None) -> AppTest:
-    from ui import context
+    from stereo_spot.ui import context
 
     monkeypatch.setattr(context, "page_identity",
                         lambda config: auth.make_identity(user, config) if user else None)

@@ -13,11 +13,11 @@ from streamlit.testing.v1 import AppTest
 from stereo_spot import keys, steps
 from stereo_spot.adapters.aws import aws_backend
 from stereo_spot.models import ConversionSettings, JobStatus
+from stereo_spot.ui.auth import local_identity
+from stereo_spot.ui.backend import staging_area
+from stereo_spot.ui.routes import PRESIGN_SECONDS, _video_response
 from tests.media_fixtures import make_clip
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401 - fixtures
-from ui.auth import local_identity
-from ui.backend import staging_area
-from ui.routes import PRESIGN_SECONDS, _video_response
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 _FIELDS = ("storage_adapter", "aws_region", "aws_endpoint_url", "input_bucket_name", "output_bucket_name",

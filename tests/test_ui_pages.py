@@ -26,8 +26,8 @@ from stereo_spot.models import (
 )
 from stereo_spot.ports import Backend
 from stereo_spot.runner import log_path, run_job, start_background, stop_background
+from stereo_spot.ui.backend import staging_area
 from tests.media_fixtures import make_clip, make_empty, make_text
-from ui.backend import staging_area
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 SIZE = (160, 96)

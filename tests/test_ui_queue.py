@@ -12,8 +12,8 @@ from stereo_spot import steps
 from stereo_spot.config import Settings
 from stereo_spot.models import ConversionSettings, JobStatus
 from stereo_spot.runner import stop_all_background
+from stereo_spot.ui import local_queue, submission
 from tests.media_fixtures import make_clip
-from ui import local_queue, submission
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 LIMIT_SECONDS = 300  # guards against a hang only

@@ -21,11 +21,11 @@ from stereo_spot.models import (
     SegmentCompletion,
     utcnow,
 )
+from stereo_spot.ui import services
+from stereo_spot.ui.preview import frame_at
+from stereo_spot.ui.report import load_report, parse_report
+from stereo_spot.ui.uploads import StagingArea, UploadError, safe_file_name
 from tests.media_fixtures import make_audio_only, make_clip, make_empty, make_text
-from ui import services
-from ui.preview import frame_at
-from ui.report import load_report, parse_report
-from ui.uploads import StagingArea, UploadError, safe_file_name
 
 # --- staging area ---------------------------------------------------------------------------------------
 

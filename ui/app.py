@@ -7,6 +7,6 @@ in-memory file handling.
 
 import streamlit as st
 
-from ui.routes import api_routes
+from stereo_spot.ui.routes import api_routes
 
 app = st.App("streamlit_app.py", routes=api_routes())

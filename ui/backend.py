@@ -8,7 +8,7 @@ from functools import lru_cache
 from stereo_spot.adapters import build_backend
 from stereo_spot.config import Settings
 from stereo_spot.ports import Backend
-from ui.uploads import StagingArea
+from stereo_spot.ui.uploads import StagingArea
 
 
 def current_settings() -> Settings:

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from stereo_spot.config import Settings
 from stereo_spot.errors import one_line
 from stereo_spot.ports import Backend, StoreError
-from ui import auth, services
-from ui.backend import backend_for, current_settings
+from stereo_spot.ui import auth, services
+from stereo_spot.ui.backend import backend_for, current_settings
 
 # When the page cannot tell its own address (no browser attached, as in AppTest).
 FALLBACK_ORIGIN = "http://127.0.0.1:8501"

@@ -2,10 +2,10 @@
 uses all the cores, so more would only make each slower. The others wait, oldest first: a job is queued when its
 source is stored (status ``created``, ``uploaded_at`` set) and no runner works on it yet.
 
-A small dispatcher process (``python -m ui.local_queue HOME``) starts runners as slots free up, so the queue moves
-with no page open. One dispatcher at a time: it holds an exclusive lock on ``{home}/queue.lock`` while it runs and
-exits when the queue is empty (after checking once more with the lock released, so a job queued just as it was
-leaving is not stranded). The page starts a job itself when a slot is free, and the dispatcher when not.
+A small dispatcher process (``python -m stereo_spot.ui.local_queue HOME``) starts runners as slots free up, so the
+queue moves with no page open. One dispatcher at a time: it holds an exclusive lock on ``{home}/queue.lock`` while
+it runs and exits when the queue is empty (after checking once more with the lock released, so a job queued just as
+it was leaving is not stranded). The page starts a job itself when a slot is free, and the dispatcher when not.
 """
 
 from __future__ import annotations
@@ -97,9 +97,8 @@ def dispatch_once(backend: Backend, home: Path, cap: int) -> list[str]:
 def ensure_dispatcher(home: Path) -> None:
     """Start the dispatcher in the background (it exits at once when one is already running)."""
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
-    subprocess.Popen([sys.executable, "-m", "ui.local_queue", str(home)], env=env, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                     cwd=str(Path(__file__).resolve().parent.parent))
+    subprocess.Popen([sys.executable, "-m", "stereo_spot.ui.local_queue", str(home)], env=env, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def run_dispatcher(backend: Backend, home: Path, cap: int) -> None:

@@ -9,8 +9,8 @@ Why not Streamlit's widgets: ``st.file_uploader`` and ``st.video(path)`` both ho
 memory. The video route also means a link (the player, the download button, an M3U playlist) never expires: every
 request signs a new short-lived URL.
 
-Both routes check the same identity as the pages (``ui.auth``): an upload token is accepted only from the user it
-was issued to, and the video of someone else's job is answered like a job that does not exist.
+Both routes check the same identity as the pages (``stereo_spot.ui.auth``): an upload token is accepted only from the
+user it was issued to, and the video of someone else's job is answered like a job that does not exist.
 
 Cross-site requests: the upload is a ``PUT`` (a browser must ask permission first, which is never granted) to a
 token only this process issued; the video route only reads.
@@ -31,8 +31,8 @@ from stereo_spot import keys
 from stereo_spot.models import JobStatus
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
-from ui import auth
-from ui.backend import backend_for, current_settings, staging_area
+from stereo_spot.ui import auth
+from stereo_spot.ui.backend import backend_for, current_settings, staging_area
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from stereo_spot.models import (
     utcnow,
 )
 from stereo_spot.ports import JobStore
-from ui.auth import Identity
-from ui.uploads import UploadError, format_bytes
+from stereo_spot.ui.auth import Identity
+from stereo_spot.ui.uploads import UploadError, format_bytes
 
 MB = 1024 * 1024
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import context, services
+from stereo_spot.ui import context, services
 
 st.set_page_config(page_title="stereo-spot", page_icon=":material/3d_rotation:", layout="wide")
 

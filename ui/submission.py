@@ -2,7 +2,7 @@
 
     local storage                  the embedded runner, in a detached process (survives a closed page)
     AWS, UI_SUBMIT_ENGINE=none     nothing: the S3 ObjectCreated event starts the Argo workflow
-    AWS, UI_SUBMIT_ENGINE=argo|kfp the app submits the run itself through ``pipelines.submit.submit_run``
+    AWS, UI_SUBMIT_ENGINE=argo|kfp the app submits the run itself through ``stereo_spot.pipelines.submit.submit_run``
 
 The pipelines package is imported only here and only when configured, so the app runs without Hera or kfp.
 """
@@ -37,12 +37,12 @@ def preflight(backend: Backend, settings: Settings) -> None:
 def _submitter(engine: str):
     name = _ENGINE_NAMES.get(engine, engine)
     try:
-        from pipelines.submit import submit_run
+        from stereo_spot.pipelines.submit import submit_run
     except ImportError as exc:
         raise SubmissionError(
-            f"UI_SUBMIT_ENGINE={engine} asks the app to submit to {name}, but pipelines.submit.submit_run is not "
-            f"available ({one_line(exc)}); install stereo-spot[pipelines] or set UI_SUBMIT_ENGINE=none to let the "
-            "storage event start runs") from exc
+            f"UI_SUBMIT_ENGINE={engine} asks the app to submit to {name}, but "
+            f"stereo_spot.pipelines.submit.submit_run is not available ({one_line(exc)}); install "
+            "stereo-spot[pipelines] or set UI_SUBMIT_ENGINE=none to let the storage event start runs") from exc
     return submit_run
 
 
@@ -51,7 +51,7 @@ _ENGINE_NAMES = {"argo": "Argo Workflows", "kfp": "Kubeflow Pipelines"}
 
 def start_pipeline(backend: Backend, settings: Settings, job_id: str) -> Started:
     if backend.name == "local":
-        from ui import local_queue
+        from stereo_spot.ui import local_queue
 
         home = settings.stereo_spot_home
         if job_id in local_queue.dispatch_once(backend, home, settings.max_concurrent_jobs):

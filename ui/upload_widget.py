@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from ui.routes import UPLOAD_PATH
+from stereo_spot.ui.routes import UPLOAD_PATH
 
 ACCEPT = "video/*,.mp4,.m4v,.mov,.mkv,.webm,.avi,.mts,.m2ts,.ts,.wmv,.flv,.mpg,.mpeg"
 

@@ -5,8 +5,8 @@ import streamlit as st
 
 from stereo_spot.models import OutputFormat
 from stereo_spot.naming import LAYOUT_SUFFIX
-from ui import context, services
-from ui.routes import video_path
+from stereo_spot.ui import context, services
+from stereo_spot.ui.routes import video_path
 
 # Playlist length: the newest finished videos, read a page at a time.
 PLAYLIST_JOBS = 200

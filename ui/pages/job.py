@@ -9,12 +9,12 @@ from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import Job, JobStatus, utcnow
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import Backend
-from ui import auth, context, services
-from ui.preview import job_preview
-from ui.report import ReportUnreadable, load_report
-from ui.routes import video_path
-from ui.submission import stop_run
-from ui.uploads import format_bytes
+from stereo_spot.ui import auth, context, services
+from stereo_spot.ui.preview import job_preview
+from stereo_spot.ui.report import ReportUnreadable, load_report
+from stereo_spot.ui.routes import video_path
+from stereo_spot.ui.submission import stop_run
+from stereo_spot.ui.uploads import format_bytes
 
 # How often the progress bar asks the store (a few small reads per tick).
 PROGRESS_EVERY_SECONDS = 2.0
@@ -86,7 +86,7 @@ def queue_note(current: Job) -> None:
     """Local runs wait their turn (MAX_CONCURRENT_JOBS): say how many jobs are ahead."""
     if current.status != JobStatus.CREATED or backend.name != "local" or current.uploaded_at is None:
         return
-    from ui.local_queue import place
+    from stereo_spot.ui.local_queue import place
 
     config = context.settings()
     position = place(backend, config.stereo_spot_home, current.job_id)

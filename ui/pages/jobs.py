@@ -6,7 +6,7 @@ import streamlit as st
 
 from stereo_spot.models import IN_PROGRESS_STATUSES, Job, JobStatus, Page
 from stereo_spot.ports import Backend
-from ui import context, services
+from stereo_spot.ui import context, services
 
 # How often the in-progress list redraws itself.
 REFRESH_SECONDS = 5.0

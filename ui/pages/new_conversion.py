@@ -7,10 +7,10 @@ from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import AnaglyphMethod, OutputFormat
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
-from ui import context, services, submission
-from ui.backend import staging_area
-from ui.upload_widget import upload_widget
-from ui.uploads import UploadError, format_bytes, too_large_message
+from stereo_spot.ui import context, services, submission
+from stereo_spot.ui.backend import staging_area
+from stereo_spot.ui.upload_widget import upload_widget
+from stereo_spot.ui.uploads import UploadError, format_bytes, too_large_message
 
 config = context.settings()
 backend = context.backend()
