@@ -33,8 +33,7 @@ EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 
 # Kubernetes mounts this file in every container; its content becomes the container's termination message.
-TERMINATION_LOG_ENV = "STEREO_SPOT_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = "STEREO_SPOT_TERMINATION_LOG"  # ReportingSettings.stereo_spot_termination_log
 
 T = TypeVar("T")
 
@@ -69,7 +68,9 @@ def build_backend() -> Backend:
 
 def write_termination_message(reason: str) -> None:
     """Only into a file that exists: outside Kubernetes there is none, and a test names its own."""
-    path = os.environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG
+    from stereo_spot.config import reporting_settings
+
+    path = str(reporting_settings().stereo_spot_termination_log)
     if not os.path.isfile(path):
         return
     try:

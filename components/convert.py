@@ -7,14 +7,11 @@ models once and converts its shard's segments in order. Each segment is still co
 pod (a spot node was reclaimed, a duplicate run) skips the segments already recorded and converts the rest.
 """
 
-import os
 from typing import Any
 
 from stereo_spot import steps
 from stereo_spot.components._common import run_step
 from stereo_spot.ports import Backend
-
-DEVICE_ENV = "STEREO_SPOT_DEVICE"  # e.g. "cuda:0"; unset: CUDA when the pod has a GPU, else the CPU
 
 
 def convert(key: str, shard_index: int, gpu_workers: int = steps.DEFAULT_GPU_WORKERS) -> int:
@@ -22,10 +19,12 @@ def convert(key: str, shard_index: int, gpu_workers: int = steps.DEFAULT_GPU_WOR
     shards as chunk planned it; returns how many segments the shard holds."""
 
     def action(backend: Backend, job_id: str) -> int:
+        from stereo_spot.config import get_settings
+
         total = steps.require_job(backend, job_id).total_segments or 0
         count = steps.shard_count(total, int(gpu_workers))
         done = steps.convert_shard(backend, job_id, int(shard_index), count,
-                                   device=os.environ.get(DEVICE_ENV) or None)
+                                   device=get_settings().stereo_spot_device)
         return len(done)
 
     return run_step("convert", key, action)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from stereo_spot.components._common import job_id_from_key
+from stereo_spot.config import get_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.operator_links import workflow_name
 from stereo_spot.pipelines.config import PIPELINE_NAME, TEMPLATE_NAME, PipelineConfig
@@ -40,14 +40,6 @@ class SubmittedRun:
     link: str
 
 
-def _env(*names: str) -> str | None:
-    for name in names:
-        value = (os.environ.get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
 def _parameters(bucket: str, key: str, output_format: str | None, divergence: float | None,
                 convergence: float | None, gpu_workers: int | None = None, *, engine: str = "argo") -> dict:
     parameters: dict = {"bucket": bucket, "key": key}
@@ -60,8 +52,6 @@ def _parameters(bucket: str, key: str, output_format: str | None, divergence: fl
 
 
 def _default_bucket() -> str:
-    from stereo_spot.config import get_settings
-
     return get_settings().input_bucket_name
 
 
@@ -105,11 +95,12 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     from hera.workflows import Workflow, WorkflowsService
     from hera.workflows.models import WorkflowTemplateRef
 
-    host = _check_host(host or _env("ARGO_SERVER_URL"), "ARGO_SERVER_URL", "Argo server")
-    token = token or _env("ARGO_TOKEN")
-    namespace = namespace or _env("ARGO_NAMESPACE") or DEFAULT_NAMESPACE
+    env = get_settings()
+    host = _check_host(host or env.argo_server_url, "ARGO_SERVER_URL", "Argo server")
+    token = token or env.argo_token
+    namespace = namespace or env.argo_namespace or DEFAULT_NAMESPACE
     name = workflow_name(job_id)
-    link = f"{(_env('ARGO_UI_URL') or host).rstrip('/')}/workflows/{namespace}/{name}"
+    link = f"{(env.argo_ui_url or host).rstrip('/')}/workflows/{namespace}/{name}"
     service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=verify_ssl)
     workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
                         labels={"app.kubernetes.io/name": "stereo-spot", "stereo-spot.io/job-id": job_id},
@@ -132,7 +123,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     except HeraException as exc:
         raise SubmitError(f"the Argo server did not create the run: {one_line(exc)}") from exc
     name = created.metadata.name or name
-    return SubmittedRun("argo", name, f"{(_env('ARGO_UI_URL') or host).rstrip('/')}/workflows/{namespace}/{name}")
+    return SubmittedRun("argo", name, f"{(env.argo_ui_url or host).rstrip('/')}/workflows/{namespace}/{name}")
 
 
 def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
@@ -143,9 +134,10 @@ def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, t
 
     from stereo_spot.pipelines.kfp import compile_pipeline
 
-    host = _check_host(host or _env("KFP_HOST", "KF_PIPELINES_ENDPOINT"), "KFP_HOST", "Kubeflow Pipelines")
-    token = token or _env("KFP_TOKEN")
-    namespace = namespace or _env("KFP_NAMESPACE")
+    env = get_settings()
+    host = _check_host(host or env.kfp_host, "KFP_HOST", "Kubeflow Pipelines")
+    token = token or env.kfp_token
+    namespace = namespace or env.kfp_namespace
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:  # one quick look first: kfp.Client retries an unreachable host for a long time before it says so
         requests.get(f"{host}/apis/v2beta1/healthz", headers=headers, timeout=15, verify=verify_ssl)
@@ -174,4 +166,4 @@ def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, t
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise SubmitError(f"cannot reach Kubeflow Pipelines at {host}: {one_line(exc)}") from exc
     run_id = result.run_id
-    return SubmittedRun("kfp", run_id, f"{(_env('KFP_UI_URL') or host).rstrip('/')}/#/runs/details/{run_id}")
+    return SubmittedRun("kfp", run_id, f"{(env.kfp_ui_url or host).rstrip('/')}/#/runs/details/{run_id}")

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stereo_spot.config import SettingsError, reporting_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import (
     AnaglyphMethod,
@@ -63,7 +64,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     if quiet or verbose:
         level = "ERROR" if quiet else ("INFO" if verbose == 1 else "DEBUG")
         os.environ["STEREO_SPOT_LOG_LEVEL"] = level
-    configure_logging(os.environ.get("STEREO_SPOT_LOG_LEVEL") or _DEFAULT_LEVEL)
+    configure_logging(reporting_settings().stereo_spot_log_level or _DEFAULT_LEVEL)
 
 
 class CommandError(typer.Exit):
@@ -91,7 +92,7 @@ def _user_message(exc: BaseException) -> str | None:
 
 
 def _report_failure(exc: BaseException, job_id: str | None = None) -> NoReturn:
-    if os.environ.get("STEREO_SPOT_DEBUG"):
+    if reporting_settings().stereo_spot_debug:
         console.print_exception()
     message = _user_message(exc)
     suffix = f" (job {job_id} marked failed)" if job_id else ""
@@ -652,8 +653,13 @@ def main() -> None:
     started = time.monotonic()
     try:
         app(prog_name="stereo-spot")  # the same name (and shell completion) for ``python -m stereo_spot``
+    except SettingsError as exc:  # a bad variable, whichever command read it first: one line, no traceback
+        if reporting_settings().stereo_spot_debug:
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(1) from None
     finally:
-        if os.environ.get("STEREO_SPOT_DEBUG"):
+        if reporting_settings().stereo_spot_debug:
             console.print(f"took {time.monotonic() - started:.1f} s")
 
 

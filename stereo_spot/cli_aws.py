@@ -7,7 +7,6 @@ Registered by ``stereo_spot.cli``: ``app.add_typer(cli_aws.app, name="aws")`` an
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stereo_spot.config import reporting_settings
 from stereo_spot.errors import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,7 +38,7 @@ PrefixOption = Annotated[str | None, typer.Option(
 def _fail(exc: BaseException) -> NoReturn:
     from stereo_spot.errors import Failure, classify
 
-    if os.environ.get("STEREO_SPOT_DEBUG"):
+    if reporting_settings().stereo_spot_debug:
         console.print_exception()
     if classify(exc) is Failure.INTERNAL:
         message = f"internal error: {one_line(exc)}; set STEREO_SPOT_DEBUG=1 for the traceback"

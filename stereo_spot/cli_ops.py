@@ -4,7 +4,6 @@ cluster before a deploy). Registered on the main app by ``stereo_spot.cli`` with
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from typing import Annotated, NoReturn
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from stereo_spot.config import get_settings, reporting_settings
 from stereo_spot.errors import UserError, one_line
 
 console = Console(stderr=True)
@@ -28,7 +28,7 @@ def _die(message: str, code: int) -> NoReturn:
 
 
 def _debug() -> None:
-    if os.environ.get("STEREO_SPOT_DEBUG"):
+    if reporting_settings().stereo_spot_debug:
         console.print_exception()
 
 
@@ -54,9 +54,10 @@ def kfp_trigger_command(
     from stereo_spot.ports import StoreError
 
     configure_logging()
-    body = event if event is not None else os.environ.get("STEREO_SPOT_EVENT", "")
-    delivery = delivery_id if delivery_id is not None else os.environ.get("STEREO_SPOT_DELIVERY_ID", "")
     try:
+        config = get_settings()
+        body = event if event is not None else config.stereo_spot_event
+        delivery = delivery_id if delivery_id is not None else config.stereo_spot_delivery_id
         settings = KfpSettings.from_environment(host=host, pipeline_id=pipeline_id, experiment=experiment,
                                                 namespace=namespace)
         results = trigger(build_backend(), KfpApi(settings), body, delivery)

@@ -1,5 +1,10 @@
-"""Settings from the environment. Names are the contract in DESIGN.md (no prefix, so a Kubernetes ConfigMap
-can hold them as they are)."""
+"""Settings from the environment: every variable the project reads is a field here, named as the variable (no
+prefix, so a Kubernetes ConfigMap can hold them as they are; DESIGN.md's names are the contract). An empty
+variable counts as unset. tests/test_settings_env.py fails when code elsewhere reads the environment itself.
+
+Two classes: ``Settings`` (storage, limits, the app, the engines) validates everything at once, and
+``ReportingSettings`` (logs, tracebacks, the termination message) holds what is read while an error is being
+reported, so a bad value in the first (``MAX_FPS=abc``) cannot stop the report of that very error."""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stereo_spot.errors import UserError
 
 #: Where state lived before it moved to the platform's data folder: still used where it exists, so an upgrade
 #: does not lose the jobs (and the resumable work) kept there.
@@ -33,8 +40,25 @@ def default_cache() -> Path:
     return platformdirs.user_cache_path("stereo-spot", appauthor=False)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+class SettingsError(UserError, ValueError):
+    """A variable holds a value its setting cannot take; the message names the variable."""
+
+
+class _FromEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False,
+                                      str_strip_whitespace=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: object) -> object:
+        """``NAME=`` (or spaces) leaves the default, as unset would: a ConfigMap often lists a name empty."""
+        if isinstance(values, dict):
+            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
+        return values
+
+
+class Settings(_FromEnvironment):
+    """Storage, limits, the app, the engines: validated together, at once."""
 
     storage_adapter: Literal["local", "aws"] = "local"
     stereo_spot_home: Path = Field(default_factory=default_home)
@@ -46,8 +70,19 @@ class Settings(BaseSettings):
     reassembly_triggered_table_name: str = "stereo-spot-reassembly-triggered"
     event_dedup_table_name: str = "stereo-spot-event-dedup"
     chunking_queue_url: str | None = None
-    aws_region: str = "us-east-1"
+    # AWS_DEFAULT_REGION as boto3 reads it, where only that one is set
+    aws_region: str = Field("us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
     aws_endpoint_url: str | None = None
+
+    # The steps and the engine
+    stereo_spot_workdir: Path | None = None  # the steps' scratch folders (default: the system's temp folder)
+    # model weights fetched from s3:// (default: the platform's cache folder, default_cache() / "models")
+    stereo_spot_model_cache: Path | None = None
+    stereo_spot_crf: int | None = Field(None, ge=0, le=51)  # the encoder's quality when a job names none (18)
+    stereo_spot_device: str | None = None  # the convert pod's device, e.g. cuda:0 (default: CUDA when there is one)
+    # `stereo-spot kfp-trigger`: the event and its delivery id, as the Sensor's Job passes them
+    stereo_spot_event: str = ""
+    stereo_spot_delivery_id: str = ""
 
     # links for operators, e.g. https://argo.example.com/workflows/argo/stereo-spot-{job_id}
     argo_ui_url: str | None = None
@@ -58,6 +93,23 @@ class Settings(BaseSettings):
     argo_token: str | None = None
     kfp_ui_url: str | None = None
     logs_url_template: str | None = None
+
+    # Kubeflow Pipelines' API (`stereo-spot submit --engine kfp`, the kfp-trigger Job); KF_PIPELINES_ENDPOINT and
+    # KF_PIPELINES_SA_TOKEN_PATH are the names kfp's own client reads
+    kfp_host: str | None = Field(None, validation_alias=AliasChoices("KFP_HOST", "KF_PIPELINES_ENDPOINT"))
+    kfp_token: str | None = None
+    kfp_namespace: str | None = None
+    kfp_pipeline_id: str | None = None
+    kfp_pipeline_version_id: str | None = None
+    kfp_experiment: str | None = None
+    kfp_run_service_account: str | None = None
+    kf_pipelines_sa_token_path: str | None = None
+
+    # The Kubernetes API for `stereo-spot doctor`, found the way kubectl finds it: the variables the kubelet sets
+    # in every pod, else KUBECONFIG's first file
+    kubernetes_service_host: str | None = None
+    kubernetes_service_port: str = "443"
+    kubeconfig: str | None = None
 
     # UI
     max_upload_bytes: int = 4 * 1024**3
@@ -99,4 +151,40 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    return Settings()
+    """The settings, or a SettingsError whose one line names each variable that is wrong and its value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
+
+
+def _describe(error) -> str:
+    name = str(error["loc"][0]).upper() if error.get("loc") else "a variable"
+    return f"{name}={error.get('input')!r}: {error['msg']}"
+
+
+_OFF = ("", "0", "false", "no", "off")
+
+
+class ReportingSettings(_FromEnvironment):
+    """How this process reports: read at start-up and in error handlers, so no value here fails to parse."""
+
+    stereo_spot_debug: bool = False  # tracebacks behind the one-line errors (any value but 0/false/no/off)
+    stereo_spot_log_level: str | None = None  # DEBUG, INFO, WARNING, ERROR (the CLI's -v/-q set it)
+    stereo_spot_log_format: str = ""  # json or text; otherwise JSON unless stderr is a terminal
+    # Kubernetes' termination-message file: a failed step's one-line reason goes there
+    stereo_spot_termination_log: Path = Path("/dev/termination-log")
+
+    @field_validator("stereo_spot_debug", mode="before")
+    @classmethod
+    def _any_value_turns_on(cls, value: object) -> bool:
+        return str(value).strip().lower() not in _OFF if not isinstance(value, bool) else value
+
+    @field_validator("stereo_spot_log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> str:
+        return str(value).strip().lower()
+
+
+def reporting_settings() -> ReportingSettings:
+    return ReportingSettings()

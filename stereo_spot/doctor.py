@@ -94,13 +94,16 @@ def kube_endpoint(api: str | None = None, token: str | None = None, kubeconfig: 
     """The Kubernetes API to talk to, with credentials, by the rules in the module docstring."""
     if api:
         return Endpoint(api, token=token, verify=verify)
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    from stereo_spot.config import get_settings
+
+    config = get_settings()
+    host = config.kubernetes_service_host
     if host and (IN_CLUSTER / "token").is_file() and kubeconfig is None:
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        port = config.kubernetes_service_port
         ca = IN_CLUSTER / "ca.crt"
         return Endpoint(f"https://{host}:{port}", token=token or (IN_CLUSTER / "token").read_text().strip(),
                         ca_file=str(ca) if ca.is_file() else None, verify=verify)
-    path = Path(kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube/config")
+    path = Path(kubeconfig or (config.kubeconfig or "").split(os.pathsep)[0] or Path.home() / ".kube/config")
     if not path.is_file():
         raise UserError(f"no Kubernetes API: {path} does not exist; pass --kube-api and --kube-token, or set "
                         "KUBECONFIG")
@@ -131,6 +134,7 @@ def kube_endpoint(api: str | None = None, token: str | None = None, kubeconfig: 
 
 def _exec_token(spec: dict) -> str:
     """A kubeconfig exec plugin (``aws eks get-token`` and the like) prints an ExecCredential."""
+    # the plugin runs with this process's whole environment plus its own, as kubectl runs it
     env = {**os.environ, **{e["name"]: e["value"] for e in spec.get("env") or []}}
     try:
         proc = subprocess.run([spec["command"], *(spec.get("args") or [])], capture_output=True, text=True,

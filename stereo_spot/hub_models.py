@@ -63,6 +63,8 @@ def lookup(spec: str) -> tuple[HubModel, str] | None:
 def offline() -> bool:
     from huggingface_hub import constants
 
+    # huggingface_hub's own variable: its constants read it once, at import, so one set later (by a caller, a
+    # test) is read here the way the library reads it
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 

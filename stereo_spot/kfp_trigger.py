@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -84,14 +83,14 @@ class KfpSettings:
 
     @classmethod
     def from_environment(cls, **overrides: str | None) -> KfpSettings:
-        def env(name: str) -> str | None:
-            return (os.environ.get(name) or "").strip() or None
+        from stereo_spot.config import get_settings
 
-        values = dict(host=env("KFP_HOST") or env("KF_PIPELINES_ENDPOINT") or DEFAULT_HOST,
-                      pipeline_id=env("KFP_PIPELINE_ID") or "", pipeline_version_id=env("KFP_PIPELINE_VERSION_ID"),
-                      experiment=env("KFP_EXPERIMENT") or DEFAULT_EXPERIMENT, namespace=env("KFP_NAMESPACE"),
-                      service_account=env("KFP_RUN_SERVICE_ACCOUNT"),
-                      token_path=env("KF_PIPELINES_SA_TOKEN_PATH") or DEFAULT_TOKEN_PATH, token=env("KFP_TOKEN"))
+        env = get_settings()
+        values = dict(host=env.kfp_host or DEFAULT_HOST, pipeline_id=env.kfp_pipeline_id or "",
+                      pipeline_version_id=env.kfp_pipeline_version_id,
+                      experiment=env.kfp_experiment or DEFAULT_EXPERIMENT, namespace=env.kfp_namespace,
+                      service_account=env.kfp_run_service_account,
+                      token_path=env.kf_pipelines_sa_token_path or DEFAULT_TOKEN_PATH, token=env.kfp_token)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

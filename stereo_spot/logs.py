@@ -17,7 +17,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -76,7 +75,9 @@ class TextFormatter(logging.Formatter):
 
 
 def wants_json(stream: Any = None) -> bool:
-    choice = (os.environ.get("STEREO_SPOT_LOG_FORMAT") or "").strip().lower()
+    from stereo_spot.config import reporting_settings
+
+    choice = reporting_settings().stereo_spot_log_format
     if choice in ("json", "text"):
         return choice == "json"
     stream = stream or sys.stderr
@@ -110,4 +111,6 @@ def configure_logging(level: str | None = None, stream: Any = None) -> None:
         if getattr(old, "_stereo_spot", False) or type(old) is logging.StreamHandler:
             root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("STEREO_SPOT_LOG_LEVEL") or "INFO").upper())
+    from stereo_spot.config import reporting_settings
+
+    root.setLevel((level or reporting_settings().stereo_spot_log_level or "INFO").upper())

@@ -199,6 +199,7 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
     command = [sys.executable, "-m", "stereo_spot.runner", job_id]
     if workers:
         command += ["--workers", str(workers)]
+    # the runner inherits this process's whole environment (its settings), with the job's storage fixed
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     with open(path, "ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

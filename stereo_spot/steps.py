@@ -48,7 +48,9 @@ _CONVERTIBLE = (JobStatus.CHUNKING_COMPLETE, JobStatus.REASSEMBLING)
 
 @contextlib.contextmanager
 def _workdir(prefix: str) -> Iterator[Path]:
-    root = os.environ.get("STEREO_SPOT_WORKDIR") or None
+    from stereo_spot.config import get_settings
+
+    root = get_settings().stereo_spot_workdir
     if root:
         Path(root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"stereo-spot-{prefix}-", dir=root) as tmp:

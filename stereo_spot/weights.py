@@ -28,7 +28,7 @@ from pathlib import Path
 
 from stereo_spot.errors import UserError
 
-CACHE_ENV = "STEREO_SPOT_MODEL_CACHE"
+CACHE_ENV = "STEREO_SPOT_MODEL_CACHE"  # the variable behind Settings.stereo_spot_model_cache
 _MANIFEST = ".stereo-spot-manifest.json"
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ class WeightsError(UserError):
 
 
 def cache_root() -> Path:
-    configured = os.environ.get(CACHE_ENV)
+    from stereo_spot.config import default_cache, get_settings
+
+    configured = get_settings().stereo_spot_model_cache
     if configured:
-        return Path(configured).expanduser()
-    from stereo_spot.config import default_cache
+        return configured.expanduser()
 
     return default_cache() / "models"
 
@@ -75,10 +76,10 @@ def fetch_weights(spec: str, what: str = "model", storage=None) -> Path:
 def _default_storage():
     from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
     from stereo_spot.adapters.aws.s3 import S3ObjectStorage
+    from stereo_spot.config import get_settings
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return S3ObjectStorage(AwsClients(AwsConfig(region=region,
-                                                endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)))
+    settings = get_settings()
+    return S3ObjectStorage(AwsClients(AwsConfig(region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)))
 
 
 def _fetch_s3(uri: str, what: str, storage) -> Path:

@@ -96,6 +96,7 @@ def dispatch_once(backend: Backend, home: Path, cap: int) -> list[str]:
 
 def ensure_dispatcher(home: Path) -> None:
     """Start the dispatcher in the background (it exits at once when one is already running)."""
+    # the dispatcher inherits the app's whole environment (its settings), with the job's storage fixed
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     subprocess.Popen([sys.executable, "-m", "stereo_spot.ui.local_queue", str(home)], env=env, stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

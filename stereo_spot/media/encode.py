@@ -20,15 +20,13 @@ Players learn the layout of a stereo video from three places: the bitstream, the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from stereo_spot.media.errors import MediaError
 from stereo_spot.models import OutputFormat, left_eye_first
 
-#: Environment variable overriding the constant-quality level of converted video (x264 CRF, 0 = lossless,
-#: 18 = visually transparent for most footage, 23 = x264's default; each +6 roughly halves the size).
-CRF_ENV = "STEREO_SPOT_CRF"
+#: The constant-quality level of converted video when a job names none and STEREO_SPOT_CRF is unset (x264 CRF,
+#: 0 = lossless, 18 = visually transparent for most footage, 23 = x264's default; each +6 roughly halves the size).
 DEFAULT_CRF = 18
 
 
@@ -132,17 +130,11 @@ def check_encoder_choice(codec: str, pix_fmt: str | None, preset: str | None) ->
 
 
 def configured_crf() -> int:
-    """``STEREO_SPOT_CRF`` if set (0..51), else ``DEFAULT_CRF``."""
-    raw = os.environ.get(CRF_ENV, "").strip()
-    if not raw:
-        return DEFAULT_CRF
-    try:
-        crf = int(raw)
-    except ValueError:
-        crf = -1
-    if not 0 <= crf <= 51:
-        raise MediaError(f"{CRF_ENV}={raw!r}: the quality level must be a whole number from 0 (lossless) to 51")
-    return crf
+    """``STEREO_SPOT_CRF`` if set (0..51, checked by Settings), else ``DEFAULT_CRF``."""
+    from stereo_spot.config import get_settings
+
+    crf = get_settings().stereo_spot_crf
+    return DEFAULT_CRF if crf is None else crf
 
 
 # --- the frame-packing SEI for encoders that cannot write it ------------------------------------------------
