@@ -16,7 +16,7 @@ Policy:
 * Frames per batch on a GPU follow the free memory (``batch_frames_for_memory``); on the CPU the engine works a
   frame at a time and the batch is only the pipeline's unit (``DEFAULT_BATCH_FRAMES``).
 * The encoder: NVENC (``h264_nvenc``) when a GPU does the work and FFmpeg's NVENC opens on this machine, libx264
-  otherwise. Both carry the same frame-packing signalling (``media/encode.py``).
+  otherwise. Every encoder carries the same frame-packing signalling (``media/encode.py``: ``sei_writer``).
 """
 
 from __future__ import annotations
@@ -156,8 +156,9 @@ def batch_frames_for_memory(free_bytes: int | None, width: int, height: int, *,
     return max(minimum, min(maximum, fits))
 
 
-#: Encoders in order of preference when a GPU does the work. Only H.264: its frame-packing SEI is what
-#: ``media/encode.py`` writes into the stream, whichever encoder produced it.
+#: Encoders in order of preference when a GPU does the work and the job leaves the choice to the machine. Only
+#: H.264, the codec every player and headset decodes; ``--codec hevc_nvenc`` is there for a smaller file (both
+#: carry the frame-packing SEI, written into the packets by ``media/encode.py``).
 GPU_ENCODERS = ("h264_nvenc",)
 CPU_ENCODER = "libx264"
 
