@@ -16,7 +16,8 @@ OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "conv
                 "inpaint_weights": "--inpaint-weights", "segment_seconds": "--segment-seconds",
                 "start": "--start", "duration": "--duration", "anaglyph": "--anaglyph",
                 "swap_eyes": "--swap-eyes", "codec": "--codec", "crf": "--crf", "preset": "--preset",
-                "pix_fmt": "--pix-fmt", "max_fps": "--max-fps"}
+                "pix_fmt": "--pix-fmt", "max_fps": "--max-fps",
+                "precision": "--precision"}
 
 
 class InvalidChoice(UserError):

@@ -23,6 +23,7 @@ from stereo_spot.models import (
     JobStatus,
     OutputFormat,
     PixelFormat,
+    Precision,
     VideoCodec,
 )
 
@@ -119,6 +120,9 @@ DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// pr
 InpaintOption = Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")]
 InpaintWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
                                                           "model.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="Number format of the neural models: auto (fp16 on a "
+                                                  "GPU, bf16 for a model that overflows in fp16, fp32 on the CPU), "
+                                                  "fp32, fp16 or bf16.")]
 CodecOption = Annotated[VideoCodec, typer.Option(help="Video encoder: auto (NVENC H.264 on a GPU when it opens, "
                                                   "libx264 otherwise), libx264, libx265, h264_nvenc, hevc_nvenc.")]
 CrfOption = Annotated[int | None, typer.Option(min=0, max=51, help="Constant quality, 0 (lossless) .. 51; "
@@ -172,6 +176,7 @@ def convert(
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
     inpaint_weights: InpaintWeightsOption = None,
+    precision: PrecisionOption = Precision.AUTO,
     auto_divergence: Annotated[bool, typer.Option("--auto-divergence", help="Choose --divergence and "
                                                   "--convergence from the measured depth of the scene.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Also write the comfort report (JSON: parallax "
@@ -199,7 +204,7 @@ def convert(
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration, codec=codec, crf=crf, preset=preset,
-                                 pix_fmt=pix_fmt, max_fps=max_fps)
+                                 pix_fmt=pix_fmt, max_fps=max_fps, precision=precision)
     _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
@@ -324,6 +329,7 @@ def preview(
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
     inpaint_weights: InpaintWeightsOption = None,
+    precision: PrecisionOption = Precision.AUTO,
     device: DeviceOption = None,
 ) -> None:
     """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
@@ -331,7 +337,8 @@ def preview(
         die(f"{input} does not exist or is not a file")
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
                                  divergence=divergence, convergence=convergence, depth_model=depth_model,
-                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights)
+                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
+                                 precision=precision)
     _check_device(device)
     from stereo_spot.media.probe import is_image
 

@@ -91,6 +91,15 @@ class VideoCodec(StrEnum):
     HEVC_NVENC = "hevc_nvenc"
 
 
+class Precision(StrEnum):
+    """The number format the neural models compute in (``stereo.devices.inference_dtype`` decides for auto)."""
+
+    AUTO = "auto"  # fp16 on a GPU (bf16 for a model that overflows in fp16), fp32 on the CPU
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"  # fp32's range at half the memory: for models that overflow in fp16
+
+
 class PixelFormat(StrEnum):
     YUV420P = "yuv420p"  # 8-bit 4:2:0: what every player decodes
     YUV420P10LE = "yuv420p10le"  # 10-bit 4:2:0: smoother gradients, fewer hardware decoders
@@ -116,6 +125,7 @@ class ConversionSettings(BaseModel):
     depth_weights: str | None = None  # local folder or s3:// prefix for neural depth models
     inpaint: str = "classical"
     inpaint_weights: str | None = None
+    precision: Precision = Precision.AUTO  # of the neural depth and inpainting models
     auto_divergence: bool = False
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)

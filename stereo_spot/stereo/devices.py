@@ -15,6 +15,8 @@ Policy:
 * On the CPU, one worker per core by default, each with an equal share of the cores for its torch threads.
 * Frames per batch on a GPU follow the free memory (``batch_frames_for_memory``); on the CPU the engine works a
   frame at a time and the batch is only the pipeline's unit (``DEFAULT_BATCH_FRAMES``).
+* The neural models' number format (``inference_dtype``): fp16 on CUDA, bf16 for a model known to overflow in
+  fp16 (where the GPU computes bf16), fp32 on the CPU; ``--precision`` asks for one.
 * The encoder: NVENC (``h264_nvenc``) when a GPU does the work and FFmpeg's NVENC opens on this machine, libx264
   otherwise. Every encoder carries the same frame-packing signalling (``media/encode.py``: ``sei_writer``).
 """
@@ -60,6 +62,15 @@ def cuda_device_count() -> int:
 
 def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: every CPU torch runs on; GPUs from Ampere (compute capability
+    8) on. Older GPUs only emulate it, slower than fp32."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -154,6 +165,48 @@ def batch_frames_for_memory(free_bytes: int | None, width: int, height: int, *,
     per_frame = max(1, width * height * bytes_per_pixel)
     fits = int(free_bytes * share // per_frame)
     return max(minimum, min(maximum, fits))
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def inference_dtype(device_type: str, requested: str = "auto", *, bf16: bool = True,
+                    overflows_in_fp16: bool = False) -> torch.dtype:
+    """The number format a neural model runs in, from the device type ("cuda", "cpu"), the job's ``--precision``,
+    whether the device computes bf16 (``bf16_supported``) and whether the model is known to overflow in fp16
+    (a VAE whose config says ``force_upcast``: its activations pass fp16's 65504).
+
+    ========== ============ ===========================================================================
+    requested  CPU          CUDA
+    ========== ============ ===========================================================================
+    auto       fp32         fp16 (half the memory, tensor cores); a model that overflows: bf16, else fp32
+    fp32       fp32         fp32
+    fp16       fp32 [1]_    fp16; a model that overflows: as auto (its output would be inf/NaN)
+    bf16       bf16         bf16 where the GPU computes it, else fp32 (emulated bf16 is slower than fp32)
+    ========== ============ ===========================================================================
+
+    .. [1] the CPU has no fast fp16 arithmetic: fp16 there would be slower than fp32 and save nothing that
+       matters. bf16 on the CPU is honoured (it runs, at about fp32's speed, and tests use it).
+
+    >>> inference_dtype("cuda"), inference_dtype("cuda", overflows_in_fp16=True), inference_dtype("cpu")
+    (torch.float16, torch.bfloat16, torch.float32)
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return torch.float32
+    if device_type != "cuda":
+        return torch.bfloat16 if requested == "bf16" else torch.float32
+    if requested == "bf16" or overflows_in_fp16:
+        return torch.bfloat16 if bf16 else torch.float32
+    return torch.float16
+
+
+def dtype_for(device: torch.device | str, requested: str = "auto", *, overflows_in_fp16: bool = False
+              ) -> torch.dtype:
+    """``inference_dtype`` with this machine's facts about ``device``."""
+    device = torch.device(device)
+    return inference_dtype(device.type, requested, bf16=bf16_supported(device), overflows_in_fp16=overflows_in_fp16)
 
 
 #: Encoders in order of preference when a GPU does the work and the job leaves the choice to the machine. Only

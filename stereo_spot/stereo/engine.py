@@ -146,8 +146,10 @@ class StereoEngine:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device) if device is not None else default_device()
-        self.depth = depth or create_depth_estimator(settings.depth_model, settings.depth_weights, self.device)
-        self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device)
+        self.depth = depth or create_depth_estimator(settings.depth_model, settings.depth_weights, self.device,
+                                                     settings.precision)
+        self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device,
+                                                       settings.precision)
         # On CPU a frame at a time: the warp's buffers (one frame's worth, reused) and the temporaries stay
         # small; batches gain nothing on CPU and make every temporary a fresh, page-faulted mapping.
         # A GPU takes the whole batch at once.

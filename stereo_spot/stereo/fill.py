@@ -174,11 +174,12 @@ def _classical_factory(weights: str | None = None, device: str | torch.device | 
     return ClassicalInpainter()
 
 
-def _diffusion_factory(weights: str | None = None, device: str | torch.device | None = None) -> Inpainter:
+def _diffusion_factory(weights: str | None = None, device: str | torch.device | None = None,
+                       precision: str = "auto") -> Inpainter:
     # Imported on use: diffusers is an optional dependency and slow to import.
     from stereo_spot.stereo.inpaint_diffusion import DiffusionInpainter
 
-    return DiffusionInpainter(weights, device)
+    return DiffusionInpainter(weights, device, precision=precision)
 
 
 register_inpainter("classical", _classical_factory)

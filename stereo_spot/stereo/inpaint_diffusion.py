@@ -29,8 +29,9 @@ chunks of ``frames_per_chunk`` frames — the first of a shot all new, each late
 through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
 pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
 ``tile_overlap`` pixels, blended with linear ramps; tiles with no hole are skipped, which is most of them. The
-UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32), fp32 on the CPU. The
-noise comes from a fixed seed, so a run is reproducible.
+UNet and image encoder run in fp16 on CUDA, the VAE in bf16 when its config says it overflows in fp16
+(``force_upcast``; fp32 on a GPU without bf16), all in fp32 on the CPU (``--precision``: ``devices.inference_dtype``).
+The noise comes from a fixed seed, so a run is reproducible.
 
 StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
 is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
@@ -39,9 +40,9 @@ defaults and the measurements behind them are in docs/quality.md.
 
 GPU memory and speed — estimated from the architecture, NOT measured (no GPU was available when this was
 written). Weights: SVD-XT's UNet has about 1.5 G parameters (3.0 GB in fp16), the CLIP ViT-H image encoder
-0.63 G (1.3 GB fp16), the temporal VAE 0.1 G (0.4 GB, kept in fp32 as its config asks): about 5 GB. A chunk of
+0.63 G (1.3 GB fp16), the temporal VAE 0.1 G (0.2 GB in bf16): about 5 GB. A chunk of
 23 frames of a 1024x576 tile is 23 x 72 x 128 latents; with PyTorch's memory-efficient attention the UNet's
-activations stay around 2-4 GB in fp16 and the VAE, two frames at a time in fp32, 2-3 GB: expect a peak of
+activations stay around 2-4 GB in fp16 and the VAE, two frames at a time in bf16, 1-2 GB: expect a peak of
 roughly 8-12 GB per process, so a 16-24 GB GPU is enough at the default tile and an 80 GB H100 has room to
 spare. Compute: roughly 2-3 TFLOP per frame and UNet step at 1024x576, so 23 frames x 8 steps is about
 450 TFLOP per chunk plus 100-150 TFLOP of VAE encode and decode; at a realistic 300-500 TFLOP/s of dense fp16 on
@@ -62,6 +63,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stereo_spot.stereo.devices import dtype_for
 from stereo_spot.stereo.fill import Inpainter
 from stereo_spot.stereo.loading import loading_error
 from stereo_spot.weights import WeightsError, fetch_weights
@@ -160,7 +162,7 @@ class DiffusionModels:
     folder: Path
 
 
-_MODELS: dict[tuple[str, str], DiffusionModels] = {}
+_MODELS: dict[tuple[str, str, str], DiffusionModels] = {}
 _LOCK = threading.Lock()
 
 
@@ -170,14 +172,15 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if names and all(".fp16." in name for name in names) else None
 
 
-def load_models(weights: str, device: torch.device) -> DiffusionModels:
-    """The models for ``weights`` on ``device``, loaded on first use and kept for the life of the process."""
+def load_models(weights: str, device: torch.device, precision: str = "auto") -> DiffusionModels:
+    """The models for ``weights`` on ``device`` in the number formats ``devices.dtype_for`` chooses for
+    ``precision``, loaded on first use and kept for the life of the process."""
     folder = fetch_weights(weights, "inpainting model")
-    key = (str(folder), str(device))
+    key = (str(folder), str(device), str(precision))
     with _LOCK:
         models = _MODELS.get(key)
         if models is None:
-            models = _load(folder, device)
+            models = _load(folder, device, str(precision))
             _MODELS[key] = models
         return models
 
@@ -186,7 +189,7 @@ def loaded_models() -> int:
     return len(_MODELS)
 
 
-def _load(folder: Path, device: torch.device) -> DiffusionModels:
+def _load(folder: Path, device: torch.device, precision: str = "auto") -> DiffusionModels:
     for part in ("unet", "vae", "scheduler"):
         if not (folder / part).is_dir():
             raise WeightsError(f"{folder} has no {part}/ folder: the inpainting weights need unet/, vae/ and "
@@ -197,14 +200,13 @@ def _load(folder: Path, device: torch.device) -> DiffusionModels:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        cuda = device.type == "cuda"
-        dtype = torch.float16 if cuda else torch.float32
+        dtype = dtype_for(device, precision)
         # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
         unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
                                                                 variant=_variant(folder / "unet"),
                                                                 low_cpu_mem_usage=False)
         vae_config = json.loads((folder / "vae" / "config.json").read_text())
-        vae_dtype = torch.float32 if not cuda or vae_config.get("force_upcast", True) else torch.float16
+        vae_dtype = dtype_for(device, precision, overflows_in_fp16=bool(vae_config.get("force_upcast", True)))
         vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
                                                            variant=_variant(folder / "vae"), low_cpu_mem_usage=False)
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
@@ -316,13 +318,13 @@ class DiffusionInpainter(Inpainter):
     name = "diffusion"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None,
-                 options: DiffusionOptions | None = None) -> None:
+                 options: DiffusionOptions | None = None, precision: str = "auto") -> None:
         if not weights:
             raise WeightsError("--inpaint diffusion needs --inpaint-weights: a folder or an s3:// prefix with "
                                "unet/, vae/, scheduler/ (and image_encoder/, feature_extractor/)")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.models = load_models(weights, self.device)
+        self.models = load_models(weights, self.device, precision)
         self.options = options or self.models.options
         self.scheduler = copy.deepcopy(self.models.scheduler)  # schedulers keep per-run state
         self.frames_per_call = self.options.frames_per_chunk - self.options.overlap

@@ -9,7 +9,8 @@ The weights are a folder as ``save_pretrained`` writes it — what the Hugging F
                                 ensure_multiple_of, image_mean, image_std)
 
 The model is loaded once per process and device (``load_model``), not once per segment: a worker that converts
-several segments keeps it. On CUDA it runs in fp16 on batches of frames; on the CPU in fp32.
+several segments keeps it. On CUDA it runs in fp16 on batches of frames; on the CPU in fp32
+(``--precision`` chooses otherwise: ``stereo.devices.inference_dtype``).
 
 The image processor's resizing is reproduced on the tensors (no PIL round trip per frame): the frame is scaled
 to the processor's size keeping its aspect ratio, each side a multiple of ``ensure_multiple_of`` (14, the ViT
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from stereo_spot.stereo.depth.base import DepthEstimator
 from stereo_spot.stereo.depth.temporal import TemporalRange
+from stereo_spot.stereo.devices import dtype_for
 from stereo_spot.stereo.loading import loading_error, quiet_loading
 from stereo_spot.weights import WeightsError, fetch_weights
 
@@ -114,10 +116,12 @@ _MODELS: dict[tuple[str, str, torch.dtype], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def load_model(weights: str, device: torch.device) -> LoadedModel:
-    """The model for ``weights`` on ``device``, loaded on first use and kept for the life of the process."""
+def load_model(weights: str, device: torch.device, precision: str = "auto") -> LoadedModel:
+    """The model for ``weights`` on ``device`` in the number format ``devices.dtype_for`` chooses (fp16 on CUDA,
+    fp32 on the CPU unless ``precision`` asks otherwise), loaded on first use and kept for the life of the
+    process."""
     folder = fetch_weights(weights, "depth model")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = dtype_for(device, precision)
     key = (str(folder), str(device), dtype)
     with _MODELS_LOCK:
         loaded = _MODELS.get(key)
@@ -155,14 +159,15 @@ class DepthAnythingDepth(DepthEstimator):
     name = "depth-anything"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None, *,
-                 batch_size: int | None = None, memory: int = 16, min_span: float = 0.05) -> None:
+                 batch_size: int | None = None, memory: int = 16, min_span: float = 0.05,
+                 precision: str = "auto") -> None:
         if not weights:
             raise WeightsError("--depth-model depth-anything needs --depth-weights: a folder or an s3:// prefix "
                                "holding a Depth Anything V2 checkpoint (config.json, model.safetensors, "
                                "preprocessor_config.json)")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.loaded = load_model(weights, self.device)
+        self.loaded = load_model(weights, self.device, precision)
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         #: smallest normalising span, as a share of the range's upper end (a flat scene stays flat)
         self.min_span = min_span
