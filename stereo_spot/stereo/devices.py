@@ -81,6 +81,18 @@ def free_memory(device: torch.device) -> int | None:
     return int(free)
 
 
+def memory_info(device: torch.device | str) -> tuple[int, int] | None:
+    """(free, total) bytes on a CUDA device, None elsewhere or where the driver cannot say."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return None
+    return int(free), int(total)
+
+
 # --- decisions (plain functions) -------------------------------------------------------------------------
 
 

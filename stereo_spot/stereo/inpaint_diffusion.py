@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from stereo_spot.stereo.devices import dtype_for
 from stereo_spot.stereo.fill import Inpainter
-from stereo_spot.stereo.loading import loading_error
+from stereo_spot.stereo.loading import load_on_device, loading_error, quiet_loading, read_config
 from stereo_spot.weights import WeightsError, fetch_weights
 
 OPTIONS_FILE = "stereo_spot_inpaint.json"
@@ -180,7 +180,8 @@ def load_models(weights: str, device: torch.device, precision: str = "auto") -> 
     with _LOCK:
         models = _MODELS.get(key)
         if models is None:
-            models = _load(folder, device, str(precision))
+            models = load_on_device("inpainting model", folder, device,
+                                    lambda: _load(folder, device, str(precision)))
             _MODELS[key] = models
         return models
 
@@ -201,18 +202,22 @@ def _load(folder: Path, device: torch.device, precision: str = "auto") -> Diffus
 
         diffusers_logging.disable_progress_bar()
         dtype = dtype_for(device, precision)
-        # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
-                                                                variant=_variant(folder / "unet"),
-                                                                low_cpu_mem_usage=False)
-        vae_config = json.loads((folder / "vae" / "config.json").read_text())
-        vae_dtype = dtype_for(device, precision, overflows_in_fp16=bool(vae_config.get("force_upcast", True)))
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
-                                                           variant=_variant(folder / "vae"), low_cpu_mem_usage=False)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
-        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
-        image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
+        with quiet_loading():
+            # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
+            unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
+                                                                    variant=_variant(folder / "unet"),
+                                                                    low_cpu_mem_usage=False)
+            vae_config = read_config(folder / "vae" / "config.json")
+            vae_dtype = dtype_for(device, precision, overflows_in_fp16=bool(vae_config.get("force_upcast", True)))
+            vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
+                                                               variant=_variant(folder / "vae"),
+                                                               low_cpu_mem_usage=False)
+            scheduler_config = read_config(folder / "scheduler" / "scheduler_config.json")
+            scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
+            scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+            image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the GPU is full, the weights are fine: load_on_device says so
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("inpainting model", folder, exc) from exc
     latent = int(vae.config.latent_channels)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from stereo_spot.stereo.depth.base import DepthEstimator
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.devices import dtype_for
-from stereo_spot.stereo.loading import loading_error, quiet_loading
+from stereo_spot.stereo.loading import load_on_device, loading_error, quiet_loading
 from stereo_spot.weights import WeightsError, fetch_weights
 
 #: Predictions are fitted and ranged at about this long side (plenty for a scale and a shift).
@@ -126,7 +126,7 @@ def load_model(weights: str, device: torch.device, precision: str = "auto") -> L
     with _MODELS_LOCK:
         loaded = _MODELS.get(key)
         if loaded is None:
-            loaded = _load(folder, device, dtype)
+            loaded = load_on_device("depth model", folder, device, lambda: _load(folder, device, dtype))
             _MODELS[key] = loaded
         return loaded
 
@@ -147,6 +147,8 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel
         hf_logging.disable_progress_bar()
         with quiet_loading():
             model = AutoModelForDepthEstimation.from_pretrained(folder, dtype=dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the GPU is full, the weights are fine: load_on_device says so
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("depth model", folder, exc) from exc
     model.to(device).eval()
