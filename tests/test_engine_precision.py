@@ -168,3 +168,20 @@ def test_the_cli_takes_the_choice_and_refuses_an_unknown_one(home, tmp_path: Pat
         conversion_settings(precision="fp8")
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "missing.mp4"), "--precision", "fp8"])
     assert result.exit_code != 0 and "fp8" in result.output and "Traceback" not in result.output
+
+
+def test_a_model_whose_factory_takes_no_precision_is_still_created() -> None:
+    from stereo_spot.stereo.depth import DEPTH_MODELS, create_depth_estimator
+    from stereo_spot.stereo.depth.heuristic import HeuristicDepth
+
+    asked: list[str] = []
+    DEPTH_MODELS.register("plain", lambda weights=None, device=None: HeuristicDepth(device=device))
+    DEPTH_MODELS.register("precise", lambda weights=None, device=None, precision="auto": (
+        asked.append(precision), HeuristicDepth(device=device))[1])
+    try:
+        assert isinstance(create_depth_estimator("plain", None, "cpu", precision="bf16"), HeuristicDepth)
+        create_depth_estimator("precise", None, "cpu", precision=Precision.BF16)
+        assert asked == ["bf16"]
+    finally:
+        DEPTH_MODELS.unregister("plain")
+        DEPTH_MODELS.unregister("precise")
