@@ -191,6 +191,7 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     from pipelines.kfp import CACHING
 
     assert set(CACHING) == {"chunk", "convert", "concat", "fail"}
+    assert not any(CACHING.values()), "a cache hit would skip a step whose effect is on the stores"
     for name, task in steps.items():
         assert task["cachingOptions"] == ({"enableCache": True} if CACHING[name] else {}), name
     convert_exec = spec["deploymentSpec"]["executors"]["exec-convert"]["container"]
@@ -335,3 +336,21 @@ def test_kfp_steps_are_container_components_running_the_image_entry_point(kfp_do
         for value in component["inputDefinitions"]["parameters"]:
             assert f"{{{{$.inputs.parameters['{value}']}}}}" in args, (name, value)
     assert set(spec["components"]["comp-chunk"]["outputDefinitions"]["parameters"]) == {"shards"}
+
+
+def test_the_step_commands_start_without_kfp(kfp_docs, tmp_path):
+    """Each compiled executor's command starts where kfp cannot be imported, as in a step image without it (the
+    kfp run test executes them whole the same way)."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "kfp"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('kfp is not installed in the step image')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    spec, _ = kfp_docs
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        command = executor["container"]["command"]
+        proc = subprocess.run([*command, "--help"], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, (name, proc.stderr[-2000:])
