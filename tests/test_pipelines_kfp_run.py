@@ -118,3 +118,23 @@ def test_the_exit_handler_records_an_unexpected_failure(local_kfp, backend, tmp_
     stored = backend.jobs.get(job.job_id)
     assert stored.status == JobStatus.FAILED
     assert stored.failure_reason.startswith("the Kubeflow run ") and " ended failed" in stored.failure_reason
+
+
+@pytest.mark.parametrize("status,expected", [
+    # the KFP backend's driver: camelCase names, the execution state
+    ('{"state": "COMPLETE", "pipelineJobResourceName": "runs/r-1", "pipelineTaskName": "exit-handler-1", '
+     '"error": {}}', ("COMPLETE", "", "runs/r-1")),
+    ('{"state": "FAILED", "pipelineJobResourceName": "runs/r-2", "error": {"code": 9, "message": "chunk failed"}}',
+     ("FAILED", "chunk failed", "runs/r-2")),
+    # kfp.local: snake_case names
+    ('{"state": "FAILED", "pipeline_job_resource_name": "local-1", "error": {"code": 1, "message": "m"}}',
+     ("FAILED", "m", "local-1")),
+    ("not json", ("not json", "", "")),
+])
+def test_the_exit_task_reads_the_final_status_as_both_launchers_pass_it(status, expected, monkeypatch):
+    from components import fail
+
+    seen = []
+    monkeypatch.setattr(fail, "fail_kfp", lambda key, state, message, run: seen.append((state, message, run)))
+    fail.fail_kfp_status(f"input/{'0' * 8}-0000-0000-0000-{'0' * 12}/source.mp4", status)
+    assert seen == [expected]
