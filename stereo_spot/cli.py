@@ -652,6 +652,9 @@ def _register_optional_commands() -> None:
     if pipelines_cli is not None:
         app.command("compile")(pipelines_cli.compile_command)
         app.command("submit")(pipelines_cli.submit_command)
+    from components import cli as components_cli
+
+    app.add_typer(components_cli.app, name="step")
 
 
 _register_optional_commands()
