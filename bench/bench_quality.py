@@ -537,16 +537,16 @@ def main() -> None:
           f"{'PASS' if gain >= 2.0 else 'FAIL'}")
     print(f"\nRight view against the true right view ({args.scenes * 2} scenes): PSNR whole frame / disoccluded, "
           f"SSIM; temporal flicker of the fill on a static shot's holes (mean |change|, 0..1)")
-    print(f"  {'fill':>22} {'PSNR':>8} {'PSNR dis.':>10} {'SSIM':>7} {'flicker':>8}")
-    print(f"  {'classical':>22} {result['ours']:8.2f} {result['ours_dis']:10.2f} {result['ours_ssim']:7.4f} "
+    print(f"  {'fill':>26} {'PSNR':>8} {'PSNR dis.':>10} {'SSIM':>7} {'flicker':>8}")
+    print(f"  {'classical':>26} {result['ours']:8.2f} {result['ours_dis']:10.2f} {result['ours_ssim']:7.4f} "
           f"{inpaint_flicker(ClassicalInpainter(), width, height):8.4f}")
-    print(f"  {'classical before (smear)':>22} {result['smear']:8.2f} {result['smear_dis']:10.2f} "
+    print(f"  {'classical before (smear)':>26} {result['smear']:8.2f} {result['smear_dis']:10.2f} "
           f"{result['smear_ssim']:7.4f}")
     if inpainter is not None:
-        print(f"  {'diffusion':>22} {result['diffusion']:8.2f} {result['diffusion_dis']:10.2f} "
+        print(f"  {'diffusion':>26} {result['diffusion']:8.2f} {result['diffusion_dis']:10.2f} "
               f"{result['diffusion_ssim']:7.4f} {inpaint_flicker(inpainter, width, height):8.4f}")
     else:
-        print(f"  {'diffusion':>22} {'no weights':>8}")
+        print(f"  {'diffusion':>26} {'no weights':>8}")
 
     real = bench_real_pair()
     print("\nReal stereo pair (Middlebury Aloe): the right view from the true disparity against the real right view")
