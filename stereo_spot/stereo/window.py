@@ -1,0 +1,116 @@
+"""The floating window: per-eye masks at the left and right frame edges that keep the stereo window in front of
+whatever the frame edge cuts.
+
+Something in front of the screen (crossed parallax) that touches a frame edge contradicts the edge: the edge,
+at screen depth, hides an object that should stand in front of it. Stereographers fix it by moving the window
+itself forward at that edge: masking the left edge of the **left** eye's image by ``w`` pixels puts the window's
+left edge at a crossed disparity of ``w`` (the left eye sees it at column ``w``, the right eye at 0), and masking
+the right edge of the **right** eye's image puts the right window edge ``w`` pixels forward. The layouts and the
+frame-packing metadata do not change: the masks are applied to each eye's view before packing.
+
+The rule, per edge and per frame:
+
+* **need**: the crossed disparity (pixels) at the ``NEED_QUANTILE`` of the strip along the edge the comfort
+  report watches (``stats.BORDER_STRIP`` of the width, at least 2 columns). Below it lies all but a share
+  of the strip smaller than the report's ``BORDER_SHARE``, so the masked frame does not count as a violation;
+  nothing in front of the screen at the edge: zero, no mask;
+* **held**: the largest of the needs of the last ``RELEASE_FRAMES`` frames, each weighted down with its age by
+  a raised cosine (1 for this frame … 0 after ``RELEASE_FRAMES``): the window follows a need that grows at once
+  and eases out slowly when it shrinks, so it never flutters with the depth's noise;
+* **width**: the mean of the held values of the last ``ATTACK_FRAMES`` frames: a short ease-in instead of a
+  jump when something new comes forward. A cut is one transition: an ease-in or an ease-out, never both.
+
+The state looks back exactly ``memory`` = ``RELEASE_FRAMES + ATTACK_FRAMES - 1`` frames, so a segment that
+first feeds that many frames of the previous one (``StereoEngine.warm_up``) has the window a single long run
+had, and parallel segments join without a seam. Widths are fractional: the column at the mask's inner edge is
+darkened by its covered fraction, so a window that moves by a tenth of a pixel moves smoothly on screen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from stereo_spot.stereo.stats import BORDER_SHARE, BORDER_STRIP
+
+#: the share of the edge strip allowed beyond the window (half the share the report counts as a violation)
+NEED_QUANTILE = 1.0 - BORDER_SHARE / 2
+#: frames over which the window eases out after the need shrinks (about a second at 24 fps)
+RELEASE_FRAMES = 22
+#: frames over which it eases in when the need grows
+ATTACK_FRAMES = 3
+
+_RELEASE_WEIGHTS = [0.5 * (1.0 + math.cos(math.pi * age / RELEASE_FRAMES)) for age in range(RELEASE_FRAMES)]
+
+
+def edge_strip(width: int) -> int:
+    """Columns along each frame edge that the window (and the comfort report) watches."""
+    return max(2, round(BORDER_STRIP * width))
+
+
+@torch.inference_mode()
+def edge_needs(disparity: torch.Tensor) -> torch.Tensor:
+    """Per frame, the crossed disparity (pixels, >= 0) the left and right window edges must stand in front of:
+    float [N, 2] (left, right) for disparities [N,1,H,W] in pixels, crossed positive."""
+    n, _, _, w = disparity.shape
+    strip = min(edge_strip(w), w)
+    sides = torch.stack([disparity[:, 0, :, :strip].reshape(n, -1), disparity[:, 0, :, w - strip:].reshape(n, -1)],
+                        dim=1).float()
+    return torch.quantile(sides, NEED_QUANTILE, dim=2).clamp_min(0.0).cpu()
+
+
+class FloatingWindow:
+    """The window of consecutive frames of one shot or segment; ``update`` takes each batch's disparities and
+    returns the widths (pixels) to mask at the left edge of the left eye and the right edge of the right eye."""
+
+    memory = RELEASE_FRAMES + ATTACK_FRAMES - 1
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._needs: deque[tuple[float, float]] = deque(maxlen=RELEASE_FRAMES)
+        self._held: deque[tuple[float, float]] = deque(maxlen=ATTACK_FRAMES)
+
+    def _step(self, need: tuple[float, float]) -> tuple[float, float]:
+        self._needs.append(need)
+        held = tuple(max(weight * needs[side] for weight, needs in zip(_RELEASE_WEIGHTS, reversed(self._needs),
+                                                                       strict=False))
+                     for side in (0, 1))
+        self._held.append(held)
+        return tuple(sum(h[side] for h in self._held) / len(self._held) for side in (0, 1))
+
+    def update(self, disparity: torch.Tensor) -> torch.Tensor:
+        """Widths float [N, 2] (left, right) in pixels for the disparities [N,1,H,W] of the next N frames."""
+        needs = edge_needs(disparity).tolist()
+        return torch.tensor([self._step((left, right)) for left, right in needs], dtype=torch.float32)
+
+
+def _coverage(widths: torch.Tensor, columns: int, device: torch.device) -> torch.Tensor:
+    """How much of each of the first ``columns`` columns a mask of ``widths`` [N] pixels covers: [N, columns]."""
+    x = torch.arange(columns, device=device, dtype=torch.float32)
+    return (widths.to(device).view(-1, 1) - x.view(1, -1)).clamp(0.0, 1.0)
+
+
+def apply_window(left_u8: torch.Tensor, left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask the views of a batch, ``widths`` [N, 2] pixels: the left edge of the left eye (``left`` float NCHW
+    and its uint8 NHWC copy ``left_u8``; both returned, new tensors when they change, so the source frames and
+    what an inpainter keeps of them are untouched) and the right edge of the right eye (``right`` float NCHW,
+    in place: it is the packing's scratch)."""
+    w = left.shape[-1]
+    left_columns = min(w, math.ceil(float(widths[:, 0].max())) if len(widths) else 0)
+    if left_columns > 0:
+        keep = 1.0 - _coverage(widths[:, 0], left_columns, left.device)  # [N, columns]
+        left = left.clone()
+        left[..., :left_columns] *= keep[:, None, None, :]
+        left_u8 = left_u8.clone()
+        band = left_u8[:, :, :left_columns].float() * keep[:, None, :, None]
+        left_u8[:, :, :left_columns] = band.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    right_columns = min(w, math.ceil(float(widths[:, 1].max())) if len(widths) else 0)
+    if right_columns > 0:
+        keep = 1.0 - _coverage(widths[:, 1], right_columns, right.device).flip(1)
+        right[..., w - right_columns:] *= keep[:, None, None, :]
+    return left_u8, left
