@@ -420,7 +420,12 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
         if path is not None:
             die(f"job {job_id} has no comfort report to write to {path}")
         return
-    for warning in json.loads(raw).get("warnings", []):
+    report = json.loads(raw)
+    plane = report.get("convergence_chosen")
+    if plane:
+        console.print(f"automatic screen plane: convergence {plane['mean']:.2f} on average ({plane['min']:.2f} .. "
+                      f"{plane['max']:.2f})", highlight=False)
+    for warning in report.get("warnings", []):
         console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
         _write_atomically(path, lambda tmp: tmp.write_bytes(raw))

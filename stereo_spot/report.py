@@ -301,6 +301,16 @@ def warnings_for(report: dict) -> list[str]:
 
 def write_report(backend: Backend, job: Job, completions: list[SegmentCompletion]) -> dict:
     report = build_report(job, completions)
+    window, plane = report.get("window") or {}, report.get("convergence_chosen")
+    if window.get("on"):
+        log.info("job %s: floating window %.2f %% / %.2f %% of the width on average (left / right edge), at most "
+                 "%.2f %% / %.2f %%; border violations in %.1f %% of the sampled frames (%.1f %% without it)",
+                 job.job_id, window["mean_pct"]["left"], window["mean_pct"]["right"], window["max_pct"]["left"],
+                 window["max_pct"]["right"], 100 * report.get("border_violation_ratio_after_window", 0.0),
+                 100 * report.get("border_violation_ratio", 0.0))
+    if plane:
+        log.info("job %s: automatic convergence %.3f on average (%.3f .. %.3f)", job.job_id, plane["mean"],
+                 plane["min"], plane["max"])
     backend.objects.write_bytes(backend.output_bucket, keys.report_key(job.job_id),
                                 json.dumps(report, indent=1).encode(), content_type="application/json")
     return report

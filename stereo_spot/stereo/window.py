@@ -14,9 +14,10 @@ The rule, per edge and per frame:
   report watches (``stats.BORDER_STRIP`` of the width, at least 2 columns). Below it lies all but a share
   of the strip smaller than the report's ``BORDER_SHARE``, so the masked frame does not count as a violation;
   nothing in front of the screen at the edge: zero, no mask;
-* **held**: the largest of the needs of the last ``RELEASE_FRAMES`` frames, each weighted down with its age by
-  a raised cosine (1 for this frame … 0 after ``RELEASE_FRAMES``): the window follows a need that grows at once
-  and eases out slowly when it shrinks, so it never flutters with the depth's noise;
+* **held**: this frame's need, raised towards each larger need of the last ``RELEASE_FRAMES`` frames by a
+  weight that falls with its age along a raised cosine (1 for this frame … 0 after ``RELEASE_FRAMES``): the
+  window follows a need that grows at once and eases down slowly when it shrinks, so it never flutters with
+  the depth's noise;
 * **width**: the mean of the held values of the last ``ATTACK_FRAMES`` frames: a short ease-in instead of a
   jump when something new comes forward. A cut is one transition: an ease-in or an ease-out, never both.
 
@@ -76,8 +77,10 @@ class FloatingWindow:
 
     def _step(self, need: tuple[float, float]) -> tuple[float, float]:
         self._needs.append(need)
-        held = tuple(max(weight * needs[side] for weight, needs in zip(_RELEASE_WEIGHTS, reversed(self._needs),
-                                                                       strict=False))
+        # each earlier need pulls the window towards itself, less the older it is: from a larger need the
+        # window eases down to this frame's along the whole raised cosine, reaching it with no kink
+        held = tuple(max(need[side] + weight * (earlier[side] - need[side])
+                         for weight, earlier in zip(_RELEASE_WEIGHTS, reversed(self._needs), strict=False))
                      for side in (0, 1))
         self._held.append(held)
         return tuple(sum(h[side] for h in self._held) / len(self._held) for side in (0, 1))
