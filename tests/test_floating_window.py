@@ -125,6 +125,23 @@ def test_every_layout_keeps_its_size_and_carries_the_window(fmt):
         assert set(changed[changed[:, 0] >= H][:, 1].tolist()) == set(range(W - 5, W))
 
 
+def test_a_still_image_gets_the_window_its_edges_need(tmp_path):
+    import cv2
+
+    from stereo_spot.stereo.image import convert_image
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((H, W, 3), GRAY, np.uint8))
+    disparity = np.full((H, W), -2.0, np.float32)
+    disparity[:, :10] = 4.0  # 4 px in front of the screen at the left edge
+    for on in (True, False):
+        written = convert_image(photo, tmp_path / f"out-{on}.png", ConversionSettings(floating_window=on),
+                                disparity=disparity, device="cpu")
+        packed = cv2.imread(str(written))
+        assert ((packed[:, :4] == 0).all() if on else (packed[:, :4] == GRAY).all())
+        assert (packed[:, 4:W] == GRAY).all() and (packed[:, 2 * W - 4:] == GRAY).all()
+
+
 # --- how wide, and how it moves ----------------------------------------------------------------------------
 
 

@@ -139,6 +139,10 @@ def convert_image(
                          dim=1)
     left = left.contiguous()
     right = _render_right(engine, left, disp)
+    if settings.floating_window:  # a still's window is what its own edges need, no easing
+        from stereo_spot.stereo.window import FloatingWindow, mask_views
+
+        left, right = mask_views(left, right, FloatingWindow().update(disp))
 
     fmt = OutputFormat(settings.output_format)
     if fmt is OutputFormat.ANAGLYPH:

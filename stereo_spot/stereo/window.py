@@ -97,23 +97,36 @@ def _coverage(widths: torch.Tensor, columns: int, device: torch.device) -> torch
     return (widths.to(device).view(-1, 1) - x.view(1, -1)).clamp(0.0, 1.0)
 
 
+def _columns(widths: torch.Tensor, width: int) -> int:
+    return min(width, math.ceil(float(widths.max()))) if len(widths) else 0
+
+
+def mask_views(left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask float views [N,C,H,W], ``widths`` [N, 2] pixels: the left edge of the left eye (a new tensor when it
+    changes, so the source frames and what an inpainter keeps of them are untouched) and the right edge of the
+    right eye (in place: by then it is the packing's scratch). Colour only: an alpha channel keeps its values."""
+    w = left.shape[-1]
+    columns = _columns(widths[:, 0], w)
+    if columns > 0:
+        keep = 1.0 - _coverage(widths[:, 0], columns, left.device)  # [N, columns]
+        left = left.clone()
+        left[:, :3, :, :columns] *= keep[:, None, None, :]
+    columns = _columns(widths[:, 1], w)
+    if columns > 0:
+        keep = 1.0 - _coverage(widths[:, 1], columns, right.device).flip(1)
+        right[:, :3, :, w - columns:] *= keep[:, None, None, :]
+    return left, right
+
+
 def apply_window(left_u8: torch.Tensor, left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask the views of a batch, ``widths`` [N, 2] pixels: the left edge of the left eye (``left`` float NCHW
-    and its uint8 NHWC copy ``left_u8``; both returned, new tensors when they change, so the source frames and
-    what an inpainter keeps of them are untouched) and the right edge of the right eye (``right`` float NCHW,
-    in place: it is the packing's scratch)."""
-    w = left.shape[-1]
-    left_columns = min(w, math.ceil(float(widths[:, 0].max())) if len(widths) else 0)
-    if left_columns > 0:
-        keep = 1.0 - _coverage(widths[:, 0], left_columns, left.device)  # [N, columns]
-        left = left.clone()
-        left[..., :left_columns] *= keep[:, None, None, :]
+    """``mask_views`` for the engine's batches, whose left eye also travels as the uint8 NHWC source
+    ``left_u8`` (the full layouts copy it byte for byte): returns the masked (left_u8, left)."""
+    left, _ = mask_views(left, right, widths)
+    columns = _columns(widths[:, 0], left.shape[-1])
+    if columns > 0:
+        keep = 1.0 - _coverage(widths[:, 0], columns, left.device)
         left_u8 = left_u8.clone()
-        band = left_u8[:, :, :left_columns].float() * keep[:, None, :, None]
-        left_u8[:, :, :left_columns] = band.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-    right_columns = min(w, math.ceil(float(widths[:, 1].max())) if len(widths) else 0)
-    if right_columns > 0:
-        keep = 1.0 - _coverage(widths[:, 1], right_columns, right.device).flip(1)
-        right[..., w - right_columns:] *= keep[:, None, None, :]
+        band = left_u8[:, :, :columns].float() * keep[:, None, :, None]
+        left_u8[:, :, :columns] = band.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
     return left_u8, left
