@@ -37,11 +37,12 @@ def plane_target(depth01: torch.Tensor, divergence: float, floor: float) -> list
     n, _, h, w = depth01.shape
     strip = max(1, round(EDGE_STRIP * w))
     edges = torch.cat([depth01[:, 0, :, :strip].reshape(n, -1), depth01[:, 0, :, w - strip:].reshape(n, -1)], dim=1)
-    edge = torch.quantile(edges.float(), EDGE_PERCENTILE / 100.0, dim=1)
     step = max(1, h // _ROWS)
-    far = torch.quantile(depth01[:, 0, ::step, ::step].reshape(n, -1).float(), 0.02, dim=1)
+    far = depth01[:, 0, ::step, ::step].reshape(n, -1).float()
     targets = []
-    for edge_depth, far_depth in zip(edge.tolist(), far.tolist(), strict=True):
+    for frame_edges, frame in zip(edges.float(), far, strict=True):  # a frame at a time: quantile's size limit
+        edge_depth = float(torch.quantile(frame_edges, EDGE_PERCENTILE / 100.0))
+        far_depth = float(torch.quantile(frame, 0.02))
         ceiling = far_depth + MAX_UNCROSSED_PCT / divergence if divergence > 0 else 1.0
         targets.append(max(floor, min(edge_depth, ceiling, 1.0)))
     return targets

@@ -59,7 +59,8 @@ def edge_needs(disparity: torch.Tensor) -> torch.Tensor:
     strip = min(edge_strip(w), w)
     sides = torch.stack([disparity[:, 0, :, :strip].reshape(n, -1), disparity[:, 0, :, w - strip:].reshape(n, -1)],
                         dim=1).float()
-    return torch.quantile(sides, NEED_QUANTILE, dim=2).clamp_min(0.0).cpu()
+    # a frame at a time: torch.quantile refuses inputs of more than 16M values (a GPU batch of 4K frames)
+    return torch.stack([torch.quantile(frame, NEED_QUANTILE, dim=1) for frame in sides]).clamp_min(0.0).cpu()
 
 
 class FloatingWindow:
