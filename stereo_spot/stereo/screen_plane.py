@@ -23,11 +23,14 @@ from collections import deque
 import torch
 
 from stereo_spot.stereo.auto_divergence import EDGE_PERCENTILE, EDGE_STRIP
+from stereo_spot.stereo.window import upper_value
 
 #: the farthest the far end of the picture may sit behind the screen, % of the width (the report warns at 2)
 MAX_UNCROSSED_PCT = 1.5
 #: frames the plane's glide looks back (a second at 24 fps)
 MEMORY = 24
+#: the far end of the picture: the depth only this share of it lies beyond (its 2nd percentile)
+FAR_SHARE = 0.02
 #: depth maps are subsampled to about this many rows for the far end's percentile
 _ROWS = 64
 
@@ -37,12 +40,11 @@ def plane_target(depth01: torch.Tensor, divergence: float, floor: float) -> list
     n, _, h, w = depth01.shape
     strip = max(1, round(EDGE_STRIP * w))
     edges = torch.cat([depth01[:, 0, :, :strip].reshape(n, -1), depth01[:, 0, :, w - strip:].reshape(n, -1)], dim=1)
+    edge = upper_value(edges.float(), 1.0 - EDGE_PERCENTILE / 100.0).tolist()
     step = max(1, h // _ROWS)
-    far = depth01[:, 0, ::step, ::step].reshape(n, -1).float()
+    far = upper_value(depth01[:, 0, ::step, ::step].reshape(n, -1).float(), FAR_SHARE, largest=False).tolist()
     targets = []
-    for frame_edges, frame in zip(edges.float(), far, strict=True):  # a frame at a time: quantile's size limit
-        edge_depth = float(torch.quantile(frame_edges, EDGE_PERCENTILE / 100.0))
-        far_depth = float(torch.quantile(frame, 0.02))
+    for edge_depth, far_depth in zip(edge, far, strict=True):
         ceiling = far_depth + MAX_UNCROSSED_PCT / divergence if divergence > 0 else 1.0
         targets.append(max(floor, min(edge_depth, ceiling, 1.0)))
     return targets
