@@ -88,6 +88,16 @@ def test_an_object_in_front_at_the_right_edge_masks_the_right_edge_of_the_right_
     assert (left_eye == GRAY).all()
 
 
+def test_swapped_eyes_get_the_window_the_viewer_needs():
+    # with --swap-eyes the viewer's left eye (the left half) is the rendered right view, and the parallax the
+    # viewer sees is inverted: what was rendered 5 px behind the screen at the left edge comes out of it
+    packed = _convert([_depth(left_edge=0.0)], swap_eyes=True)[0]
+    viewer_left, viewer_right = packed[:, :W], packed[:, W:]
+    assert (viewer_left[:, :5] == 0).all() and (viewer_left[:, 6:] == GRAY).all()
+    assert (viewer_right == GRAY).all()
+    assert (_convert([_depth(left_edge=1.0)], swap_eyes=True) == GRAY).all()  # behind the screen for the viewer
+
+
 def test_a_fractional_width_darkens_the_inner_column_by_its_share():
     packed = _convert([_depth(left_edge=0.75)])[0]  # 2.5 px
     assert (packed[:, :2, :] == 0).all()

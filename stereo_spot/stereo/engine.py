@@ -29,7 +29,7 @@ from stereo_spot.stereo.pack import pack_uint8
 from stereo_spot.stereo.screen_plane import ScreenPlane
 from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
-from stereo_spot.stereo.window import FloatingWindow, apply_window
+from stereo_spot.stereo.window import FloatingWindow, apply_window, viewer_disparity
 
 __all__ = ["DEFAULT_BATCH_FRAMES", "StereoEngine", "check_model_choice", "default_device", "frames_to_tensor"]
 
@@ -197,7 +197,7 @@ class StereoEngine:
         return depth01
 
     def reset(self) -> None:
-        """Start a new shot: forget the depth and inpainting state."""
+        """Start a new shot: forget the depth, inpainting, screen plane and window state."""
         self.depth.reset()
         self.inpainter.reset()
         self.screen_plane.reset()
@@ -222,7 +222,9 @@ class StereoEngine:
 
     def _window_widths(self, disparity: torch.Tensor) -> torch.Tensor | None:
         """The floating window's widths [N,2] for the next frames' disparities (None: the window is off)."""
-        return self.window.update(disparity) if self.settings.floating_window else None
+        if not self.settings.floating_window:
+            return None
+        return self.window.update(viewer_disparity(disparity, self.settings.swap_eyes))
 
     @torch.inference_mode()
     def warm_up(self, frames_uint8: np.ndarray) -> None:
@@ -283,7 +285,10 @@ class StereoEngine:
             widths = self._window_widths(disparity)
             warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
             if observe and self.stats is not None:
-                self.stats.observe(left, disparity, holes, window=widths, convergence=self.last_convergence)
+                # with swapped eyes the statistics stay those of the rendered disparity, as they always were,
+                # which the window's widths (measured on the viewer's) do not apply to
+                self.stats.observe(left, disparity, holes, window=None if self.settings.swap_eyes else widths,
+                                   convergence=self.last_convergence)
             yield start, stop, u8, left, warped, holes, warped_disparity, widths
 
     def _output_array(self, frames_uint8: np.ndarray) -> np.ndarray:
@@ -326,7 +331,7 @@ class StereoEngine:
     def _pack_into(self, out: np.ndarray, start: int, stop: int, u8: torch.Tensor, left: torch.Tensor,
                    right: torch.Tensor, window: torch.Tensor | None = None) -> None:
         if window is not None:  # each eye's edge masked before packing: every layout carries the window
-            u8, left = apply_window(u8, left, right, window)
+            u8, left = apply_window(u8, left, right, window, self.settings.swap_eyes)
         if self.device.type == "cpu":  # pack straight into the returned array
             pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
                        swap_eyes=self.settings.swap_eyes, out=torch.from_numpy(out[start:stop]))

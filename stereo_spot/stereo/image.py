@@ -140,9 +140,10 @@ def convert_image(
     left = left.contiguous()
     right = _render_right(engine, left, disp)
     if settings.floating_window:  # a still's window is what its own edges need, no easing
-        from stereo_spot.stereo.window import FloatingWindow, mask_views
+        from stereo_spot.stereo.window import FloatingWindow, mask_views, viewer_disparity
 
-        left, right = mask_views(left, right, FloatingWindow().update(disp))
+        widths = FloatingWindow().update(viewer_disparity(disp, settings.swap_eyes))
+        left, right = mask_views(left, right, widths, settings.swap_eyes)
 
     fmt = OutputFormat(settings.output_format)
     if fmt is OutputFormat.ANAGLYPH:

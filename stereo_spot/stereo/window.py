@@ -100,42 +100,56 @@ class FloatingWindow:
         return torch.tensor([self._step((left, right)) for left, right in needs], dtype=torch.float32)
 
 
-def _coverage(widths: torch.Tensor, columns: int, device: torch.device) -> torch.Tensor:
-    """How much of each of the first ``columns`` columns a mask of ``widths`` [N] pixels covers: [N, columns]."""
-    x = torch.arange(columns, device=device, dtype=torch.float32)
-    return (widths.to(device).view(-1, 1) - x.view(1, -1)).clamp(0.0, 1.0)
+def _keep(widths: torch.Tensor, width: int, edge: str, device: torch.device) -> tuple[slice, torch.Tensor] | None:
+    """The columns a mask of ``widths`` [N] pixels at the ``edge`` ("left" or "right") touches, and how much of
+    each stays ([N, columns], 1 = untouched); None when there is no mask."""
+    columns = min(width, math.ceil(float(widths.max()))) if len(widths) else 0
+    if columns <= 0:
+        return None
+    x = torch.arange(columns, device=device, dtype=torch.float32)  # distance from the edge
+    keep = 1.0 - (widths.to(device).view(-1, 1) - x.view(1, -1)).clamp(0.0, 1.0)
+    return (slice(0, columns), keep) if edge == "left" else (slice(width - columns, width), keep.flip(1))
 
 
-def _columns(widths: torch.Tensor, width: int) -> int:
-    return min(width, math.ceil(float(widths.max()))) if len(widths) else 0
+def _mask(view: torch.Tensor, widths: torch.Tensor, edge: str) -> None:
+    """Darken one edge of float views [N,C,H,W] in place (colour only: an alpha channel keeps its values)."""
+    band = _keep(widths, view.shape[-1], edge, view.device)
+    if band is not None:
+        view[:, :3, :, band[0]] *= band[1][:, None, None, :]
 
 
-def mask_views(left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask float views [N,C,H,W] in place, ``widths`` [N, 2] pixels: the left edge of the left eye and the
-    right edge of the right eye. Only after the hole fill (the inpainter reads the unmasked left view; it keeps
-    copies of its own output, never the views). Colour only: an alpha channel keeps its values."""
-    w = left.shape[-1]
-    columns = _columns(widths[:, 0], w)
-    if columns > 0:
-        keep = 1.0 - _coverage(widths[:, 0], columns, left.device)  # [N, columns]
-        left[:, :3, :, :columns] *= keep[:, None, None, :]
-    columns = _columns(widths[:, 1], w)
-    if columns > 0:
-        keep = 1.0 - _coverage(widths[:, 1], columns, right.device).flip(1)
-        right[:, :3, :, w - columns:] *= keep[:, None, None, :]
+def _eyes(left: torch.Tensor, right: torch.Tensor, swap_eyes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # With --swap-eyes the viewer's left eye sees the rendered right view (and the widths were measured on the
+    # disparity as the viewer sees it: ``viewer_disparity``).
+    return (right, left) if swap_eyes else (left, right)
+
+
+def viewer_disparity(disparity: torch.Tensor, swap_eyes: bool) -> torch.Tensor:
+    """The disparity as the viewer sees it (crossed positive): swapped eyes invert it."""
+    return -disparity if swap_eyes else disparity
+
+
+def mask_views(left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor, swap_eyes: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask float views [N,C,H,W] in place, ``widths`` [N, 2] pixels: the left edge of the viewer's left eye and
+    the right edge of the right eye. Only after the hole fill (the inpainter reads the unmasked left view; it
+    keeps copies of its own output, never the views)."""
+    viewer_left, viewer_right = _eyes(left, right, swap_eyes)
+    _mask(viewer_left, widths[:, 0], "left")
+    _mask(viewer_right, widths[:, 1], "right")
     return left, right
 
 
-def apply_window(left_u8: torch.Tensor, left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mask_views`` for the engine's batches, whose left eye also travels as the uint8 NHWC source
+def apply_window(left_u8: torch.Tensor, left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor,
+                 swap_eyes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_views`` for the engine's batches, whose left view also travels as the uint8 NHWC source
     ``left_u8`` (the full layouts copy it byte for byte): returns the masked (left_u8, left); ``left_u8`` is a
     new tensor when it changes (on CPU it is the caller's frames)."""
-    left, _ = mask_views(left, right, widths)
-    columns = _columns(widths[:, 0], left.shape[-1])
-    if columns > 0:
-        keep = 1.0 - _coverage(widths[:, 0], columns, left.device)
+    mask_views(left, right, widths, swap_eyes)
+    side, edge = (1, "right") if swap_eyes else (0, "left")
+    band = _keep(widths[:, side], left.shape[-1], edge, left.device)
+    if band is not None:
         left_u8 = left_u8.clone()
-        band = left_u8[:, :, :columns].float() * keep[:, None, :, None]
-        left_u8[:, :, :columns] = band.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        masked = left_u8[:, :, band[0]].float() * band[1][:, None, :, None]
+        left_u8[:, :, band[0]] = masked.add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
     return left_u8, left
