@@ -29,7 +29,7 @@ from stereo_spot.stereo.pack import pack_uint8
 from stereo_spot.stereo.screen_plane import ScreenPlane
 from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
-from stereo_spot.stereo.window import FloatingWindow, apply_window, viewer_disparity
+from stereo_spot.stereo.window import FloatingWindow, apply_window, viewer_disparity, viewer_swapped
 
 __all__ = ["DEFAULT_BATCH_FRAMES", "StereoEngine", "check_model_choice", "default_device", "frames_to_tensor"]
 
@@ -224,7 +224,11 @@ class StereoEngine:
         """The floating window's widths [N,2] for the next frames' disparities (None: the window is off)."""
         if not self.settings.floating_window:
             return None
-        return self.window.update(viewer_disparity(disparity, self.settings.swap_eyes))
+        return self.window.update(viewer_disparity(disparity, self._viewer_swapped))
+
+    @property
+    def _viewer_swapped(self) -> bool:
+        return viewer_swapped(self.settings.output_format, self.settings.swap_eyes)
 
     @torch.inference_mode()
     def warm_up(self, frames_uint8: np.ndarray) -> None:
@@ -287,7 +291,7 @@ class StereoEngine:
             if observe and self.stats is not None:
                 # with swapped eyes the statistics stay those of the rendered disparity, as they always were,
                 # which the window's widths (measured on the viewer's) do not apply to
-                self.stats.observe(left, disparity, holes, window=None if self.settings.swap_eyes else widths,
+                self.stats.observe(left, disparity, holes, window=None if self._viewer_swapped else widths,
                                    convergence=self.last_convergence)
             yield start, stop, u8, left, warped, holes, warped_disparity, widths
 
@@ -331,7 +335,7 @@ class StereoEngine:
     def _pack_into(self, out: np.ndarray, start: int, stop: int, u8: torch.Tensor, left: torch.Tensor,
                    right: torch.Tensor, window: torch.Tensor | None = None) -> None:
         if window is not None:  # each eye's edge masked before packing: every layout carries the window
-            u8, left = apply_window(u8, left, right, window, self.settings.swap_eyes)
+            u8, left = apply_window(u8, left, right, window, self._viewer_swapped)
         if self.device.type == "cpu":  # pack straight into the returned array
             pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
                        swap_eyes=self.settings.swap_eyes, out=torch.from_numpy(out[start:stop]))

@@ -34,6 +34,7 @@ from collections import deque
 
 import torch
 
+from stereo_spot.models import OutputFormat
 from stereo_spot.stereo.stats import BORDER_SHARE, BORDER_STRIP
 
 #: the share of the edge strip allowed beyond the window (half the share the report counts as a violation)
@@ -118,35 +119,41 @@ def _mask(view: torch.Tensor, widths: torch.Tensor, edge: str) -> None:
         view[:, :3, :, band[0]] *= band[1][:, None, None, :]
 
 
-def _eyes(left: torch.Tensor, right: torch.Tensor, swap_eyes: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # With --swap-eyes the viewer's left eye sees the rendered right view (and the widths were measured on the
-    # disparity as the viewer sees it: ``viewer_disparity``).
-    return (right, left) if swap_eyes else (left, right)
+def viewer_swapped(output_format: OutputFormat | str, swap_eyes: bool) -> bool:
+    """Whether the viewer's left eye sees the rendered right view: with ``--swap-eyes``, except on the cross-eyed
+    layout, which it turns back into a left-right picture viewed parallel (the left view still reaches the
+    left eye, as it does viewed cross-eyed)."""
+    return swap_eyes and OutputFormat(output_format) is not OutputFormat.CROSS
 
 
-def viewer_disparity(disparity: torch.Tensor, swap_eyes: bool) -> torch.Tensor:
-    """The disparity as the viewer sees it (crossed positive): swapped eyes invert it."""
-    return -disparity if swap_eyes else disparity
+def _eyes(left: torch.Tensor, right: torch.Tensor, swapped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # the widths of swapped eyes were measured on the disparity as the viewer sees it (``viewer_disparity``)
+    return (right, left) if swapped else (left, right)
 
 
-def mask_views(left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor, swap_eyes: bool = False
+def viewer_disparity(disparity: torch.Tensor, swapped: bool) -> torch.Tensor:
+    """The disparity as the viewer sees it (crossed positive): eyes swapped for the viewer invert it."""
+    return -disparity if swapped else disparity
+
+
+def mask_views(left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor, swapped: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask float views [N,C,H,W] in place, ``widths`` [N, 2] pixels: the left edge of the viewer's left eye and
-    the right edge of the right eye. Only after the hole fill (the inpainter reads the unmasked left view; it
-    keeps copies of its own output, never the views)."""
-    viewer_left, viewer_right = _eyes(left, right, swap_eyes)
+    the right edge of the right eye (``swapped``: ``viewer_swapped``). Only after the hole fill (the inpainter
+    reads the unmasked left view; it keeps copies of its own output, never the views)."""
+    viewer_left, viewer_right = _eyes(left, right, swapped)
     _mask(viewer_left, widths[:, 0], "left")
     _mask(viewer_right, widths[:, 1], "right")
     return left, right
 
 
 def apply_window(left_u8: torch.Tensor, left: torch.Tensor, right: torch.Tensor, widths: torch.Tensor,
-                 swap_eyes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 swapped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask_views`` for the engine's batches, whose left view also travels as the uint8 NHWC source
     ``left_u8`` (the full layouts copy it byte for byte): returns the masked (left_u8, left); ``left_u8`` is a
     new tensor when it changes (on CPU it is the caller's frames)."""
-    mask_views(left, right, widths, swap_eyes)
-    side, edge = (1, "right") if swap_eyes else (0, "left")
+    mask_views(left, right, widths, swapped)
+    side, edge = (1, "right") if swapped else (0, "left")
     band = _keep(widths[:, side], left.shape[-1], edge, left.device)
     if band is not None:
         left_u8 = left_u8.clone()
