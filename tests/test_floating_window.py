@@ -288,3 +288,13 @@ def test_convergence_auto_on_the_command_line(home, tmp_path, clip):
     for bad in ("abc", "2"):
         result = CliRunner().invoke(app, ["convert", str(clip), "--convergence", bad])
         assert result.exit_code != 0 and "--convergence" in result.output and "Traceback" not in result.output
+
+
+def test_the_workflows_convergence_parameter_takes_auto():
+    from components.chunk import settings_overrides
+
+    overrides = settings_overrides("", "", "auto")
+    assert overrides == {"auto_convergence": True}
+    merged = ConversionSettings.model_validate({**ConversionSettings().model_dump(), **overrides})
+    assert merged.auto_convergence and merged.floating_window
+    assert settings_overrides("", "", "0.7") == {"convergence": "0.7"}
