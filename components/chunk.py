@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from components._common import run_step, step_command
 from stereo_spot import steps
+from stereo_spot.choices import AUTO
 from stereo_spot.errors import UserError
 from stereo_spot.models import ConversionSettings
 from stereo_spot.ports import Backend
@@ -52,6 +53,9 @@ def chunk(
 def settings_overrides(output_format: str, divergence: str, convergence: str) -> dict[str, Any]:
     given = {"output_format": output_format, "divergence": divergence, "convergence": convergence}
     overrides = {name: str(value).strip() for name, value in given.items() if str(value).strip()}
+    if overrides.get("convergence", "").lower() == AUTO:  # the automatic screen plane, as on the command line
+        del overrides["convergence"]
+        overrides["auto_convergence"] = True
     try:
         ConversionSettings(**overrides)  # says which parameter is wrong before any work starts
     except ValidationError as exc:

@@ -111,8 +111,12 @@ AnaglyphOption = Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (w
 SwapEyesOption = Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the layout.")]
 DivergenceOption = Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
                                                  "width: the strength of the 3D effect.")]
-ConvergenceOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Depth (0 far .. 1 near) that sits on "
-                                                  "the screen plane; nearer pops out.")]
+ConvergenceOption = Annotated[str, typer.Option(help="Depth (0 far .. 1 near) that sits on the screen plane; "
+                                                "nearer pops out. auto: frame by frame, so what touches the "
+                                                "frame edges sits at or behind the screen.")]
+FloatingWindowOption = Annotated[bool, typer.Option("--floating-window/--no-floating-window", help="Mask the "
+                                                    "frame edges of each eye where something in front of the "
+                                                    "screen touches them (a floating stereo window).")]
 DepthModelOption = Annotated[str, typer.Option(help="Depth estimator: heuristic (no weights) or a neural model "
                                                "such as depth-anything.")]
 DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the depth model's "
@@ -171,7 +175,8 @@ def convert(
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
     divergence: DivergenceOption = 2.0,
-    convergence: ConvergenceOption = 0.5,
+    convergence: ConvergenceOption = "0.5",
+    floating_window: FloatingWindowOption = True,
     depth_model: DepthModelOption = "heuristic",
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
@@ -200,7 +205,8 @@ def convert(
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
-                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
+                                 divergence=divergence, convergence=convergence, floating_window=floating_window,
+                                 depth_model=depth_model,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration, codec=codec, crf=crf, preset=preset,
@@ -324,7 +330,8 @@ def preview(
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
     divergence: DivergenceOption = 2.0,
-    convergence: ConvergenceOption = 0.5,
+    convergence: ConvergenceOption = "0.5",
+    floating_window: FloatingWindowOption = True,
     depth_model: DepthModelOption = "heuristic",
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
@@ -336,9 +343,9 @@ def preview(
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
-                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
-                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
-                                 precision=precision)
+                                 divergence=divergence, convergence=convergence, floating_window=floating_window,
+                                 depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
+                                 inpaint_weights=inpaint_weights, precision=precision)
     _check_device(device)
     from stereo_spot.media.probe import is_image
 
@@ -399,7 +406,8 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     _run_with_progress(backend, job.job_id, workers, device)
     if settings.auto_divergence:
         chosen = backend.jobs.get(job.job_id).settings
-        console.print(f"automatic divergence {chosen.divergence:.2f} %, convergence {chosen.convergence:.2f}",
+        console.print(f"automatic divergence {chosen.divergence:.2f} %, convergence {chosen.convergence:.2f}"
+                      + (" (the floor of the automatic screen plane)" if chosen.auto_convergence else ""),
                       highlight=False)
     _deliver(backend, job.job_id, output)
     _comfort_report(backend, job.job_id, report)
@@ -418,7 +426,12 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
         if path is not None:
             die(f"job {job_id} has no comfort report to write to {path}")
         return
-    for warning in json.loads(raw).get("warnings", []):
+    report = json.loads(raw)
+    plane = report.get("convergence_chosen")
+    if plane:
+        console.print(f"automatic screen plane: convergence {plane['mean']:.2f} on average ({plane['min']:.2f} .. "
+                      f"{plane['max']:.2f})", highlight=False)
+    for warning in report.get("warnings", []):
         console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
         _write_atomically(path, lambda tmp: tmp.write_bytes(raw))

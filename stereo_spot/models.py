@@ -121,6 +121,11 @@ class ConversionSettings(BaseModel):
     max_fps: float | None = Field(None, gt=0.0, le=480.0, description="drop frames above this rate")
     divergence: float = Field(2.0, ge=0.0, le=10.0, description="max disparity, % of the image width")
     convergence: float = Field(0.5, ge=0.0, le=1.0, description="normalised depth that sits on the screen")
+    # --convergence auto: the screen plane follows what touches the frame edges, frame by frame, never in front
+    # of ``convergence`` (stereo/screen_plane.py)
+    auto_convergence: bool = False
+    # masks at the frame edges that keep the stereo window in front of what the edges cut (stereo/window.py)
+    floating_window: bool = True
     depth_model: str = "heuristic"
     depth_weights: str | None = None  # local folder or s3:// prefix for neural depth models
     inpaint: str = "classical"

@@ -88,3 +88,31 @@ def test_a_scene_cut_restarts_the_aligned_window():
     lo, hi = ranges.update(second * 10)
     assert ranges.cuts_detected == 1
     assert (lo, hi) == pytest.approx(np.percentile(second * 10, [2, 98]))
+
+
+def test_the_floating_window_and_the_automatic_screen_plane_join_without_seams(home, tmp_path, monkeypatch):
+    """Both keep temporal state after the depth (a finite memory each) and are warmed up with it: the frame
+    edges, where the window masks, match a single long run at every seam, and the plane matches everywhere."""
+    import json
+
+    monkeypatch.setenv("STEREO_SPOT_CRF", "0")
+    clip = write_sample(tmp_path / "clip.mp4", seconds=4.0, size=SIZE, fps=FPS, gop=FPS // 2)
+    runs = {}
+    for name, seconds in (("segmented", 1.0), ("single", 100.0)):
+        out, report = tmp_path / f"{name}.mp4", tmp_path / f"{name}.json"
+        result = CliRunner().invoke(app, ["convert", str(clip), "-o", str(out), "--segment-seconds", str(seconds),
+                                          "--workers", "1", "--convergence", "auto", "--report", str(report)])
+        assert result.exit_code == 0, result.output
+        runs[name] = (np.stack([frame.rgb for frame in read_frames(out)]), json.loads(report.read_text()))
+    (segmented, report), (single, single_report) = runs["segmented"], runs["single"]
+    assert single_report["window"]["active_share"] > 0.5  # there is a window to join
+    assert single_report["convergence_chosen"]["max"] > single_report["convergence_chosen"]["min"]  # and a plane
+    w = SIZE[0]
+    edges = np.r_[0:4, w - 4:w, w:w + 4, 2 * w - 4:2 * w]  # both edges of both eyes
+    seams = [min(psnr(segmented[i][:, edges], single[i][:, edges]) for i in (s * FPS - 1, s * FPS))
+             for s in range(1, 4)]
+    print("\nPSNR of the frame edges at the seams (window and automatic plane): "
+          + ", ".join(f"{v:.1f}" for v in seams))
+    assert min(seams) >= 40.0
+    assert report["convergence_chosen"]["mean"] == pytest.approx(single_report["convergence_chosen"]["mean"],
+                                                                 abs=1e-3)
