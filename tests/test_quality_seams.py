@@ -155,7 +155,10 @@ def test_diffusion_segments_match_one_long_run_at_every_seam(home, tmp_path, mon
     print(f"\nhole pixels, segmented vs single run ({noise} noise): overall {overall:.1f} dB, at the seams "
           + ", ".join(f"{s}s {v:.1f}" for s, v in seams.items()))
     assert min(seams.values()) >= 40.0
-    assert overall >= 40.0
+    # The chain is reproduced, not approximated (99 dB: identical). The 40 dB target alone would let a
+    # segment's last chunk run short instead of finishing it with the next segment's frames (measured: 41 dB at
+    # the worst seam, 50 dB overall).
+    assert overall >= 60.0
 
 
 def test_the_chunk_grid_depends_on_the_position_only(tmp_path):

@@ -155,7 +155,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
                           pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
     time_base: Fraction | None = None
     first_pts: int | None = None
-    last_pts, frames = 0, 0
+    last_pts, frames, rendered_without_output = 0, 0, 0
     warmup_seconds = engine_seconds = 0.0
 
     def make_writer(width: int, height: int) -> VideoWriter:
@@ -178,14 +178,17 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
             depth_batch.clear()
 
     def run_pending() -> None:
-        nonlocal warmup_seconds, engine_seconds, time_base, first_pts, last_pts, frames
+        nonlocal warmup_seconds, engine_seconds, time_base, first_pts, last_pts, frames, rendered_without_output
         if not pending:
             return
         began = time.perf_counter()
         roles = [role for _, role in pending]
+        rendered_without_output += len(roles) - roles.count(OUTPUT)
         rgb = _stack([f for f, _ in pending])
         if OUTPUT not in roles:
+            depth_seconds = engine.depth_seconds  # the segment's depth time counts its own frames
             engine.warm_up(rgb, rendered=len(rgb))
+            engine.depth_seconds = depth_seconds
             warmup_seconds += time.perf_counter() - began
         else:
             lo, hi = roles.index(OUTPUT), len(roles) - roles[::-1].index(OUTPUT)
@@ -247,4 +250,4 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
     return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
                         warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
                         depth_seconds=engine.depth_seconds, comfort=comfort, batch_size=batch_size,
-                        encoder=codec)
+                        encoder=codec, warmup_frames=rendered_without_output)

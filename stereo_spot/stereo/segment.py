@@ -9,7 +9,9 @@ few batches whatever the segment's length.
 last second, or as many frames as the depth estimator remembers (``StereoEngine.warmup_frames``) when that is
 longer, runs through the engine's temporal state first. The estimators keep a
 finite memory, so the state at this segment's first frame is what a single long run would have had, and
-segments converted in parallel join without a visible seam.
+segments converted in parallel join without a visible seam. A video inpainter's chain of chunks is handled by
+``chunk_chain``: the warm-up reaches back to the chain's last restart, and ``lookahead_src`` (the next segment)
+finishes the chunk that straddles this segment's end.
 
 On a GPU the batch size follows the free memory (``StereoEngine.batch_frames_for``); a CUDA out-of-memory error
 halves the batch and converts the segment again, down to one frame, and then fails with a message naming the
@@ -80,6 +82,9 @@ class SegmentStats:
     warmup_seconds: float = 0.0  # of ``seconds``: running the previous segment's tail through the engine
     engine_seconds: float = 0.0  # of ``seconds``: the stereo engine (depth, warp, fill, pack) on this segment
     depth_seconds: float = 0.0  # of ``engine_seconds``: depth estimation
+    #: frames converted without output: a video inpainter's chain from its last restart before the segment and
+    #: the end of its last chunk after it (``chunk_chain``); 0 for per-frame fills
+    warmup_frames: int = 0
     batch_size: int = 0  # frames per engine batch that converted the segment (smaller after an out-of-memory)
     encoder: str = ""  # the video encoder (libx264, h264_nvenc)
     comfort: dict | None = None  # ``ComfortStats.to_dict()``: parallax histogram, holes, borders, flicker
@@ -88,7 +93,8 @@ class SegmentStats:
         """What a segment completion stores: the comfort statistics and the timings."""
         return {**(self.comfort or {}), "timings": {
             "convert_seconds": round(self.seconds, 4), "warmup_seconds": round(self.warmup_seconds, 4),
-            "engine_seconds": round(self.engine_seconds, 4), "depth_seconds": round(self.depth_seconds, 4)}}
+            "engine_seconds": round(self.engine_seconds, 4), "depth_seconds": round(self.depth_seconds, 4),
+            "warmup_frames": self.warmup_frames}}
 
 
 class _Failed:
