@@ -500,6 +500,18 @@ def _encode_ms(clip: np.ndarray, threads: int) -> float:
     return min(times) / len(clip) * 1000
 
 
+def print_diffusion_seams(weights: str) -> None:
+    print("\nDiffusion seams: 6 s clip (96x64, 12 fps) in 1 s segments vs one segment, lossless, PSNR on the "
+          "hole pixels;\n  the single run vs the single run that never restarts; frames converted without "
+          "output per segment (after the first)", flush=True)
+    print(f"  {'restart_seconds':>15} {'overall':>8} {'worst':>6}  {'seams':<30} {'vs never':>8} "
+          f"{'extra frames mean/max':>22}")
+    for restart, row in bench_diffusion_seams(weights).items():
+        print(f"  {restart:>15g} {row['overall']:8.1f} {row['min frame']:6.1f}  "
+              f"{' '.join(f'{v:.1f}' for v in row['seams']):<30} {row['vs never']:8.1f} "
+              f"{row['extra mean']:>14.1f} / {row['extra max']:<3d} of {row['frames per segment']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="640x360", help="WxH of the synthetic scenes")
@@ -604,15 +616,7 @@ def main() -> None:
 
         seam_weights = tiny_inpainter(Path(tempfile.mkdtemp()) / "tiny-inpainter")
     if args.seams and seam_weights:
-        print("\nDiffusion seams: 6 s clip (96x64, 12 fps) in 1 s segments vs one segment, lossless, PSNR on the "
-              "hole pixels;\n  the single run vs the single run that never restarts; frames converted without "
-              "output per segment (after the first)")
-        print(f"  {'restart_seconds':>15} {'overall':>8} {'worst':>6}  {'seams':<30} {'vs never':>8} "
-              f"{'extra frames mean/max':>22}")
-        for restart, row in bench_diffusion_seams(seam_weights).items():
-            print(f"  {restart:>15g} {row['overall']:8.1f} {row['min frame']:6.1f}  "
-                  f"{' '.join(f'{v:.1f}' for v in row['seams']):<30} {row['vs never']:8.1f} "
-                  f"{row['extra mean']:>14.1f} / {row['extra max']:<3d} of {row['frames per segment']}")
+        print_diffusion_seams(seam_weights)
     elif args.seams:
         print("  diffusion inpainter: no weights (--inpaint-weights, or --tiny-inpainter for the mechanics)")
 

@@ -23,8 +23,8 @@ StereoCrafter's release splits this in two folders (``stable-video-diffusion-img
 ``StereoCrafter/unet_diffusers``): copy the latter over the former's ``unet/``. Without ``image_encoder/`` the
 cross-attention gets zeros (only sensible for a UNet trained that way).
 
-Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
-chunks of ``frames_per_chunk`` frames — the first of a shot all new, each later one starting with the last
+Processing, per call (consecutive frames, cut on the chunk grid): frames are inpainted in temporal
+chunks of ``frames_per_chunk`` frames — the first of a chain all new, each later one starting with the last
 ``overlap`` frames already inpainted (their mask cleared, so the model continues from them) — across calls and,
 through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
 pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
@@ -32,8 +32,13 @@ pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), 
 UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32), fp32 on the CPU. The
 noise comes from a fixed seed, so a run is reproducible.
 
-StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
-is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
+The chunks are counted from the chain's start (``chunk_end``), and the chain restarts every ``restart_seconds``
+of the timeline (``stereo/chunk_chain.py`` places the restarts), so a segment converted alone reproduces a single
+pass.
+
+StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices and
+never restarts its chain (``restart_seconds``, which acts through the segment converter); each is an option of
+``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
 an independent implementation of StereoCrafter's loop: ``tests/test_neural_inpaint_reference.py``). The
 defaults and the measurements behind them are in docs/quality.md.
 
@@ -106,12 +111,13 @@ class DiffusionOptions:
     #: "reach_back" takes more already inpainted frames as context, as StereoCrafter's last chunk does
     last_chunk: str = "short"
     #: "shared": every tile and chunk starts from the same seeded noise; "fresh": one generator seeded at the
-    #: start of a shot draws new noise for every tile and chunk (StereoCrafter draws fresh noise every call)
+    #: start of a chain (a shot or a restart) draws new noise for every tile and chunk (StereoCrafter draws
+    #: fresh noise every call)
     noise: str = "shared"
     #: seconds of the video's timeline after which the chain of chunks starts afresh (a chunk without context,
     #: at the first frame of each such slot, counted from the start of the job's window); 0: never. A segment
     #: converted on its own re-runs the chunks from the last restart before it, so the restart bounds that
-    #: warm-up (``stereo/segment.py``); StereoCrafter's loop never restarts within a video
+    #: warm-up (``stereo/chunk_chain.py``); StereoCrafter's loop never restarts within a video
     restart_seconds: float = 2.0
 
     def __post_init__(self) -> None:
