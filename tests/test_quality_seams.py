@@ -16,6 +16,8 @@ breakage was made on purpose and the test went red):
   28.4 dB).
 * ``test_the_chunk_grid_depends_on_the_position_only`` — chunks counted from each call instead of from the
   chain's start; a short chunk that is not run on its own (``last_chunk: "short"``).
+* ``test_a_segment_warms_up_from_the_chains_last_restart_on_the_timeline`` — restarts counted from 0 instead
+  of the window's start.
 """
 
 from __future__ import annotations
@@ -193,3 +195,32 @@ def test_the_chunk_grid_depends_on_the_position_only(tmp_path):
     assert float((off_grid[4:5] - whole[4:5]).abs().max()) > 1e-3
     # after a cut inside a chunk the grid resumes at its own next line (7), not a chunk after the cut
     torch.testing.assert_close(run([5, 7]), off_grid, atol=1e-5, rtol=0)
+
+
+def test_a_segment_warms_up_from_the_chains_last_restart_on_the_timeline():
+    """Roles of the frames before a segment's first frame: from the last restart (a multiple of
+    ``restart_seconds`` after the window's start, exact in the time base) the chain's context, before that the
+    depth's history, never before the window's start; without restarts the last ``overlap`` frames."""
+    from fractions import Fraction
+
+    from stereo_spot.media.frames import DecodedFrame
+    from stereo_spot.stereo.chunk_chain import CONTEXT, DEPTH, RestartClock, _warmup_items
+
+    base = Fraction(1, 12 * 256)
+    frames = [DecodedFrame(rgb=np.zeros((1, 1, 3), np.uint8), pts=i * 256, time_base=base) for i in range(60)]
+
+    def read(_source, span):
+        return iter(frames)
+
+    def roles(origin, restart, first, depth_seconds=1.0, context=2):
+        items = list(_warmup_items(["previous"], frames[first], RestartClock(origin, restart), depth_seconds,
+                                   context, read))
+        return {role: [int(f.pts // 256) for f, r in items if r == role] for role in (DEPTH, CONTEXT)}
+
+    by_role = roles(None, 2.0, 40)  # frame 40 is at 3.33 s: the chain restarted at 2 s (frame 24)
+    assert by_role[CONTEXT] == list(range(24, 40)) and by_role[DEPTH] == list(range(12, 24))
+    by_role = roles(1.5, 2.0, 40)  # a window from 1.5 s: restarts at 1.5 s and 3.5 s, depth not before 1.5 s
+    assert by_role[CONTEXT] == list(range(18, 40)) and by_role[DEPTH] == []
+    assert roles(None, 2.0, 24)[CONTEXT] == []  # a segment that starts on a restart needs no context
+    by_role = roles(None, 0.0, 40)  # no restarts: the last two frames are the context of a new chain
+    assert by_role[CONTEXT] == [38, 39] and by_role[DEPTH] == list(range(28, 38))
