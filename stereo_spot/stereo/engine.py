@@ -233,13 +233,15 @@ class StereoEngine:
         return viewer_swapped(self.settings.output_format, self.settings.swap_eyes)
 
     @torch.inference_mode()
-    def warm_up(self, frames_uint8: np.ndarray) -> None:
+    def warm_up(self, frames_uint8: np.ndarray, rendered: int | None = None) -> None:
         """Feed frames that precede the segment through the engine's temporal state, without output: all of them
-        through the depth estimator, and the last few through the inpainter too when it keeps context (a
-        video inpainter continues from the frames it filled last)."""
+        through the depth estimator, and the last ``rendered`` through warp and fill too (default: as many as
+        the inpainter keeps as context; a video inpainter continues from the frames it filled last)."""
         if len(frames_uint8) == 0:
             return
-        context = min(len(frames_uint8), int(getattr(self.inpainter, "context_frames", 0) or 0))
+        if rendered is None:
+            rendered = int(getattr(self.inpainter, "context_frames", 0) or 0)
+        context = min(len(frames_uint8), rendered)
         head = len(frames_uint8) - context
         for start in range(0, head, self.chunk_frames):
             _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device,
@@ -248,7 +250,7 @@ class StereoEngine:
             if self.settings.auto_convergence or self.settings.floating_window:
                 self._window_widths(self._depth_to_disparity(depth01))
         if context:
-            self._render_batch(frames_uint8[head:], observe=False)
+            self._render_batch(frames_uint8[head:], observe=None)
 
     def render_right(self, left: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
         """Right views [N,C,H,W] for float left views and disparities in pixels: warp + fill. The result may
@@ -274,16 +276,18 @@ class StereoEngine:
         return self.render_right(left, disp).clone()
 
     @torch.inference_mode()
-    def convert_batch(self, frames_uint8: np.ndarray) -> np.ndarray:
-        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]."""
+    def convert_batch(self, frames_uint8: np.ndarray, observed: tuple[int, int] | None = None) -> np.ndarray:
+        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]. ``observed`` = (first,
+        stop): the frames the comfort statistics count (default all); the others are a temporal inpainter's
+        context before or after the output, converted with it and dropped by the caller."""
         if frames_uint8.ndim != 4:
             raise StereoInputError(f"frames must be uint8 [N,H,W,3], got shape {frames_uint8.shape}")
-        return self._render_batch(frames_uint8, observe=True)
+        return self._render_batch(frames_uint8, observe=observed or (0, len(frames_uint8)))
 
-    def _warped_chunks(self, frames_uint8: np.ndarray, observe: bool):
+    def _warped_chunks(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None):
         """Yield (start, stop, u8, left, warped, holes, warped_disparity, window widths or None) for each chunk
-        of the batch. The warp reuses its workspace, so a chunk's tensors are valid until the next one is
-        produced."""
+        of the batch; ``observe`` = the (first, stop) frames the comfort statistics count. The warp reuses its
+        workspace, so a chunk's tensors are valid until the next one is produced."""
         for start in range(0, len(frames_uint8), self.chunk_frames):
             stop = min(len(frames_uint8), start + self.chunk_frames)
             u8, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
@@ -291,10 +295,14 @@ class StereoEngine:
             widths = self._window_widths(disparity)
             warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
             if observe and self.stats is not None:
-                # with swapped eyes the statistics stay those of the rendered disparity, as they always were,
-                # which the window's widths (measured on the viewer's) do not apply to
-                self.stats.observe(left, disparity, holes, window=None if self._viewer_swapped else widths,
-                                   convergence=self.last_convergence)
+                lo, hi = max(observe[0], start) - start, min(observe[1], stop) - start
+                if hi > lo:
+                    # with swapped eyes the statistics stay those of the rendered disparity, as they always
+                    # were, which the window's widths (measured on the viewer's) do not apply to
+                    window = None if self._viewer_swapped or widths is None else widths[lo:hi]
+                    convergence = None if self.last_convergence is None else self.last_convergence[lo:hi]
+                    self.stats.observe(left[lo:hi], disparity[lo:hi], holes[lo:hi], window=window,
+                                       convergence=convergence)
             yield start, stop, u8, left, warped, holes, warped_disparity, widths
 
     def _output_array(self, frames_uint8: np.ndarray) -> np.ndarray:
@@ -302,7 +310,7 @@ class StereoEngine:
         out_w, out_h = self.output_size(w, h)
         return np.empty((n, out_h, out_w, 3), dtype=np.uint8)
 
-    def _render_batch(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+    def _render_batch(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
         if getattr(self.inpainter, "frames_per_call", 1) > 1:
             return self._render_batch_temporal(frames_uint8, observe)
         out = self._output_array(frames_uint8)
@@ -312,7 +320,7 @@ class StereoEngine:
             self._pack_into(out, start, stop, u8, left, right, widths)
         return out
 
-    def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+    def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
         """The whole batch warped first, then inpainted in one call: a video inpainter fills holes from the
         frames around them."""
         out = self._output_array(frames_uint8)

@@ -23,8 +23,8 @@ StereoCrafter's release splits this in two folders (``stable-video-diffusion-img
 ``StereoCrafter/unet_diffusers``): copy the latter over the former's ``unet/``. Without ``image_encoder/`` the
 cross-attention gets zeros (only sensible for a UNet trained that way).
 
-Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
-chunks of ``frames_per_chunk`` frames — the first of a shot all new, each later one starting with the last
+Processing, per call (consecutive frames, cut on the chunk grid): frames are inpainted in temporal
+chunks of ``frames_per_chunk`` frames — the first of a chain all new, each later one starting with the last
 ``overlap`` frames already inpainted (their mask cleared, so the model continues from them) — across calls and,
 through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
 pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
@@ -33,8 +33,13 @@ UNet and image encoder run in fp16 on CUDA, the VAE in bf16 when its config says
 (``force_upcast``; fp32 on a GPU without bf16), all in fp32 on the CPU (``--precision``: ``devices.inference_dtype``).
 The noise comes from a fixed seed, so a run is reproducible.
 
-StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
-is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
+The chunks are counted from the chain's start (``chunk_end``), and the chain restarts every ``restart_seconds``
+of the timeline (``stereo/chunk_chain.py`` places the restarts), so a segment converted alone reproduces a single
+pass.
+
+StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices and
+never restarts its chain (``restart_seconds``, which acts through the segment converter); each is an option of
+``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
 an independent implementation of StereoCrafter's loop: ``tests/test_neural_inpaint_reference.py``). The
 defaults and the measurements behind them are in docs/quality.md.
 
@@ -108,8 +113,14 @@ class DiffusionOptions:
     #: "reach_back" takes more already inpainted frames as context, as StereoCrafter's last chunk does
     last_chunk: str = "short"
     #: "shared": every tile and chunk starts from the same seeded noise; "fresh": one generator seeded at the
-    #: start of a shot draws new noise for every tile and chunk (StereoCrafter draws fresh noise every call)
+    #: start of a chain (a shot or a restart) draws new noise for every tile and chunk (StereoCrafter draws
+    #: fresh noise every call)
     noise: str = "shared"
+    #: seconds of the video's timeline after which the chain of chunks starts afresh (a chunk without context,
+    #: at the first frame of each such slot, counted from the start of the job's window); 0: never. A segment
+    #: converted on its own re-runs the chunks from the last restart before it, so the restart bounds that
+    #: warm-up (``stereo/chunk_chain.py``); StereoCrafter's loop never restarts within a video
+    restart_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -118,6 +129,9 @@ class DiffusionOptions:
                                    f"not {getattr(self, name)!r}")
         if not 0 <= self.overlap < self.frames_per_chunk:
             raise WeightsError("inpainting option overlap must be at least 0 and below frames_per_chunk")
+        if not self.restart_seconds >= 0:
+            raise WeightsError("inpainting option restart_seconds must be 0 (never) or a positive number of "
+                               "seconds")
 
     @classmethod
     def from_folder(cls, folder: Path) -> DiffusionOptions:
@@ -141,7 +155,8 @@ class DiffusionOptions:
 
 #: StereoCrafter's own inference choices (``inpainting_inference.py`` and its pipeline), for comparison
 STEREOCRAFTER = {"clear_overlap_mask": False, "mask_downsample": "nearest", "guidance_scale": 1.01,
-                 "composite": "frame", "tile_blend": "latent", "last_chunk": "reach_back", "noise": "fresh"}
+                 "composite": "frame", "tile_blend": "latent", "last_chunk": "reach_back", "noise": "fresh",
+                 "restart_seconds": 0.0}
 
 
 @dataclass
@@ -334,30 +349,44 @@ class DiffusionInpainter(Inpainter):
         self.scheduler = copy.deepcopy(self.models.scheduler)  # schedulers keep per-run state
         self.frames_per_call = self.options.frames_per_chunk - self.options.overlap
         self.context_frames = self.options.overlap
+        self.restart_seconds = float(self.options.restart_seconds)
         self.tiles_run = 0  # tiles that went through the model (tiles with no hole are skipped)
         self.reset()
 
     def reset(self) -> None:
+        """Start the chain of chunks afresh (a new shot, or a restart): no context, the noise seeded again."""
         # the last inpainted frames [K,3,H,W] and their holes [K,1,H,W]: the next chunk's context
         self._context: torch.Tensor | None = None
         self._context_holes: torch.Tensor | None = None
         self._generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
+        #: frames inpainted since the chain started: where the next call's first frame sits on the chunk grid
+        self.position = 0
+
+    def chunk_end(self, position: int) -> int:
+        """Where the chunk holding frame ``position`` (counted from the chain's start) ends, exclusive: the first
+        chunk has ``frames_per_chunk`` new frames, every later one ``frames_per_call``. The grid depends on the
+        position only, never on how the frames were handed in, so a caller that cuts its calls on it (a
+        segment converter) gets the chunks of a single pass."""
+        first = self.options.frames_per_chunk
+        if position < first:
+            return first
+        return first + (1 + (position - first) // self.frames_per_call) * self.frames_per_call
 
     # --- the Inpainter interface ---------------------------------------------------------------------
 
     @torch.inference_mode()
     def inpaint(self, right, hole_mask, warped_disparity, left=None):
-        """Chunks of ``frames_per_chunk`` frames: the first of a shot all new, the next ones ``overlap`` already
-        inpainted frames (the context) followed by new ones."""
+        """The frames cut on the chunk grid (``chunk_end``): the first chunk of a chain all new frames, the next
+        ones ``overlap`` already inpainted frames (the context) followed by new ones. A call that ends inside a
+        chunk runs that chunk short (``last_chunk``)."""
         right = right.float()
         holes = hole_mask.bool()
         out = torch.empty_like(right, memory_format=torch.contiguous_format)
         start = 0
         while start < right.shape[0]:
-            context = self._context_for(right)
-            new = self.options.frames_per_chunk - (0 if context is None else self.options.overlap)
-            stop = min(right.shape[0], start + max(1, new))
+            stop = min(right.shape[0], start + self.chunk_end(self.position) - self.position)
             out[start:stop] = self._inpaint_chunk(right[start:stop], holes[start:stop])
+            self.position += stop - start
             start = stop
         return out
 
