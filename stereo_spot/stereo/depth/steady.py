@@ -1,0 +1,72 @@
+"""Steadier depth: a per-pixel average over the last few frames where the picture did not change.
+
+A monocular estimate wobbles from frame to frame even where nothing moves (sensor noise in the cues, a
+normalising range that shifts, a network that sees a slightly different picture). Where the picture is the same
+the depth should be the same, so ``SteadyDepth`` replaces every pixel's depth by a weighted average of that
+pixel's depth in the last ``frames`` frames, each earlier frame weighted by how little the picture changed at
+that pixel since then::
+
+    out(x) = Σ_k w_k(x) d_k(x) / Σ_k w_k(x),   w_0 = 1,   w_k(x) = a_k exp(-(Δ_k(x) / luma_tolerance)²)
+
+where ``Δ_k`` is the mean absolute luma difference between the current frame and the frame k back, over the
+pixel's 3×3 neighbourhood (which keeps sensor noise from reading as change), and ``a_k`` is 1 for recent frames
+and tapers linearly to 0 over the oldest third of the window. A static pixel gets the plain
+average of its last ``frames`` depths — for independent wobble the frame-to-frame change of a K-frame average is
+about 1/K of the raw one's; a pixel something moves across has a different luma in the earlier frames, their weights
+vanish and the depth follows at once.
+
+The average is of the estimator's own per-frame depths, never of earlier outputs: the filter's memory is exactly
+``frames - 1`` frames (no exponential tail), so a segment warmed up on the frames before it reaches the state a
+single long run had, and a scene cut (``cuts.SceneCuts``) empties it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+import torch.nn.functional as F
+
+
+class SteadyDepth:
+    """The temporal filter of one shot's depth maps (working resolution, one frame per call)."""
+
+    def __init__(self, frames: int = 8, luma_tolerance: float = 0.02) -> None:
+        if frames < 1:
+            raise ValueError(f"the steadying filter needs at least 1 frame, got {frames}")
+        if luma_tolerance <= 0:
+            raise ValueError(f"luma_tolerance must be positive, got {luma_tolerance}")
+        self.frames = frames
+        self.luma_tolerance = luma_tolerance
+        # Flat, then tapering linearly over the oldest third: a frame leaves the average gradually, so an odd
+        # frame (a shot's first, before any motion was seen) does not make the depth jump when it drops out.
+        taper = max(1, frames // 3)
+        self._age_weights = [min(1.0, (frames - age) / taper) for age in range(frames)]
+        self.reset()
+
+    @property
+    def memory_frames(self) -> int:
+        """Earlier frames the output depends on."""
+        return self.frames - 1
+
+    def reset(self) -> None:
+        self._history: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=max(self.frames - 1, 1))
+
+    def __call__(self, depth: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        """``depth`` [1,1,h,w] 0..1 and the frame's luma ``gray`` [1,1,h,w] 0..1 at the same size → the
+        steadied depth [1,1,h,w] (a new tensor)."""
+        if depth.shape != gray.shape:
+            raise ValueError(f"depth {tuple(depth.shape)} and luma {tuple(gray.shape)} differ in size")
+        if self.frames == 1:
+            return depth.clone()
+        if self._history and self._history[-1][1].shape != gray.shape:
+            self.reset()
+        total = depth.clone()
+        weight = torch.ones_like(depth)
+        for age, (old_depth, old_gray) in enumerate(reversed(self._history), start=1):
+            change = F.avg_pool2d((gray - old_gray).abs_(), 3, stride=1, padding=1, count_include_pad=False)
+            w = change.mul_(1.0 / self.luma_tolerance).square_().neg_().exp_().mul_(self._age_weights[age])
+            total.addcmul_(w, old_depth)
+            weight.add_(w)
+        self._history.append((depth.clone(), gray.clone()))
+        return total.div_(weight)
