@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stereo_spot.stereo.depth import steady
 from stereo_spot.stereo.depth.base import DepthEstimator
 from stereo_spot.stereo.depth.cuts import SceneCuts
-from stereo_spot.stereo.depth.steady import SteadyDepth
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.guided import luma
 from stereo_spot.stereo.loading import loading_error, quiet_loading
@@ -162,7 +162,7 @@ class DepthAnythingDepth(DepthEstimator):
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None, *,
                  batch_size: int | None = None, memory: int = 16, min_span: float = 0.05,
-                 steady_frames: int = 12, steady_luma_tolerance: float = 0.04) -> None:
+                 steady_frames: int = steady.FRAMES) -> None:
         if not weights:
             raise WeightsError("--depth-model depth-anything needs --depth-weights: a folder or an s3:// prefix "
                                "holding a Depth Anything V2 checkpoint (config.json, model.safetensors, "
@@ -174,7 +174,7 @@ class DepthAnythingDepth(DepthEstimator):
         #: smallest normalising span, as a share of the range's upper end (a flat scene stays flat)
         self.min_span = min_span
         self._range = TemporalRange(memory, align=True)
-        self._steady = SteadyDepth(steady_frames, steady_luma_tolerance)
+        self._steady = steady.SteadyDepth(steady_frames)
         self._cuts = SceneCuts()
         #: the pooled range needs the last ``memory`` frames, the steadying filter the normalised depth of the
         #: frames before (each with its own ``memory`` frames of history)

@@ -27,11 +27,16 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
+#: the defaults every estimator uses: frames averaged, and the luma change (0..1, 3x3 mean) at which an earlier
+#: frame counts for 1/e of the current one (compressed real footage changes by 0.01..0.03 where nothing moves)
+FRAMES = 12
+LUMA_TOLERANCE = 0.04
+
 
 class SteadyDepth:
     """The temporal filter of one shot's depth maps (working resolution, one frame per call)."""
 
-    def __init__(self, frames: int = 8, luma_tolerance: float = 0.02) -> None:
+    def __init__(self, frames: int = FRAMES, luma_tolerance: float = LUMA_TOLERANCE) -> None:
         if frames < 1:
             raise ValueError(f"the steadying filter needs at least 1 frame, got {frames}")
         if luma_tolerance <= 0:
