@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections import deque
 
 import torch
-import torch.nn.functional as F
+
+from stereo_spot.stereo.guided import box_filter
 
 #: the defaults every estimator uses: frames averaged, and the luma change (0..1, 3x3 mean) at which an earlier
 #: frame counts for 1/e of the current one (compressed real footage changes by 0.01..0.03 where nothing moves)
@@ -66,12 +67,29 @@ class SteadyDepth:
             return depth.clone()
         if self._history and self._history[-1][1].shape != gray.shape:
             self.reset()
-        total = depth.clone()
-        weight = torch.ones_like(depth)
-        for age, (old_depth, old_gray) in enumerate(reversed(self._history), start=1):
-            change = F.avg_pool2d((gray - old_gray).abs_(), 3, stride=1, padding=1, count_include_pad=False)
-            w = change.mul_(1.0 / self.luma_tolerance).square_().neg_().exp_().mul_(self._age_weights[age])
-            total.addcmul_(w, old_depth)
-            weight.add_(w)
+        out = depth.clone()
+        if self._history:
+            ages = len(self._history)
+            old_depth = torch.cat([d for d, _ in self._history])  # oldest first
+            old_gray = torch.cat([g for _, g in self._history])
+            # exp(-20) is nothing already; clamping there keeps exp out of denormal numbers (ten times slower)
+            change = box_filter((old_gray - gray).abs_(), 1)
+            weights = change.mul_(1.0 / self.luma_tolerance).square_().clamp_(max=20.0).neg_().exp_()
+            weights.mul_(self._age_tensor(ages, weights))
+            weighted = weights * old_depth
+            total, weight = depth.clone(), torch.ones_like(depth)
+            for k in range(ages):  # slice by slice: torch reduces over the leading axis many times slower
+                total.add_(weighted[k : k + 1])
+                weight.add_(weights[k : k + 1])
+            out = total.div_(weight)
         self._history.append((depth.clone(), gray.clone()))
-        return total.div_(weight)
+        return out
+
+    def _age_tensor(self, ages: int, like: torch.Tensor) -> torch.Tensor:
+        # weights of the earlier frames, oldest first: ages ``ages`` … 1
+        key = (ages, like.device, like.dtype)
+        if getattr(self, "_age_key", None) != key:
+            self._age_key = key
+            self._ages = torch.tensor(self._age_weights[ages:0:-1], device=like.device,
+                                      dtype=like.dtype).view(-1, 1, 1, 1)
+        return self._ages
