@@ -21,11 +21,14 @@ encode) to Full SBS. Printed per model:
     peak GiB     peak GPU memory allocated (CPU: the process's peak RSS)
     busy         GPU kernel time / wall time over the timed run, from torch.profiler (CPU: process CPU time /
                  wall / cores)
-    all devices  the whole pipeline (chunk → convert → concat) on every GPU vs on one: speedup (one worker per GPU,
-                 model loads included); on the CPU see bench_convert.py's worker scaling
+    1 GPU fps    the whole pipeline (chunk → convert → concat, model loads included) with one worker on one GPU
+    all GPUs fps the same with one worker per visible GPU, and the speedup over one; on the CPU: one worker vs
+                 one per core (the CPU's own scaling: bench_convert.py measures it at length)
+    what ran     the configuration, the number formats the models computed in (``--precision``) and the frame size
 
     python bench/bench_gpu.py            # 1080p, the published configurations: the one command for a GPU machine
     python bench/bench_gpu.py --quick    # CPU, small frames and reduced diffusion networks: a smoke test (< 5 min)
+    python bench/bench_gpu.py --precision bf16 --models da-v2-small   # another number format, one model
 """
 
 from __future__ import annotations
@@ -128,7 +131,30 @@ class Row:
     load_s: float
     peak_gib: float
     busy: float
-    all_devices: str
+    one: Throughput | None = None  # the pipeline with one worker on one device
+    every: Throughput | None = None  # the pipeline on every device (one worker per GPU, or per core)
+
+
+@dataclass
+class Throughput:
+    convert_fps: float  # frames / the convert stage's span: first segment's start to last segment's end
+    wall_s: float  # the whole run: chunk, worker start, model loads, convert, concat
+
+
+_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def number_formats(engine: StereoEngine) -> str:
+    """The number formats the engine's neural models compute in, as ``inference_dtype`` chose them."""
+    parts = []
+    loaded = getattr(engine.depth, "loaded", None)
+    if loaded is not None:
+        parts.append(f"depth {_FORMATS.get(loaded.dtype, loaded.dtype)}")
+    models = getattr(engine.inpainter, "models", None)
+    if models is not None:
+        parts.append(f"UNet {_FORMATS.get(models.dtype, models.dtype)}, VAE "
+                     f"{_FORMATS.get(models.vae_dtype, models.vae_dtype)}")
+    return ", ".join(parts)
 
 
 def _forget_loaded_models() -> None:
@@ -181,27 +207,34 @@ def measure(name: str, settings: ConversionSettings, clip: Path, device: torch.d
         used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         busy = used / stats.seconds / devices.usable_cores()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return Row(name, "", stats.frames / stats.seconds, load_s, peak, busy, "")
+    row = Row(name, number_formats(engine), stats.frames / stats.seconds, load_s, peak, busy)
+    del engine
+    return row
 
 
-def all_devices_speedup(settings: ConversionSettings, clip: Path, work: Path, one: str, every: str | None,
-                        workers: int | None = None) -> float:
-    """Seconds of the whole pipeline on ``one`` device over seconds on ``every`` device."""
+def pipeline(settings: ConversionSettings, clip: Path, work: Path, device: str, workers: int | None,
+             segment_seconds: float) -> Throughput:
+    """The whole pipeline (chunk → convert → concat) on ``device`` ("cuda": every GPU) with ``workers`` processes
+    (None: one per GPU, or one per core): its wall time, and the convert stage's frames per second from the
+    segments' own records (each segment's convert time ends at its completion), which leaves out the start of
+    the worker processes and their model loads (the ``load s`` column) that a short clip cannot amortise."""
     from stereo_spot import steps
     from stereo_spot.adapters.local import local_backend
     from stereo_spot.runner import run_job
 
-    times = []
-    for label, device, count in (("one", one, 1), ("all", every, workers)):
-        home = work / f"home-{label}-{time.monotonic_ns()}"
-        os.environ["STEREO_SPOT_HOME"] = str(home)
-        backend = local_backend(home)
-        job = steps.create_job(backend, settings.model_copy(update={"segment_seconds": 1.0}), "bench")
-        steps.store_source(backend, job.job_id, clip)
-        started = time.perf_counter()
-        run_job(backend, job.job_id, workers=count, device=device)
-        times.append(time.perf_counter() - started)
-    return times[0] / times[1]
+    _forget_loaded_models()  # a one-worker run converts in this process: make it load its models as workers do
+    home = work / f"home-{time.monotonic_ns()}"
+    os.environ["STEREO_SPOT_HOME"] = str(home)
+    backend = local_backend(home)
+    job = steps.create_job(backend, settings.model_copy(update={"segment_seconds": segment_seconds}), "bench")
+    steps.store_source(backend, job.job_id, clip)
+    started = time.perf_counter()
+    run_job(backend, job.job_id, workers=workers, device=device)
+    wall = time.perf_counter() - started
+    done = backend.completions.query_by_job(job.job_id)
+    first = min(c.completed_at.timestamp() - c.convert_seconds for c in done)
+    last = max(c.completed_at.timestamp() for c in done)
+    return Throughput(sum(c.frames for c in done) / max(last - first, 1e-9), wall)
 
 
 def main() -> None:
@@ -210,6 +243,8 @@ def main() -> None:
     parser.add_argument("--models", default="heuristic,da-v2-small,da-v2-base,diffusion")
     parser.add_argument("--seconds", type=float, default=None, help="length of the test clip")
     parser.add_argument("--device", default=None, help="cpu, cuda:N (default: the first GPU, else the CPU)")
+    parser.add_argument("--precision", default="auto", choices=devices.PRECISIONS,
+                        help="number format of the neural models (as convert --precision)")
     args = parser.parse_args()
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
@@ -236,6 +271,15 @@ def main() -> None:
         clip = write_sample(work / "clip.mp4", seconds=seconds, size=size, fps=24, audio=False)
         small_clip = write_sample(work / "diffusion.mp4", seconds=diffusion_seconds, size=diffusion_size, fps=24,
                                   audio=False)
+        # the pipeline runs: a keyframe every quarter second, so even the short --quick clips cut into segments
+        # enough for every worker
+        workers = gpus if device.type == "cuda" else devices.usable_cores()
+        scaling_seconds = 0.5 if args.quick else seconds
+        segment_seconds = max(0.25, scaling_seconds / (2 * max(1, workers)))
+        scaling = {clip: write_sample(work / "scaling.mp4", seconds=scaling_seconds, size=size, fps=24, gop=6,
+                                      audio=False),
+                   small_clip: write_sample(work / "scaling-diffusion.mp4", seconds=scaling_seconds,
+                                            size=diffusion_size, fps=24, gop=6, audio=False)}
         for name in args.models.split(","):
             built = time.perf_counter()
             if name == "heuristic":
@@ -243,12 +287,12 @@ def main() -> None:
             elif name in DEPTH_ANYTHING_V2:
                 folder = save_depth_anything(work / name, name, da_input)
                 settings = ConversionSettings(output_format=OutputFormat.SBS, depth_model="depth-anything",
-                                              depth_weights=str(folder))
+                                              depth_weights=str(folder), precision=args.precision)
                 source, what = clip, f"published config, input {da_input}"
             elif name == "diffusion":
                 folder = save_stereo_inpainter(work / name, reduced=args.quick)
                 settings = ConversionSettings(output_format=OutputFormat.SBS, inpaint="diffusion",
-                                              inpaint_weights=str(folder))
+                                              inpaint_weights=str(folder), precision=args.precision)
                 source = small_clip
                 what = ("REDUCED UNet/VAE (4 blocks of 32-64 ch), 2 steps, 6-frame chunks" if args.quick
                         else "SVD-xt UNet + temporal VAE + CLIP ViT-H, 8 steps, 23-frame chunks")
@@ -257,24 +301,36 @@ def main() -> None:
             print(f"  {name}: weights built and saved in {time.perf_counter() - built:.1f} s; converting "
                   f"{diffusion_size if name == 'diffusion' else size} …", flush=True)
             row = measure(name, settings, source, device, work, warm_seconds=0.25 if args.quick else 0.5)
-            row.what = what + f", {'x'.join(map(str, diffusion_size if name == 'diffusion' else size))}"
-            if device.type == "cuda" and gpus > 1:
-                row.all_devices = f"{all_devices_speedup(settings, source, work, str(device), 'cuda'):.2f}x " \
-                                  f"on {gpus}"
-            elif device.type == "cuda":
-                row.all_devices = "1 GPU only"
-            else:
-                row.all_devices = "n/a on CPU"  # worker scaling on the CPU: bench_convert.py
+            formats = f", {row.what}" if row.what else ""
+            row.what = what + formats + f", {'x'.join(map(str, diffusion_size if name == 'diffusion' else size))}"
+            row.one = pipeline(settings, scaling[source], work, str(device), 1, segment_seconds)
+            if workers > 1:
+                row.every = pipeline(settings, scaling[source], work, "cuda" if device.type == "cuda" else "cpu",
+                                     workers, segment_seconds)
             rows.append(row)
-    mem = "peak GiB" if device.type == "cuda" else "peak RSS GiB"
-    busy = "GPU busy" if device.type == "cuda" else "CPU busy"
+    gpu = device.type == "cuda"
+    mem = "peak GiB" if gpu else "peak RSS GiB"
+    busy = "GPU busy" if gpu else "CPU busy"
+    one = "1 GPU fps" if gpu else "1 worker fps"
+    every = f"{workers} GPUs fps" if gpu else f"{workers} workers fps"
     print(f"\n1080p-class → Full SBS, end to end (decode, engine, encode) on {device}"
           if not args.quick else f"\n--quick: small frames → Full SBS on {device} (CPU figures)")
-    print(f"| model        |    fps | load s | {mem:>12} | {busy:>8} | all devices     | what ran")
-    print("|--------------|--------|--------|--------------|----------|-----------------|---------")
+    print(f"{one} / {every}: the pipeline's convert stage (chunk → convert → concat of a {scaling_seconds:g} s clip "
+          f"in segments of {segment_seconds:g} s), frames over the span of the segments' conversions; whole run: "
+          "the wall-time speedup of the run, worker start and model loads included")
+    print(f"| model        |    fps | load s | {mem:>12} | {busy:>8} | {one:>12} | {every:>14} | speedup | "
+          "whole run | what ran")
+    print("|--------------|--------|--------|--------------|----------|--------------|----------------|---------|"
+          "-----------|---------")
     for r in rows:
+        if r.every is not None and r.one is not None:
+            every_fps = f"{r.every.convert_fps:14.2f}"
+            speedup = f"{r.every.convert_fps / r.one.convert_fps:6.2f}x"
+            whole = f"{r.one.wall_s / r.every.wall_s:8.2f}x"
+        else:
+            every_fps, speedup, whole = f"{'1 GPU only' if gpu else '1 core only':>14}", f"{'—':>7}", f"{'—':>9}"
         print(f"| {r.model:<12} | {r.fps:6.2f} | {r.load_s:6.2f} | {r.peak_gib:12.2f} | {100 * r.busy:7.0f}% | "
-              f"{r.all_devices:<15} | {r.what}")
+              f"{r.one.convert_fps if r.one else 0:12.2f} | {every_fps} | {speedup} | {whole} | {r.what}")
     sys.stdout.flush()
 
 

@@ -4,6 +4,10 @@
        the true right view of a layered scene rendered exactly for both eyes; PSNR over the whole frame and over
        the disoccluded pixels, next to a naive baseline (nearest-pixel forward warp with a z-buffer, holes filled
        by copying the neighbouring pixel on the left).                          target: >= 2 dB better overall
+       The same renderer on a real stereo pair (Middlebury "Aloe", ``scripts/fetch-real-data``): the right view
+       from the pair's true disparity against the real right view, PSNR over the whole frame, the hole pixels
+       and the rest, and SSIM, for the classical fill, the smear it replaced and the naive baseline.
+                                                                                 target: >= 24.5 dB whole frame
        With --inpaint-weights, the diffusion inpainter's fill is compared with the classical one on the
        disoccluded pixels of the same scenes (PSNR and SSIM of the right view), and its temporal flicker on
        the holes of a static shot; without weights that column says "no weights".
@@ -16,11 +20,13 @@
        (``TemporalRange(align=True)``, the depth-anything mode). Error against the consistently normalised truth
        and flicker (frame-to-frame change where the true depth did not change).
     4. --seams: a 10 s clip converted through the pipeline in 1 s segments and in one segment, PSNR between the
-       two outputs at every seam, with the lossless encoder (the seams themselves) and the default one.
+       two outputs at every seam, with the lossless encoder (the seams themselves) and the default one. With
+       --inpaint-weights (or --tiny-inpainter: the tests' tiny random model, for the mechanics), the same for
+       the diffusion inpainter on the hole pixels, for several ``restart_seconds``, with the warm-up's cost.
     5. --stages: per-frame time of each engine stage at 1280x720 on CPU (one torch thread), next to the
        per-frame time of the encoder (libx264 preset fast crf 18, 2560x720) measured in the same run.
 
-    .venv/bin/python bench/bench_quality.py [--size 640x360] [--scenes 6] [--seams] [--stages]
+    .venv/bin/python bench/bench_quality.py [--size 640x360] [--scenes 6] [--seams [--tiny-inpainter]] [--stages]
                                             [--depth-weights PATH|s3://...] [--inpaint-weights PATH|s3://...]
 """
 
@@ -116,12 +122,14 @@ def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict
             with torch.inference_mode():
                 warped, holes, warped_disp = forward_warp(left, disparity)
                 ours = fill_holes(warped, holes, warped_disp)[0].permute(1, 2, 0).numpy()
+                smear = fill_holes(warped, holes, warped_disp, **SMEAR_FILL)[0].permute(1, 2, 0).numpy()
                 naive = naive_right_view(left, disparity)[0].permute(1, 2, 0).numpy()
             truth, dis = views.right, views.disoccluded
             row = {
                 "scene": f"{seed}/{span_pct:g}%", "ours": psnr(ours, truth), "naive": psnr(naive, truth),
                 "ours_dis": psnr(ours, truth, dis), "naive_dis": psnr(naive, truth, dis),
                 "dis_pct": 100 * dis.mean(), "ours_ssim": ssim(ours, truth),
+                "smear": psnr(smear, truth), "smear_dis": psnr(smear, truth, dis), "smear_ssim": ssim(smear, truth),
             }
             if inpainter is not None:
                 with torch.inference_mode():
@@ -132,9 +140,58 @@ def bench_renderer(width: int, height: int, scenes: int, inpainter=None) -> dict
                 row["diffusion"], row["diffusion_dis"] = psnr(neural, truth), psnr(neural, truth, dis)
                 row["diffusion_ssim"] = ssim(neural, truth)
             rows.append(row)
-    keys = ["ours", "naive", "ours_dis", "naive_dis", "ours_ssim"] + (
+    keys = ["ours", "naive", "ours_dis", "naive_dis", "ours_ssim", "smear", "smear_dis", "smear_ssim"] + (
         ["diffusion", "diffusion_dis", "diffusion_ssim"] if inpainter else [])
     return {"rows": rows, **{k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+
+
+#: The classical fill as it was before it continued the texture: the edge pixel copied across each run, ±2 rows
+#: of dense vertical smoothing (the same code with the mirror off).
+SMEAR_FILL = {"mirror": False, "smooth_rows": 2, "smooth_step": 1}
+
+
+def known_disparity(disparity: np.ndarray) -> np.ndarray:
+    """A stereo pair's disparity with its unknown pixels (NaN) filled along the row from the farther of the two
+    nearest known neighbours: they are mostly background the other camera cannot see (occluded beside a nearer
+    object), which warps behind that object; one known side (at a frame border) is used as it is."""
+    known = ~np.isnan(disparity)
+    w = disparity.shape[1]
+    cols = np.broadcast_to(np.arange(w), disparity.shape)
+    before = np.maximum.accumulate(np.where(known, cols, -1), axis=1)
+    after = np.minimum.accumulate(np.where(known, cols, w)[:, ::-1], axis=1)[:, ::-1]
+    rows = np.arange(disparity.shape[0])[:, None]
+    from_before = np.where(before >= 0, disparity[rows, before.clip(0, w - 1)], np.inf)
+    from_after = np.where(after < w, disparity[rows, after.clip(0, w - 1)], np.inf)
+    out = np.where(known, disparity, np.minimum(from_before, from_after))
+    return np.nan_to_num(out, posinf=0.0).astype(np.float32)  # a row with nothing known: on the screen plane
+
+
+def bench_real_pair() -> dict | None:
+    """The renderer on the real stereo pair (None without the real data): PSNR of the right view rendered from
+    the true disparity against the real right view, over the whole frame, over the warp's holes and over the
+    rest, and SSIM, for the classical fill, the smear it replaced and the naive baseline."""
+    from real_data import stereo_pair  # bench/real_data.py, beside this script
+
+    pair = stereo_pair()
+    if pair is None:
+        return None
+    left_u8, right_u8, disparity = pair
+    truth = right_u8.astype(np.float32) / 255
+    left = torch.from_numpy(left_u8.astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+    disp = torch.from_numpy(known_disparity(disparity))[None, None]
+    with torch.inference_mode():
+        warped, holes, warped_disp = forward_warp(left, disp)
+        views = {"classical": fill_holes(warped, holes, warped_disp),
+                 "classical before (smear)": fill_holes(warped, holes, warped_disp, **SMEAR_FILL),
+                 "naive baseline": naive_right_view(left, disp)}
+    hole = holes[0, 0].numpy()
+    rows = {}
+    for name, view in views.items():
+        image = view[0].permute(1, 2, 0).numpy()
+        rows[name] = {"whole": psnr(image, truth), "holes": psnr(image, truth, hole),
+                      "rest": psnr(image, truth, ~hole), "ssim": ssim(image, truth)}
+    return {"size": f"{truth.shape[1]}x{truth.shape[0]}", "holes_pct": 100 * hole.mean(),
+            "unknown_pct": 100 * np.isnan(disparity).mean(), "rows": rows}
 
 
 def thin_hole_loss(width: int, height: int, scenes: int, cell: int = 8) -> float:
@@ -334,9 +391,44 @@ def bench_seams(seconds: int = 10, size: tuple[int, int] = (160, 96), fps: int =
     return results
 
 
-def bench_diffusion_seams(weights: str, seconds: int = 4, size: tuple[int, int] = (96, 64), fps: int = 12) -> dict:
-    """The diffusion inpainter's seams: a clip converted in 1 s segments and in one (lossless encoder,
-    divergence 6 %), PSNR between the two right views on the hole pixels (and their feather) of every frame."""
+def _inpainter_with(weights: str, folder: Path, **overrides) -> str:
+    """A checkpoint folder that links to ``weights``' parts, with ``overrides`` on its inpainting options."""
+    import json
+
+    from stereo_spot.stereo.inpaint_diffusion import OPTIONS_FILE
+    from stereo_spot.weights import fetch_weights
+
+    source = fetch_weights(weights, "inpainting model")
+    folder.mkdir(parents=True)
+    for part in source.iterdir():
+        if part.name != OPTIONS_FILE:
+            (folder / part.name).symlink_to(part.resolve())
+    options = json.loads((source / OPTIONS_FILE).read_text()) if (source / OPTIONS_FILE).is_file() else {}
+    (folder / OPTIONS_FILE).write_text(json.dumps({**options, **overrides}))
+    return str(folder)
+
+
+def tiny_inpainter(folder: Path) -> str:
+    """The tests' tiny random StereoCrafter-structured inpainter (2 steps, chunks of 8 with 2 of overlap):
+    it measures the segment mechanics, not the quality of a fill."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stereo_spot.stereo.inpaint_diffusion import OPTIONS_FILE
+    from tests.test_neural_inpaint import save_tiny_stereo_inpainter
+
+    save_tiny_stereo_inpainter(folder)
+    (folder / OPTIONS_FILE).write_text(json.dumps({"steps": 2, "frames_per_chunk": 8, "overlap": 2}))
+    return str(folder)
+
+
+def bench_diffusion_seams(weights: str, seconds: int = 6, size: tuple[int, int] = (96, 64), fps: int = 12,
+                          restarts: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)) -> dict:
+    """The diffusion inpainter's seams for each ``restart_seconds``: a clip converted in 1 s segments and in
+    one (lossless encoder, divergence 6 %), PSNR between the two right views on the hole pixels (and their
+    feather); the single run against the single run that never restarts (what restarts change); the frames
+    converted without output per segment (the warm-up's cost)."""
     import os
     import tempfile
 
@@ -349,6 +441,7 @@ def bench_diffusion_seams(weights: str, seconds: int = 4, size: tuple[int, int] 
     from stereo_spot.stereo.engine import StereoEngine, frames_to_tensor
 
     os.environ["STEREO_SPOT_CRF"] = "0"
+    results = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             clip = write_sample(Path(tmp) / "clip.mp4", seconds=seconds, size=size, fps=fps, gop=fps // 2)
@@ -361,22 +454,35 @@ def bench_diffusion_seams(weights: str, seconds: int = 4, size: tuple[int, int] 
                     _, hole, _ = forward_warp(left, engine.disparity(left))
                     holes.append(torch.nn.functional.max_pool2d(hole.float(), 5, stride=1, padding=2)[0, 0] > 0)
             holes = torch.stack(holes).numpy()
-            outputs = []
-            for segment_seconds in (1.0, 1000.0):
-                backend = local_backend(Path(tmp) / f"home-{segment_seconds}")
-                settings = ConversionSettings(segment_seconds=segment_seconds, divergence=6.0, inpaint="diffusion",
-                                              inpaint_weights=weights)
-                job = steps.create_job(backend, settings, "seams")
-                steps.store_source(backend, job.job_id, clip)
-                run_job(backend, job.job_id, workers=1)
-                final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
-                outputs.append(np.stack([f.rgb for f in read_frames(final)])[:, :, size[0]:].astype(np.float64))
+            every = np.broadcast_to(holes[..., None], (*holes.shape, 3))
+            never = None
+            for restart in restarts:
+                checkpoint = _inpainter_with(weights, Path(tmp) / f"weights-{restart}", restart_seconds=restart)
+                outputs, extra = [], []
+                for segment_seconds in (1.0, 1000.0):
+                    backend = local_backend(Path(tmp) / f"home-{restart}-{segment_seconds}")
+                    settings = ConversionSettings(segment_seconds=segment_seconds, divergence=6.0,
+                                                  inpaint="diffusion", inpaint_weights=checkpoint)
+                    job = steps.create_job(backend, settings, "seams")
+                    steps.store_source(backend, job.job_id, clip)
+                    run_job(backend, job.job_id, workers=1)
+                    final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+                    outputs.append(np.stack([f.rgb for f in read_frames(final)])[:, :, size[0]:].astype(np.float64))
+                    if segment_seconds == 1.0:
+                        extra = [c.stats["timings"]["warmup_frames"] for c in backend.completions.query_by_job(
+                            job.job_id)]
+                per_frame = [psnr(a / 255, b / 255, m) for a, b, m in zip(*outputs, holes, strict=True)]
+                never = outputs[1] if never is None and restart == 0 else never
+                results[restart] = {
+                    "seams": [min(per_frame[s * fps - 1], per_frame[s * fps]) for s in range(1, seconds)],
+                    "min frame": float(np.nanmin(per_frame)),
+                    "overall": psnr(outputs[0] / 255, outputs[1] / 255, every),
+                    "vs never": psnr(outputs[1] / 255, never / 255, every) if never is not None else float("nan"),
+                    "extra mean": float(np.mean(extra[1:])), "extra max": int(max(extra)),
+                    "frames per segment": fps}
     finally:
         os.environ.pop("STEREO_SPOT_CRF", None)
-    per_frame = [psnr(a / 255, b / 255, m) for a, b, m in zip(*outputs, holes, strict=True)]
-    seams = [min(per_frame[s * fps - 1], per_frame[s * fps]) for s in range(1, seconds)]
-    return {"seams": seams, "min frame": float(np.nanmin(per_frame)),
-            "overall": psnr(outputs[0] / 255, outputs[1] / 255, np.broadcast_to(holes[..., None], outputs[0].shape))}
+    return results
 
 
 # --- 3. stage timings -----------------------------------------------------------------------------------------
@@ -449,6 +555,18 @@ def _encode_ms(clip: np.ndarray, threads: int) -> float:
     return min(times) / len(clip) * 1000
 
 
+def print_diffusion_seams(weights: str) -> None:
+    print("\nDiffusion seams: 6 s clip (96x64, 12 fps) in 1 s segments vs one segment, lossless, PSNR on the "
+          "hole pixels;\n  the single run vs the single run that never restarts; frames converted without "
+          "output per segment (after the first)", flush=True)
+    print(f"  {'restart_seconds':>15} {'overall':>8} {'worst':>6}  {'seams':<30} {'vs never':>8} "
+          f"{'extra frames mean/max':>22}")
+    for restart, row in bench_diffusion_seams(weights).items():
+        print(f"  {restart:>15g} {row['overall']:8.1f} {row['min frame']:6.1f}  "
+              f"{' '.join(f'{v:.1f}' for v in row['seams']):<30} {row['vs never']:8.1f} "
+              f"{row['extra mean']:>14.1f} / {row['extra max']:<3d} of {row['frames per segment']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="640x360", help="WxH of the synthetic scenes")
@@ -458,6 +576,8 @@ def main() -> None:
     parser.add_argument("--seams", action="store_true", help="also compare 1 s segments with one long run")
     parser.add_argument("--depth-weights", help="a Depth Anything checkpoint (folder or s3://) to compare")
     parser.add_argument("--inpaint-weights", help="a stereo inpainting checkpoint (folder or s3://) to compare")
+    parser.add_argument("--tiny-inpainter", action="store_true",
+                        help="with --seams: the diffusion seams with a tiny random inpainter (the mechanics)")
     parser.add_argument("--inpaint-options", action="store_true",
                         help="with --inpaint-weights: each of StereoCrafter's choices against the default")
     args = parser.parse_args()
@@ -482,14 +602,30 @@ def main() -> None:
           f"{'PASS' if gain >= 2.0 else 'FAIL'}")
     print(f"\nRight view against the true right view ({args.scenes * 2} scenes): PSNR whole frame / disoccluded, "
           f"SSIM; temporal flicker of the fill on a static shot's holes (mean |change|, 0..1)")
-    print(f"  {'fill':>22} {'PSNR':>8} {'PSNR dis.':>10} {'SSIM':>7} {'flicker':>8}")
-    print(f"  {'classical':>22} {result['ours']:8.2f} {result['ours_dis']:10.2f} {result['ours_ssim']:7.4f} "
+    print(f"  {'fill':>26} {'PSNR':>8} {'PSNR dis.':>10} {'SSIM':>7} {'flicker':>8}")
+    print(f"  {'classical':>26} {result['ours']:8.2f} {result['ours_dis']:10.2f} {result['ours_ssim']:7.4f} "
           f"{inpaint_flicker(ClassicalInpainter(), width, height):8.4f}")
+    print(f"  {'classical before (smear)':>26} {result['smear']:8.2f} {result['smear_dis']:10.2f} "
+          f"{result['smear_ssim']:7.4f}")
     if inpainter is not None:
-        print(f"  {'diffusion':>22} {result['diffusion']:8.2f} {result['diffusion_dis']:10.2f} "
+        print(f"  {'diffusion':>26} {result['diffusion']:8.2f} {result['diffusion_dis']:10.2f} "
               f"{result['diffusion_ssim']:7.4f} {inpaint_flicker(inpainter, width, height):8.4f}")
     else:
-        print(f"  {'diffusion':>22} {'no weights':>8}")
+        print(f"  {'diffusion':>26} {'no weights':>8}")
+
+    real = bench_real_pair()
+    print("\nReal stereo pair (Middlebury Aloe): the right view from the true disparity against the real right view")
+    if real is None:
+        print("  no real data (run scripts/fetch-real-data)")
+    else:
+        print(f"  {real['size']}, holes {real['holes_pct']:.1f} % of the right view, unknown disparity "
+              f"{real['unknown_pct']:.1f} % of the left (filled from the farther row neighbour before warping)")
+        print(f"  {'fill':>26} {'PSNR':>7} {'holes':>7} {'rest':>7} {'SSIM':>7}   (dB; holes = the warp's hole mask)")
+        for name, row in real["rows"].items():
+            print(f"  {name:>26} {row['whole']:7.2f} {row['holes']:7.2f} {row['rest']:7.2f} {row['ssim']:7.4f}")
+        whole = real["rows"]["classical"]["whole"]
+        verdict = "PASS" if whole >= 24.5 else "FAIL"
+        print(f"  classical fill, whole frame: {whole:.2f} dB (target >= 24.5 dB): {verdict}")
 
     estimators = {"heuristic": None}
     if args.depth_weights:
@@ -545,12 +681,15 @@ def main() -> None:
                   f"inside segments {row['mean inside segments']:.1f} dB")
             print("    seams: " + " ".join(f"{v:.1f}" for v in row["seams"]))
 
-    if args.seams and args.inpaint_weights:
-        row = bench_diffusion_seams(args.inpaint_weights)
-        print(f"  diffusion inpainter, 4 s clip (96x64, 12 fps), lossless, hole pixels: overall {row['overall']:.1f} "
-              f"dB, worst frame {row['min frame']:.1f} dB, seams " + " ".join(f"{v:.1f}" for v in row["seams"]))
+    seam_weights = args.inpaint_weights
+    if args.seams and args.tiny_inpainter:
+        import tempfile
+
+        seam_weights = tiny_inpainter(Path(tempfile.mkdtemp()) / "tiny-inpainter")
+    if args.seams and seam_weights:
+        print_diffusion_seams(seam_weights)
     elif args.seams:
-        print("  diffusion inpainter: no weights")
+        print("  diffusion inpainter: no weights (--inpaint-weights, or --tiny-inpainter for the mechanics)")
 
     if args.stages:
         stages = bench_stages()

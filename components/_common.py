@@ -37,6 +37,25 @@ TERMINATION_LOG_ENV = "STEREO_SPOT_TERMINATION_LOG"  # ReportingSettings.stereo_
 
 T = TypeVar("T")
 
+# The image's own console entry point (pyproject's [project.scripts]) that runs one step for Kubeflow's container
+# components: `stereo-spot step <name> ...` (components/cli.py). The step image needs no kfp inside.
+STEP_ENTRYPOINT = ("stereo-spot", "step")
+
+
+def step_command(step: str) -> list[str]:
+    return [*STEP_ENTRYPOINT, step]
+
+
+def write_output(path: str, value: object) -> None:
+    """A step's result into the file an engine reads it from (Kubeflow's ``OutputPath``): JSON, as the KFP
+    launcher parses a list or a number output; a string as it is. The folder may not exist yet."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(value if isinstance(value, str) else json.dumps(value), encoding="utf-8")
+
 
 class StepFailed(SystemExit):
     """Ends the component process with the exit code that tells the engine whether to retry."""

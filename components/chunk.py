@@ -1,10 +1,12 @@
 """chunk, for the engines: split the uploaded source into segments and hand on the fan-out list.
 
 Argo runs ``python -m hera.workflows.runner -e stereo_spot.components.chunk:chunk <inputs>``; Kubeflow runs the
-component from ``kfp_component``. Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker
-(contiguous shards of segments, ``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's
-length, far under Argo's 256 kB output limit. On Argo it is the named output parameter ``shards`` (the Hera
-runner writes it to a file the executor reads), so nothing a library prints can end up in the fan-out.
+container component from ``kfp_component``, which is the image's own ``stereo-spot step chunk`` (components/cli.py).
+Both call ``chunk`` below. The output is the fan-out list: one index per GPU worker (contiguous shards of segments,
+``steps.shard_count``), e.g. ``[0, 1, 2]`` — a few bytes whatever the film's length, far under Argo's 256 kB output
+limit. It is the named output ``shards``, written to a file on both engines — on Argo an output parameter (the Hera
+runner writes it under /tmp/hera-outputs, the executor reads it), on Kubeflow an ``OutputPath`` — so nothing a library
+prints can end up in the fan-out.
 """
 
 from typing import Annotated, Any
@@ -13,15 +15,24 @@ from hera.workflows import Parameter
 from pydantic import ValidationError
 
 from stereo_spot import steps
-from stereo_spot.components._common import run_step
+from stereo_spot.choices import AUTO
+from stereo_spot.components._common import run_step, step_command
 from stereo_spot.errors import UserError
 from stereo_spot.models import ConversionSettings
 from stereo_spot.ports import Backend
 
+SHARDS_OUTPUT = "shards"  # the fan-out list's name, the same on both engines
 
-def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
-          gpu_workers: str = str(steps.DEFAULT_GPU_WORKERS)) \
-        -> Annotated[list[int], Parameter(name="shards", description="one index per convert pod (GPU worker)")]:
+
+def chunk(
+    bucket: Annotated[str, Parameter(description="bucket of the uploaded source")],
+    key: Annotated[str, Parameter(description="input/<job id>/source.mp4, URL-encoded as in S3 events or not")],
+    output_format: Annotated[str, Parameter(description="override of the job's format; empty: keep it")] = "",
+    divergence: Annotated[str, Parameter(description="override of the job's divergence; empty: keep it")] = "",
+    convergence: Annotated[str, Parameter(description="override of the job's convergence; empty: keep it")] = "",
+    gpu_workers: Annotated[str, Parameter(description="most convert pods (shards) for this job")]
+    = str(steps.DEFAULT_GPU_WORKERS),
+) -> Annotated[list[int], Parameter(name=SHARDS_OUTPUT, description="one index per convert pod (GPU worker)")]:
     """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not) and return the
     shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
     wrong value is reported as this step's user error rather than failing the runner's parsing).
@@ -42,6 +53,9 @@ def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", 
 def settings_overrides(output_format: str, divergence: str, convergence: str) -> dict[str, Any]:
     given = {"output_format": output_format, "divergence": divergence, "convergence": convergence}
     overrides = {name: str(value).strip() for name, value in given.items() if str(value).strip()}
+    if overrides.get("convergence", "").lower() == AUTO:  # the automatic screen plane, as on the command line
+        del overrides["convergence"]
+        overrides["auto_convergence"] = True
     try:
         ConversionSettings(**overrides)  # says which parameter is wrong before any work starts
     except ValidationError as exc:
@@ -62,20 +76,23 @@ def gpu_workers_parameter(value: Any) -> int:
 
 
 def kfp_component(image: str):
-    """The Kubeflow component: runs in ``image`` (the project is installed there), installs nothing at start."""
+    """The Kubeflow container component: ``stereo-spot step chunk`` in ``image``, which writes the fan-out list to
+    the ``shards`` output file (no kfp in the image, nothing installed at start)."""
     from kfp import dsl
 
-    def chunk(bucket: str, key: str, output_format: str = "", divergence: str = "", convergence: str = "",
-              gpu_workers: int = 8) -> list[int]:
-        from stereo_spot.components.chunk import chunk as run
+    @dsl.container_component
+    def chunk(bucket: str, key: str, shards: dsl.OutputPath(list[int]), output_format: str = "", divergence: str = "",
+              convergence: str = "", gpu_workers: int = steps.DEFAULT_GPU_WORKERS):
+        return dsl.ContainerSpec(image=image, command=step_command("chunk"), args=[
+            "--bucket", bucket, "--key", key, "--output-format", output_format, "--divergence", divergence,
+            "--convergence", convergence, "--gpu-workers", gpu_workers, "--shards-path", shards])
 
-        return run(bucket, key, output_format, divergence, convergence, gpu_workers)
-
-    return dsl.component(chunk, base_image=image, packages_to_install=[], install_kfp_package=False)
+    return chunk
 
 
 def argo_template(**options: Any):
-    """The Argo script template (Hera runner constructor); ``options`` are the pipeline's placement choices."""
-    from hera.workflows import RunnerScriptConstructor, Script
+    """The Argo script template; the constructor (Hera's runner), image, resources and retries are the
+    pipeline's class defaults (pipelines/argo.py), ``options`` only what is this step's own."""
+    from hera.workflows import Script
 
-    return Script(name="chunk", source=chunk, constructor=RunnerScriptConstructor(), **options)
+    return Script(name="chunk", source=chunk, **options)

@@ -1,14 +1,16 @@
 """concat, for the engines: join the converted segments into ``jobs/{job_id}/final.mp4`` with the source's audio.
 
 Argo runs ``python -m hera.workflows.runner -e stereo_spot.components.concat:concat <inputs>`` after every convert
-item has succeeded; Kubeflow runs the component from ``kfp_component`` on the ``dsl.Collected`` convert outputs (the
-segment count of each shard).
+item has succeeded; Kubeflow runs the container component from ``kfp_component`` (``stereo-spot step concat``) on the
+``dsl.Collected`` convert outputs (the segment count of each shard).
 """
 
-from typing import Any
+from typing import Annotated, Any
+
+from hera.workflows import Parameter
 
 from stereo_spot import keys, steps
-from stereo_spot.components._common import run_step
+from stereo_spot.components._common import run_step, step_command
 from stereo_spot.errors import StepError
 from stereo_spot.models import JobStatus
 from stereo_spot.ports import Backend
@@ -18,7 +20,10 @@ class ReassemblyBusy(RuntimeError):
     """Another run holds the job's reassembly lock: not a user error, so the engine retries later."""
 
 
-def concat(key: str, converted: int = -1) -> str:
+def concat(
+    key: Annotated[str, Parameter(description="input/<job id>/source.mp4, URL-encoded as in S3 events or not")],
+    converted: Annotated[int, Parameter(description="segments the engine saw converted; -1: not counted")] = -1,
+) -> str:
     """Assemble the job whose source is ``key``; returns the final video's key. ``converted`` (the number of
     segments the engine saw converted, -1 when it does not count) must match the job's segment count."""
 
@@ -35,17 +40,19 @@ def concat(key: str, converted: int = -1) -> str:
 
 
 def kfp_component(image: str):
+    """The Kubeflow container component (``stereo-spot step concat``): ``converted`` is the list of the convert
+    tasks' segment counts (``dsl.Collected``), passed as JSON; the final video's key goes to the output file."""
     from kfp import dsl
 
-    def concat(key: str, converted: list[int]) -> str:
-        from stereo_spot.components.concat import concat as run
+    @dsl.container_component
+    def concat(key: str, converted: list[int], final_key: dsl.OutputPath(str)):
+        return dsl.ContainerSpec(image=image, command=step_command("concat"), args=[
+            "--key", key, "--converted", converted, "--final-key-path", final_key])
 
-        return run(key, sum(converted))  # each convert task returns its shard's segment count
-
-    return dsl.component(concat, base_image=image, packages_to_install=[], install_kfp_package=False)
+    return concat
 
 
 def argo_template(**options: Any):
-    from hera.workflows import RunnerScriptConstructor, Script
+    from hera.workflows import Script
 
-    return Script(name="concat", source=concat, constructor=RunnerScriptConstructor(), **options)
+    return Script(name="concat", source=concat, **options)

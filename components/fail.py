@@ -2,16 +2,19 @@
 
 Argo calls ``fail`` from the WorkflowTemplate's ``onExit`` handler with ``{{workflow.status}}`` and
 ``{{workflow.failures}}`` (a JSON list of the failed nodes: displayName, message, templateName, phase, podName,
-finishedAt); Kubeflow calls the component from ``kfp_component`` as the ``dsl.ExitHandler`` task with the
-pipeline's final status. A step that failed on bad input has already recorded its precise reason: that one is
-kept. A completed job stays completed (a late failure of a duplicate run must not hide a finished video).
+finishedAt); Kubeflow runs the container component from ``kfp_component`` (``stereo-spot step fail``) as the
+``dsl.ExitHandler`` task with the pipeline's final status. A step that failed on bad input has already recorded
+its precise reason: that one is kept. A completed job stays completed (a late failure of a duplicate run must not
+hide a finished video).
 """
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from stereo_spot.components._common import build_backend, configure_logging, job_id_from_key, mark_failed
+from hera.workflows import Parameter
+
+from stereo_spot.components._common import build_backend, configure_logging, job_id_from_key, mark_failed, step_command
 from stereo_spot.errors import one_line
 from stereo_spot.keys import InvalidKey
 
@@ -21,7 +24,12 @@ log = logging.getLogger("stereo_spot.components.fail")
 _AGGREGATE_MESSAGES = ("child ", "No more retries left", "omitted:", "Stopped with strategy")
 
 
-def fail(key: str, status: str = "Failed", failures: str = "", workflow_name: str = "") -> None:
+def fail(
+    key: Annotated[str, Parameter(description="input/<job id>/source.mp4, URL-encoded as in S3 events or not")],
+    status: Annotated[str, Parameter(description="the workflow's status: Succeeded, Failed or Error")] = "Failed",
+    failures: Annotated[str, Parameter(description="Argo's workflow.failures: JSON list of the failed nodes")] = "",
+    workflow_name: Annotated[str, Parameter(description="the workflow, named in a reason without a step's")] = "",
+) -> None:
     """Mark the job of ``key`` failed unless the run ``status`` is ``Succeeded``."""
     configure_logging()
     if status == "Succeeded":
@@ -81,18 +89,35 @@ def fail_kfp(key: str, state: str, error_message: str = "", run_name: str = "") 
     _mark(key, one_line(f"the Kubeflow run {run_name or ''} ended {state.lower()}{detail}".replace("  ", " ")))
 
 
+def fail_kfp_status(key: str, status: str) -> None:
+    """``fail_kfp`` from the final status as a container component receives it: the JSON of
+    ``PipelineTaskFinalStatus`` (``state``, ``error.message``, the run's resource name; the backend spells the
+    names in camelCase, kfp.local in snake_case)."""
+    try:
+        value = json.loads(status) if status.strip() else {}
+    except json.JSONDecodeError:
+        value = {"state": status}
+    if not isinstance(value, dict):
+        value = {"state": str(value)}
+    error = value.get("error") if isinstance(value.get("error"), dict) else {}
+    run_name = value.get("pipelineJobResourceName") or value.get("pipeline_job_resource_name") or ""
+    fail_kfp(key, str(value.get("state") or "UNKNOWN"), str(error.get("message") or ""), str(run_name))
+
+
 def kfp_component(image: str):
+    """The Kubeflow exit task, a container component (``stereo-spot step fail``) given the pipeline's final
+    status as JSON."""
     from kfp import dsl
 
+    @dsl.container_component
     def fail(key: str, status: dsl.PipelineTaskFinalStatus):
-        from stereo_spot.components.fail import fail_kfp
+        return dsl.ContainerSpec(image=image, command=step_command("fail"), args=["--key", key,
+                                                                                      "--status", status])
 
-        fail_kfp(key, status.state, status.error_message or "", status.pipeline_job_resource_name or "")
-
-    return dsl.component(fail, base_image=image, packages_to_install=[], install_kfp_package=False)
+    return fail
 
 
 def argo_template(**options: Any):
-    from hera.workflows import RunnerScriptConstructor, Script
+    from hera.workflows import Script
 
-    return Script(name="fail", source=fail, constructor=RunnerScriptConstructor(), **options)
+    return Script(name="fail", source=fail, **options)

@@ -3,11 +3,19 @@
     chunk ──withParam──▶ convert × N (GPU, retried on spot loss) ──▶ concat        onExit: fail (if not Succeeded)
 
 The Sensor (manifests/base/sensor-argo.yaml) and ``stereo-spot submit --engine argo`` start it with ``bucket``
-and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's settings when given.
+and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's settings when given. Its name carries
+the contract's version (``template_name()``, e.g. ``stereo-spot-v1``).
+
+What every step shares (Hera's runner constructor, the CPU image, resources, the environment contract, the
+security context, retries, log archiving) is set once, as Hera's class defaults for ``Script``
+(``step_defaults``); a template states only where it differs (convert: the GPU image and its resources, more
+retries; the exit handler: smaller resources).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from stereo_spot.pipelines.config import (
@@ -20,10 +28,13 @@ from stereo_spot.pipelines.config import (
     MODEL_CACHE_ENV,
     MODEL_CACHE_HOST_PATH,
     MODEL_CACHE_VOLUME,
-    TEMPLATE_NAME,
+    PIPELINE_SCHEMA,
+    SCHEMA_LABEL,
     WORKFLOW_SERVICE_ACCOUNT,
     PipelineConfig,
     Resources,
+    project_version,
+    template_name,
 )
 
 # The mutex is keyed by the job id (a UUID, no '/'), taken from the key by an expression tag: two runs of one
@@ -39,23 +50,6 @@ def _resources(spec: Resources, gpus: int | None = None):
 
     return HeraResources(cpu_request=spec.cpu, memory_request=spec.memory, memory_limit=spec.memory,
                          ephemeral_request=spec.ephemeral_storage, gpus=gpus, gpu_flag=GPU_RESOURCE)
-
-
-def _container_options(config: PipelineConfig, image: str, resources: Resources, gpus: int | None = None
-                       ) -> dict[str, Any]:
-    from hera.workflows import ConfigMapEnvFrom, SecretEnvFrom
-    from hera.workflows.models import Capabilities, SecurityContext
-
-    return {
-        "image": image,
-        "command": ["python"],
-        "resources": _resources(resources, gpus),
-        # the environment contract, plus static keys only where a cluster has no IRSA (the Secret is optional)
-        "env_from": [ConfigMapEnvFrom(name=ENV_CONFIG_MAP), SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
-        "security_context": SecurityContext(allow_privilege_escalation=False,
-                                            capabilities=Capabilities(drop=["ALL"])),
-        "termination_message_policy": "FallbackToLogsOnError",
-    }
 
 
 # Every step retries whatever went wrong except a user error (exit code 2: bad input, a job in the wrong state).
@@ -109,6 +103,44 @@ def _retry(config: PipelineConfig, limit: int):
                                          max_duration=f"{config.retry_backoff_max_seconds}s"))
 
 
+def step_defaults(config: PipelineConfig) -> dict[str, Any]:
+    """The choices every step template shares, as keyword defaults of Hera's ``Script``."""
+    from hera.workflows import ConfigMapEnvFrom, SecretEnvFrom
+    from hera.workflows.models import Capabilities, SecurityContext
+
+    return {
+        "constructor": "runner",  # `python -m hera.workflows.runner -e stereo_spot.components.<step>:<step>`, typed I/O
+        "image": config.image("cpu"),
+        "command": ["python"],
+        "resources": _resources(config.cpu_step),
+        # the environment contract, plus static keys only where a cluster has no IRSA (the Secret is optional)
+        "env_from": [ConfigMapEnvFrom(name=ENV_CONFIG_MAP), SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
+        "security_context": SecurityContext(allow_privilege_escalation=False, capabilities=Capabilities(drop=["ALL"])),
+        "termination_message_policy": "FallbackToLogsOnError",
+        "retry_strategy": _retry(config, config.step_retries),
+        "archive_location": _logs_archived(),
+    }
+
+
+@contextlib.contextmanager
+def script_defaults(config: PipelineConfig) -> Iterator[dict[str, Any]]:
+    """``step_defaults`` as Hera's class defaults for ``Script`` while a template is built. Hera keeps class
+    defaults in one process-wide table: the previous ones come back afterwards, so building a template for
+    another registry (``stereo-spot compile --registry``) or another Hera user in the process sees none of ours."""
+    from hera.shared import global_config
+    from hera.workflows import Script
+
+    table = global_config._get_class_defaults(Script)  # Hera's own dict for the class (no public getter)
+    saved = dict(table)
+    defaults = step_defaults(config)
+    global_config.set_class_defaults(Script, **defaults)
+    try:
+        yield defaults
+    finally:
+        table.clear()
+        table.update(saved)
+
+
 def _gpu_memory_affinity(min_mib: str):
     from hera.workflows.models import (
         Affinity,
@@ -140,7 +172,6 @@ def build_workflow_template(config: PipelineConfig | None = None):
     from stereo_spot.components import chunk, concat, convert, fail
 
     config = config or PipelineConfig()
-    cpu_image, gpu_image = config.image("cpu"), config.image("gpu")
     arguments = [Parameter(name="bucket", description="bucket of the uploaded source"),
                  Parameter(name="key", description="input/<job id>/source.mp4 (URL-encoded as in S3 events, or not)"),
                  Parameter(name="format", value="", description="sbs, hsbs, tb, htb or anaglyph; empty: the job's"),
@@ -152,9 +183,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
                            description="convert only on GPUs with more memory than this (MiB): 20000 for "
                                        "diffusion inpainting, 0 for any")]
-    with WorkflowTemplate(
-        name=TEMPLATE_NAME,
-        labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline"},
+    with script_defaults(config), WorkflowTemplate(
+        name=template_name(),
+        labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline",
+                "app.kubernetes.io/version": project_version(), SCHEMA_LABEL: PIPELINE_SCHEMA},
         entrypoint="main",
         on_exit="exit-handler",
         arguments=arguments,
@@ -168,13 +200,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                                             fs_group=1000, seccomp_profile=SeccompProfile(type="RuntimeDefault")),
         pod_metadata=Metadata(labels={"app.kubernetes.io/name": "stereo-spot"}),
     ) as template:
-        chunk_step = chunk.argo_template(
-            **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, config.step_retries),
-            metrics=_step_metrics("chunk"), archive_location=_logs_archived(),
-        )
+        chunk_step = chunk.argo_template(metrics=_step_metrics("chunk"))
         convert_step = convert.argo_template(
-            **_container_options(config, gpu_image, config.gpu_step, gpus=1),
+            image=config.image("gpu"),
+            resources=_resources(config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
             affinity=_gpu_memory_affinity("{{workflow.parameters.min-gpu-memory-mib}}"),
             annotations=dict([DO_NOT_DISRUPT]),  # a consolidation would throw away a shard's work in progress
@@ -185,18 +214,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
             # spot reclaims kill pods at any moment: more retries; each one resumes the shard
             retry_strategy=_retry(config, config.convert_retries),
-            metrics=_step_metrics("convert", counts_segments=True), archive_location=_logs_archived(),
+            metrics=_step_metrics("convert", counts_segments=True),
         )
-        concat_step = concat.argo_template(
-            **_container_options(config, cpu_image, config.cpu_step),
-            retry_strategy=_retry(config, config.step_retries),
-            metrics=_step_metrics("concat"), archive_location=_logs_archived(),
-        )
-        fail_step = fail.argo_template(
-            **_container_options(config, cpu_image, config.exit_step),
-            retry_strategy=_retry(config, config.step_retries),
-            metrics=_step_metrics("exit-handler"), archive_location=_logs_archived(),
-        )
+        concat_step = concat.argo_template(metrics=_step_metrics("concat"))
+        fail_step = fail.argo_template(resources=_resources(config.exit_step), metrics=_step_metrics("exit-handler"))
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):
             chunked = chunk_step(name="chunk", arguments={

@@ -11,7 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 DEFAULT_REGISTRY = "ghcr.io/stereo-spot"
 IMAGE_NAMES = ("cpu", "gpu", "ui")  # each is images/<name>/Dockerfile, pushed as <registry>/stereo-spot-<name>
 
-TEMPLATE_NAME = "stereo-spot"  # the WorkflowTemplate the Sensor and `stereo-spot submit` start
+# The version of the pipeline's contract: the WorkflowTemplate's parameters, the steps' inputs and outputs. Bump it
+# when a parameter is renamed or removed, or a step's interface changes, so that a Sensor or `stereo-spot submit`
+# of one contract never starts a template of another (both name the template through `template_name`).
+PIPELINE_SCHEMA = "v1"
+TEMPLATE_BASE_NAME = "stereo-spot"
+SCHEMA_LABEL = "stereo-spot.io/pipeline-schema"
 PIPELINE_NAME = "stereo-spot"  # the Kubeflow pipeline
 ENV_CONFIG_MAP = "stereo-spot-env"  # the environment contract (manifests/base/configmap.yaml)
 CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where the cluster has no IRSA
@@ -41,6 +46,13 @@ ENV_KEYS = (
     "EVENT_DEDUP_TABLE_NAME",
 )
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def template_name(schema: str = PIPELINE_SCHEMA) -> str:
+    """The WorkflowTemplate's name for a contract version, e.g. ``stereo-spot-v1``: what the compiled template is
+    called, what ``stereo-spot submit`` references, and what the Sensor gets (a kustomize replacement copies the
+    compiled template's name into it, manifests/base/kustomization.yaml)."""
+    return f"{TEMPLATE_BASE_NAME}-{schema}"
 
 
 def project_version() -> str:

@@ -5,9 +5,11 @@
 chunk's output is one index per GPU worker (at most ``gpu_workers``); each convert task converts a contiguous
 shard of segments with its models loaded once.
 
-kfp compiles to its own pipeline spec (not an Argo Workflow), so the Sensor reaches Kubeflow through the KFP API
-(manifests/overlays/aws-kubeflow) and ``stereo-spot submit --engine kfp`` through ``kfp.Client``. Every step has
-side effects on the job's records and objects, so caching is off for all of them.
+Every step is a container component that runs the image's own entry point, ``stereo-spot step <name>``
+(components/cli.py), and hands its result on through an ``OutputPath`` file: the step images need no kfp, and
+the compiled spec installs nothing. kfp compiles to its own pipeline spec (not an Argo Workflow), so the Sensor
+reaches Kubeflow through the KFP API (manifests/overlays/aws-kubeflow) and ``stereo-spot submit --engine kfp``
+through ``kfp.Client``.
 """
 
 # No `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types.
@@ -29,8 +31,21 @@ from stereo_spot.pipelines.config import (
 
 DESCRIPTION = "2D video to stereoscopic 3D: chunk, convert segments in parallel on GPUs, concat with the audio."
 
+# Caching, decided per step. KFP reuses a cached task when its component and inputs are the same, without running
+# it. None of ours may be skipped that way: their inputs name the job's S3 objects and records, not their
+# content, so equal inputs do not mean equal work, and each step's effect is on the stores, not in its outputs.
+#   chunk    no: the same bucket/key is read again after a job was deleted and its key uploaded anew, and chunk
+#            creates the job's record and segments, which a cache hit would leave missing;
+#   convert  no: a cached shard would skip converting segments a previous run lost (a deleted job, a collected
+#            segment); the step already skips, from the completion records, the segments really done;
+#   concat   no: the final video must be joined from this run's segments, and its lock and status change are
+#            the point of the step;
+#   fail     no: the exit task records this run's outcome.
+# Reuse that is safe happens inside the steps instead: completion records, conditional status changes.
+CACHING = {"chunk": False, "convert": False, "concat": False, "fail": False}
 
-def _place(task, resources: Resources, display_name: str, config: PipelineConfig, retries: int):
+
+def _place(task, step: str, resources: Resources, display_name: str, config: PipelineConfig, retries: int):
     from kfp import kubernetes
 
     task.set_display_name(display_name)
@@ -38,7 +53,7 @@ def _place(task, resources: Resources, display_name: str, config: PipelineConfig
     # input fails again quickly with the same recorded reason
     task.set_retry(num_retries=retries, backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
                    backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
-    task.set_caching_options(False)
+    task.set_caching_options(CACHING[step])
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory)
     kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {key: key for key in ENV_KEYS})
     # static keys only where the cluster has no IRSA; without the Secret the pod starts all the same
@@ -51,6 +66,7 @@ def build_pipeline(config: PipelineConfig | None = None):
     from kfp import dsl, kubernetes
 
     from stereo_spot.components import chunk, concat, convert, fail
+    from stereo_spot.components.chunk import SHARDS_OUTPUT
 
     config = config or PipelineConfig()
     cpu_image, gpu_image = config.image("cpu"), config.image("gpu")
@@ -60,14 +76,14 @@ def build_pipeline(config: PipelineConfig | None = None):
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = "",
                     gpu_workers: int = config.gpu_workers):
-        marked = _place(fail_op(key=key), config.exit_step, "mark failed", config, config.step_retries)
+        marked = _place(fail_op(key=key), "fail", config.exit_step, "mark failed", config, config.step_retries)
         with dsl.ExitHandler(marked, name="convert-video"):
             chunked = _place(chunk_op(bucket=bucket, key=key, output_format=format, divergence=divergence,
-                                      convergence=convergence, gpu_workers=gpu_workers), config.cpu_step, "chunk",
-                             config, config.step_retries)
-            with dsl.ParallelFor(chunked.output, parallelism=config.parallelism) as shard_index:
+                                      convergence=convergence, gpu_workers=gpu_workers), "chunk", config.cpu_step,
+                             "chunk", config, config.step_retries)
+            with dsl.ParallelFor(chunked.outputs[SHARDS_OUTPUT], parallelism=config.parallelism) as shard_index:
                 # spot reclaims and other lost pods: more retries; each one resumes the shard
-                converted = _place(convert_op(key=key, shard_index=shard_index, gpu_workers=gpu_workers),
+                converted = _place(convert_op(key=key, shard_index=shard_index, gpu_workers=gpu_workers), "convert",
                                    config.gpu_step, "convert", config, config.convert_retries)
                 converted.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
                 if config.kfp_model_cache_pvc:
@@ -77,8 +93,8 @@ def build_pipeline(config: PipelineConfig | None = None):
                 kubernetes.add_node_selector(converted, *GPU_POOL_LABEL)
                 kubernetes.add_pod_annotation(converted, *DO_NOT_DISRUPT)  # keep the shard's node while it runs
                 kubernetes.add_toleration(converted, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-            _place(concat_op(key=key, converted=dsl.Collected(converted.output)), config.cpu_step, "concat",
-                   config, config.step_retries)
+            _place(concat_op(key=key, converted=dsl.Collected(converted.outputs["segments"])), "concat",
+                   config.cpu_step, "concat", config, config.step_retries)
 
     return stereo_spot
 

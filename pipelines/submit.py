@@ -22,7 +22,7 @@ from stereo_spot.components._common import job_id_from_key
 from stereo_spot.config import get_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.operator_links import workflow_name
-from stereo_spot.pipelines.config import PIPELINE_NAME, TEMPLATE_NAME, PipelineConfig
+from stereo_spot.pipelines.config import PIPELINE_NAME, PipelineConfig, template_name
 
 DEFAULT_NAMESPACE = "stereo-spot"  # where manifests/ deploys the WorkflowTemplate
 DEFAULT_EXPERIMENT = "stereo-spot"
@@ -104,7 +104,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=verify_ssl)
     workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
                         labels={"app.kubernetes.io/name": "stereo-spot", "stereo-spot.io/job-id": job_id},
-                        workflow_template_ref=WorkflowTemplateRef(name=TEMPLATE_NAME),
+                        workflow_template_ref=WorkflowTemplateRef(name=template_name()),
                         arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers))
     try:
         created = workflow.create()
@@ -119,7 +119,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
                           "ARGO_TOKEN to a token allowed to create workflows in " + namespace) from exc
     except NotFound as exc:
         raise SubmitError(f"the Argo server at {host} answered 404: is the namespace {namespace} right and the "
-                          f"WorkflowTemplate {TEMPLATE_NAME} applied? ({one_line(exc)})") from exc
+                          f"WorkflowTemplate {template_name()} applied? ({one_line(exc)})") from exc
     except HeraException as exc:
         raise SubmitError(f"the Argo server did not create the run: {one_line(exc)}") from exc
     name = created.metadata.name or name

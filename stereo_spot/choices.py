@@ -16,7 +16,11 @@ OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "conv
                 "inpaint_weights": "--inpaint-weights", "segment_seconds": "--segment-seconds",
                 "start": "--start", "duration": "--duration", "anaglyph": "--anaglyph",
                 "swap_eyes": "--swap-eyes", "codec": "--codec", "crf": "--crf", "preset": "--preset",
-                "pix_fmt": "--pix-fmt", "max_fps": "--max-fps"}
+                "pix_fmt": "--pix-fmt", "max_fps": "--max-fps", "precision": "--precision",
+                "auto_convergence": "--convergence", "floating_window": "--floating-window"}
+
+#: ``--convergence auto``: the screen plane chosen frame by frame (``stereo/screen_plane.py``)
+AUTO = "auto"
 
 
 class InvalidChoice(UserError):
@@ -25,7 +29,11 @@ class InvalidChoice(UserError):
 
 def conversion_settings(**choices: Any) -> ConversionSettings:
     """ConversionSettings from a user's choices, or InvalidChoice with one line naming the option to fix.
-    Empty weights mean none."""
+    Empty weights mean none. ``convergence="auto"`` asks for the automatic screen plane (``auto_convergence``);
+    any other convergence may be given as a number or its text."""
+    if isinstance(choices.get("convergence"), str) and choices["convergence"].strip().lower() == AUTO:
+        del choices["convergence"]
+        choices["auto_convergence"] = True
     for name in ("depth_weights", "inpaint_weights"):
         if isinstance(choices.get(name), str) and not choices[name].strip():
             choices[name] = None

@@ -24,6 +24,7 @@ from stereo_spot.models import (
     JobStatus,
     OutputFormat,
     PixelFormat,
+    Precision,
     VideoCodec,
 )
 
@@ -111,8 +112,12 @@ AnaglyphOption = Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (w
 SwapEyesOption = Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the layout.")]
 DivergenceOption = Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
                                                  "width: the strength of the 3D effect.")]
-ConvergenceOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Depth (0 far .. 1 near) that sits on "
-                                                  "the screen plane; nearer pops out.")]
+ConvergenceOption = Annotated[str, typer.Option(help="Depth (0 far .. 1 near) that sits on the screen plane; "
+                                                "nearer pops out. auto: frame by frame, so what touches the "
+                                                "frame edges sits at or behind the screen.")]
+FloatingWindowOption = Annotated[bool, typer.Option("--floating-window/--no-floating-window", help="Mask the "
+                                                    "frame edges of each eye where something in front of the "
+                                                    "screen touches them (a floating stereo window).")]
 DepthModelOption = Annotated[str, typer.Option(help="Depth estimator: heuristic (no weights) or a neural model "
                                                "such as depth-anything.")]
 DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the depth model's "
@@ -120,6 +125,9 @@ DepthWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// pr
 InpaintOption = Annotated[str, typer.Option(help="Hole filling: classical or diffusion.")]
 InpaintWeightsOption = Annotated[str | None, typer.Option(help="Folder or s3:// prefix with the inpainting "
                                                           "model.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="Number format of the neural models: auto (fp16 on a "
+                                                  "GPU, bf16 for a model that overflows in fp16, fp32 on the CPU), "
+                                                  "fp32, fp16 or bf16.")]
 CodecOption = Annotated[VideoCodec, typer.Option(help="Video encoder: auto (NVENC H.264 on a GPU when it opens, "
                                                   "libx264 otherwise), libx264, libx265, h264_nvenc, hevc_nvenc.")]
 CrfOption = Annotated[int | None, typer.Option(min=0, max=51, help="Constant quality, 0 (lossless) .. 51; "
@@ -168,11 +176,13 @@ def convert(
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
     divergence: DivergenceOption = 2.0,
-    convergence: ConvergenceOption = 0.5,
+    convergence: ConvergenceOption = "0.5",
+    floating_window: FloatingWindowOption = True,
     depth_model: DepthModelOption = "heuristic",
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
     inpaint_weights: InpaintWeightsOption = None,
+    precision: PrecisionOption = Precision.AUTO,
     auto_divergence: Annotated[bool, typer.Option("--auto-divergence", help="Choose --divergence and "
                                                   "--convergence from the measured depth of the scene.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Also write the comfort report (JSON: parallax "
@@ -196,11 +206,12 @@ def convert(
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
-                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
+                                 divergence=divergence, convergence=convergence, floating_window=floating_window,
+                                 depth_model=depth_model,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration, codec=codec, crf=crf, preset=preset,
-                                 pix_fmt=pix_fmt, max_fps=max_fps)
+                                 pix_fmt=pix_fmt, max_fps=max_fps, precision=precision)
     _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
@@ -320,19 +331,22 @@ def preview(
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
     divergence: DivergenceOption = 2.0,
-    convergence: ConvergenceOption = 0.5,
+    convergence: ConvergenceOption = "0.5",
+    floating_window: FloatingWindowOption = True,
     depth_model: DepthModelOption = "heuristic",
     depth_weights: DepthWeightsOption = None,
     inpaint: InpaintOption = "classical",
     inpaint_weights: InpaintWeightsOption = None,
+    precision: PrecisionOption = Precision.AUTO,
     device: DeviceOption = None,
 ) -> None:
     """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
-                                 divergence=divergence, convergence=convergence, depth_model=depth_model,
-                                 depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights)
+                                 divergence=divergence, convergence=convergence, floating_window=floating_window,
+                                 depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
+                                 inpaint_weights=inpaint_weights, precision=precision)
     _check_device(device)
     from stereo_spot.media.probe import is_image
 
@@ -393,7 +407,8 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     _run_with_progress(backend, job.job_id, workers, device)
     if settings.auto_divergence:
         chosen = backend.jobs.get(job.job_id).settings
-        console.print(f"automatic divergence {chosen.divergence:.2f} %, convergence {chosen.convergence:.2f}",
+        console.print(f"automatic divergence {chosen.divergence:.2f} %, convergence {chosen.convergence:.2f}"
+                      + (" (the floor of the automatic screen plane)" if chosen.auto_convergence else ""),
                       highlight=False)
     _deliver(backend, job.job_id, output)
     _comfort_report(backend, job.job_id, report)
@@ -412,7 +427,12 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
         if path is not None:
             die(f"job {job_id} has no comfort report to write to {path}")
         return
-    for warning in json.loads(raw).get("warnings", []):
+    report = json.loads(raw)
+    plane = report.get("convergence_chosen")
+    if plane:
+        console.print(f"automatic screen plane: convergence {plane['mean']:.2f} on average ({plane['min']:.2f} .. "
+                      f"{plane['max']:.2f})", highlight=False)
+    for warning in report.get("warnings", []):
         console.print(f"[yellow]comfort:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if path is not None:
         _write_atomically(path, lambda tmp: tmp.write_bytes(raw))
@@ -644,6 +664,9 @@ def _register_optional_commands() -> None:
     if pipelines_cli is not None:
         app.command("compile")(pipelines_cli.compile_command)
         app.command("submit")(pipelines_cli.submit_command)
+    from stereo_spot.components import cli as components_cli
+
+    app.add_typer(components_cli.app, name="step")
 
 
 _register_optional_commands()

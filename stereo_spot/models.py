@@ -91,6 +91,15 @@ class VideoCodec(StrEnum):
     HEVC_NVENC = "hevc_nvenc"
 
 
+class Precision(StrEnum):
+    """The number format the neural models compute in (``stereo.devices.inference_dtype`` decides for auto)."""
+
+    AUTO = "auto"  # fp16 on a GPU (bf16 for a model that overflows in fp16), fp32 on the CPU
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"  # fp32's range at half the memory: for models that overflow in fp16
+
+
 class PixelFormat(StrEnum):
     YUV420P = "yuv420p"  # 8-bit 4:2:0: what every player decodes
     YUV420P10LE = "yuv420p10le"  # 10-bit 4:2:0: smoother gradients, fewer hardware decoders
@@ -112,10 +121,16 @@ class ConversionSettings(BaseModel):
     max_fps: float | None = Field(None, gt=0.0, le=480.0, description="drop frames above this rate")
     divergence: float = Field(2.0, ge=0.0, le=10.0, description="max disparity, % of the image width")
     convergence: float = Field(0.5, ge=0.0, le=1.0, description="normalised depth that sits on the screen")
+    # --convergence auto: the screen plane follows what touches the frame edges, frame by frame, never in front
+    # of ``convergence`` (stereo/screen_plane.py)
+    auto_convergence: bool = False
+    # masks at the frame edges that keep the stereo window in front of what the edges cut (stereo/window.py)
+    floating_window: bool = True
     depth_model: str = "heuristic"
     depth_weights: str | None = None  # local folder or s3:// prefix for neural depth models
     inpaint: str = "classical"
     inpaint_weights: str | None = None
+    precision: Precision = Precision.AUTO  # of the neural depth and inpainting models
     auto_divergence: bool = False
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)

@@ -10,7 +10,14 @@ Report fields (``version`` 1):
 ``flicker_index``              mean frame-to-frame change of the parallax on static pixels, as a share of the
                                job's parallax span (p2..p98): 0 is rock steady
 ``border_violation_ratio``     share of sampled frames where something in front of the screen touches the left
-                               or right frame edge (a window violation)
+                               or right frame edge (a window violation), measured on the disparity as rendered:
+                               the figure without a floating window
+``border_violation_ratio_after_window``  the same after the floating window: an edge object counts only where it
+                               comes forward beyond the window's own parallax at that edge (equal to the figure
+                               above when the window is off)
+``window``                     the floating window: on or off, its width per edge (mean and max, % of the width)
+                               and the share of frames with a mask
+``convergence_chosen``         with ``--convergence auto``: the screen plane chosen (mean, min, max over frames)
 ``max_crossed_pct``            how far the nearest 1 % of the picture comes out of the screen (p1, as a positive %)
 ``max_uncrossed_pct``          how far the farthest 1 % sits behind the screen (p99)
 ``disparity``                  ``percentiles`` of all pixels, ``crossed_percentiles`` / ``uncrossed_percentiles`` of
@@ -108,7 +115,58 @@ def _segment_row(completion: SegmentCompletion) -> dict:
         row["hole_ratio"] = round(int(stats.get("hole_pixels") or 0) / pixels, 5)
         border = stats.get("border_violation_frames") or {}
         row["border_violation_frames"] = int(border.get("left", 0)) + int(border.get("right", 0))
+        after = _after_window(stats)
+        row["border_violation_frames_after_window"] = after[0] + after[1]
     return row
+
+
+def _after_window(stats: dict) -> tuple[int, int]:
+    """(left, right) sampled frames violating an edge after the floating window; statistics from before the
+    window was measured have only the figure without it."""
+    after = stats.get("window_violation_frames") or stats.get("border_violation_frames") or {}
+    return int(after.get("left", 0)), int(after.get("right", 0))
+
+
+class _WindowTotals:
+    """The floating window's and the automatic screen plane's figures, summed over segments."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.left = self.right = self.frames = self.active = 0
+        self.sum_pct = [0.0, 0.0]
+        self.max_pct = [0.0, 0.0]
+        self.plane_frames, self.plane_sum = 0, 0.0
+        self.plane_min, self.plane_max = float("inf"), float("-inf")
+
+    def add(self, stats: dict) -> None:
+        left, right = _after_window(stats)
+        self.left, self.right = self.left + left, self.right + right
+        self.on = self.on or bool(stats.get("floating_window"))
+        self.frames += int(stats.get("window_frames") or 0)
+        self.active += int(stats.get("window_active_frames") or 0)
+        sums, maxima = stats.get("window_sum_pct") or {}, stats.get("window_max_pct") or {}
+        for i, side in enumerate(("left", "right")):
+            self.sum_pct[i] += float(sums.get(side, 0.0))
+            self.max_pct[i] = max(self.max_pct[i], float(maxima.get(side, 0.0)))
+        plane = stats.get("convergence") or {}
+        if int(plane.get("frames") or 0):
+            self.plane_frames += int(plane["frames"])
+            self.plane_sum += float(plane.get("sum") or 0.0)
+            self.plane_min = min(self.plane_min, float(plane.get("min", 0.0)))
+            self.plane_max = max(self.plane_max, float(plane.get("max", 0.0)))
+
+    def window(self) -> dict:
+        frames = max(self.frames, 1)
+        return {"on": self.on, "unit": "% of the image width",
+                "mean_pct": {side: round(self.sum_pct[i] / frames, 4) for i, side in enumerate(("left", "right"))},
+                "max_pct": {side: round(self.max_pct[i], 4) for i, side in enumerate(("left", "right"))},
+                "active_share": round(self.active / frames, 4), "frames": self.frames}
+
+    def plane(self) -> dict | None:
+        if not self.plane_frames:
+            return None
+        return {"mean": round(self.plane_sum / self.plane_frames, 4), "min": round(self.plane_min, 4),
+                "max": round(self.plane_max, 4), "frames": self.plane_frames}
 
 
 def build_report(job: Job, completions: list[SegmentCompletion]) -> dict:
@@ -119,7 +177,8 @@ def build_report(job: Job, completions: list[SegmentCompletion]) -> dict:
     flicker_sum = 0.0
     width = height = 0
     extreme_min, extreme_max, border_worst = 0.0, 0.0, 0.0
-    violating_segments = []
+    violating_segments, after_segments = [], []
+    window = _WindowTotals()
     for completion in completions:
         stats = completion.stats or {}
         if not stats.get("sampled_frames"):
@@ -136,6 +195,9 @@ def build_report(job: Job, completions: list[SegmentCompletion]) -> dict:
         right += int(border.get("right", 0))
         if int(border.get("left", 0)) + int(border.get("right", 0)):
             violating_segments.append(completion.segment_index)
+        window.add(stats)
+        if sum(_after_window(stats)):
+            after_segments.append(completion.segment_index)
         border_worst = min(border_worst, float(stats.get("border_worst_pct") or 0.0))
         extreme_min = min(extreme_min, float(stats.get("parallax_min_pct") or 0.0))
         extreme_max = max(extreme_max, float(stats.get("parallax_max_pct") or 0.0))
@@ -160,6 +222,8 @@ def build_report(job: Job, completions: list[SegmentCompletion]) -> dict:
             "hole_ratio": round(holes / pixels, 5) if pixels else 0.0,
             "flicker_index": round(flicker_pct / span, 5),
             "border_violation_ratio": round((left + right) / (2 * sampled), 4),
+            "border_violation_ratio_after_window": round((window.left + window.right) / (2 * sampled), 4),
+            "window": window.window(),
             "max_crossed_pct": round(max(0.0, -p1), 3),
             "max_uncrossed_pct": round(max(0.0, p99), 3),
             "disparity": {
@@ -175,15 +239,20 @@ def build_report(job: Job, completions: list[SegmentCompletion]) -> dict:
                 "histogram": _coarse_histogram(counts),
             },
             "border": {"left_frames": left, "right_frames": right, "sampled_frames": sampled,
-                       "worst_parallax_pct": round(border_worst, 3), "segments": violating_segments},
+                       "worst_parallax_pct": round(border_worst, 3), "segments": violating_segments,
+                       "after_window": {"left_frames": window.left, "right_frames": window.right,
+                                        "segments": after_segments}},
             "flicker": {"mean_abs_change_pct": round(flicker_pct, 5), "static_pixels": flicker_pixels,
                         "parallax_span_pct": round(span, 3)},
         })
     report["limits"] = {"crossed_pct": CROSSED_LIMIT_PCT, "uncrossed_pct": UNCROSSED_LIMIT_PCT,
                         "uncrossed_large_screen_pct": UNCROSSED_LARGE_SCREEN_PCT, "source": LIMITS_SOURCE}
     report["settings"] = {"output_format": settings.output_format.value, "divergence": settings.divergence,
-                          "convergence": settings.convergence, "auto_divergence": settings.auto_divergence,
+                          "convergence": "auto" if settings.auto_convergence else settings.convergence,
+                          "auto_divergence": settings.auto_divergence, "floating_window": settings.floating_window,
                           "depth_model": settings.depth_model, "inpaint": settings.inpaint}
+    if window.plane() is not None:
+        report["convergence_chosen"] = window.plane()
     report["sampling"] = {"frames": frames, "sampled_frames": sampled, "width": width, "height": height}
     report["segments"] = segments
     report["timings"] = timings
@@ -207,13 +276,20 @@ def warnings_for(report: dict) -> list[str]:
     elif uncrossed > UNCROSSED_LARGE_SCREEN_PCT:
         out.append(f"The background sits {uncrossed:.1f} % of the width behind the screen: fine on TVs, monitors "
                    f"and headsets, too deep for screens wider than {EYE_SEPARATION_M / (uncrossed / 100):.1f} m.")
-    if report.get("border_violation_ratio", 0.0) > BORDER_WARNING_RATIO:
+    window_on = bool((report.get("window") or {}).get("on"))
+    # with the floating window on, what the viewer sees is the figure after it
+    ratio_key = "border_violation_ratio_after_window" if window_on else "border_violation_ratio"
+    if report.get(ratio_key, 0.0) > BORDER_WARNING_RATIO:
         border = report.get("border", {})
-        sides = " and ".join(side for side in ("left", "right") if border.get(f"{side}_frames"))
+        counted = border.get("after_window", {}) if window_on else border
+        sides = " and ".join(side for side in ("left", "right") if counted.get(f"{side}_frames"))
+        remedy = ("raise --convergence (or --convergence auto) so the edges sit behind the screen" if window_on
+                  else "keep the floating window on (--floating-window) or raise --convergence")
         out.append(f"Something in front of the screen touches the {sides} frame edge in "
-                   f"{100 * report['border_violation_ratio']:.0f} % of the sampled frames (segments "
-                   f"{', '.join(map(str, border.get('segments', [])[:10]))}): the edge cuts an object that should "
-                   f"stand in front of it; raise --convergence so the edges sit behind the screen.")
+                   f"{100 * report[ratio_key]:.0f} % of the sampled frames"
+                   f"{' even with the floating window' if window_on else ''} (segments "
+                   f"{', '.join(map(str, counted.get('segments', [])[:10]))}): the edge cuts an object that should "
+                   f"stand in front of it; {remedy}.")
     if report.get("flicker_index", 0.0) > FLICKER_WARNING:
         out.append(f"The depth flickers: static parts move by {100 * report['flicker_index']:.1f} % of the depth "
                    f"range from frame to frame.")
@@ -225,6 +301,16 @@ def warnings_for(report: dict) -> list[str]:
 
 def write_report(backend: Backend, job: Job, completions: list[SegmentCompletion]) -> dict:
     report = build_report(job, completions)
+    window, plane = report.get("window") or {}, report.get("convergence_chosen")
+    if window.get("on"):
+        log.info("job %s: floating window %.2f %% / %.2f %% of the width on average (left / right edge), at most "
+                 "%.2f %% / %.2f %%; border violations in %.1f %% of the sampled frames (%.1f %% without it)",
+                 job.job_id, window["mean_pct"]["left"], window["mean_pct"]["right"], window["max_pct"]["left"],
+                 window["max_pct"]["right"], 100 * report.get("border_violation_ratio_after_window", 0.0),
+                 100 * report.get("border_violation_ratio", 0.0))
+    if plane:
+        log.info("job %s: automatic convergence %.3f on average (%.3f .. %.3f)", job.job_id, plane["mean"],
+                 plane["min"], plane["max"])
     backend.objects.write_bytes(backend.output_bucket, keys.report_key(job.job_id),
                                 json.dumps(report, indent=1).encode(), content_type="application/json")
     return report

@@ -240,7 +240,7 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
             progress: Callable[[int], None] | None = None, redo: bool = False) -> SegmentCompletion:
     from stereo_spot.media.probe import probe, require_video
     from stereo_spot.stereo.engine import StereoEngine
-    from stereo_spot.stereo.segment import convert_segment, warmup_seconds_needed
+    from stereo_spot.stereo.segment import convert_segment, needs_lookahead, warmup_seconds_needed
 
     job = require_job(backend, job_id)
     if job.status not in _CONVERTIBLE and job.status != JobStatus.COMPLETED:
@@ -271,9 +271,15 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
             warmup.insert(0, path)
             needed -= probe(path).duration_seconds
             previous -= 1
+        # A video inpainter's last chunk may reach into the next segment: it runs whole, as in a single pass.
+        lookahead = None
+        if needs_lookahead(engine) and segment_index + 1 < total:
+            lookahead = _fetch(backend, backend.input_bucket,
+                               keys.segment_key(job_id, segment_index + 1, total, job.mode), tmp / "next.mp4")
         out = tmp / "converted.mp4"
         stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
-                                warmup_src=warmup, device=device, progress=progress, engine=engine)
+                                warmup_src=warmup, device=device, progress=progress, engine=engine,
+                                lookahead_src=lookahead)
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
     discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
     completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,

@@ -3,7 +3,8 @@ encodes the same way, with the stereo layout signalled where the codec defines i
 
 What each test is there to catch: a choice that does not reach the encoder (the default codec or quality used
 anyway), a dropped frame rule that loses sync with the audio or differs between segments, HEVC output without
-any layout signal, and an impossible choice that creates a job or shows a traceback.
+its layout signals (st3d box, frame-packing SEI), and an impossible choice that creates a job or shows a
+traceback.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def test_hevc_with_its_quality_and_preset_and_the_layout_in_the_container(backen
     codec, pix_fmt, frames, duration, audio = _stream(final)
     assert (codec, pix_fmt, frames, audio) == ("hevc", "yuv420p", FPS * SECONDS, 1)
     assert spatial.read_metadata(final).stereo_mode == spatial.LEFT_RIGHT  # HEVC players read st3d
-    assert stereo_layout(final) in (None, ("side_by_side", False))  # no H.264 SEI in an HEVC stream
+    assert stereo_layout(final) == ("side_by_side", False)  # HEVC's own frame-packing SEI, through concat
     options = settings_for(OutputFormat.SBS, codec="libx265", crf=30, preset="ultrafast").codec_options()
     assert options["crf"] == "30" and options["preset"] == "ultrafast"
 

@@ -1,5 +1,5 @@
 """Where the engine runs: devices → worker plan, free memory → batch, codecs → encoder, and the frame-packing SEI
-that an encoder without x264's option (NVENC) gets written into its packets."""
+that an encoder without x264's option (x265, NVENC) gets written into its packets, in H.264's or HEVC's syntax."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.media.encode import EncodeSettings, frame_packing_sei, settings_for, with_sei
+from stereo_spot.media.encode import EncodeSettings, frame_packing_sei, sei_writer, settings_for, with_sei
 from stereo_spot.media.frames import VideoWriter, read_frames, stereo_layout
 from stereo_spot.models import OutputFormat
 from stereo_spot.stereo import devices
@@ -164,3 +164,103 @@ def test_writer_signals_the_layout_for_an_encoder_that_cannot(tmp_path: Path, ar
     with VideoWriter(plain, 64, 48, Fraction(1, 25), Fraction(25), _SeiByWriter(frame_packing=None)) as writer:
         writer.write(np.zeros((48, 64, 3), np.uint8), 0)
     assert stereo_layout(plain) is None
+
+
+# --- HEVC's frame-packing SEI (x265 and hevc_nvenc cannot write it) ----------------------------------------
+
+
+def test_the_signalling_is_decided_per_codec_in_one_place() -> None:
+    assert [sei_writer(c) for c in ("libx264", "h264_nvenc", "libx265", "hevc_nvenc", "libvpx-vp9")] == [
+        "encoder", "packets", "packets", "packets", None]
+    for codec, header in (("h264_nvenc", bytes([6])), ("libx265", bytes([78, 1])), ("hevc_nvenc", bytes([78, 1]))):
+        sei = settings_for(OutputFormat.HTB, codec=codec).packet_sei()
+        assert sei is not None and sei.startswith(b"\x00\x00\x00\x01" + header), codec
+    assert settings_for(OutputFormat.SBS).packet_sei() is None  # x264 writes its own
+    assert "x264-params" not in settings_for(OutputFormat.SBS, codec="libx265").codec_options()
+    assert settings_for(OutputFormat.SBS, codec="libx265", swap_eyes=True).packet_sei() is None  # right eye first
+    assert settings_for(OutputFormat.ANAGLYPH, codec="hevc_nvenc").packet_sei() is None
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        self.bits = "".join(f"{byte:08b}" for byte in data)
+        self.at = 0
+
+    def u(self, count: int) -> int:
+        value = int(self.bits[self.at:self.at + count], 2)
+        self.at += count
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.bits[self.at + zeros] == "0":
+            zeros += 1
+        self.at += zeros
+        return self.u(zeros + 1) - 1
+
+
+@pytest.mark.parametrize("arrangement", [3, 4])
+def test_hevc_sei_follows_h265_d_2_16(arrangement: int) -> None:
+    """The message field by field as H.265 D.2.16 reads it (independently of the writer's code): a prefix SEI
+    NAL unit (type 39, layer 0, temporal id 0), payload type 45, persistence flag instead of H.264's period."""
+    sei = frame_packing_sei(arrangement, "hevc")
+    assert sei[:4] == b"\x00\x00\x00\x01"
+    header = sei[4] << 8 | sei[5]
+    assert header >> 15 == 0 and (header >> 9) & 0x3F == 39 and (header >> 3) & 0x3F == 0 and header & 7 == 1
+    rbsp = sei[6:].replace(b"\x00\x00\x03", b"\x00\x00")
+    payload_type, payload_size, payload = rbsp[0], rbsp[1], rbsp[2:]
+    assert payload_type == 45 and payload_size == len(payload) - 1 and payload[-1] == 0x80
+    bits = _BitReader(payload[:payload_size])
+    assert bits.ue() == 0 and bits.u(1) == 0  # fp_arrangement_id, cancel flag
+    assert bits.u(7) == arrangement and bits.u(1) == 0  # type, quincunx
+    assert bits.u(6) == 1  # content interpretation: frame 0 is the left view
+    assert bits.u(6) == 0 and bits.u(16) == 0 and bits.u(8) == 0  # flags, grid positions, reserved byte
+    assert bits.u(1) == 1  # fp_arrangement_persistence_flag
+    assert bits.u(1) == 0  # fp_upsampled_aspect_ratio_flag
+    assert bits.at == len(bits.bits)  # 48 bits: byte-aligned, so no alignment bits follow
+    assert frame_packing_sei(arrangement, "hevc")[4:] != frame_packing_sei(arrangement)[4:]
+    with pytest.raises(ValueError):
+        frame_packing_sei(arrangement, "vp9")
+
+
+def _nal_types(data: bytes) -> list[int]:
+    types, position = [], 0
+    while (start := data.find(b"\x00\x00\x01", position)) >= 0 and start + 3 < len(data):
+        types.append((data[start + 3] >> 1) & 0x3F)
+        position = start + 3
+    return types
+
+
+def test_hevc_sei_goes_before_the_first_slice_after_x265s_own() -> None:
+    context = av.CodecContext.create("libx265", "w")
+    context.width, context.height, context.pix_fmt = 64, 48, "yuv420p"
+    context.time_base = Fraction(1, 25)
+    context.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
+    context.open()
+    frame = av.VideoFrame(64, 48, "yuv420p")
+    frame.pts = 0
+    unit = bytes((context.encode(frame) + context.encode(None))[0])
+    out = with_sei(unit, frame_packing_sei(3, "hevc"), "hevc")
+    types = _nal_types(out)
+    first_slice = next(i for i, kind in enumerate(types) if kind < 32)
+    assert types[first_slice - 1] == 39 and types.count(39) == _nal_types(unit).count(39) + 1
+    assert out.index(frame_packing_sei(3, "hevc")) < out.index(b"\x00\x01" + bytes([types[first_slice] << 1]))
+
+
+@pytest.mark.parametrize(("output_format", "layout"), [(OutputFormat.SBS, "side_by_side"),
+                                                       (OutputFormat.TB, "top_bottom"),
+                                                       (OutputFormat.HSBS, "side_by_side")])
+def test_x265_output_signals_the_layout_on_every_frame(tmp_path: Path, output_format: OutputFormat,
+                                                       layout: str) -> None:
+    from av.sidedata.sidedata import Type
+
+    path = tmp_path / "packed.mp4"
+    settings = settings_for(output_format, codec="libx265", preset="ultrafast")
+    with VideoWriter(path, 64, 48, Fraction(1, 25), Fraction(25), settings) as writer:
+        for i in range(40):
+            writer.write(np.full((48, 64, 3), 5 * i, np.uint8), i)
+    assert stereo_layout(path) == (layout, False)  # FFmpeg's HEVC decoder reads it: the left view is frame 0
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "hevc"
+        tagged = [any(d.type == Type.STEREO3D for d in f.side_data) for f in container.decode(video=0)]
+    assert len(tagged) == 40 and all(tagged)  # persistent: every frame, not only the keyframe

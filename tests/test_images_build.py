@@ -162,13 +162,19 @@ def test_the_cpu_image_is_non_root_labelled_and_carries_the_license(cpu_image, c
     assert uid == str(UID)
     assert torch_version == f"{_locked_torch()}+cpu"  # the lock's version, CPU build
     assert "Apache License" in "\n".join(rest)
-    # Kubeflow's executor command: sh, mktemp, python3 and the executor module, as the compiled spec calls them
-    spec = yaml.safe_load_all((ROOT / "manifests" / "generated" / "kfp-pipeline.yaml").read_text())
-    command = next(spec)["deploymentSpec"]["executors"]["exec-chunk"]["container"]["command"]
-    assert command[:2] == ["sh", "-ec"] and "python3 -m kfp.dsl.executor_main" in command[2]
-    proc = cpu_container.run(["sh", "-ec", 'd=$(mktemp -d) && python3 -m kfp.dsl.executor_main --help >/dev/null '
-                                           '&& python3 -c "import stereo_spot.components.chunk" && echo "$d"'])
-    assert proc.returncode == 0 and proc.stdout.strip().startswith("/tmp/"), proc.stderr
+    # Kubeflow's container components: each compiled executor's command (the image's `stereo-spot step <name>`)
+    # exists in the image and starts without kfp (a `kfp` package that fails to import stands in for none)
+    spec = next(yaml.safe_load_all((ROOT / "manifests" / "generated" / "kfp-pipeline.yaml").read_text()))
+    commands = [executor["container"]["command"] for executor in spec["deploymentSpec"]["executors"].values()]
+    assert commands and all(command[:2] == ["stereo-spot", "step"] for command in commands), commands
+    checks = " && ".join(f"{' '.join(command)} --help >/dev/null" for command in commands)
+    proc = cpu_container.run(["sh", "-ec", 'd=$(mktemp -d) && mkdir "$d/kfp" && echo "raise ImportError(\'no kfp\')" '
+                                           f'> "$d/kfp/__init__.py" && export PYTHONPATH="$d" && {checks} && '
+                                           'python -P -c "import stereo_spot.components.cli, '
+                                           'stereo_spot.components.chunk, '
+                                           'stereo_spot.components.concat, stereo_spot.components.fail, '
+                                           'stereo_spot.components.convert" && echo ok'])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
 
 
 def test_the_cpu_image_runs_the_compiled_workflow(cpu_container, shared):

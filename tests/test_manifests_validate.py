@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stereo_spot.pipelines.config import ENV_KEYS
+from stereo_spot.pipelines.config import ENV_KEYS, template_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -93,7 +93,7 @@ def test_each_overlay_validates(overlay, validation):
 
 
 def test_generated_and_argocd_validate(validation):
-    for label in ("generated/workflowtemplate.yaml: WorkflowTemplate/stereo-spot",
+    for label in (f"generated/workflowtemplate.yaml: WorkflowTemplate/{template_name()}",
                   "generated/kfp-pipeline.yaml: kfp/stereo-spot", "generated/kfp-pipeline.yaml: kfp-platform"):
         assert re.search(rf"^ok \S*{re.escape(label)}$", validation, re.M), validation
     assert "argocd/stereo-spot.yaml: Application/stereo-spot" in validation
@@ -137,7 +137,7 @@ def test_the_config_map_holds_the_environment_contract(overlay):
     data = _find(docs, "ConfigMap", "stereo-spot-env")["data"]
     assert set(ENV_KEYS) <= set(data)  # every key the Kubeflow tasks map must exist
     assert data["STORAGE_ADAPTER"] == "aws"
-    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    workflow_template = _find(docs, "WorkflowTemplate", template_name())
     assert all(t["script"]["envFrom"][0]["configMapRef"]["name"] == "stereo-spot-env"
                for t in workflow_template["spec"]["templates"] if "script" in t)
 
@@ -385,7 +385,7 @@ def test_argo_sensor_names_the_workflow_after_the_job():
     trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
     assert trigger["operation"] == "submit"
     workflow = trigger["source"]["resource"]
-    assert workflow["spec"]["workflowTemplateRef"] == {"name": "stereo-spot"}
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": template_name()}  # copied by kustomize
     event = _s3_event(urllib.parse.quote_plus(f"input/{JOB}/source.mp4", safe="/"))
     params = {p["dest"]: p["src"] for p in trigger["parameters"]}
     assert _get(event, params["spec.arguments.parameters.1.value"]["dataKey"]) == f"input/{JOB}/source.mp4"
@@ -404,7 +404,7 @@ def test_gpu_nodes_make_the_weight_cache_folder_the_convert_pods_mount():
     from stereo_spot.pipelines.config import MODEL_CACHE_HOST_PATH
 
     docs = render(MANIFESTS / "overlays" / "aws")
-    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    workflow_template = _find(docs, "WorkflowTemplate", template_name())
     convert = next(t for t in workflow_template["spec"]["templates"] if t["name"] == "convert")
     assert convert["volumes"][0]["hostPath"]["path"] == MODEL_CACHE_HOST_PATH
     user = workflow_template["spec"]["securityContext"]["runAsUser"]
@@ -427,7 +427,7 @@ def test_chunk_and_concat_have_an_untainted_pool_with_room_for_their_disk():
     node_class = _find(docs, "EC2NodeClass", spec["nodeClassRef"]["name"])
     [root] = node_class["spec"]["blockDeviceMappings"]
     disk = _gibibytes(root["ebs"]["volumeSize"])
-    workflow_template = _find(docs, "WorkflowTemplate", "stereo-spot")
+    workflow_template = _find(docs, "WorkflowTemplate", template_name())
     for template in workflow_template["spec"]["templates"]:
         if "script" not in template or template["name"] == "convert":
             continue
@@ -439,7 +439,7 @@ def test_chunk_and_concat_have_an_untainted_pool_with_room_for_their_disk():
 
 def test_convert_pods_are_not_disrupted_and_diffusion_can_skip_small_gpus():
     docs = render(MANIFESTS / "overlays" / "aws")
-    convert = next(t for t in _find(docs, "WorkflowTemplate", "stereo-spot")["spec"]["templates"]
+    convert = next(t for t in _find(docs, "WorkflowTemplate", template_name())["spec"]["templates"]
                    if t["name"] == "convert")
     assert convert["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     pool = _find(docs, "NodePool", "stereo-spot-gpu")

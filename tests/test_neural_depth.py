@@ -232,10 +232,11 @@ def test_batches_and_frames_agree_and_a_warm_up_reproduces_a_continuous_run(weig
     together = batched.estimate(frames)
     apart = torch.cat([single.estimate(frames[i:i + 1]) for i in range(len(frames))])
     torch.testing.assert_close(together, apart, atol=1e-4, rtol=0)
-    warmed = da.DepthAnythingDepth(str(weights), "cpu", memory=3)
-    continuous = da.DepthAnythingDepth(str(weights), "cpu", memory=3)
+    warmed = da.DepthAnythingDepth(str(weights), "cpu", memory=2, steady_frames=3)
+    continuous = da.DepthAnythingDepth(str(weights), "cpu", memory=2, steady_frames=3)
+    assert warmed.memory_frames == 4  # the pooled range's 2 frames and the steadying filter's 2 earlier ones
     expected = continuous.estimate(frames)[-1]
-    warmed.estimate(frames[-4:-1])  # the last `memory` frames before the one compared
+    warmed.estimate(frames[-5:-1])  # the last `memory_frames` frames before the one compared
     torch.testing.assert_close(warmed.estimate(frames[-1:])[0], expected, atol=1e-4, rtol=0)
 
 
@@ -277,7 +278,7 @@ def test_engine_and_cli_convert_with_the_neural_depth(home, weights, tmp_path):
     clip = write_sample(tmp_path / "clip.mp4", seconds=1.0, size=(W, H), fps=8, gop=4)
     settings = ConversionSettings(depth_model="depth-anything", depth_weights=str(weights))
     engine = StereoEngine(settings, device="cpu")
-    assert engine.warmup_frames == engine.depth.memory_frames == 16
+    assert engine.warmup_frames == engine.depth.memory_frames == 16 + 11  # the range's, the steadying filter's
     out = tmp_path / "out.mp4"
     result = CliRunner().invoke(app, ["convert", str(clip), "-o", str(out), "--depth-model", "depth-anything",
                                       "--depth-weights", str(weights), "--segment-seconds", "0.5",

@@ -21,7 +21,14 @@ from stereo_spot.pipelines.compile import (
     compile_all,
     render_all,
 )
-from stereo_spot.pipelines.config import ENV_KEYS, GPU_POOL_LABEL, PipelineConfig
+from stereo_spot.pipelines.config import (
+    ENV_KEYS,
+    GPU_POOL_LABEL,
+    PIPELINE_SCHEMA,
+    SCHEMA_LABEL,
+    PipelineConfig,
+    template_name,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "manifests" / "generated"
@@ -79,7 +86,7 @@ def _templates(wt: dict) -> dict[str, dict]:
 
 def test_workflow_template_contract(workflow_template):
     spec = workflow_template["spec"]
-    assert workflow_template["metadata"]["name"] == "stereo-spot"
+    assert workflow_template["metadata"]["name"] == template_name()
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
                            "min-gpu-memory-mib"}
@@ -192,8 +199,14 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     steps = {name: t for name, t in tasks.items() if "componentRef" in t and t["componentRef"]["name"] in
              ("comp-chunk", "comp-convert", "comp-concat", "comp-fail")}
     assert len(steps) == 4
-    # caching off: kfp writes `cachingOptions: {}` (enableCache false is the proto default)
-    assert all(t["cachingOptions"] == {} for t in steps.values())
+    # caching decided per step (stereo_spot.pipelines.kfp.CACHING: off for all four); kfp writes `cachingOptions: {}`
+    # for off (enableCache false is the proto default) and `{enableCache: true}` for on
+    from stereo_spot.pipelines.kfp import CACHING
+
+    assert set(CACHING) == {"chunk", "convert", "concat", "fail"}
+    assert not any(CACHING.values()), "a cache hit would skip a step whose effect is on the stores"
+    for name, task in steps.items():
+        assert task["cachingOptions"] == ({"enableCache": True} if CACHING[name] else {}), name
     convert_exec = spec["deploymentSpec"]["executors"]["exec-convert"]["container"]
     assert convert_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert convert_exec["resources"]["accelerator"]["resourceCount"] == "1"
@@ -250,7 +263,8 @@ def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_templat
     env = {**os.environ, **{e["name"]: e["value"] for e in chunk_template["script"]["env"]},
            "hera__outputs_directory": str(outputs_dir)}
     proc = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "stereo_spot.components.chunk:chunk",
-                           str(path)], capture_output=True, text=True, timeout=300, env=env)
+                           str(path)],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     written = outputs_dir / Path(output["valueFrom"]["path"]).relative_to("/tmp/hera-outputs")
     shards = json.loads(written.read_text())
@@ -259,3 +273,98 @@ def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_templat
     # every segment belongs to exactly one shard, in order
     covered = [i for shard in shards for i in steps.shard_segments(total, shard, len(shards))]
     assert covered == list(range(total))
+
+
+def test_the_template_name_carries_the_contract_version(workflow_template):
+    """One name, from `template_name()`: the compiled template, its schema label, `stereo-spot submit` (see
+    test_pipelines_submit) and the Sensor (a kustomize replacement, see test_manifests_validate)."""
+    name = workflow_template["metadata"]["name"]
+    assert name == template_name() == f"stereo-spot-{PIPELINE_SCHEMA}"
+    labels = workflow_template["metadata"]["labels"]
+    assert labels[SCHEMA_LABEL] == PIPELINE_SCHEMA
+    assert labels["app.kubernetes.io/version"] == PipelineConfig().tag  # the images' tag: the same release
+    assert template_name("v2") != name  # a new contract is a new template, side by side with the old one
+
+
+def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
+    """What every step shares is Hera's class defaults for Script (stereo_spot.pipelines.argo.step_defaults), set
+    once; a template differs from chunk's (which sets none of them) only where it says so, and nothing leaks out of
+    the build into Hera's process-wide defaults."""
+    from hera.shared import global_config
+    from hera.workflows import Script
+
+    from stereo_spot.components import chunk, concat, convert, fail
+    from stereo_spot.pipelines.argo import build_workflow_template, step_defaults
+
+    # the components set none of the shared choices themselves: outside the build they are Hera's bare Script
+    for module in (chunk, concat, convert, fail):
+        template = module.argo_template()
+        bare = Script(name=template.name, source=template.source)
+        for name in step_defaults(PipelineConfig()):
+            assert getattr(template, name) == getattr(bare, name), (module.__name__, name)
+    build_workflow_template()
+    assert global_config._get_class_defaults(Script) == {}  # restored after the build
+
+    scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
+    shared = {"image": "script", "resources": "script", "envFrom": "script", "securityContext": "script",
+              "terminationMessagePolicy": "script", "command": "script", "retryStrategy": None,
+              "archiveLocation": None}
+
+    def field(template: dict, name: str, where: str | None):
+        return (template[where] if where else template).get(name)
+
+    differs = {name: {f for f, where in shared.items() if field(t, f, where) != field(scripts["chunk"], f, where)}
+               for name, t in scripts.items()}
+    assert differs == {"chunk": set(), "concat": set(), "convert": {"image", "resources", "retryStrategy"},
+                       "fail": {"resources"}}
+    assert set(step_defaults(PipelineConfig())) >= {"constructor", "image", "resources", "retry_strategy",
+                                                   "env_from", "archive_location"}
+    assert all(field(scripts["chunk"], f, where) for f, where in shared.items())  # all are set
+
+
+def test_kfp_steps_are_container_components_running_the_image_entry_point(kfp_docs):
+    """Each executor runs `stereo-spot step <name>` (the image's console script) with its inputs as options and
+    its outputs as files the KFP launcher reads; no kfp executor, no inline Python source, nothing installed."""
+    import tomllib
+
+    from stereo_spot.components.cli import app as step_app
+
+    spec, _ = kfp_docs
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "stereo-spot" in scripts
+    commands = {c.name for c in step_app.registered_commands}
+    steps = {"exec-chunk": "chunk", "exec-convert": "convert", "exec-concat": "concat", "exec-fail": "fail"}
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == set(steps)
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["command"] == ["stereo-spot", "step", steps[name]], name
+        assert steps[name] in commands, name
+        text = json.dumps(container)
+        assert "kfp" not in text and "executor_input" not in text and "python" not in text, name
+        component = spec["components"][f"comp-{name.removeprefix('exec-')}"]
+        outputs = component.get("outputDefinitions", {}).get("parameters", {})
+        args = container["args"]
+        for output in outputs:  # each output is a file the step writes
+            assert f"{{{{$.outputs.parameters['{output}'].output_file}}}}" in args, (name, output)
+        for value in component["inputDefinitions"]["parameters"]:
+            assert f"{{{{$.inputs.parameters['{value}']}}}}" in args, (name, value)
+    assert set(spec["components"]["comp-chunk"]["outputDefinitions"]["parameters"]) == {"shards"}
+
+
+def test_the_step_commands_start_without_kfp(kfp_docs, tmp_path):
+    """Each compiled executor's command starts where kfp cannot be imported, as in a step image without it (the
+    kfp run test executes them whole the same way)."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "kfp"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('kfp is not installed in the step image')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    spec, _ = kfp_docs
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        command = executor["container"]["command"]
+        proc = subprocess.run([*command, "--help"], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, (name, proc.stderr[-2000:])

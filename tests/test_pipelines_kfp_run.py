@@ -1,9 +1,14 @@
-"""The compiled Kubeflow pipeline (manifests/generated/kfp-pipeline.yaml) end to end under kfp.local's
-SubprocessRunner on the embedded storage: the same container commands the cluster runs, without a cluster and
-without installing anything (use_venv=False: the project is already installed here, as in our images)."""
+"""The compiled Kubeflow pipeline (manifests/generated/kfp-pipeline.yaml) end to end under kfp.local on the
+embedded storage: kfp's own local launcher resolves each container component's placeholders (inputs, the
+``OutputPath`` files, the ParallelFor item, ``dsl.Collected``, the exit task's final status) and runs the
+resulting command — the image's ``stereo-spot step <name>`` — as a subprocess, then reads the output files, as the
+KFP launcher does in a pod. Without a cluster, without installing anything, and with kfp made unimportable for
+the steps, as in an image without kfp."""
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,10 +25,35 @@ SIZE, FPS, SECONDS = (160, 96), 12, 2.0
 
 
 @pytest.fixture
-def local_kfp(home, tmp_path):
+def local_kfp(home, tmp_path, monkeypatch):
     import kfp.local
     from kfp import components
+    from kfp.local import subprocess_task_handler
 
+    # kfp.local's SubprocessRunner refuses container components only because it cannot provide their image; here
+    # the image's entry point is installed (kfp's own tests lift the same check to run container components)
+    monkeypatch.setattr(subprocess_task_handler.SubprocessTaskHandler, "validate_not_container_component",
+                        lambda self, full_command: None)
+    # kfp.local's ParallelFor finds its items only in a task output named `Output` (a Python component's return
+    # value); the KFP backend iterates over any named output. The same lookup, for our named `shards`:
+    from kfp.local import io
+
+    parent_input = io.IOStore.get_parent_input
+
+    def get_parent_input(self, key):
+        try:
+            return parent_input(self, key)
+        except ValueError:
+            task, _, output = key.removeprefix("pipelinechannel--").rpartition("-")
+            return self.get_task_output(task, output)
+
+    monkeypatch.setattr(io.IOStore, "get_parent_input", get_parent_input)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # a step that imported kfp would fail here: the step images need none
+    blocker = tmp_path / "no-kfp"
+    (blocker / "kfp").mkdir(parents=True)
+    (blocker / "kfp" / "__init__.py").write_text("raise ImportError('kfp is not installed in the step image')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"),
                    raise_on_error=False)
     with warnings.catch_warnings():
@@ -88,3 +118,23 @@ def test_the_exit_handler_records_an_unexpected_failure(local_kfp, backend, tmp_
     stored = backend.jobs.get(job.job_id)
     assert stored.status == JobStatus.FAILED
     assert stored.failure_reason.startswith("the Kubeflow run ") and " ended failed" in stored.failure_reason
+
+
+@pytest.mark.parametrize("status,expected", [
+    # the KFP backend's driver: camelCase names, the execution state
+    ('{"state": "COMPLETE", "pipelineJobResourceName": "runs/r-1", "pipelineTaskName": "exit-handler-1", '
+     '"error": {}}', ("COMPLETE", "", "runs/r-1")),
+    ('{"state": "FAILED", "pipelineJobResourceName": "runs/r-2", "error": {"code": 9, "message": "chunk failed"}}',
+     ("FAILED", "chunk failed", "runs/r-2")),
+    # kfp.local: snake_case names
+    ('{"state": "FAILED", "pipeline_job_resource_name": "local-1", "error": {"code": 1, "message": "m"}}',
+     ("FAILED", "m", "local-1")),
+    ("not json", ("not json", "", "")),
+])
+def test_the_exit_task_reads_the_final_status_as_both_launchers_pass_it(status, expected, monkeypatch):
+    from stereo_spot.components import fail
+
+    seen = []
+    monkeypatch.setattr(fail, "fail_kfp", lambda key, state, message, run: seen.append((state, message, run)))
+    fail.fail_kfp_status(f"input/{'0' * 8}-0000-0000-0000-{'0' * 12}/source.mp4", status)
+    assert seen == [expected]

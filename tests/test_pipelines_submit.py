@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stereo_spot.cli import app
+from stereo_spot.pipelines.config import template_name
 
 JOB = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
 KEY = f"input/{JOB}/source.mp4"
@@ -111,7 +112,7 @@ def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch
     assert created.headers["authorization"] == "Bearer secret-token"
     workflow = created.body["workflow"]
     assert workflow["kind"] == "Workflow" and workflow["metadata"]["name"] == f"stereo-spot-{JOB}"
-    assert workflow["spec"]["workflowTemplateRef"] == {"name": "stereo-spot"}
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": template_name()}  # the versioned name
     assert {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]} == {
         "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0", "gpu-workers": "2"}
     assert "ok" in _validate(workflow, tmp_path, "workflow.yaml")

@@ -46,7 +46,8 @@ def test_the_preview_is_the_frame_a_continuous_run_produces(clip):
     continuous = engine.convert_batch(np.stack(frames[: k + 1]))[k]
     preview = preview_frame(clip, k / FPS, settings, device="cpu")
     assert preview.shape == continuous.shape == (72, 256, 3)
-    assert np.array_equal(preview[:, :128], frames[k])  # the left eye is the picture on screen at that moment
+    # the left eye is the picture on screen at that moment (beside the floating window's mask at its left edge)
+    assert np.array_equal(preview[:, 4:128], frames[k][:, 4:])
     assert np.abs(preview.astype(int) - continuous.astype(int)).max() <= 1
     # without the frames before it the depth has no motion and no history: a different right eye
     cold = StereoEngine(settings, device="cpu")
@@ -58,7 +59,7 @@ def test_the_preview_is_the_frame_a_continuous_run_produces(clip):
 def test_the_picture_on_screen_between_two_frames_is_the_earlier_one(clip):
     frames = _source_frames(clip)
     preview = preview_frame(clip, 10.5 / FPS, ConversionSettings(), device="cpu")
-    assert np.array_equal(preview[:, :128], frames[10])
+    assert np.array_equal(preview[:, 4:128], frames[10][:, 4:])  # beside the floating window at the left edge
 
 
 def test_the_cli_writes_a_png_in_the_chosen_layout(home, clip, tmp_path):

@@ -71,8 +71,10 @@ def test_parallax_percentiles_holes_and_borders_of_a_known_disparity():
     assert report["disparity"]["crossed_share"] == pytest.approx(0.5)
     assert report["hole_ratio"] == pytest.approx(0.1)
     assert report["border"] == {"left_frames": 3, "right_frames": 0, "sampled_frames": 3,
-                                "worst_parallax_pct": pytest.approx(-2.0), "segments": [0]}
+                                "worst_parallax_pct": pytest.approx(-2.0), "segments": [0],
+                                "after_window": {"left_frames": 3, "right_frames": 0, "segments": [0]}}
     assert report["border_violation_ratio"] == pytest.approx(0.5)
+    assert report["border_violation_ratio_after_window"] == pytest.approx(0.5)  # no window: the same figure
     assert report["flicker_index"] == 0.0  # nothing moves
     assert any("left frame edge" in w for w in report["warnings"])
     assert not any("out of the screen" in w or "background sits" in w for w in report["warnings"])

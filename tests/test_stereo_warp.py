@@ -88,11 +88,11 @@ def test_disocclusions_are_holes_and_are_filled_from_the_background_side() -> No
     assert [c for c in hole_cols if c < W - 2] == [34, 35, 36, 37, 38]
     filled = fill_holes(right, holes, warped, smooth_rows=0)[0].permute(1, 2, 0).numpy()
     red = np.array([1.0, 0.0, 0.0])
-    far_right_neighbour = filled[6:18, 39]  # the first valid far-plane pixel right of the hole
     for col in range(34, 39):
         hole = filled[6:18, col]
         assert np.abs(hole - red).sum(axis=1).min() > 0.3  # nothing of the square leaks into the hole
-        np.testing.assert_allclose(hole, far_right_neighbour, atol=1e-6)
+        # the far plane beyond the hole's right edge (column 39), mirrored: 38 ← 39, 37 ← 40, …
+        np.testing.assert_allclose(hole, filled[6:18, 39 + (38 - col)], atol=1e-6)
 
 
 def test_fill_picks_the_farther_neighbour_on_either_side() -> None:

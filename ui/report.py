@@ -23,10 +23,11 @@ _PERCENTILE_KEY = re.compile(r"^p?(\d+(?:\.\d+)?)$", re.IGNORECASE)
 _INDEX_FIELDS = ("segment_index", "index", "segment")
 _MAX_METRICS = 6
 _IGNORED = {"version", "schema_version", "schema", "job_id", "unit", "limits", "settings", "sampling", "border",
-            "flicker", "timings", "extremes", "crossed_share"}
+            "flicker", "timings", "extremes", "crossed_share", "window", "convergence_chosen"}
 # Headline figures of ``stereo_spot.report`` whose field names say less than a label can.
 _LABELS = {"max_crossed_pct": "max in front (% of width)", "max_uncrossed_pct": "max behind (% of width)",
-           "border_violation_ratio": "border violations (share of frames)"}
+           "border_violation_ratio": "border violations (share of frames)",
+           "border_violation_ratio_after_window": "border violations after the floating window"}
 
 
 @dataclass

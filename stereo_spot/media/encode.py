@@ -1,18 +1,21 @@
-"""Encoder settings for converted video, including the stereo layout signalled in the H.264 bitstream.
+"""Encoder settings for converted video, including the stereo layout signalled in the H.264 or HEVC bitstream.
 
 Players learn the layout of a stereo video from three places: the bitstream, the container, the file name.
 
-* **Bitstream**: H.264's frame-packing arrangement SEI message. x264 writes it with ``frame-packing=N``
-  (``x264-params``); the values are the SEI's ``frame_packing_arrangement_type``: 3 = side by side, 4 = top and
-  bottom (0 checkerboard, 1 column and 2 row interleaving, 5 frame alternation, 6 2D, 7 tiles). x264 marks the
-  left view as frame 0 (``content_interpretation_type`` 1) and the arrangement as persistent, and repeats it
-  on every keyframe, so it survives the stream-copy concat of segments (each starts with a keyframe). FFmpeg
-  decoders hand it to players as ``AV_FRAME_DATA_STEREO3D`` side data on the frames that carry it (PyAV:
-  ``frame.side_data``). The SEI has no half/full distinction: the packed frame's size tells (a 3840x1080
-  side by side holds two 1920x1080 views, a 1920x1080 one two squeezed 960x1080 views). Anaglyph is a 2D
-  picture for the decoder and gets no SEI. x264 always marks frame 0 (the left or top half) as the left view, so
-  a layout with the right eye first (cross-eyed, ``--swap-eyes``) gets no SEI either: a wrong one would make
-  players show the eyes the wrong way round.
+* **Bitstream**: the frame-packing arrangement SEI message, which H.264 (D.1.26) and HEVC (D.2.16) both define,
+  with the same ``frame_packing_arrangement_type`` values: 3 = side by side, 4 = top and bottom (H.264 also
+  has 0 checkerboard, 1 column and 2 row interleaving, 6 2D, 7 tiles; both 5 frame alternation). x264 writes
+  it itself with ``frame-packing=N`` (``x264-params``); x265 has no such parameter and NVENC no such option for
+  either codec, so for those the writer puts the SEI into every keyframe packet (``sei_writer`` decides which,
+  in one place). The message marks the left view as frame 0 (``content_interpretation_type`` 1) and the
+  arrangement as persistent, and is repeated on every keyframe, so it survives the stream-copy concat of
+  segments (each starts with a keyframe). FFmpeg's H.264 and HEVC decoders hand it to players as
+  ``AV_FRAME_DATA_STEREO3D`` side data on the frames that carry it (PyAV: ``frame.side_data``). The SEI has
+  no half/full distinction: the packed frame's size tells (a 3840x1080 side by side holds two 1920x1080 views,
+  a 1920x1080 one two squeezed 960x1080 views). Anaglyph is a 2D picture for the decoder and gets no SEI. x264
+  always marks frame 0 (the left or top half) as the left view, so a layout with the right eye first
+  (cross-eyed, ``--swap-eyes``) gets no SEI either (ours does the same): a wrong one would make players show
+  the eyes the wrong way round.
 * **Container**: the mp4 ``st3d`` box (Google's Spherical Video V2), and for VR180 the ``sv3d`` box with its
   equirectangular projection, written into the final file after joining (``stereo_spot.media.spatial``).
 * **File name**: the conventional suffixes (``stereo_spot.naming``).
@@ -37,9 +40,23 @@ X26X_PRESET = "fast"
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 NVENC_PRESETS = tuple(f"p{n}" for n in range(1, 8))
-#: Encoders whose bitstream is H.264, the one whose frame-packing SEI players read (HEVC players take the
-#: layout from the container's st3d box, written for every codec).
-H264_ENCODERS = ("libx264", "h264_nvenc")
+#: The bitstream each encoder writes: the standard whose frame-packing SEI it carries.
+BITSTREAMS = {"libx264": "h264", "h264_nvenc": "h264", "libx265": "hevc", "hevc_nvenc": "hevc"}
+#: Encoders that write the frame-packing SEI themselves (x264's ``frame-packing`` parameter). x265 has none
+#: (x265 4.2: "Unknown option: frame-packing"), NVENC exposes none through FFmpeg.
+SEI_BY_ENCODER = ("libx264",)
+
+
+def sei_writer(codec: str) -> str | None:
+    """Who writes the frame-packing SEI into ``codec``'s bitstream: ``"encoder"`` (through its own option),
+    ``"packets"`` (``VideoWriter``, into every keyframe packet), or None (no bitstream signalling known).
+
+    >>> sei_writer("libx264"), sei_writer("hevc_nvenc"), sei_writer("libvpx-vp9")
+    ('encoder', 'packets', None)
+    """
+    if codec not in BITSTREAMS:
+        return None
+    return "encoder" if codec in SEI_BY_ENCODER else "packets"
 
 
 @dataclass(frozen=True)
@@ -50,13 +67,20 @@ class EncodeSettings:
     pix_fmt: str = "yuv420p"
     tune: str | None = None
     threads: int = 0  # 0: the encoder picks (one per core)
-    #: H.264 frame-packing arrangement type written as an SEI message (3 side by side, 4 top-bottom); None: 2D
+    #: frame-packing arrangement type written as an SEI message (3 side by side, 4 top-bottom); None: 2D
     frame_packing: int | None = None
 
     @property
     def sei_in_packets(self) -> bool:
         """The frame-packing SEI is written into the packets by the writer (the encoder cannot)."""
-        return self.frame_packing is not None and self.codec != "libx264"
+        return self.frame_packing is not None and sei_writer(self.codec) == "packets"
+
+    def packet_sei(self) -> bytes | None:
+        """The SEI NAL unit the writer puts into each keyframe packet, in the codec's own syntax; None when the
+        encoder signals the layout itself or there is nothing to signal."""
+        if not self.sei_in_packets:
+            return None
+        return frame_packing_sei(self.frame_packing, BITSTREAMS[self.codec])
 
     def codec_options(self) -> dict[str, str]:
         """Options for the FFmpeg encoder: x264's, or NVENC's constant-quality equivalent (its ``cq`` is on the
@@ -67,14 +91,14 @@ class EncodeSettings:
         options = {"preset": self.preset, "crf": str(self.crf)}
         if self.tune:
             options["tune"] = self.tune
-        if self.frame_packing is not None and self.codec == "libx264":
+        if self.frame_packing is not None and sei_writer(self.codec) == "encoder":
             options["x264-params"] = f"frame-packing={self.frame_packing}"
         if self.codec == "libx265":
             options["x265-params"] = "log-level=error"  # x265 prints its settings on every segment otherwise
         return options
 
 
-#: x264 ``frame-packing`` (the H.264 SEI's frame_packing_arrangement_type) of each layout
+#: The frame-packing SEI's frame_packing_arrangement_type of each layout (the same in H.264 and HEVC)
 FRAME_PACKING = {
     OutputFormat.SBS: 3,
     OutputFormat.HSBS: 3,
@@ -99,7 +123,7 @@ def settings_for(output_format: OutputFormat, threads: int = 0, codec: str = "li
     crf = configured_crf() if crf is None else crf
     default_pix_fmt = "yuv444p" if output_format is OutputFormat.ANAGLYPH else "yuv420p"
     frame_packing = FRAME_PACKING[output_format] if left_eye_first(output_format, swap_eyes) else None
-    if codec not in H264_ENCODERS:
+    if sei_writer(codec) is None:
         frame_packing = None
     preset = preset or (NVENC_PRESET if codec.endswith("_nvenc") else X26X_PRESET)
     return EncodeSettings(codec=codec, preset=preset, threads=threads, crf=crf, pix_fmt=pix_fmt or default_pix_fmt,
@@ -140,9 +164,17 @@ def configured_crf() -> int:
 # --- the frame-packing SEI for encoders that cannot write it ------------------------------------------------
 
 _START_CODE = b"\x00\x00\x00\x01"
-_NAL_SEI = 6
-_SEI_FRAME_PACKING = 45
-_VCL_NAL_TYPES = {1, 5}  # coded slices (non-IDR, IDR)
+_SEI_FRAME_PACKING = 45  # payloadType, in both standards
+#: The SEI NAL unit header: H.264's one byte (nal_unit_type 6); HEVC's two bytes (forbidden bit, nal_unit_type
+#: 39 = prefix SEI, nuh_layer_id 0, nuh_temporal_id_plus1 1)
+_SEI_NAL_HEADER = {"h264": bytes([6]), "hevc": bytes([39 << 1, 1])}
+
+
+def _is_coded_slice(bitstream: str, header: int) -> bool:
+    """Whether a NAL unit whose first header byte is ``header`` is a coded slice (where SEI must precede)."""
+    if bitstream == "hevc":
+        return (header >> 1) & 0x3F < 32  # VCL NAL unit types 0..31
+    return header & 0x1F in (1, 5)  # non-IDR and IDR slices
 
 
 class _Bits:
@@ -178,9 +210,12 @@ def _emulation_prevention(rbsp: bytes) -> bytes:
     return bytes(out)
 
 
-def frame_packing_sei(arrangement_type: int) -> bytes:
-    """An Annex B H.264 SEI NAL unit with a frame-packing arrangement message (D.1.26), with the fields x264
-    writes: left view is frame 0 (content interpretation 1), no flipping, persistent (repetition period 1)."""
+def frame_packing_sei(arrangement_type: int, bitstream: str = "h264") -> bytes:
+    """An Annex B SEI NAL unit with a frame-packing arrangement message for ``bitstream`` ("h264": D.1.26 of
+    H.264, "hevc": D.2.16 of H.265, in a prefix SEI NAL unit), with the fields x264 writes: left view is frame 0
+    (content interpretation 1), no flipping, persistent."""
+    if bitstream not in _SEI_NAL_HEADER:
+        raise ValueError(f"no frame-packing SEI for a {bitstream!r} bitstream")
     payload = _Bits()
     payload.ue(0)  # frame_packing_arrangement_id
     payload.u(1, 0)  # cancel flag
@@ -190,23 +225,27 @@ def frame_packing_sei(arrangement_type: int) -> bytes:
     payload.u(6, 0)  # spatial flipping, frame0 flipped, field views, current is frame0, frame0/1 self-contained
     payload.u(16, 0)  # frame0/frame1 grid positions x, y
     payload.u(8, 0)  # reserved byte
-    payload.ue(1)  # repetition period: persists until the next one
-    payload.u(1, 0)  # extension flag
+    if bitstream == "hevc":
+        payload.u(1, 1)  # fp_arrangement_persistence_flag: until the next one or the end of the stream
+        payload.u(1, 0)  # fp_upsampled_aspect_ratio_flag
+    else:
+        payload.ue(1)  # repetition period: persists until the next one
+        payload.u(1, 0)  # extension flag
     payload.align_with_one()
     body = payload.bytes()
     rbsp = bytes([_SEI_FRAME_PACKING, len(body)]) + body + b"\x80"  # + rbsp_trailing_bits
-    return _START_CODE + bytes([_NAL_SEI]) + _emulation_prevention(rbsp)
+    return _START_CODE + _SEI_NAL_HEADER[bitstream] + _emulation_prevention(rbsp)
 
 
-def with_sei(data: bytes, sei: bytes) -> bytes:
-    """``data`` (an Annex B access unit) with the NAL unit ``sei`` put just before its first coded slice, where
-    the standard wants SEI. Data without a start code or a slice is returned unchanged."""
+def with_sei(data: bytes, sei: bytes, bitstream: str = "h264") -> bytes:
+    """``data`` (an Annex B access unit of ``bitstream``) with the NAL unit ``sei`` put just before its first
+    coded slice, where both standards want SEI. Data without a start code or a slice is returned unchanged."""
     position = 0
     while True:
         start = data.find(b"\x00\x00\x01", position)
         if start < 0 or start + 3 >= len(data):
             return data
-        if data[start + 3] & 0x1F in _VCL_NAL_TYPES:
+        if _is_coded_slice(bitstream, data[start + 3]):
             begin = start - 1 if start > 0 and data[start - 1] == 0 else start  # a 4-byte start code
             return data[:begin] + sei + data[begin:]
         position = start + 3

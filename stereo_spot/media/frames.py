@@ -21,7 +21,7 @@ from stereo_spot.media.containers import (
     require_video_stream,
     seconds_to_ticks,
 )
-from stereo_spot.media.encode import EncodeSettings, frame_packing_sei, with_sei
+from stereo_spot.media.encode import BITSTREAMS, EncodeSettings, with_sei
 from stereo_spot.media.errors import MediaError
 
 # AVColorSpace values (what decoded frames carry) -> the swscale matrix that undoes them.
@@ -146,9 +146,9 @@ _STEREO3D_TYPES = {0: "2d", 1: "side_by_side", 2: "top_bottom", 3: "frame_sequen
 
 
 def stereo_layout(path: str | Path, frames: int = 1) -> tuple[str, bool] | None:
-    """The stereo layout signalled in the video bitstream (H.264 frame-packing SEI), as FFmpeg reports it on
-    decoded frames: (``"side_by_side"`` | ``"top_bottom"`` | …, inverted = right view first), or None where
-    the first ``frames`` frames carry none (a 2D video, or an anaglyph)."""
+    """The stereo layout signalled in the video bitstream (H.264's or HEVC's frame-packing SEI), as FFmpeg
+    reports it on decoded frames: (``"side_by_side"`` | ``"top_bottom"`` | …, inverted = right view first), or
+    None where the first ``frames`` frames carry none (a 2D video, or an anaglyph)."""
     from av.sidedata.sidedata import Type
 
     path = Path(path)
@@ -238,7 +238,7 @@ class VideoWriter:
             raise MediaError(f"cannot set up the {settings.codec} encoder: {exc}") from exc
         self._stream = stream
         # An encoder that cannot write the frame-packing SEI itself gets it on every keyframe from here.
-        self._sei = frame_packing_sei(settings.frame_packing) if settings.sei_in_packets else None
+        self._sei = settings.packet_sei()
 
     @property
     def frames_written(self) -> int:
@@ -266,7 +266,8 @@ class VideoWriter:
     def _mux(self, packets: list[av.Packet]) -> None:
         for index, packet in enumerate(packets):
             if self._sei is not None and packet.is_keyframe:
-                packets[index] = packet = _with_data(packet, with_sei(bytes(packet), self._sei))
+                data = with_sei(bytes(packet), self._sei, BITSTREAMS[self.settings.codec])
+                packets[index] = packet = _with_data(packet, data)
             if not packet.duration:
                 packet.duration = self._frame_ticks
         self._container.mux(packets)

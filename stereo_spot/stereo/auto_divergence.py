@@ -17,6 +17,11 @@ The rule, with ``q(p)`` the p-th percentile of the pooled depth (0 far … 1 nea
   width behind the screen and the near end (``q(98)``) within ``CROSSED_TARGET_PCT`` in front of it, and at most
   ``MAX_DIVERGENCE_PCT``, at least ``MIN_DIVERGENCE_PCT``.
 
+With ``--convergence auto`` as well, the screen plane moves frame by frame (``stereo/screen_plane.py``): the
+job's convergence is then ``q(75)`` alone, the floor the plane never goes in front of, while the divergence is
+still sized for the plane at the edges' depth, so wherever the plane rises to the edges the far end stays within
+its target.
+
 The targets sit below the limits the comfort report warns at (``stereo_spot.report``), with a margin because the
 conversion's depth differs a little from the sampled frames': behind the screen the parallax must stay under
 the eye separation (about 65 mm) on the screen the video is shown on — 1 % of the width is 65 mm on a 6.5 m
@@ -85,11 +90,12 @@ def measure(depth_maps: list[torch.Tensor] | list[np.ndarray]) -> DepthMeasureme
                             frames=len(pooled), edge=edge)
 
 
-def choose(measurement: DepthMeasurement) -> tuple[float, float]:
-    """(divergence % of width, convergence 0..1) by the rule in the module docstring."""
+def choose(measurement: DepthMeasurement, auto_convergence: bool = False) -> tuple[float, float]:
+    """(divergence % of width, convergence 0..1) by the rule in the module docstring; with ``auto_convergence``
+    the convergence is the floor of the automatic screen plane."""
     q = measurement.percentiles
     lo, hi = q[2.0], q[98.0]
-    convergence = q[CONVERGENCE_PERCENTILE]
+    floor = convergence = float(np.clip(q[CONVERGENCE_PERCENTILE], 0.0, 1.0))
     if measurement.edge is not None:
         convergence = max(convergence, measurement.edge)
     convergence = float(np.clip(convergence, 0.0, 1.0))
@@ -99,11 +105,11 @@ def choose(measurement: DepthMeasurement) -> tuple[float, float]:
     if hi - convergence > 1e-6:
         limits.append(CROSSED_TARGET_PCT / (hi - convergence))
     divergence = float(np.clip(min(limits), MIN_DIVERGENCE_PCT, MAX_DIVERGENCE_PCT))
-    return round(divergence, 3), round(convergence, 3)
+    return round(divergence, 3), round(floor if auto_convergence else convergence, 3)
 
 
 def apply(settings: ConversionSettings, measurement: DepthMeasurement) -> ConversionSettings:
-    divergence, convergence = choose(measurement)
+    divergence, convergence = choose(measurement, settings.auto_convergence)
     return settings.model_copy(update={"divergence": divergence, "convergence": convergence})
 
 

@@ -15,8 +15,10 @@ Policy:
 * On the CPU, one worker per core by default, each with an equal share of the cores for its torch threads.
 * Frames per batch on a GPU follow the free memory (``batch_frames_for_memory``); on the CPU the engine works a
   frame at a time and the batch is only the pipeline's unit (``DEFAULT_BATCH_FRAMES``).
+* The neural models' number format (``inference_dtype``): fp16 on CUDA, bf16 for a model known to overflow in
+  fp16 (where the GPU computes bf16), fp32 on the CPU; ``--precision`` asks for one.
 * The encoder: NVENC (``h264_nvenc``) when a GPU does the work and FFmpeg's NVENC opens on this machine, libx264
-  otherwise. Both carry the same frame-packing signalling (``media/encode.py``).
+  otherwise. Every encoder carries the same frame-packing signalling (``media/encode.py``: ``sei_writer``).
 """
 
 from __future__ import annotations
@@ -62,12 +64,33 @@ def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: every CPU torch runs on; GPUs from Ampere (compute capability
+    8) on. Older GPUs only emulate it, slower than fp32."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA device (``torch.cuda.mem_get_info``), None elsewhere."""
     if device.type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+def memory_info(device: torch.device | str) -> tuple[int, int] | None:
+    """(free, total) bytes on a CUDA device, None elsewhere or where the driver cannot say."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return None
+    return int(free), int(total)
 
 
 # --- decisions (plain functions) -------------------------------------------------------------------------
@@ -156,8 +179,51 @@ def batch_frames_for_memory(free_bytes: int | None, width: int, height: int, *,
     return max(minimum, min(maximum, fits))
 
 
-#: Encoders in order of preference when a GPU does the work. Only H.264: its frame-packing SEI is what
-#: ``media/encode.py`` writes into the stream, whichever encoder produced it.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def inference_dtype(device_type: str, requested: str = "auto", *, bf16: bool = True,
+                    overflows_in_fp16: bool = False) -> torch.dtype:
+    """The number format a neural model runs in, from the device type ("cuda", "cpu"), the job's ``--precision``,
+    whether the device computes bf16 (``bf16_supported``) and whether the model is known to overflow in fp16
+    (a VAE whose config says ``force_upcast``: its activations pass fp16's 65504).
+
+    ========== ============ ===========================================================================
+    requested  CPU          CUDA
+    ========== ============ ===========================================================================
+    auto       fp32         fp16 (half the memory, tensor cores); a model that overflows: bf16, else fp32
+    fp32       fp32         fp32
+    fp16       fp32 [1]_    fp16; a model that overflows: as auto (its output would be inf/NaN)
+    bf16       bf16         bf16 where the GPU computes it, else fp32 (emulated bf16 is slower than fp32)
+    ========== ============ ===========================================================================
+
+    .. [1] the CPU has no fast fp16 arithmetic: fp16 there would be slower than fp32 and save nothing that
+       matters. bf16 on the CPU is honoured (it runs, at about fp32's speed, and tests use it).
+
+    >>> inference_dtype("cuda"), inference_dtype("cuda", overflows_in_fp16=True), inference_dtype("cpu")
+    (torch.float16, torch.bfloat16, torch.float32)
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return torch.float32
+    if device_type != "cuda":
+        return torch.bfloat16 if requested == "bf16" else torch.float32
+    if requested == "bf16" or overflows_in_fp16:
+        return torch.bfloat16 if bf16 else torch.float32
+    return torch.float16
+
+
+def dtype_for(device: torch.device | str, requested: str = "auto", *, overflows_in_fp16: bool = False
+              ) -> torch.dtype:
+    """``inference_dtype`` with this machine's facts about ``device``."""
+    device = torch.device(device)
+    return inference_dtype(device.type, requested, bf16=bf16_supported(device), overflows_in_fp16=overflows_in_fp16)
+
+
+#: Encoders in order of preference when a GPU does the work and the job leaves the choice to the machine. Only
+#: H.264, the codec every player and headset decodes; ``--codec hevc_nvenc`` is there for a smaller file (both
+#: carry the frame-packing SEI, written into the packets by ``media/encode.py``).
 GPU_ENCODERS = ("h264_nvenc",)
 CPU_ENCODER = "libx264"
 

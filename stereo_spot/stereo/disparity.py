@@ -24,6 +24,12 @@ def disparity_scale(width: int, divergence: float) -> float:
     return float(divergence) / 100.0 * float(width)
 
 
-def depth_to_disparity(depth01: torch.Tensor, width: int, divergence: float, convergence: float) -> torch.Tensor:
-    """Disparity in pixels (positive = crossed, in front of the screen) for normalised inverse depth."""
-    return (depth01 - float(convergence)) * disparity_scale(width, divergence)
+def depth_to_disparity(depth01: torch.Tensor, width: int, divergence: float,
+                       convergence: float | torch.Tensor) -> torch.Tensor:
+    """Disparity in pixels (positive = crossed, in front of the screen) for normalised inverse depth; the
+    convergence is one value, or one per frame (float [N]: ``--convergence auto``)."""
+    if isinstance(convergence, torch.Tensor):
+        convergence = convergence.to(depth01.device, depth01.dtype).view(-1, *([1] * (depth01.dim() - 1)))
+    else:
+        convergence = float(convergence)
+    return (depth01 - convergence) * disparity_scale(width, divergence)

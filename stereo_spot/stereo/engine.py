@@ -26,8 +26,10 @@ from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.fill import Inpainter, create_inpainter
 from stereo_spot.stereo.pack import output_size as packed_size
 from stereo_spot.stereo.pack import pack_uint8
+from stereo_spot.stereo.screen_plane import ScreenPlane
 from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
+from stereo_spot.stereo.window import FloatingWindow, apply_window, viewer_disparity, viewer_swapped
 
 __all__ = ["DEFAULT_BATCH_FRAMES", "StereoEngine", "check_model_choice", "default_device", "frames_to_tensor"]
 
@@ -146,8 +148,10 @@ class StereoEngine:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device) if device is not None else default_device()
-        self.depth = depth or create_depth_estimator(settings.depth_model, settings.depth_weights, self.device)
-        self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device)
+        self.depth = depth or create_depth_estimator(settings.depth_model, settings.depth_weights, self.device,
+                                                     settings.precision)
+        self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device,
+                                                       settings.precision)
         # On CPU a frame at a time: the warp's buffers (one frame's worth, reused) and the temporaries stay
         # small; batches gain nothing on CPU and make every temporary a fresh, page-faulted mapping.
         # A GPU takes the whole batch at once.
@@ -158,6 +162,11 @@ class StereoEngine:
         self.stats: ComfortStats | None = None
         #: seconds spent in depth estimation since ``reset`` (measured around each call; on a GPU after a sync)
         self.depth_seconds = 0.0
+        # Temporal state after the depth, finite memory too: the automatic screen plane and the floating window.
+        self.screen_plane = ScreenPlane()
+        self.window = FloatingWindow()
+        #: the convergence of each frame of the last batch when it is automatic (None: the fixed setting)
+        self.last_convergence: torch.Tensor | None = None
 
     @property
     def batch_frames(self) -> int:
@@ -175,8 +184,11 @@ class StereoEngine:
 
     @property
     def warmup_frames(self) -> int:
-        """Frames of history the depth estimator needs to reach the state of a continuous run."""
-        return int(getattr(self.depth, "memory_frames", 0) or 0)
+        """Frames of history the depth estimator, the automatic screen plane and the floating window need to reach
+        the state of a continuous run."""
+        depth = int(getattr(self.depth, "memory_frames", 0) or 0)
+        plane = self.screen_plane.memory if self.settings.auto_convergence else 0
+        return max(depth, plane, self.window.memory if self.settings.floating_window else 0)
 
     def _timed_depth(self, frames: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
@@ -187,9 +199,11 @@ class StereoEngine:
         return depth01
 
     def reset(self) -> None:
-        """Start a new shot: forget the depth and inpainting state."""
+        """Start a new shot: forget the depth, inpainting, screen plane and window state."""
         self.depth.reset()
         self.inpainter.reset()
+        self.screen_plane.reset()
+        self.window.reset()
         self.depth_seconds = 0.0
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -197,24 +211,46 @@ class StereoEngine:
 
     def disparity(self, frames: torch.Tensor) -> torch.Tensor:
         """Depth for float frames [N,3,H,W] → disparity in pixels [N,1,H,W] (crossed positive)."""
-        depth01 = self._timed_depth(frames)
-        return depth_to_disparity(depth01, frames.shape[-1], self.settings.divergence, self.settings.convergence)
+        return self._depth_to_disparity(self._timed_depth(frames))
+
+    def _depth_to_disparity(self, depth01: torch.Tensor) -> torch.Tensor:
+        settings = self.settings
+        convergence: float | torch.Tensor = settings.convergence
+        self.last_convergence = None
+        if settings.auto_convergence:
+            convergence = self.last_convergence = self.screen_plane.update(depth01, settings.divergence,
+                                                                           settings.convergence)
+        return depth_to_disparity(depth01, depth01.shape[-1], settings.divergence, convergence)
+
+    def _window_widths(self, disparity: torch.Tensor) -> torch.Tensor | None:
+        """The floating window's widths [N,2] for the next frames' disparities (None: the window is off)."""
+        if not self.settings.floating_window:
+            return None
+        return self.window.update(viewer_disparity(disparity, self._viewer_swapped))
+
+    @property
+    def _viewer_swapped(self) -> bool:
+        return viewer_swapped(self.settings.output_format, self.settings.swap_eyes)
 
     @torch.inference_mode()
-    def warm_up(self, frames_uint8: np.ndarray) -> None:
+    def warm_up(self, frames_uint8: np.ndarray, rendered: int | None = None) -> None:
         """Feed frames that precede the segment through the engine's temporal state, without output: all of them
-        through the depth estimator, and the last few through the inpainter too when it keeps context (a
-        video inpainter continues from the frames it filled last)."""
+        through the depth estimator, and the last ``rendered`` through warp and fill too (default: as many as
+        the inpainter keeps as context; a video inpainter continues from the frames it filled last)."""
         if len(frames_uint8) == 0:
             return
-        context = min(len(frames_uint8), int(getattr(self.inpainter, "context_frames", 0) or 0))
+        if rendered is None:
+            rendered = int(getattr(self.inpainter, "context_frames", 0) or 0)
+        context = min(len(frames_uint8), rendered)
         head = len(frames_uint8) - context
         for start in range(0, head, self.chunk_frames):
             _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device,
                                          self._staging)
-            self.depth.estimate(frames)
+            depth01 = self.depth.estimate(frames)
+            if self.settings.auto_convergence or self.settings.floating_window:
+                self._window_widths(self._depth_to_disparity(depth01))
         if context:
-            self._render_batch(frames_uint8[head:], observe=False)
+            self._render_batch(frames_uint8[head:], observe=None)
 
     def render_right(self, left: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
         """Right views [N,C,H,W] for float left views and disparities in pixels: warp + fill. The result may
@@ -240,44 +276,57 @@ class StereoEngine:
         return self.render_right(left, disp).clone()
 
     @torch.inference_mode()
-    def convert_batch(self, frames_uint8: np.ndarray) -> np.ndarray:
-        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]."""
+    def convert_batch(self, frames_uint8: np.ndarray, observed: tuple[int, int] | None = None) -> np.ndarray:
+        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]. ``observed`` = (first,
+        stop): the frames the comfort statistics count (default all); the others are a temporal inpainter's
+        context before or after the output, converted with it and dropped by the caller."""
         if frames_uint8.ndim != 4:
             raise StereoInputError(f"frames must be uint8 [N,H,W,3], got shape {frames_uint8.shape}")
-        return self._render_batch(frames_uint8, observe=True)
+        return self._render_batch(frames_uint8, observe=observed or (0, len(frames_uint8)))
 
-    def _warped_chunks(self, frames_uint8: np.ndarray, observe: bool):
-        """Yield (start, stop, u8, left, warped, holes, warped_disparity) for each chunk of the batch. The warp
-        reuses its workspace, so a chunk's tensors are valid until the next one is produced."""
+    def _warped_chunks(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None):
+        """Yield (start, stop, u8, left, warped, holes, warped_disparity, window widths or None) for each chunk
+        of the batch; ``observe`` = the (first, stop) frames the comfort statistics count. The warp reuses its
+        workspace, so a chunk's tensors are valid until the next one is produced."""
         for start in range(0, len(frames_uint8), self.chunk_frames):
             stop = min(len(frames_uint8), start + self.chunk_frames)
             u8, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
             disparity = self.disparity(left)
+            widths = self._window_widths(disparity)
             warped, holes, warped_disparity = forward_warp(left, disparity, workspace=self._warp_workspace)
             if observe and self.stats is not None:
-                self.stats.observe(left, disparity, holes)
-            yield start, stop, u8, left, warped, holes, warped_disparity
+                lo, hi = max(observe[0], start) - start, min(observe[1], stop) - start
+                if hi > lo:
+                    # with swapped eyes the statistics stay those of the rendered disparity, as they always
+                    # were, which the window's widths (measured on the viewer's) do not apply to
+                    window = None if self._viewer_swapped or widths is None else widths[lo:hi]
+                    convergence = None if self.last_convergence is None else self.last_convergence[lo:hi]
+                    self.stats.observe(left[lo:hi], disparity[lo:hi], holes[lo:hi], window=window,
+                                       convergence=convergence)
+            yield start, stop, u8, left, warped, holes, warped_disparity, widths
 
     def _output_array(self, frames_uint8: np.ndarray) -> np.ndarray:
         n, h, w = frames_uint8.shape[:3]
         out_w, out_h = self.output_size(w, h)
         return np.empty((n, out_h, out_w, 3), dtype=np.uint8)
 
-    def _render_batch(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+    def _render_batch(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
         if getattr(self.inpainter, "frames_per_call", 1) > 1:
             return self._render_batch_temporal(frames_uint8, observe)
         out = self._output_array(frames_uint8)
-        for start, stop, u8, left, warped, holes, warped_disparity in self._warped_chunks(frames_uint8, observe):
+        for start, stop, u8, left, warped, holes, warped_disparity, widths in self._warped_chunks(frames_uint8,
+                                                                                                  observe):
             right = self.inpainter.inpaint(warped, holes, warped_disparity, left)
-            self._pack_into(out, start, stop, u8, left, right)
+            self._pack_into(out, start, stop, u8, left, right, widths)
         return out
 
-    def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: bool) -> np.ndarray:
+    def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
         """The whole batch warped first, then inpainted in one call: a video inpainter fills holes from the
         frames around them."""
         out = self._output_array(frames_uint8)
-        u8s, lefts, rights, hole_masks, disparities = [], [], [], [], []
-        for _, _, u8, left, warped, holes, warped_disparity in self._warped_chunks(frames_uint8, observe):
+        u8s, lefts, rights, hole_masks, disparities, windows = [], [], [], [], [], []
+        for _, _, u8, left, warped, holes, warped_disparity, widths in self._warped_chunks(frames_uint8, observe):
+            windows.append(widths)
             u8s.append(u8)
             lefts.append(left)
             rights.append(warped.clone())  # the workspace is reused by the next warp
@@ -287,14 +336,16 @@ class StereoEngine:
         right_all = self.inpainter.inpaint(torch.cat(rights), torch.cat(hole_masks), torch.cat(disparities),
                                            left_all)
         position = 0
-        for u8, left in zip(u8s, lefts, strict=True):
+        for u8, left, widths in zip(u8s, lefts, windows, strict=True):
             stop = position + len(left)
-            self._pack_into(out, position, stop, u8, left, right_all[position:stop])
+            self._pack_into(out, position, stop, u8, left, right_all[position:stop], widths)
             position = stop
         return out
 
     def _pack_into(self, out: np.ndarray, start: int, stop: int, u8: torch.Tensor, left: torch.Tensor,
-                   right: torch.Tensor) -> None:
+                   right: torch.Tensor, window: torch.Tensor | None = None) -> None:
+        if window is not None:  # each eye's edge masked before packing: every layout carries the window
+            u8, left = apply_window(u8, left, right, window, self._viewer_swapped)
         if self.device.type == "cpu":  # pack straight into the returned array
             pack_uint8(u8, left, right, self.settings.output_format, self.settings.anaglyph,
                        swap_eyes=self.settings.swap_eyes, out=torch.from_numpy(out[start:stop]))

@@ -139,6 +139,11 @@ def convert_image(
                          dim=1)
     left = left.contiguous()
     right = _render_right(engine, left, disp)
+    if settings.floating_window:  # a still's window is what its own edges need, no easing
+        from stereo_spot.stereo.window import FloatingWindow, mask_views, viewer_disparity, viewer_swapped
+
+        swapped = viewer_swapped(settings.output_format, settings.swap_eyes)
+        left, right = mask_views(left, right, FloatingWindow().update(viewer_disparity(disp, swapped)), swapped)
 
     fmt = OutputFormat(settings.output_format)
     if fmt is OutputFormat.ANAGLYPH:

@@ -23,25 +23,31 @@ StereoCrafter's release splits this in two folders (``stable-video-diffusion-img
 ``StereoCrafter/unet_diffusers``): copy the latter over the former's ``unet/``. Without ``image_encoder/`` the
 cross-attention gets zeros (only sensible for a UNet trained that way).
 
-Processing, per call (the engine hands ``frames_per_call`` consecutive frames): frames are inpainted in temporal
-chunks of ``frames_per_chunk`` frames — the first of a shot all new, each later one starting with the last
+Processing, per call (consecutive frames, cut on the chunk grid): frames are inpainted in temporal
+chunks of ``frames_per_chunk`` frames — the first of a chain all new, each later one starting with the last
 ``overlap`` frames already inpainted (their mask cleared, so the model continues from them) — across calls and,
 through the engine's warm-up, across segments. Frames are cut into tiles of at most ``tile`` x ``tile_short``
 pixels (SVD's native 1024x576, the long side along the frame's; ``tile_plan``), the fewest sharing at least
 ``tile_overlap`` pixels, blended with linear ramps; tiles with no hole are skipped, which is most of them. The
-UNet and image encoder run in fp16 on CUDA (the VAE too unless its config asks for fp32), fp32 on the CPU. The
-noise comes from a fixed seed, so a run is reproducible.
+UNet and image encoder run in fp16 on CUDA, the VAE in bf16 when its config says it overflows in fp16
+(``force_upcast``; fp32 on a GPU without bf16), all in fp32 on the CPU (``--precision``: ``devices.inference_dtype``).
+The noise comes from a fixed seed, so a run is reproducible.
 
-StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices; each
-is an option of ``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
+The chunks are counted from the chain's start (``chunk_end``), and the chain restarts every ``restart_seconds``
+of the timeline (``stereo/chunk_chain.py`` places the restarts), so a segment converted alone reproduces a single
+pass.
+
+StereoCrafter's published inference (``inpainting_inference.py`` and its pipeline) differs in seven choices and
+never restarts its chain (``restart_seconds``, which acts through the segment converter); each is an option of
+``DiffusionOptions`` and ``STEREOCRAFTER`` holds its values (with them, this inpainter matches
 an independent implementation of StereoCrafter's loop: ``tests/test_neural_inpaint_reference.py``). The
 defaults and the measurements behind them are in docs/quality.md.
 
 GPU memory and speed — estimated from the architecture, NOT measured (no GPU was available when this was
 written). Weights: SVD-XT's UNet has about 1.5 G parameters (3.0 GB in fp16), the CLIP ViT-H image encoder
-0.63 G (1.3 GB fp16), the temporal VAE 0.1 G (0.4 GB, kept in fp32 as its config asks): about 5 GB. A chunk of
+0.63 G (1.3 GB fp16), the temporal VAE 0.1 G (0.2 GB in bf16): about 5 GB. A chunk of
 23 frames of a 1024x576 tile is 23 x 72 x 128 latents; with PyTorch's memory-efficient attention the UNet's
-activations stay around 2-4 GB in fp16 and the VAE, two frames at a time in fp32, 2-3 GB: expect a peak of
+activations stay around 2-4 GB in fp16 and the VAE, two frames at a time in bf16, 1-2 GB: expect a peak of
 roughly 8-12 GB per process, so a 16-24 GB GPU is enough at the default tile and an 80 GB H100 has room to
 spare. Compute: roughly 2-3 TFLOP per frame and UNet step at 1024x576, so 23 frames x 8 steps is about
 450 TFLOP per chunk plus 100-150 TFLOP of VAE encode and decode; at a realistic 300-500 TFLOP/s of dense fp16 on
@@ -62,8 +68,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stereo_spot.stereo.devices import dtype_for
 from stereo_spot.stereo.fill import Inpainter
-from stereo_spot.stereo.loading import loading_error
+from stereo_spot.stereo.loading import load_on_device, loading_error, quiet_loading, read_config
 from stereo_spot.weights import WeightsError, fetch_weights
 
 OPTIONS_FILE = "stereo_spot_inpaint.json"
@@ -106,8 +113,14 @@ class DiffusionOptions:
     #: "reach_back" takes more already inpainted frames as context, as StereoCrafter's last chunk does
     last_chunk: str = "short"
     #: "shared": every tile and chunk starts from the same seeded noise; "fresh": one generator seeded at the
-    #: start of a shot draws new noise for every tile and chunk (StereoCrafter draws fresh noise every call)
+    #: start of a chain (a shot or a restart) draws new noise for every tile and chunk (StereoCrafter draws
+    #: fresh noise every call)
     noise: str = "shared"
+    #: seconds of the video's timeline after which the chain of chunks starts afresh (a chunk without context,
+    #: at the first frame of each such slot, counted from the start of the job's window); 0: never. A segment
+    #: converted on its own re-runs the chunks from the last restart before it, so the restart bounds that
+    #: warm-up (``stereo/chunk_chain.py``); StereoCrafter's loop never restarts within a video
+    restart_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -116,6 +129,9 @@ class DiffusionOptions:
                                    f"not {getattr(self, name)!r}")
         if not 0 <= self.overlap < self.frames_per_chunk:
             raise WeightsError("inpainting option overlap must be at least 0 and below frames_per_chunk")
+        if not self.restart_seconds >= 0:
+            raise WeightsError("inpainting option restart_seconds must be 0 (never) or a positive number of "
+                               "seconds")
 
     @classmethod
     def from_folder(cls, folder: Path) -> DiffusionOptions:
@@ -139,7 +155,8 @@ class DiffusionOptions:
 
 #: StereoCrafter's own inference choices (``inpainting_inference.py`` and its pipeline), for comparison
 STEREOCRAFTER = {"clear_overlap_mask": False, "mask_downsample": "nearest", "guidance_scale": 1.01,
-                 "composite": "frame", "tile_blend": "latent", "last_chunk": "reach_back", "noise": "fresh"}
+                 "composite": "frame", "tile_blend": "latent", "last_chunk": "reach_back", "noise": "fresh",
+                 "restart_seconds": 0.0}
 
 
 @dataclass
@@ -160,7 +177,7 @@ class DiffusionModels:
     folder: Path
 
 
-_MODELS: dict[tuple[str, str], DiffusionModels] = {}
+_MODELS: dict[tuple[str, str, str], DiffusionModels] = {}
 _LOCK = threading.Lock()
 
 
@@ -170,14 +187,16 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if names and all(".fp16." in name for name in names) else None
 
 
-def load_models(weights: str, device: torch.device) -> DiffusionModels:
-    """The models for ``weights`` on ``device``, loaded on first use and kept for the life of the process."""
+def load_models(weights: str, device: torch.device, precision: str = "auto") -> DiffusionModels:
+    """The models for ``weights`` on ``device`` in the number formats ``devices.dtype_for`` chooses for
+    ``precision``, loaded on first use and kept for the life of the process."""
     folder = fetch_weights(weights, "inpainting model")
-    key = (str(folder), str(device))
+    key = (str(folder), str(device), str(precision))
     with _LOCK:
         models = _MODELS.get(key)
         if models is None:
-            models = _load(folder, device)
+            models = load_on_device("inpainting model", folder, device,
+                                    lambda: _load(folder, device, str(precision)))
             _MODELS[key] = models
         return models
 
@@ -186,7 +205,7 @@ def loaded_models() -> int:
     return len(_MODELS)
 
 
-def _load(folder: Path, device: torch.device) -> DiffusionModels:
+def _load(folder: Path, device: torch.device, precision: str = "auto") -> DiffusionModels:
     for part in ("unet", "vae", "scheduler"):
         if not (folder / part).is_dir():
             raise WeightsError(f"{folder} has no {part}/ folder: the inpainting weights need unet/, vae/ and "
@@ -197,20 +216,23 @@ def _load(folder: Path, device: torch.device) -> DiffusionModels:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        cuda = device.type == "cuda"
-        dtype = torch.float16 if cuda else torch.float32
-        # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
-                                                                variant=_variant(folder / "unet"),
-                                                                low_cpu_mem_usage=False)
-        vae_config = json.loads((folder / "vae" / "config.json").read_text())
-        vae_dtype = torch.float32 if not cuda or vae_config.get("force_upcast", True) else torch.float16
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
-                                                           variant=_variant(folder / "vae"), low_cpu_mem_usage=False)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
-        scheduler = scheduler_class.from_pretrained(folder / "scheduler")
-        image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
+        dtype = dtype_for(device, precision)
+        with quiet_loading():
+            # low_cpu_mem_usage=False: the faster path needs the optional `accelerate` package
+            unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
+                                                                    variant=_variant(folder / "unet"),
+                                                                    low_cpu_mem_usage=False)
+            vae_config = read_config(folder / "vae" / "config.json")
+            vae_dtype = dtype_for(device, precision, overflows_in_fp16=bool(vae_config.get("force_upcast", True)))
+            vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=vae_dtype,
+                                                               variant=_variant(folder / "vae"),
+                                                               low_cpu_mem_usage=False)
+            scheduler_config = read_config(folder / "scheduler" / "scheduler_config.json")
+            scheduler_class = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
+            scheduler = scheduler_class.from_pretrained(folder / "scheduler")
+            image_encoder, clip_mean, clip_std, clip_size = _load_clip(folder, dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the GPU is full, the weights are fine: load_on_device says so
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("inpainting model", folder, exc) from exc
     latent = int(vae.config.latent_channels)
@@ -316,41 +338,55 @@ class DiffusionInpainter(Inpainter):
     name = "diffusion"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None,
-                 options: DiffusionOptions | None = None) -> None:
+                 options: DiffusionOptions | None = None, precision: str = "auto") -> None:
         if not weights:
             raise WeightsError("--inpaint diffusion needs --inpaint-weights: a folder or an s3:// prefix with "
                                "unet/, vae/, scheduler/ (and image_encoder/, feature_extractor/)")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.models = load_models(weights, self.device)
+        self.models = load_models(weights, self.device, precision)
         self.options = options or self.models.options
         self.scheduler = copy.deepcopy(self.models.scheduler)  # schedulers keep per-run state
         self.frames_per_call = self.options.frames_per_chunk - self.options.overlap
         self.context_frames = self.options.overlap
+        self.restart_seconds = float(self.options.restart_seconds)
         self.tiles_run = 0  # tiles that went through the model (tiles with no hole are skipped)
         self.reset()
 
     def reset(self) -> None:
+        """Start the chain of chunks afresh (a new shot, or a restart): no context, the noise seeded again."""
         # the last inpainted frames [K,3,H,W] and their holes [K,1,H,W]: the next chunk's context
         self._context: torch.Tensor | None = None
         self._context_holes: torch.Tensor | None = None
         self._generator = torch.Generator(device="cpu").manual_seed(self.options.seed)
+        #: frames inpainted since the chain started: where the next call's first frame sits on the chunk grid
+        self.position = 0
+
+    def chunk_end(self, position: int) -> int:
+        """Where the chunk holding frame ``position`` (counted from the chain's start) ends, exclusive: the first
+        chunk has ``frames_per_chunk`` new frames, every later one ``frames_per_call``. The grid depends on the
+        position only, never on how the frames were handed in, so a caller that cuts its calls on it (a
+        segment converter) gets the chunks of a single pass."""
+        first = self.options.frames_per_chunk
+        if position < first:
+            return first
+        return first + (1 + (position - first) // self.frames_per_call) * self.frames_per_call
 
     # --- the Inpainter interface ---------------------------------------------------------------------
 
     @torch.inference_mode()
     def inpaint(self, right, hole_mask, warped_disparity, left=None):
-        """Chunks of ``frames_per_chunk`` frames: the first of a shot all new, the next ones ``overlap`` already
-        inpainted frames (the context) followed by new ones."""
+        """The frames cut on the chunk grid (``chunk_end``): the first chunk of a chain all new frames, the next
+        ones ``overlap`` already inpainted frames (the context) followed by new ones. A call that ends inside a
+        chunk runs that chunk short (``last_chunk``)."""
         right = right.float()
         holes = hole_mask.bool()
         out = torch.empty_like(right, memory_format=torch.contiguous_format)
         start = 0
         while start < right.shape[0]:
-            context = self._context_for(right)
-            new = self.options.frames_per_chunk - (0 if context is None else self.options.overlap)
-            stop = min(right.shape[0], start + max(1, new))
+            stop = min(right.shape[0], start + self.chunk_end(self.position) - self.position)
             out[start:stop] = self._inpaint_chunk(right[start:stop], holes[start:stop])
+            self.position += stop - start
             start = stop
         return out
 

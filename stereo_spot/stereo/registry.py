@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -13,7 +14,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Name → factory called as ``factory(weights=..., device=...)``. Factories import heavy libraries
+    """Name → factory called as ``factory(weights=..., device=...[, precision=...])``. Factories import heavy libraries
     (transformers, diffusers) only when called, so registering costs nothing."""
 
     def __init__(self, what: str):
@@ -29,8 +30,21 @@ class Registry(Generic[T]):
     def known(self) -> list[str]:
         return sorted(self._factories)
 
-    def create(self, name: str, weights: str | None = None, device: str | torch.device | None = None) -> T:
+    def create(self, name: str, weights: str | None = None, device: str | torch.device | None = None,
+               precision: str = "auto") -> T:
+        """The model ``name``; ``precision`` (``--precision``) goes to factories that take it, so a model
+        registered with ``factory(weights, device)`` keeps working and computes as it chooses."""
         factory = self._factories.get(name)
         if factory is None:
             raise StereoInputError(f"unknown {self.what} {name!r}; known: {', '.join(self.known())}")
+        if _takes_precision(factory):
+            return factory(weights=weights, device=device, precision=str(precision))
         return factory(weights=weights, device=device)
+
+
+def _takes_precision(factory: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return any(p.name == "precision" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

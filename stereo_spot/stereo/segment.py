@@ -9,7 +9,9 @@ few batches whatever the segment's length.
 last second, or as many frames as the depth estimator remembers (``StereoEngine.warmup_frames``) when that is
 longer, runs through the engine's temporal state first. The estimators keep a
 finite memory, so the state at this segment's first frame is what a single long run would have had, and
-segments converted in parallel join without a visible seam.
+segments converted in parallel join without a visible seam. A video inpainter's chain of chunks is handled by
+``chunk_chain``: the warm-up reaches back to the chain's last restart, and ``lookahead_src`` (the next segment)
+finishes the chunk that straddles this segment's end.
 
 On a GPU the batch size follows the free memory (``StereoEngine.batch_frames_for``); a CUDA out-of-memory error
 halves the batch and converts the segment again, down to one frame, and then fails with a message naming the
@@ -80,6 +82,9 @@ class SegmentStats:
     warmup_seconds: float = 0.0  # of ``seconds``: running the previous segment's tail through the engine
     engine_seconds: float = 0.0  # of ``seconds``: the stereo engine (depth, warp, fill, pack) on this segment
     depth_seconds: float = 0.0  # of ``engine_seconds``: depth estimation
+    #: frames converted without output: a video inpainter's chain from its last restart before the segment and
+    #: the end of its last chunk after it (``chunk_chain``); 0 for per-frame fills
+    warmup_frames: int = 0
     batch_size: int = 0  # frames per engine batch that converted the segment (smaller after an out-of-memory)
     encoder: str = ""  # the video encoder (libx264, h264_nvenc)
     comfort: dict | None = None  # ``ComfortStats.to_dict()``: parallax histogram, holes, borders, flicker
@@ -88,7 +93,8 @@ class SegmentStats:
         """What a segment completion stores: the comfort statistics and the timings."""
         return {**(self.comfort or {}), "timings": {
             "convert_seconds": round(self.seconds, 4), "warmup_seconds": round(self.warmup_seconds, 4),
-            "engine_seconds": round(self.engine_seconds, 4), "depth_seconds": round(self.depth_seconds, 4)}}
+            "engine_seconds": round(self.engine_seconds, 4), "depth_seconds": round(self.depth_seconds, 4),
+            "warmup_frames": self.warmup_frames}}
 
 
 class _Failed:
@@ -185,10 +191,29 @@ def _stack(frames: list) -> np.ndarray:
     return np.stack([f.rgb for f in frames])
 
 
-def warmup_seconds_needed(engine: StereoEngine, fps: float) -> float:
-    """Seconds of preceding video the engine needs: a second, or more when the estimator remembers more frames
-    (half a frame of margin)."""
+def _depth_warmup_seconds(engine: StereoEngine, fps: float) -> float:
     return max(WARMUP_SECONDS, (engine.warmup_frames + 0.5) / max(fps, 1e-3))
+
+
+def _chain(engine: StereoEngine):
+    """The engine's inpainter when it fills holes in a chain of temporal chunks (it has ``chunk_end``), else
+    None."""
+    inpainter = engine.inpainter
+    return inpainter if callable(getattr(inpainter, "chunk_end", None)) else None
+
+
+def warmup_seconds_needed(engine: StereoEngine, fps: float) -> float:
+    """Seconds of preceding video the engine needs: a second, or more when the depth estimator remembers more
+    frames (half a frame of margin); with an inpainter that chains chunks, also the time back to the chain's
+    last restart (at most ``restart_seconds``)."""
+    chain = _chain(engine)
+    return _depth_warmup_seconds(engine, fps) + (float(getattr(chain, "restart_seconds", 0.0)) if chain else 0.0)
+
+
+def needs_lookahead(engine: StereoEngine) -> bool:
+    """Whether converting a segment reads the first frames of the next one: a chunk of a video inpainter that
+    straddles the segment's end is run whole, as a single pass runs it, and only its output frames are kept."""
+    return _chain(engine) is not None
 
 
 def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int,
@@ -231,11 +256,13 @@ def convert_segment(
     engine: StereoEngine | None = None,
     compute_threads: int | None = None,
     collect_stats: bool = True,
+    lookahead_src: Path | None = None,
 ) -> SegmentStats:
     """Convert the frames of ``src`` inside ``window`` (seconds of its timeline) to a 3D mp4 at ``dst``.
 
     ``warmup_src`` is the segment before this one, or the segments before it, oldest first: their tail
-    (``warmup_seconds_needed``) warms up the engine's temporal state.
+    (``warmup_seconds_needed``) warms up the engine's temporal state. ``lookahead_src`` is the segment after
+    this one, read only as far as a video inpainter's last chunk reaches (``needs_lookahead``).
 
     Frames keep their pts and the source's time base. ``progress(n)`` is called with the number of frames
     just written (negative after an out-of-memory retry: the frames of the failed attempt are taken back).
@@ -265,6 +292,12 @@ def convert_segment(
                     progress(n)
 
             try:
+                if _chain(engine) is not None:
+                    from stereo_spot.stereo.chunk_chain import convert_chained
+
+                    return convert_chained(engine, src, dst, settings, video, rotation, window, warmup_src,
+                                            lookahead_src, batch_size, counted, started, collect_stats,
+                                            codec_threads, codec)
                 return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size,
                                 counted, started, collect_stats, codec_threads, codec)
             except torch.cuda.OutOfMemoryError as exc:

@@ -15,6 +15,10 @@ exactly into the job's report (``stereo_spot.report``).
 * **Screen-border (window) violations**: a sampled frame where something in front of the screen (parallax below
   ``-BORDER_PARALLAX_PCT``) covers at least ``BORDER_SHARE`` of a strip along the left or right frame edge. The
   frame edge then cuts an object that should stand in front of it, which the eyes read as a contradiction.
+  Counted twice: on the disparity as rendered (the figure before any floating window) and **after the floating
+  window** (``stereo/window.py``), where only what comes forward by more than ``BORDER_PARALLAX_PCT`` beyond the
+  window's own parallax at that edge counts. The window's widths (every frame, % of the width) are summed too.
+* **Automatic convergence** (``--convergence auto``): the screen plane chosen for every frame, summed.
 * **Flicker**: mean absolute change of the parallax from one frame to the next over pixels whose brightness did
   not change (static parts of the picture, where depth should not change either), at thumbnail size.
 """
@@ -66,23 +70,54 @@ class ComfortStats:
         self.border_worst = 0.0  # most crossed parallax seen in an edge strip of a violating frame
         self.flicker_sum = 0.0
         self.flicker_pixels = 0
+        self.window_on = False
+        self.window_left = 0  # sampled frames violating the left edge after the floating window
+        self.window_right = 0
+        self.window_frames = 0  # frames whose window widths were observed
+        self.window_active_frames = 0  # ... of which with a mask at either edge
+        self.window_sum_pct = [0.0, 0.0]  # left, right
+        self.window_max_pct = [0.0, 0.0]
+        self.convergence_frames = 0
+        self.convergence_sum = 0.0
+        self.convergence_min = float("inf")
+        self.convergence_max = float("-inf")
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # (luma, parallax) thumbnails
 
     @torch.inference_mode()
-    def observe(self, left: torch.Tensor, disparity: torch.Tensor, holes: torch.Tensor) -> None:
-        """``left`` [N,C,H,W] 0..1, ``disparity`` [N,1,H,W] pixels (crossed positive), ``holes`` [N,1,H,W]."""
+    def observe(self, left: torch.Tensor, disparity: torch.Tensor, holes: torch.Tensor,
+                window: torch.Tensor | None = None, convergence: torch.Tensor | None = None) -> None:
+        """``left`` [N,C,H,W] 0..1, ``disparity`` [N,1,H,W] pixels (crossed positive), ``holes`` [N,1,H,W];
+        ``window`` the floating window's widths [N,2] (left, right) in pixels, ``convergence`` [N] the automatic
+        screen plane of each frame (None: off)."""
         n, _, h, w = disparity.shape
         self.width, self.height = w, h
         parallax = disparity.float() * (-100.0 / w)
+        window_pct = window.float().cpu() * (100.0 / w) if window is not None else torch.zeros((n, 2))
+        if window is not None:
+            self._window(window_pct)
+        if convergence is not None:
+            values = [float(c) for c in convergence]
+            self.convergence_frames += len(values)
+            self.convergence_sum += sum(values)
+            self.convergence_min = min(self.convergence_min, *values)
+            self.convergence_max = max(self.convergence_max, *values)
         self._flicker(left[:, :3].float(), parallax)
         for i in range(n):
             index = self.frames + i
             if index % self.sample_every:
                 continue
-            self._sample(parallax[i, 0], holes[i, 0])
+            self._sample(parallax[i, 0], holes[i, 0], window_pct[i].tolist())
         self.frames += n
 
-    def _sample(self, parallax: torch.Tensor, holes: torch.Tensor) -> None:
+    def _window(self, window_pct: torch.Tensor) -> None:
+        self.window_on = True
+        self.window_frames += len(window_pct)
+        self.window_active_frames += int((window_pct.amax(dim=1) > 0).sum())
+        for side in (0, 1):
+            self.window_sum_pct[side] += float(window_pct[:, side].sum())
+            self.window_max_pct[side] = max(self.window_max_pct[side], float(window_pct[:, side].max()))
+
+    def _sample(self, parallax: torch.Tensor, holes: torch.Tensor, window_pct: list[float] = (0.0, 0.0)) -> None:
         h, w = parallax.shape
         self.sampled_frames += 1
         self.pixels += h * w
@@ -101,6 +136,13 @@ class ComfortStats:
                 else:
                     self.border_right += 1
                 self.border_worst = min(self.border_worst, float(values.min()))
+            # after the window: what comes forward beyond the window's own parallax at this edge
+            beyond = values < -(window_pct[0 if side == "left" else 1] + BORDER_PARALLAX_PCT)
+            if float(beyond.float().mean()) >= BORDER_SHARE:
+                if side == "left":
+                    self.window_left += 1
+                else:
+                    self.window_right += 1
 
     def _flicker(self, left: torch.Tensor, parallax: torch.Tensor) -> None:
         n, _, h, w = parallax.shape
@@ -136,6 +178,14 @@ class ComfortStats:
             "border_worst_pct": round(self.border_worst, 4),
             "flicker_sum_pct": self.flicker_sum,
             "flicker_pixels": self.flicker_pixels,
+            "floating_window": self.window_on,
+            "window_violation_frames": {"left": self.window_left, "right": self.window_right},
+            "window_frames": self.window_frames,
+            "window_active_frames": self.window_active_frames,
+            "window_sum_pct": {"left": self.window_sum_pct[0], "right": self.window_sum_pct[1]},
+            "window_max_pct": {"left": round(self.window_max_pct[0], 4), "right": round(self.window_max_pct[1], 4)},
+            "convergence": {"frames": self.convergence_frames, "sum": self.convergence_sum,
+                            "min": _finite(self.convergence_min), "max": _finite(self.convergence_max)},
         }
 
 

@@ -96,6 +96,13 @@ st.caption(services.DIVERGENCE_HELP)
 convergence = st.slider("Convergence", min_value=0.0, max_value=1.0, value=0.5, step=0.05, key="convergence",
                         disabled=auto_divergence)
 st.caption(services.CONVERGENCE_HELP)
+edges = st.columns(2)
+auto_convergence = edges[0].toggle("Convergence follows the frame edges", key="auto_convergence",
+                                   help="Frame by frame, the screen plane moves back to what touches the left and "
+                                        "right edges (never in front of the convergence set here).")
+floating_window = edges[1].toggle("Floating window", value=True, key="floating_window",
+                                  help="Masks the left eye's left edge and the right eye's right edge where "
+                                       "something in front of the screen touches them.")
 
 with st.expander("Models and part of the video"):
     models = st.columns(2)
@@ -135,7 +142,7 @@ if summary is not None and staged is not None and staged.path is not None:
             preview_settings = services.checked_settings(
                 user, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
-                inpaint_weights=inpaint_weights)
+                inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window)
             with st.spinner("Converting one frame…"):
                 frame = converted_frame(str(staged.path), staged.path.stat().st_size, moment,
                                         preview_settings.model_dump_json())
@@ -157,7 +164,8 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
         job_settings = services.checked_settings(
             user, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
             auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
-            inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration)
+            inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
+            auto_convergence=auto_convergence, floating_window=floating_window)
         services.check_limits(summary, job_settings, config)
         services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):

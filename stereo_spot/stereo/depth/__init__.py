@@ -24,17 +24,17 @@ def known_depth_estimators() -> list[str]:
     return sorted({*DEPTH_MODELS.known(), *(n for n, m in CATALOG.items() if m.engine_model in DEPTH_MODELS.known())})
 
 
-def create_depth_estimator(name: str, weights: str | None = None, device: str | torch.device | None = None
-                           ) -> DepthEstimator:
+def create_depth_estimator(name: str, weights: str | None = None, device: str | torch.device | None = None,
+                           precision: str = "auto") -> DepthEstimator:
     """A registered model with the weights given, or a hub model by name (``NAME[@REVISION]``) with the weights
-    of its cached or downloaded snapshot."""
+    of its cached or downloaded snapshot; ``precision`` as ``--precision`` asks."""
     from stereo_spot import hub_models
 
     found = hub_models.lookup(name)
     if found is None:
-        return DEPTH_MODELS.create(name, weights, device)
+        return DEPTH_MODELS.create(name, weights, device, precision)
     hub_models.refuse_weights(name, weights)
-    return DEPTH_MODELS.create(found[0].engine_model, str(hub_models.snapshot_for_process(name)), device)
+    return DEPTH_MODELS.create(found[0].engine_model, str(hub_models.snapshot_for_process(name)), device, precision)
 
 
 def _heuristic_factory(weights: str | None = None, device: str | torch.device | None = None) -> DepthEstimator:
@@ -45,12 +45,12 @@ def _heuristic_factory(weights: str | None = None, device: str | torch.device | 
     return HeuristicDepth(device=device)
 
 
-def _depth_anything_factory(weights: str | None = None, device: str | torch.device | None = None
-                            ) -> DepthEstimator:
+def _depth_anything_factory(weights: str | None = None, device: str | torch.device | None = None,
+                            precision: str = "auto") -> DepthEstimator:
     # Imported on use: transformers is an optional dependency and slow to import.
     from stereo_spot.stereo.depth.depth_anything import DepthAnythingDepth
 
-    return DepthAnythingDepth(weights, device)
+    return DepthAnythingDepth(weights, device, precision=precision)
 
 
 register_depth_estimator("heuristic", _heuristic_factory)

@@ -9,7 +9,8 @@ The weights are a folder as ``save_pretrained`` writes it — what the Hugging F
                                 ensure_multiple_of, image_mean, image_std)
 
 The model is loaded once per process and device (``load_model``), not once per segment: a worker that converts
-several segments keeps it. On CUDA it runs in fp16 on batches of frames; on the CPU in fp32.
+several segments keeps it. On CUDA it runs in fp16 on batches of frames; on the CPU in fp32
+(``--precision`` chooses otherwise: ``stereo.devices.inference_dtype``).
 
 The image processor's resizing is reproduced on the tensors (no PIL round trip per frame): the frame is scaled
 to the processor's size keeping its aspect ratio, each side a multiple of ``ensure_multiple_of`` (14, the ViT
@@ -20,7 +21,9 @@ Video consistency (``TemporalRange`` with alignment): each frame's prediction is
 by robust least squares (scale and shift), the ranges of the last ``memory`` frames are pooled in the current
 frame's units, and the prediction is normalised with that range. Batches are consecutive windows of frames;
 the fit across the last frame of one window and the first of the next aligns the windows, so depth does not
-jump at batch boundaries (nor at segment boundaries after the warm-up).
+jump at batch boundaries (nor at segment boundaries after the warm-up). The normalised depth is then steadied
+per pixel over the last frames where the picture did not change (``steady.SteadyDepth``, the same filter the
+heuristic depth uses), and a scene cut (``cuts.SceneCuts``, the same rule) starts all of it afresh.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stereo_spot.stereo.depth import steady
 from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.cuts import SceneCuts
 from stereo_spot.stereo.depth.temporal import TemporalRange
-from stereo_spot.stereo.loading import loading_error, quiet_loading
+from stereo_spot.stereo.devices import dtype_for
+from stereo_spot.stereo.guided import luma
+from stereo_spot.stereo.loading import load_on_device, loading_error, quiet_loading
+from stereo_spot.stereo.resample import resize
 from stereo_spot.weights import WeightsError, fetch_weights
 
 #: Predictions are fitted and ranged at about this long side (plenty for a scale and a shift).
@@ -114,15 +122,17 @@ _MODELS: dict[tuple[str, str, torch.dtype], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def load_model(weights: str, device: torch.device) -> LoadedModel:
-    """The model for ``weights`` on ``device``, loaded on first use and kept for the life of the process."""
+def load_model(weights: str, device: torch.device, precision: str = "auto") -> LoadedModel:
+    """The model for ``weights`` on ``device`` in the number format ``devices.dtype_for`` chooses (fp16 on CUDA,
+    fp32 on the CPU unless ``precision`` asks otherwise), loaded on first use and kept for the life of the
+    process."""
     folder = fetch_weights(weights, "depth model")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = dtype_for(device, precision)
     key = (str(folder), str(device), dtype)
     with _MODELS_LOCK:
         loaded = _MODELS.get(key)
         if loaded is None:
-            loaded = _load(folder, device, dtype)
+            loaded = load_on_device("depth model", folder, device, lambda: _load(folder, device, dtype))
             _MODELS[key] = loaded
         return loaded
 
@@ -143,6 +153,8 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel
         hf_logging.disable_progress_bar()
         with quiet_loading():
             model = AutoModelForDepthEstimation.from_pretrained(folder, dtype=dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the GPU is full, the weights are fine: load_on_device says so
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("depth model", folder, exc) from exc
     model.to(device).eval()
@@ -155,25 +167,39 @@ class DepthAnythingDepth(DepthEstimator):
     name = "depth-anything"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None, *,
-                 batch_size: int | None = None, memory: int = 16, min_span: float = 0.05) -> None:
+                 batch_size: int | None = None, memory: int = 16, min_span: float = 0.05,
+                 precision: str = "auto", steady_frames: int = steady.FRAMES) -> None:
         if not weights:
             raise WeightsError("--depth-model depth-anything needs --depth-weights: a folder or an s3:// prefix "
                                "holding a Depth Anything V2 checkpoint (config.json, model.safetensors, "
                                "preprocessor_config.json)")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.loaded = load_model(weights, self.device)
+        self.loaded = load_model(weights, self.device, precision)
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         #: smallest normalising span, as a share of the range's upper end (a flat scene stays flat)
         self.min_span = min_span
         self._range = TemporalRange(memory, align=True)
-        self.memory_frames = memory
+        self._steady = steady.SteadyDepth(steady_frames)
+        self._cuts = SceneCuts()
+        #: the pooled range needs the last ``memory`` frames, the steadying filter the normalised depth of the
+        #: frames before (each with its own ``memory`` frames of history)
+        self.memory_frames = memory + self._steady.memory_frames
         p = self.loaded.preprocessing
         self._mean = torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(p.std, device=self.device).view(1, 3, 1, 1)
 
+    @property
+    def cuts_detected(self) -> int:
+        return self._cuts.count
+
     def reset(self) -> None:
+        self._cuts.reset()
+        self._start_shot()
+
+    def _start_shot(self) -> None:
         self._range.reset()
+        self._steady.reset()
 
     @torch.inference_mode()
     def predict(self, frames: torch.Tensor) -> torch.Tensor:
@@ -203,11 +229,14 @@ class DepthAnythingDepth(DepthEstimator):
         _, _, h, w = raw.shape
         scale = min(1.0, _FIT_LONG_SIDE / max(h, w))
         small = F.interpolate(raw, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+        gray = resize(luma(frames.to(raw.device, torch.float32)), (h, w), area=h < frames.shape[-2])
         normalised = torch.empty_like(raw)
         for i in range(raw.shape[0]):
+            if self._cuts.update(gray[i]):
+                self._start_shot()
             lo, hi = self._range.update(small[i, 0])
             span = max(hi - lo, self.min_span * max(abs(hi), abs(lo), 1e-6))
-            normalised[i] = ((raw[i] - lo) / span).clamp_(0.0, 1.0)
+            normalised[i : i + 1] = self._steady(((raw[i : i + 1] - lo) / span).clamp_(0.0, 1.0), gray[i : i + 1])
         out = F.interpolate(normalised, size=frames.shape[-2:], mode="bilinear", align_corners=False)
         return out.clamp_(0.0, 1.0).to(frames.dtype)
 

@@ -15,8 +15,11 @@ Cues, all computed at a low working resolution (long side ``work_long_side``):
 The weighted sum is carried along the flow from frame to frame (the previous estimate is warped into the current
 frame and blended), which both steadies it and accumulates motion evidence over several frames. It is then
 normalised to 0..1 with the robust range pooled over the last frames (``TemporalRange``: a finite memory, so a
-warmed-up segment matches a continuous run), and refined edge-aware with a fast guided filter whose linear model
-is applied to the full-resolution luma. A scene cut (large histogram and pixel change) resets all temporal state.
+warmed-up segment matches a continuous run), steadied per pixel over the last frames where the picture did not
+change (``steady.SteadyDepth``: a finite K-frame average, so static parts stop wobbling while moving ones are
+followed at once), and refined edge-aware with a fast guided filter whose linear model is applied to the
+full-resolution luma. A scene cut (``cuts.SceneCuts``: large histogram and pixel change) resets all temporal
+state.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stereo_spot.stereo.depth import steady
 from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.cuts import SceneCuts
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.guided import box_filter, fast_guided_upsample, luma
 from stereo_spot.stereo.resample import resize
@@ -59,9 +64,10 @@ class HeuristicParams:
     min_range: float = 0.15
     guided_radius: int = 8
     guided_eps: float = 1e-2
-    #: a cut needs both: L1 distance of 32-bin luma histograms (0..2) and mean absolute luma change (0..1)
-    cut_histogram_distance: float = 0.5
-    cut_mean_difference: float = 0.1
+    #: frames the per-pixel steadying filter averages over (``steady.py``; 1 switches it off)
+    steady_frames: int = steady.FRAMES
+    #: luma change (0..1, 3x3 mean) at which an earlier frame's depth counts for 1/e of the current one's
+    steady_luma_tolerance: float = steady.LUMA_TOLERANCE
 
 
 def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -98,34 +104,35 @@ class HeuristicDepth(DepthEstimator):
     def __init__(self, device: str | torch.device | None = None, params: HeuristicParams | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
         self.params = params or HeuristicParams()
-        self.cuts_detected = 0
+        self._cuts = SceneCuts()
+        self._steady = steady.SteadyDepth(self.params.steady_frames, self.params.steady_luma_tolerance)
         self._dis = None
         self._grid_key: tuple | None = None
         self.reset()
 
+    @property
+    def cuts_detected(self) -> int:
+        return self._cuts.count
+
     def reset(self) -> None:
+        self._cuts.reset()
+        self._start_shot()
+
+    def _start_shot(self) -> None:
+        """Forget what the previous shot left: flow history, the pooled range, the steadying filter."""
         self._prev_gray_u8: np.ndarray | None = None
-        self._prev_hist: torch.Tensor | None = None
         self._prev_raw: torch.Tensor | None = None
-        self._prev_depth: torch.Tensor | None = None  # normalised, working resolution
+        self._prev_depth: torch.Tensor | None = None  # normalised, working resolution, before steadying
         self._range = TemporalRange(self.params.range_memory)
+        self._steady.reset()
 
     @property
     def memory_frames(self) -> int:
-        """Frames of history that shape the next estimate (what a warm-up must feed to match a long run)."""
-        return max(self.params.range_memory, self.params.settle_frames)
+        """Frames of history that shape the next estimate (what a warm-up must feed to match a long run): the
+        steadying filter averages the last frames' estimates, each of which needs the settled state."""
+        return max(self.params.range_memory, self.params.settle_frames) + self._steady.memory_frames
 
     # --- per-frame pieces ------------------------------------------------------------------------------
-
-    def _is_cut(self, gray: torch.Tensor, gray_u8: np.ndarray) -> tuple[bool, torch.Tensor]:
-        hist = torch.histc(gray, bins=32, min=0.0, max=1.0)
-        hist = hist / hist.sum().clamp_min(1.0)
-        if self._prev_hist is None or self._prev_gray_u8 is None:
-            return False, hist
-        distance = float((hist - self._prev_hist).abs().sum())
-        change = float(np.abs(gray_u8.astype(np.int16) - self._prev_gray_u8).mean()) / 255.0
-        p = self.params
-        return distance > p.cut_histogram_distance and change > p.cut_mean_difference, hist
 
     def _flow(self, current: np.ndarray, previous: np.ndarray) -> np.ndarray:
         """Flow from the current frame to the previous one: current(x) ≈ previous(x + flow). [h,w,2]."""
@@ -167,7 +174,10 @@ class HeuristicDepth(DepthEstimator):
         magnitude = flow.norm(dim=1, keepdim=True)
         # Flow in flat regions is guessed by the solver: spread the textured neighbours' motion instead.
         radius = max(2, magnitude.shape[-1] // 32)
-        magnitude = box_filter(magnitude * confidence, radius) / box_filter(confidence, radius).clamp_min(1e-3)
+        # A textured pixel keeps its own: spreading it too would draw a halo of motion, hence of nearness,
+        # around everything that moves, onto the static background next to it.
+        spread = box_filter(magnitude * confidence, radius) / box_filter(confidence, radius).clamp_min(1e-3)
+        magnitude = confidence * magnitude + (1.0 - confidence) * spread
         median, _ = _percentiles(magnitude, 0.5, 0.95)
         magnitude = (magnitude - (1.5 * median + 0.05)).clamp_(min=0.0)
         _, p95 = _percentiles(magnitude, 0.5, 0.95)
@@ -212,10 +222,8 @@ class HeuristicDepth(DepthEstimator):
         for i in range(n):
             gray = gray_small[i : i + 1]
             gray_u8 = _to_u8(gray)
-            cut, hist = self._is_cut(gray, gray_u8)
-            if cut:
-                self.cuts_detected += 1
-                self.reset()
+            if self._cuts.update(gray):
+                self._start_shot()
             _, e_hi = _percentiles(energy[i], 0.5, 0.98)
             texture = (energy[i : i + 1] / max(e_hi, 1e-3)).clamp_(0.0, 1.0)
             static = p.weight_vertical * vertical + p.weight_texture * texture
@@ -237,11 +245,10 @@ class HeuristicDepth(DepthEstimator):
             centre = 0.5 * (r_lo + r_hi)
             depth = ((raw - (centre - 0.5 * span)) / span).clamp_(0.0, 1.0)
 
-            depth_small[i : i + 1] = depth
+            depth_small[i : i + 1] = self._steady(depth, gray)
             self._prev_raw = raw
             self._prev_depth = depth
             self._prev_gray_u8 = gray_u8
-            self._prev_hist = hist
 
         radius = max(2, round(p.guided_radius * ws / 320))
         refined = fast_guided_upsample(gray_small, depth_small, gray_full, radius, p.guided_eps)

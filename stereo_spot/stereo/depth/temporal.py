@@ -18,8 +18,9 @@ shift that it picks anew for every frame (or every window of frames).
 
 A finite memory is what makes parallel segments seamless: a segment that first runs ``memory`` frames of the
 previous segment through the estimator ends up in exactly the state a single long run had at that frame (an
-exponential average never forgets its start). A fit whose residual is large is a scene cut: the window starts
-afresh.
+exponential average never forgets its start). A fit whose residual is large (the new frame cannot be expressed in
+the previous one's units) starts the window afresh; shot boundaries themselves are the estimator's to find
+(``cuts.SceneCuts``, one rule for all its temporal state), and it calls ``reset`` at them.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class TemporalRange:
         self.memory = memory
         self.align = align
         self.max_scale_change = max_scale_change
-        #: a fit whose median residual exceeds this share of the previous frame's range is a scene cut
+        #: a fit whose median residual exceeds this share of the previous frame's range restarts the window
         self.cut_residual = cut_residual
         self.cuts_detected = 0
         self.reset()
