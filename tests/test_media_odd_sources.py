@@ -101,3 +101,18 @@ def test_an_unknown_codec_is_a_user_error(home, tmp_path):
     assert "cannot be decoded: its video codec is not one FFmpeg knows" in result.output
     assert "internal error" not in result.output
     assert unknown.exists()
+
+
+def test_a_file_with_no_frame_timing_is_a_user_error(home, tmp_path):
+    untimed = tmp_path / "untimed.mp4"
+    with av.open(str(untimed), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * index, np.uint8), format="rgb24")
+            frame.pts = None  # every packet is written at 0
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    result = _convert(untimed, tmp_path / "untimed-3d.mp4")
+    assert result.exit_code != 0
+    assert "no frame timing: all 10 video frames carry the same timestamp" in " ".join(result.output.split())

@@ -126,8 +126,16 @@ def _transcode_window(
             except av.error.FFmpegError:
                 pass  # not seekable: decode from the start and skip
         writer = _TranscodeWriter(out_dir, stream, segment_seconds)
+        decoded = 0
+
+        def counted(frames):
+            nonlocal decoded
+            for frame in frames:
+                decoded += 1
+                yield frame
+
         try:
-            for frame, pts in in_display_time(container.decode(stream), reorder_depth(stream), src.name):
+            for frame, pts in in_display_time(counted(container.decode(stream)), reorder_depth(stream), src.name):
                 if window.start is not None and pts < window.start:
                     continue
                 if window.end is not None and pts >= window.end:
@@ -144,7 +152,15 @@ def _transcode_window(
             begin = float(window.start * stream.time_base)
             raise MediaError(f"{src.name}: the start time {begin:g} s is past the end of the video")
         raise MediaError(f"{src.name} has no readable video frames")
+    if writer.frames == 1 and decoded > 1 and window.end is None:
+        raise untimed(src, decoded)
     return writer.paths
+
+
+def untimed(src: Path, frames: int) -> MediaError:
+    """A file whose frames all carry one timestamp has no timing to keep: no player can show it as a video."""
+    return MediaError(f"{src.name} has no frame timing: all {frames} video frames carry the same timestamp "
+                      "(re-encode it with timestamps, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
 
 
 class _TranscodeWriter:
@@ -254,6 +270,7 @@ class _SegmentWriter:
         self.paths: list[Path] = []
         self.packets = 0
         self.end_ticks = -math.inf  # latest pts + duration written: to tell whether the window was reached
+        self.timestamps: set[int] = set()  # up to two distinct ones: to tell a file with no frame timing at all
         self._origin = 0
         self._next_boundary = 0
         self._container: OutputContainer | None = None
@@ -269,6 +286,8 @@ class _SegmentWriter:
         packet.stream = self._stream
         self._container.mux_one(packet)
         self.packets += 1
+        if pts is not None and len(self.timestamps) < 2:
+            self.timestamps.add(pts)
         if pts is not None and pts + (packet.duration or 0) > self.end_ticks:
             self.end_ticks = pts + (packet.duration or 0)
 
@@ -347,6 +366,8 @@ def _copy_window(
 
     if writer.packets == 0:
         raise MediaError(f"{src.name} has no readable video frames")
+    if writer.packets > 1 and len(writer.timestamps) < 2:
+        raise untimed(src, writer.packets)
     if window.start is not None and writer.end_ticks <= window.start:
         end = float(writer.end_ticks * stream.time_base)
         start = float(window.start * stream.time_base)
