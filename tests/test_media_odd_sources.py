@@ -3,6 +3,7 @@ an mp4 without composition offsets), and AVIs in codecs mp4 cannot carry. Both c
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -110,7 +111,7 @@ def test_a_file_with_no_frame_timing_is_a_user_error(home, tmp_path):
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for index in range(10):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * index, np.uint8), format="rgb24")
-            frame.pts = None  # every packet is written at 0
+            frame.pts, frame.time_base = None, Fraction(1, 1_000_000)  # so every packet is written at 0
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     result = _convert(untimed, tmp_path / "untimed-3d.mp4")
