@@ -39,9 +39,20 @@ def classify(exc: BaseException) -> Failure:
 
     if isinstance(exc, (UserError, InvalidKey, ValidationError, NotFound, *_USER_OS_ERRORS)):
         return Failure.USER
+    if _undecodable_media(exc):
+        return Failure.USER
     if isinstance(exc, (StoreError, OSError)):  # ConflictError too: a lost race is decided again by a retry
         return Failure.TRANSIENT
     return Failure.INTERNAL
+
+
+def _undecodable_media(exc: BaseException) -> bool:
+    """An FFmpeg error that says the file's data is what is wrong (damaged, or a codec or container FFmpeg does
+    not know), where the media layer did not already turn it into a MediaError: retrying cannot fix it."""
+    import av.error
+
+    return isinstance(exc, (av.error.InvalidDataError, av.error.DecoderNotFoundError,
+                            av.error.DemuxerNotFoundError, av.error.PatchWelcomeError))
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -54,6 +65,11 @@ def failure_reason(exc: BaseException) -> str:
     operator can act on, marked as an internal error for a bug."""
     if classify(exc) is Failure.INTERNAL:
         return f"internal error: {one_line(exc)}"
+    if _undecodable_media(exc):
+        from pathlib import Path
+
+        name = Path(exc.filename).name if getattr(exc, "filename", None) else "the video"
+        return one_line(f"{name} cannot be decoded: {exc.strerror or exc}")
     return one_line(exc)
 
 

@@ -186,3 +186,48 @@ def audio_packet_times(path: Path, stream_index: int = 0) -> list[tuple[float, f
             for p in container.demux(stream)
             if p.size
         ]
+
+
+def make_decode_time_labelled_clip(path: Path, seconds: float = 1.0, fps: int = 30, size: tuple[int, int] = (160, 96),
+                                   gop: int = 15, tmp: Path | None = None) -> Path:
+    """An H.264 mp4 with B-frames whose container labels every frame with its *decode* time (pts = dts, no
+    composition offsets), as some phone and webcam muxers write: the decoder returns the frames in display
+    order labelled 0, 3, 2, 4, 1, ... periods. Players show it at the steady ``fps`` (frame k at k/fps), and so
+    must the conversion. A 440 Hz tone runs alongside."""
+    path = Path(path)
+    plain = make_clip((tmp or path.parent) / f".{path.stem}-plain.mp4", seconds=seconds, fps=fps, size=size,
+                      gop=gop, audio=False, bframes=3)
+    period = 3000
+    time_base = Fraction(1, period * fps)
+    with av.open(str(plain)) as source, av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream_from_template(source.streams.video[0], opaque=True)
+        video.time_base = time_base
+        audio = out.add_stream("aac", rate=48_000, layout="stereo")
+        for index, packet in enumerate(p for p in source.demux(source.streams.video[0]) if p.size):
+            packet.stream = video
+            packet.pts = packet.dts = index * period  # decode order, labelled as if it were display order
+            packet.duration, packet.time_base = period, time_base
+            out.mux(packet)
+        frames = index + 1
+        _write_tone(out, audio, 440.0, frames / fps, 48_000)
+    plain.unlink()
+    return path
+
+
+def make_avi(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (160, 96),
+             codec: str = "msmpeg4v2", gop: int = 5) -> Path:
+    """An AVI in an old codec with no mp4 form (MS-MPEG4 v2 by default), with 16-bit PCM audio: what cameras
+    and Windows tools of the 2000s wrote."""
+    path = Path(path)
+    with av.open(str(path), "w", format="avi") as container:
+        video = container.add_stream(codec, rate=fps, options={"g": str(gop)})
+        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=48_000, layout="stereo")
+        count = max(1, round(seconds * fps))
+        for index in range(count):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, *size), format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        _write_tone(container, audio, 440.0, count / fps, 48_000)
+    return path

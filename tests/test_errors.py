@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import av.error
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -42,6 +43,9 @@ def _validation_error() -> ValidationError:
     (ConflictError("lost a race"), Failure.TRANSIENT),
     (NotADirectoryError("scratch"), Failure.TRANSIENT),
     (OSError(28, "No space left on device"), Failure.TRANSIENT),
+    (av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "clip.avi"), Failure.USER),
+    (av.error.DecoderNotFoundError(1128613112, "Decoder not found"), Failure.USER),
+    (av.error.BugError(558323010, "Internal bug, should not have happened"), Failure.INTERNAL),
     (RuntimeError("CUDA error: an illegal memory access"), Failure.INTERNAL),
     (ZeroDivisionError("division by zero"), Failure.INTERNAL),
 ])
@@ -49,6 +53,11 @@ def test_classify(exc, kind):
     assert classify(exc) is kind
     assert is_user_error(exc) is (kind is Failure.USER)
     assert failure_reason(exc).startswith("internal error: ") is (kind is Failure.INTERNAL)
+
+
+def test_an_undecodable_file_says_so():
+    exc = av.error.InvalidDataError(1094995529, "Invalid data found when processing input", "/tmp/work/clip.avi")
+    assert failure_reason(exc) == "clip.avi cannot be decoded: Invalid data found when processing input"
 
 
 def test_no_caller_keeps_its_own_list_of_user_errors():

@@ -1,16 +1,21 @@
-"""Split a video into segments by stream copy at keyframes (no decoding, no re-encoding)."""
+"""Split a video into mp4 segments: by stream copy at keyframes (no decoding, no re-encoding) where mp4 can
+carry the source's codec, else by re-encoding the source losslessly to H.264."""
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import av.error
 from av.container import InputContainer, OutputContainer
 from av.packet import Packet
 from av.stream import Stream
+from av.video.frame import PictureType
+from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 from stereo_spot.media.containers import (
@@ -21,6 +26,7 @@ from stereo_spot.media.containers import (
     require_video_stream,
 )
 from stereo_spot.media.errors import MediaError
+from stereo_spot.media.frames import in_display_time, reorder_depth
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ def chunk_video(
         raise ValueError(f"duration must be positive, got {duration}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    with open_input(src) as container:
+        copies = segment_copies(require_video_stream(container, src))
+    if not copies:
+        return _transcode_window(src, out_dir, segment_seconds, start, duration)
     for use_seek in (True, False):
         with open_input(src) as container:
             stream = require_video_stream(container, src)
@@ -72,6 +82,162 @@ def chunk_video(
             # The seek landed after the keyframe we need (a sparse or odd index): read from the beginning.
             writer.discard()
     raise AssertionError("unreachable: the second pass never seeks")
+
+
+def segment_copies(stream: VideoStream) -> bool:
+    """Whether ``stream``'s packets can be stream-copied into an mp4 segment: FFmpeg's own mp4 muxer is asked
+    (on an in-memory file). This is the one decision between copying and re-encoding a source: an AVI's
+    MS-MPEG4 or Cinepak, say, has no mp4 form, so ``chunk_video`` re-encodes such a source."""
+    try:
+        with av.open(io.BytesIO(), "w", format="mp4") as trial:
+            trial.add_stream_from_template(stream, opaque=True)
+            trial.start_encoding()
+    except (ValueError, av.error.FFmpegError):
+        return False
+    return True
+
+
+# A segment that cannot be a stream copy is re-encoded losslessly (x264 at qp 0): the conversion then sees exactly
+# the source's pixels, as with a copy, and the codecs this applies to (MS-MPEG4, Cinepak, Indeo, ... in AVI) are
+# old, small-picture ones, so the larger intermediate costs little; "veryfast" keeps the extra pass cheap.
+INTERMEDIATE_CODEC = "libx264"
+_INTERMEDIATE_OPTIONS = {"qp": "0", "preset": "veryfast"}
+# Pixel formats x264 encodes as they are; anything else (RGB, yuv410p, ...) becomes yuv444p, which keeps every
+# chroma sample and has no even-size rule (an odd-sized 4:2:0 source goes to it too).
+_X264_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le", "gray"})
+_AVCOL_SPC_BT709 = 1
+
+
+def _transcode_window(
+    src: Path, out_dir: Path, segment_seconds: float, start: float | None, duration: float | None
+) -> list[Path]:
+    """``chunk_video`` for a source whose codec mp4 cannot carry: decode the window's frames and encode them into
+    segments of about ``segment_seconds`` (each starts with a keyframe), with the source's timestamps."""
+    with open_input(src) as container:
+        stream = require_video_stream(container, src)
+        codec = stream.codec_context.name
+        log.info("%s: its %s video cannot be copied into mp4 segments; re-encoding them losslessly with %s",
+                 src.name, codec, INTERMEDIATE_CODEC)
+        window = _Window.of(stream, start, duration)
+        stream.thread_type = "AUTO"
+        if window.start is not None:
+            try:
+                container.seek(window.start, stream=stream, backward=True)
+            except av.error.FFmpegError:
+                pass  # not seekable: decode from the start and skip
+        writer = _TranscodeWriter(out_dir, stream, segment_seconds)
+        decoded = 0
+
+        def counted(frames):
+            nonlocal decoded
+            for frame in frames:
+                decoded += 1
+                yield frame
+
+        try:
+            for frame, pts in in_display_time(counted(container.decode(stream)), reorder_depth(stream), src.name):
+                if window.start is not None and pts < window.start:
+                    continue
+                if window.end is not None and pts >= window.end:
+                    break
+                writer.write(frame, pts)
+        except av.error.FFmpegError as exc:
+            if writer.frames == 0:
+                raise MediaError(f"{src.name} cannot be decoded (its {codec} video data is damaged): {exc}") from exc
+            log.warning("%s: stopped at a damaged frame after %d frames", src.name, writer.frames)
+        finally:
+            writer.close()
+    if writer.frames == 0:
+        if window.start is not None:
+            begin = float(window.start * stream.time_base)
+            raise MediaError(f"{src.name}: the start time {begin:g} s is past the end of the video")
+        raise MediaError(f"{src.name} has no readable video frames")
+    if writer.frames == 1 and decoded > 1 and window.end is None:
+        raise untimed(src, decoded)
+    return writer.paths
+
+
+def untimed(src: Path, frames: int) -> MediaError:
+    """A file whose frames all carry one timestamp has no timing to keep: no player can show it as a video."""
+    return MediaError(f"{src.name} has no frame timing: all {frames} video frames carry the same timestamp "
+                      "(re-encode it with timestamps, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+
+
+class _TranscodeWriter:
+    """Encodes decoded frames into numbered mp4 files; a frame past the next boundary opens the next file."""
+
+    def __init__(self, out_dir: Path, template: VideoStream, segment_seconds: float) -> None:
+        self.out_dir = out_dir
+        self.template = template
+        self.time_base: Fraction = template.time_base
+        self.segment_ticks = exact_seconds(segment_seconds) / self.time_base
+        rate = template.average_rate or template.guessed_rate
+        self.rate = Fraction(rate) if rate else None
+        self._frame_ticks = max(1, round(1 / (self.rate * self.time_base))) if self.rate else 1
+        self.paths: list[Path] = []
+        self.frames = 0
+        self._origin = 0
+        self._next_boundary = 0
+        self._container: OutputContainer | None = None
+        self._stream: VideoStream | None = None
+        self._pix_fmt = ""
+        self._from_rgb = False
+
+    def write(self, frame: av.VideoFrame, pts: int) -> None:
+        if self._container is None:
+            self._origin = pts
+            self._open_next(1, frame)
+        elif pts >= self._next_boundary:
+            self._open_next(math.floor((pts - self._origin) / self.segment_ticks) + 1, frame)
+        if self._from_rgb:
+            frame = frame.reformat(format=self._pix_fmt, dst_colorspace=Colorspace.ITU709,
+                                   dst_color_range=ColorRange.MPEG)
+        elif frame.format.name != self._pix_fmt:
+            frame = frame.reformat(format=self._pix_fmt)
+        frame.pts, frame.time_base = pts, self.time_base
+        frame.pict_type = PictureType.NONE  # the encoder chooses; the source's frame types mean nothing here
+        self._mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def _open_next(self, boundary_number: int, frame: av.VideoFrame) -> None:
+        self.close()
+        self._next_boundary = math.ceil(self._origin + boundary_number * self.segment_ticks)
+        path = self.out_dir / segment_name(len(self.paths))
+        self._container = open_output(path, exact_timing_options(self.time_base))
+        stream = self._container.add_stream(INTERMEDIATE_CODEC, rate=self.rate)
+        source_fmt = frame.format.name
+        odd = frame.width % 2 or frame.height % 2
+        self._from_rgb = frame.format.is_rgb
+        if source_fmt in _X264_PIX_FMTS and not (odd and source_fmt.startswith(("yuv420", "yuv422"))):
+            self._pix_fmt = source_fmt
+        else:
+            self._pix_fmt = "yuv444p"
+        stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, self._pix_fmt
+        ctx = stream.codec_context
+        ctx.time_base = self.time_base
+        ctx.options = dict(_INTERMEDIATE_OPTIONS)
+        if self._from_rgb:
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = _AVCOL_SPC_BT709
+            ctx.color_range = int(ColorRange.MPEG)
+        else:  # the same samples as the source: the same colour tags, so they decode to the same RGB
+            ctx.colorspace, ctx.color_range = frame.colorspace, frame.color_range
+            ctx.color_primaries, ctx.color_trc = frame.color_primaries, frame.color_trc
+        self._stream = stream
+        self.paths.append(path)
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if not packet.duration:
+                packet.duration = self._frame_ticks
+        self._container.mux(packets)
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._mux(self._stream.encode(None))
+            finally:
+                self._container.close()
+                self._container = None
 
 
 class _Window:
@@ -104,6 +270,7 @@ class _SegmentWriter:
         self.paths: list[Path] = []
         self.packets = 0
         self.end_ticks = -math.inf  # latest pts + duration written: to tell whether the window was reached
+        self.timestamps: set[int] = set()  # up to two distinct ones: to tell a file with no frame timing at all
         self._origin = 0
         self._next_boundary = 0
         self._container: OutputContainer | None = None
@@ -119,6 +286,8 @@ class _SegmentWriter:
         packet.stream = self._stream
         self._container.mux_one(packet)
         self.packets += 1
+        if pts is not None and len(self.timestamps) < 2:
+            self.timestamps.add(pts)
         if pts is not None and pts + (packet.duration or 0) > self.end_ticks:
             self.end_ticks = pts + (packet.duration or 0)
 
@@ -197,6 +366,8 @@ def _copy_window(
 
     if writer.packets == 0:
         raise MediaError(f"{src.name} has no readable video frames")
+    if writer.packets > 1 and len(writer.timestamps) < 2:
+        raise untimed(src, writer.packets)
     if window.start is not None and writer.end_ticks <= window.start:
         end = float(writer.end_ticks * stream.time_base)
         start = float(window.start * stream.time_base)

@@ -79,7 +79,15 @@ def require_video_stream(container: InputContainer, path: str | Path) -> VideoSt
     stream = first_video_stream(container)
     if stream is None:
         raise MediaError(f"{Path(path).name} has no video stream")
+    require_decoder(stream, path)
     return stream
+
+
+def require_decoder(stream: VideoStream, path: str | Path) -> None:
+    """MediaError when FFmpeg has no decoder for the stream's codec (an AVI's unknown FourCC, say): PyAV then
+    gives the stream no codec context at all."""
+    if stream.codec_context is None:
+        raise MediaError(f"{Path(path).name} cannot be decoded: its video codec is not one FFmpeg knows")
 
 
 def mp4_truncation(path: Path) -> str | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
+import logging
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +16,7 @@ import av
 import av.error
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
+from av.video.stream import VideoStream
 
 from stereo_spot.media.containers import (
     exact_timing_options,
@@ -23,6 +27,8 @@ from stereo_spot.media.containers import (
 )
 from stereo_spot.media.encode import BITSTREAMS, EncodeSettings, with_sei
 from stereo_spot.media.errors import MediaError
+
+log = logging.getLogger(__name__)
 
 # AVColorSpace values (what decoded frames carry) -> the swscale matrix that undoes them.
 _AVCOL_SPC_BT709, _AVCOL_SPC_UNSPECIFIED, _AVCOL_RANGE_JPEG = 1, 2, 2
@@ -38,6 +44,9 @@ _MATRIX_FOR_COLORSPACE = {
 # Players treat untagged HD video as BT.709 and untagged SD video as BT.601; so do we.
 _HD_HEIGHT = 720
 _ROTATIONS = (0, 90, 180, 270)
+# Decoded frames held to put mislabelled timestamps back in order (``in_display_time``), for codecs that reorder
+# frames. Real files are off by at most a few frames (a B-pyramid of three: 3); H.264 allows up to 16.
+REORDER_DEPTH = 8
 
 
 @dataclass
@@ -86,11 +95,8 @@ def read_frames(
                 pass  # not seekable: decode from the start and skip
         quarter_turns = -(rotation // 90)  # np.rot90 turns counter-clockwise
         frame_seconds = 1 / float(stream.average_rate) if stream.average_rate else 0.0
-        position = 0
         try:
-            for frame in container.decode(stream):
-                pts = frame.pts if frame.pts is not None else position
-                position = pts + 1
+            for frame, pts in in_display_time(container.decode(stream), reorder_depth(stream), path.name):
                 if lo is not None and pts < lo:
                     continue
                 if hi is not None and pts >= hi:
@@ -103,6 +109,56 @@ def read_frames(
                 yield DecodedFrame(rgb=rgb, pts=pts, time_base=time_base)
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path.name} cannot be decoded (its video data is damaged): {exc}") from exc
+
+
+def reorder_depth(stream: VideoStream) -> int:
+    """Frames ``in_display_time`` holds for this stream: none for a codec that never reorders frames."""
+    return REORDER_DEPTH if stream.codec_context.has_b_frames else 0
+
+
+def in_display_time(
+    frames: Iterable[av.VideoFrame], depth: int, name: str = "video"
+) -> Iterator[tuple[av.VideoFrame, int]]:
+    """Decoded frames (in the order the decoder returns them) with increasing presentation timestamps.
+
+    A decoder returns frames in display order, each labelled with the timestamp of the packet that carried it.
+    Some files label them out of order: an mp4 whose muxer wrote decode times as presentation times (no
+    composition offsets, B-frames in the bitstream: 0, 101, 67, 134, 34 ms, ...), or an AVI with DivX packed
+    B-frames (1, 2, 3, 5, 4, ...). The frames are in the right order; only their labels are shuffled among
+    near neighbours. Holding ``depth`` frames and giving the oldest the smallest label held puts the labels
+    back in order (what players show: every frame at its own time, the audio in sync); a correctly labelled
+    stream comes out unchanged. A label that repeats after this (two frames claiming one instant) drops the
+    later frame, as FFmpeg does for variable-rate output; a frame without a label is placed one tick after
+    the previous one.
+    """
+    pending: deque[av.VideoFrame] = deque()
+    labels: list[int] = []
+    last: int | None = None
+    duplicates = 0
+
+    def emit() -> Iterator[tuple[av.VideoFrame, int]]:
+        nonlocal last, duplicates
+        frame = pending.popleft()
+        if labels:
+            pts = heapq.heappop(labels)
+        else:
+            pts = 0 if last is None else last + 1
+        if last is not None and pts <= last:
+            duplicates += 1
+            return
+        last = pts
+        yield frame, pts
+
+    for frame in frames:
+        pending.append(frame)
+        if frame.pts is not None:
+            heapq.heappush(labels, frame.pts)
+        if len(pending) > depth:
+            yield from emit()
+    while pending:
+        yield from emit()
+    if duplicates:
+        log.warning("%s: %d frame(s) repeat an earlier frame's timestamp; dropped", name, duplicates)
 
 
 def keeps_frame(seconds: float, frame_seconds: float, max_fps: float) -> bool:

@@ -12,7 +12,7 @@ from av.container import InputContainer
 from av.video.format import VideoFormat
 from av.video.stream import VideoStream
 
-from stereo_spot.media.containers import first_video_stream, open_input
+from stereo_spot.media.containers import first_video_stream, open_input, require_decoder
 from stereo_spot.media.errors import MediaError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -75,6 +75,8 @@ def probe(path: str | Path) -> MediaInfo:
     path = Path(path)
     with open_input(path) as container:
         stream = first_video_stream(container)
+        if stream is not None:
+            require_decoder(stream, path)
         video = _video_info(container, stream) if stream is not None else None
         audio = [
             AudioStreamInfo(
