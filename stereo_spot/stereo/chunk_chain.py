@@ -34,7 +34,6 @@ from pathlib import Path
 
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.engine import StereoEngine
-from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.stats import ComfortStats
 
 # What a decoded frame is for: the depth's warm-up only; rendered as the inpainter's context before the
@@ -127,32 +126,29 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
                     lookahead_src: Path | None, batch_size: int, progress: Callable[[int], None] | None,
                     started: float, collect_stats: bool, codec_threads: int = 0, codec: str = "libx264"):
     """``segment.convert_segment`` for an engine whose inpainter chains chunks (see the module's docstring)."""
-    from stereo_spot.media.encode import settings_for
     from stereo_spot.media.frames import VideoWriter, read_frames
     from stereo_spot.stereo.segment import (
-        SegmentStats,
         _depth_warmup_seconds,
         _EncoderThread,
         _stack,
         _threaded,
+        encode_settings,
+        finish_segment,
+        output_fps,
+        warmup_sources,
     )
 
     chain = engine.inpainter
     engine.reset()
     engine.stats = ComfortStats() if collect_stats else None
-    fps = video.fps or Fraction(25)
-    if settings.max_fps and fps > settings.max_fps:
-        fps = Fraction(settings.max_fps).limit_denominator(1001)
+    fps = output_fps(video, settings)
     clock = RestartClock(window[0], float(getattr(chain, "restart_seconds", 0.0) or 0.0))
-    sources = [] if not warmup_src else (
-        [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src])
+    sources = warmup_sources(warmup_src)
 
     def read(path: Path, span) -> Iterator:
         return read_frames(path, rotation=rotation, window=span, threads=codec_threads, max_fps=settings.max_fps)
 
-    encode = settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes,
-                          crf=settings.crf, preset=settings.preset,
-                          pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
+    encode = encode_settings(settings, codec_threads, codec)
     time_base: Fraction | None = None
     first_pts: int | None = None
     last_pts, frames, rendered_without_output = 0, 0, 0
@@ -241,13 +237,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
         stop.set()
         encoder.close(raise_errors=False)
         raise
-    encoder.close()
-    if frames == 0:
-        raise StereoInputError(f"{src.name} has no video frames in the requested time window")
-    duration = float((last_pts - first_pts) * time_base + 1 / fps)
-    comfort = engine.stats.to_dict() if engine.stats is not None else None
-    engine.stats = None
-    return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
-                        warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
-                        depth_seconds=engine.depth_seconds, comfort=comfort, batch_size=batch_size,
-                        encoder=codec, warmup_frames=rendered_without_output)
+    return finish_segment(engine, encoder, src, frames=frames, first_pts=first_pts, last_pts=last_pts,
+                          time_base=time_base, fps=fps, started=started, warmup_seconds=warmup_seconds,
+                          engine_seconds=engine_seconds, batch_size=batch_size, codec=codec,
+                          warmup_frames=rendered_without_output)

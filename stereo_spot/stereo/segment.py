@@ -332,26 +332,21 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
              window: tuple[float | None, float | None], warmup_src: Path | Sequence[Path] | None, batch_size: int,
              progress: Callable[[int], None] | None, started: float, collect_stats: bool,
              codec_threads: int = 0, codec: str = "libx264") -> SegmentStats:
-    from stereo_spot.media.encode import settings_for
     from stereo_spot.media.frames import VideoWriter, read_frame_batches
 
     engine.reset()
     engine.stats = None
     warmup_seconds = 0.0
-    if warmup_src:
-        sources = [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src]
+    sources = warmup_sources(warmup_src)
+    if sources:
         _warm_up(engine, sources, rotation, batch_size, codec_threads, settings.max_fps)
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
     engine.stats = ComfortStats() if collect_stats else None
     engine_seconds = 0.0
 
-    encode = settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes,
-                          crf=settings.crf, preset=settings.preset,
-                          pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
-    fps = video.fps or Fraction(25)
-    if settings.max_fps and fps > settings.max_fps:
-        fps = Fraction(settings.max_fps).limit_denominator(1001)
+    encode = encode_settings(settings, codec_threads, codec)
+    fps = output_fps(video, settings)
     time_base: Fraction | None = None
     first_pts: int | None = None
     last_pts = 0
@@ -382,6 +377,39 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
         stop.set()
         encoder.close(raise_errors=False)
         raise
+    return finish_segment(engine, encoder, src, frames=frames, first_pts=first_pts, last_pts=last_pts,
+                          time_base=time_base, fps=fps, started=started, warmup_seconds=warmup_seconds,
+                          engine_seconds=engine_seconds, batch_size=batch_size, codec=codec)
+
+
+def output_fps(video, settings: ConversionSettings) -> Fraction:
+    """The frame rate a segment is encoded at: the source's (25 when it does not say), capped by --max-fps."""
+    fps = video.fps or Fraction(25)
+    if settings.max_fps and fps > settings.max_fps:
+        fps = Fraction(settings.max_fps).limit_denominator(1001)
+    return fps
+
+
+def encode_settings(settings: ConversionSettings, codec_threads: int, codec: str):
+    """The job's encoder choices for a segment's writer (``media.encode.settings_for``)."""
+    from stereo_spot.media.encode import settings_for
+
+    return settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes,
+                        crf=settings.crf, preset=settings.preset,
+                        pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
+
+
+def warmup_sources(warmup_src: Path | Sequence[Path] | None) -> list[Path]:
+    """The segments before this one, as a list (one path, several, or none)."""
+    if not warmup_src:
+        return []
+    return [Path(warmup_src)] if isinstance(warmup_src, (str, Path)) else [Path(p) for p in warmup_src]
+
+
+def finish_segment(engine: StereoEngine, encoder: _EncoderThread, src: Path, *, frames: int, first_pts: int | None,
+                   last_pts: int, time_base: Fraction | None, fps: Fraction, started: float, warmup_seconds: float,
+                   engine_seconds: float, batch_size: int, codec: str, warmup_frames: int = 0) -> SegmentStats:
+    """Close the encoder (raising what it failed with), refuse a segment without frames, and gather its stats."""
     encoder.close()
     if frames == 0:
         raise StereoInputError(f"{src.name} has no video frames in the requested time window")
@@ -391,4 +419,4 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
                         warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
                         depth_seconds=engine.depth_seconds, comfort=comfort, batch_size=batch_size,
-                        encoder=codec)
+                        encoder=codec, warmup_frames=warmup_frames)
