@@ -192,6 +192,16 @@ def test_diffusion_segments_match_one_long_run_at_every_seam(home, tmp_path, mon
     # the worst seam, 50 dB overall).
     assert overall >= 60.0
 
+    # What the segments cost, as their completions record it: restarts at 0 s and 2 s and a grid of 8, 6, 6, 4
+    # frames from each, so segment 0 (frames 0-11) finishes the chunk [8, 14) with 2 frames of segment 1, which
+    # re-runs the 12 frames from the restart at 0 before it; segments 2 and 3 repeat that from the restart at 2 s.
+    from stereo_spot.adapters.local import local_backend
+
+    backend = local_backend(home)
+    segmented_job = next(job for job in backend.jobs.list_completed(limit=5).items if job.total_segments == 4)
+    completions = sorted(backend.completions.query_by_job(segmented_job.job_id), key=lambda c: c.segment_index)
+    assert [c.stats["timings"]["warmup_frames"] for c in completions] == [2, 12, 2, 12]
+
 
 def test_the_chunk_grid_depends_on_the_position_only(tmp_path):
     """The same frames handed in whole or in calls cut on the chunk grid give the same result; a call that
