@@ -119,6 +119,24 @@ def _shot(page, name: str, tmp_path: Path) -> None:
     page.set_viewport_size(size)
 
 
+def _settled(page) -> None:
+    """Wait until the app's script has finished its run. A button clicked while a page is still rendering can
+    be answered by a run that ends before the click is seen, so the flows below click on a settled page."""
+    from playwright.sync_api import expect
+    expect(page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')).to_be_attached(
+        timeout=60_000)
+
+
+def _delete_with_confirmation(page) -> None:
+    from playwright.sync_api import expect
+    _settled(page)
+    page.get_by_role("button", name="Delete this job").click()
+    expect(page.get_by_text("cannot be undone", exact=False)).to_be_visible()
+    _settled(page)
+    page.get_by_role("button", name="Yes, delete").click()
+    expect(page.get_by_text("This job was deleted", exact=False)).to_be_visible()
+
+
 def _pick(page, path: Path) -> None:
     page.locator(".ss-upload input[type=file]").set_input_files(str(path))
 
@@ -233,10 +251,7 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
 
     # delete, with confirmation
     page.goto(f"{url}/job?job={job_id}")
-    page.get_by_role("button", name="Delete this job").click()
-    expect(page.get_by_text("cannot be undone", exact=False)).to_be_visible()
-    page.get_by_role("button", name="Yes, delete").click()
-    expect(page.get_by_text("This job was deleted", exact=False)).to_be_visible()
+    _delete_with_confirmation(page)
     assert not final.exists()
     assert requests.get(video_src, timeout=10).status_code == 404
     # the rejected uploads left nothing behind: one job in all, now deleted
@@ -327,9 +342,7 @@ def test_two_users_never_see_each_others_jobs(header_server, browser, tmp_path):
 
         # Bob deletes his own job; Alice's stays
         bob.goto(f"{url}/job?job={bob_job}")
-        bob.get_by_role("button", name="Delete this job").click()
-        bob.get_by_role("button", name="Yes, delete").click()
-        expect(bob.get_by_text("This job was deleted", exact=False)).to_be_visible()
+        _delete_with_confirmation(bob)
         backend = local_backend(home)
         assert backend.jobs.get(bob_job).status == JobStatus.DELETED
         assert backend.jobs.get(alice_job).status == JobStatus.COMPLETED
