@@ -3,8 +3,9 @@
 Each clip's first ``--seconds`` are converted by the engine with the default settings (heuristic depth), the
 comfort statistics gathered as a conversion gathers them, and the flicker index computed as the report computes
 it: the mean frame-to-frame change of the parallax over static pixels (luma unchanged) as a share of the
-parallax span (p2..p98). ``--no-steady`` switches the depth's per-pixel temporal filter off, so one run prints
-both figures and their ratio.
+parallax span (p2..p98). "before" is the heuristic depth without what steadies it (``BEFORE``: no per-pixel
+temporal filter, the 0..1 scale from the whole estimate's range, flow trusted where the picture did not
+change); "after" is the defaults. One run prints both figures and their ratio.
 
     python bench/bench_flicker.py [--seconds 4] [--clips vtest.avi Megamind.avi]
 
@@ -33,9 +34,11 @@ from stereo_spot.stereo.depth.heuristic import HeuristicDepth, HeuristicParams  
 from stereo_spot.stereo.engine import StereoEngine  # noqa: E402
 from stereo_spot.stereo.stats import ComfortStats, histogram_counts  # noqa: E402
 
+#: the heuristic depth with its steadying switched off
+BEFORE = HeuristicParams(steady_frames=1, motion_headroom=None, motion_luma_gate=0.0)
 
-def flicker_index(frames: np.ndarray, steady: bool) -> float:
-    params = HeuristicParams() if steady else HeuristicParams(steady_frames=1)
+
+def flicker_index(frames: np.ndarray, params: HeuristicParams) -> float:
     engine = StereoEngine(ConversionSettings(), device="cpu", depth=HeuristicDepth("cpu", params))
     engine.stats = ComfortStats()
     for start in range(0, len(frames), 8):
@@ -65,11 +68,11 @@ def main() -> None:
                 print(f"{name}: no real data (run scripts/fetch-real-data)")
         print(f"Flicker index of static regions (comfort report definition), defaults; real clips: first "
               f"{args.seconds:g} s")
-        print(f"  {'clip':>28} {'frames':>7} {'filter off':>11} {'filter on':>10} {'ratio':>7}")
+        print(f"  {'clip':>28} {'frames':>7} {'before':>11} {'after':>10} {'ratio':>7}")
         for name, path in clips.items():
             seconds = None if name.startswith("sample") else args.seconds
             frames = np.stack([f.rgb for f in read_frames(path, window=(None, seconds))])
-            off, on = flicker_index(frames, steady=False), flicker_index(frames, steady=True)
+            off, on = flicker_index(frames, BEFORE), flicker_index(frames, HeuristicParams())
             print(f"  {name:>28} {len(frames):7d} {off:11.5f} {on:10.5f} {on / max(off, 1e-12):7.3f}")
 
 

@@ -1,8 +1,8 @@
 """Steadier depth: the per-pixel temporal filter (``stereo/depth/steady.py``) and the one scene-cut rule
 (``stereo/depth/cuts.py``) every depth estimator's temporal state obeys.
 
-The clips: a static camera on a textured wall with sensor noise and a textured object walking across it, and
-the sample clip's scene (``stereo-spot sample``), joined by a hard cut.
+The clips: a static camera on a textured wall with sensor noise and a textured object walking across it (or
+standing, then walking), and the sample clip's scene (``stereo-spot sample``), joined by a hard cut.
 
 What each test is there to catch (each breakage was made on purpose and the test went red):
 
@@ -16,6 +16,12 @@ What each test is there to catch (each breakage was made on purpose and the test
   a recursive (exponential) filter, or a history longer than ``memory_frames`` says: a segment's warm-up would
   no longer reproduce a single long run at the seam.
 * ``test_cuts_need_both_the_histogram_and_the_pixels_to_change`` — either half of the cut rule dropped.
+* ``test_the_wall_keeps_its_depth_when_something_starts_moving`` — the 0..1 scale taken from the whole
+  estimate again (motion included): every static pixel's depth then shifts when motion starts.
+* ``test_flow_that_bleeds_onto_the_still_wall_adds_no_depth`` — the motion cue's luma gate dropped: the flow
+  the solver spreads around a moving object reads as nearness on the unchanged wall.
+* ``test_what_motion_brings_nearer_keeps_its_order`` — the headroom's roll-off replaced by a clamp (or one
+  that saturates in float32): everything moving would read as equally near.
 """
 
 from __future__ import annotations
@@ -137,3 +143,47 @@ def test_cuts_need_both_the_histogram_and_the_pixels_to_change():
 def test_rejects_a_filter_without_frames(bad):
     with pytest.raises(ValueError, match="at least 1 frame"):
         SteadyDepth(frames=bad)
+
+
+def starts_moving(frames: int, still: int) -> np.ndarray:
+    """``walking_object``'s wall and box, the box standing still for the first ``still`` frames."""
+    clip = walking_object(frames, wall_seed=5, object_seed=6)
+    standing = walking_object(1, wall_seed=5, object_seed=6)[0]
+    noise = np.random.default_rng(9).normal(0, 2.0, (still, *standing.shape))
+    clip[:still] = np.clip(standing.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+    if frames > still:
+        clip[still:] = walking_object(frames - still, wall_seed=5, object_seed=6)
+    return clip
+
+
+def test_the_wall_keeps_its_depth_when_something_starts_moving():
+    still = 16
+    clip = starts_moving(40, still)
+    wall = (slice(None), slice(0, int(0.25 * H)), slice(int(0.7 * W), W))  # never crossed by the box
+
+    def wall_shift(params: HeuristicParams) -> float:
+        depth = _depth(HeuristicDepth(params=params), clip)[wall]
+        return float(abs(depth[-8:].mean() - depth[still - 4:still].mean()))
+
+    # the 0..1 scale set by the static cues: motion appearing elsewhere leaves the wall where it was
+    steady_scale = wall_shift(HeuristicParams())
+    # the scale set by the whole estimate (motion included), as before: the wall recedes as the box moves
+    whole_range = wall_shift(HeuristicParams(motion_headroom=None))
+    assert steady_scale < 0.01 and whole_range > 4 * steady_scale, (steady_scale, whole_range)
+
+
+def test_flow_that_bleeds_onto_the_still_wall_adds_no_depth():
+    # The flow solver spreads the box's motion onto the wall around it, where the picture does not change.
+    clip = walking_object(30, wall_seed=5, object_seed=6)
+    gated = static_flicker(clip, _depth(HeuristicDepth(params=HeuristicParams(steady_frames=1)), clip))
+    trusted = static_flicker(clip, _depth(HeuristicDepth(
+        params=HeuristicParams(steady_frames=1, motion_luma_gate=0.0)), clip))
+    assert gated < 0.7 * trusted, (gated, trusted)
+
+
+def test_what_motion_brings_nearer_keeps_its_order():
+    estimator = HeuristicDepth()
+    static = torch.linspace(0.0, 0.95, 64).view(1, 1, 8, 8)
+    raw = static + torch.linspace(0.0, 4.0, 64).view(1, 1, 8, 8)  # the motion cue adding up to 4 spans
+    depth = estimator._normalise(raw, static).reshape(-1)
+    assert bool((depth[1:] > depth[:-1]).all()) and float(depth.max()) < 1.0

@@ -12,14 +12,19 @@ Cues, all computed at a low working resolution (long side ``work_long_side``):
 * **Focus / texture**: local gradient energy. The subject is usually sharp and textured; sky, walls and defocused
   backgrounds are not.
 
+Where the picture did not change between the two frames the flow is taken as noise (the solver spreads a moving
+object's flow onto the still background around it), so the motion cue is gated by the luma change.
+
 The weighted sum is carried along the flow from frame to frame (the previous estimate is warped into the current
 frame and blended), which both steadies it and accumulates motion evidence over several frames. It is then
-normalised to 0..1 with the robust range pooled over the last frames (``TemporalRange``: a finite memory, so a
-warmed-up segment matches a continuous run), steadied per pixel over the last frames where the picture did not
-change (``steady.SteadyDepth``: a finite K-frame average, so static parts stop wobbling while moving ones are
-followed at once), and refined edge-aware with a fast guided filter whose linear model is applied to the
-full-resolution luma. A scene cut (``cuts.SceneCuts``: large histogram and pixel change) resets all temporal
-state.
+normalised to 0..1 with the robust range of the static cues pooled over the last frames (``TemporalRange``: a
+finite memory, so a warmed-up segment matches a continuous run): motion starting or stopping somewhere leaves the
+scale, hence the depth of everything static, unchanged, and what the motion cue brings nearer goes into a
+headroom above the static range, rolled off so that nearer stays nearer. It is then steadied per pixel over
+the last frames where the picture did not change (``steady.SteadyDepth``: a finite K-frame average, so static
+parts stop wobbling while moving ones are followed at once), and refined edge-aware with a fast guided filter
+whose linear model is applied to the full-resolution luma. A scene cut (``cuts.SceneCuts``: large histogram and
+pixel change) resets all temporal state.
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ class HeuristicParams:
     settle_frames: int = 48
     #: smallest raw range normalised to 0..1 (a flat scene stays flat instead of amplifying noise)
     min_range: float = 0.15
+    #: how the 0..1 scale is set. A number: from the static cues' pooled range alone, which does not change
+    #: when something starts or stops moving, with this share of the depth range on top of it kept for what
+    #: the motion cue brings nearer (rolled off softly, so nearer stays nearer). None: from the range of the
+    #: whole estimate, motion included (every static pixel's depth then shifts when motion comes and goes).
+    motion_headroom: float | None = 0.3
+    #: luma change (0..1, 3x3 mean) between the two frames under which a pixel's flow counts as noise: where
+    #: the picture did not change, nothing moved there (0 trusts the flow everywhere)
+    motion_luma_gate: float = 0.02
     guided_radius: int = 8
     guided_eps: float = 1e-2
     #: frames the per-pixel steadying filter averages over (``steady.py``; 1 switches it off)
@@ -121,6 +134,7 @@ class HeuristicDepth(DepthEstimator):
     def _start_shot(self) -> None:
         """Forget what the previous shot left: flow history, the pooled range, the steadying filter."""
         self._prev_gray_u8: np.ndarray | None = None
+        self._prev_gray: torch.Tensor | None = None
         self._prev_raw: torch.Tensor | None = None
         self._prev_depth: torch.Tensor | None = None  # normalised, working resolution, before steadying
         self._range = TemporalRange(self.params.range_memory)
@@ -163,16 +177,18 @@ class HeuristicDepth(DepthEstimator):
         # flow_ref(x, y) = c0 + c1 x + c2 y, per component
         return coef[0] + xs[None, :, None] * coef[1] + ys[:, None, None] * coef[2]
 
-    def _motion_cue(self, flow: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    def _motion_cue(self, flow: torch.Tensor, confidence: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
         """Residual motion magnitude [1,1,h,w] in 0..1.5: about 1 for the fastest-moving (nearest) part.
 
-        Flow noise (sensor noise, compression) shows as a small residual everywhere, so the median residual
-        (most of a frame moves like its reference) is subtracted as a noise floor, and residuals are scaled by
-        their 95th percentile but never by less than ``motion_trust_px``: weak motion stays a weak cue instead
-        of being stretched to full strength.
+        Flow noise (sensor noise, compression) shows as a small residual everywhere. Where the picture did not
+        change (``changed`` near 0) the residual is noise and is dropped before anything else; what remains of
+        it is removed by subtracting the median residual (most of a frame moves like its reference) as a noise
+        floor. Residuals are scaled by their 95th percentile but never by less than ``motion_trust_px``: weak
+        motion stays a weak cue instead of being stretched to full strength.
         """
-        magnitude = flow.norm(dim=1, keepdim=True)
-        # Flow in flat regions is guessed by the solver: spread the textured neighbours' motion instead.
+        magnitude = flow.norm(dim=1, keepdim=True) * changed
+        # Flow in flat regions is guessed by the solver (and their luma barely changes when they move): spread
+        # the textured neighbours' motion instead.
         radius = max(2, magnitude.shape[-1] // 32)
         # A textured pixel keeps its own: spreading it too would draw a halo of motion, hence of nearness,
         # around everything that moves, onto the static background next to it.
@@ -182,6 +198,31 @@ class HeuristicDepth(DepthEstimator):
         magnitude = (magnitude - (1.5 * median + 0.05)).clamp_(min=0.0)
         _, p95 = _percentiles(magnitude, 0.5, 0.95)
         return (magnitude / max(p95, self.params.motion_trust_px)).clamp_(0.0, 1.5)
+
+    def _changed(self, gray: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """0..1 per pixel: how surely the picture changed there since the previous frame (the flow gate)."""
+        gate = self.params.motion_luma_gate
+        if gate <= 0:
+            return torch.ones_like(gray)
+        change = box_filter((gray - previous).abs(), 1)
+        return (change * (1.0 / gate)).clamp_(0.0, 1.0)
+
+    def _normalise(self, raw: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """The raw estimate mapped to 0..1 (``motion_headroom`` says how)."""
+        p = self.params
+        headroom = p.motion_headroom
+        r_lo, r_hi = self._range.update(_sample(raw if headroom is None else static))
+        span = max(r_hi - r_lo, p.min_range)
+        centre = 0.5 * (r_lo + r_hi)
+        x = (raw - (centre - 0.5 * span)) / span
+        if headroom is None:
+            return x.clamp_(0.0, 1.0)
+        # the static range takes 0..knee; above it a rational roll-off (slope 1 at the knee) approaches 1
+        # slowly enough that what the motion cue brings nearer keeps its order over several ranges
+        knee = 1.0 / (1.0 + headroom)
+        x = x.clamp_(min=0.0) * knee
+        above = (x - knee).clamp_(min=0.0)
+        return torch.where(x > knee, knee + (1.0 - knee) * above / (above + (1.0 - knee)), x)
 
     def _warp_back(self, previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """previous [1,1,h,w] sampled at x + flow: the previous estimate carried into the current frame."""
@@ -235,20 +276,19 @@ class HeuristicDepth(DepthEstimator):
                 reference = self._reference_motion(flow_np, farness)
                 flow = torch.from_numpy(flow_np).to(frames.device).permute(2, 0, 1).unsqueeze(0)
                 residual = flow - torch.from_numpy(reference).to(frames.device).permute(2, 0, 1).unsqueeze(0)
-                motion = self._motion_cue(residual, (texture * 4.0).clamp_(0.05, 1.0))
+                motion = self._motion_cue(residual, (texture * 4.0).clamp_(0.05, 1.0),
+                                          self._changed(gray, self._prev_gray))
                 raw = static + p.weight_motion * motion
                 carried = self._warp_back(self._prev_raw, flow)
                 raw = p.temporal_keep * carried + (1.0 - p.temporal_keep) * raw
 
-            r_lo, r_hi = self._range.update(_sample(raw))
-            span = max(r_hi - r_lo, p.min_range)
-            centre = 0.5 * (r_lo + r_hi)
-            depth = ((raw - (centre - 0.5 * span)) / span).clamp_(0.0, 1.0)
+            depth = self._normalise(raw, static)
 
             depth_small[i : i + 1] = self._steady(depth, gray)
             self._prev_raw = raw
             self._prev_depth = depth
             self._prev_gray_u8 = gray_u8
+            self._prev_gray = gray
 
         radius = max(2, round(p.guided_radius * ws / 320))
         refined = fast_guided_upsample(gray_small, depth_small, gray_full, radius, p.guided_eps)
