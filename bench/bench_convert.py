@@ -5,6 +5,8 @@
        on two clips: the layered sample scene, and a "detailed" one closer to real footage (fine texture,
        film grain, a camera that pans and zooms, objects at several depths moving with parallax)
     2. the whole pipeline (chunk → convert → concat) with 2 workers vs 1          target >= 1.7x faster
+       and 2 workers on 2 cores vs 1 worker pinned to 1 core                       target >= 1.5x
+       next to this machine's own ceiling: independent single-threaded work, 2 processes on 2 cores vs 1
     3. peak memory of a conversion 10x longer                                      target < +10% peak RSS
 
 and a profile of one convert: where the time goes.
@@ -157,6 +159,45 @@ def bench_workers(work: Path, seconds: float, runs: int) -> dict:
             "speedup": best["one"] / best["two"], "scaling": best["one_core"] / best["two"]}
 
 
+#: fixed single-threaded work for the machine's own scaling ceiling: a pure-Python loop (the core alone) and
+#: frame-sized tensor arithmetic (the core with its caches and memory bandwidth, as a conversion uses them)
+_CEILING_WORK = {
+    "python loop": "x = 0\nfor i in range(12_000_000):\n    x += i * i % 7",
+    "720p tensor work": (
+        "import torch\ntorch.set_num_threads(1)\n"
+        "a = torch.rand(1, 3, 720, 1280)\ng = torch.rand(1, 720, 1280, 2) * 2 - 1\n"
+        "for _ in range(40):\n"
+        "    b = torch.nn.functional.grid_sample(a, g, align_corners=True)\n"
+        "    a = (a * 0.5 + b * 0.5).clamp_(0, 1)\n"
+        "    a.sort(dim=-1)\n"),
+}
+
+
+def _pinned_seconds(code: str, cores: list[int]) -> float:
+    """Run ``code`` in one process per core in ``cores``, all at once; the slowest one's seconds."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", code], preexec_fn=lambda c=core: os.sched_setaffinity(0, {c}))
+             for core in cores]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError("the ceiling workload failed")
+    return time.perf_counter() - started
+
+
+def bench_ceiling(runs: int) -> dict[str, float]:
+    """What 2 processes on 2 cores give over 1 on 1 core for work that shares nothing: the most any pipeline
+    can scale here (a VM's two vCPUs may be one physical core's two hyperthreads, or share its memory)."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        return {}
+    ceiling = {}
+    for name, code in _CEILING_WORK.items():
+        one = min(_pinned_seconds(code, cores[:1]) for _ in range(runs))
+        two = min(_pinned_seconds(code, cores) for _ in range(runs))
+        ceiling[name] = 2 * one / two
+    return ceiling
+
+
 def bench_memory(work: Path, seconds: float) -> dict:
     peaks = {}
     for scale in (1, 10):
@@ -200,6 +241,9 @@ def main() -> None:
             print(f"   speedup                  {workers['speedup']:7.2f}x  (target >= 1.70x)")
             print(f"   1 worker pinned to 1 core {workers['one_core_s']:6.2f} s  → 2 workers on 2 cores scale "
                   f"{workers['scaling']:.2f}x  (target >= 1.50x)", flush=True)
+            ceiling = results["ceiling"] = bench_ceiling(args.runs)
+            for name, value in ceiling.items():
+                print(f"   this machine's ceiling, 2 processes on 2 cores vs 1 on 1 core, {name}: {value:.2f}x")
         if "3" in parts:
             memory = results["memory"] = bench_memory(work, max(2.0, args.seconds / 2))
             print("\n3. peak RSS, 320x180, 1x vs 10x the length")
