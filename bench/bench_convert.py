@@ -3,7 +3,8 @@
     1. convert vs a plain decode → encode of the same 720p source to the same output size (2560x720, Full SBS)
        with the same encoder settings                                            target >= 0.5 of its throughput
        on two clips: the layered sample scene, and a "detailed" one closer to real footage (fine texture,
-       film grain, a camera that pans and zooms, objects at several depths moving with parallax)
+       film grain, a camera that pans and zooms, objects at several depths moving with parallax), and on a
+       real clip (Megamind.avi, 720x528, from scripts/fetch-real-data) when it is there
     2. the whole pipeline (chunk → convert → concat) with 2 workers vs 1          target >= 1.7x faster
        and 2 workers on 2 cores vs 1 worker pinned to 1 core                       target >= 1.5x
        next to this machine's own ceiling: independent single-threaded work, 2 processes on 2 cores vs 1
@@ -37,6 +38,9 @@ from stereo_spot.media.probe import probe
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.sample import write_sample
 from stereo_spot.stereo.segment import convert_segment
+
+#: the real clip part 1 converts: moving real footage, the largest of the fetched clips (720x528)
+REAL_CLIP = "Megamind.avi"
 
 
 def plain_transcode(src: Path, dst: Path) -> int:
@@ -100,12 +104,25 @@ def best_of(runs: int, fn) -> float:
     return min(times)
 
 
-def bench_convert_vs_transcode(work: Path, seconds: float, runs: int, clip: str = "layered") -> dict:
+def real_clip(name: str = REAL_CLIP) -> Path | None:
+    """A real clip from ``scripts/fetch-real-data`` (None without it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_data import real_clips  # bench/real_data.py, beside this script
+
+    return next((clip for clip in real_clips() if clip.name == name), None)
+
+
+def bench_convert_vs_transcode(work: Path, seconds: float, runs: int, clip: str = "layered") -> dict | None:
     if clip == "detailed":
         src = write_detailed_clip(work / "720p-detailed.mp4", seconds)
+    elif clip == "real":
+        src = real_clip()
+        if src is None:
+            return None
     else:
         src = write_sample(work / "720p.mp4", seconds=seconds, size=(1280, 720), fps=30)
-    frames = probe(src).video.frame_count or int(seconds * 30)
+    video = probe(src).video
+    frames = video.frame_count or int(seconds * 30)
     settings = ConversionSettings(output_format=OutputFormat.SBS)
     base, conv = [], []
     for _ in range(runs):  # interleaved, so drift hits both alike
@@ -117,7 +134,8 @@ def bench_convert_vs_transcode(work: Path, seconds: float, runs: int, clip: str 
     profile.disable()
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
-    return {"frames": frames, "plain_fps": frames / min(base), "convert_fps": frames / min(conv),
+    return {"frames": frames, "size": f"{video.width}x{video.height}", "source": src.name,
+            "plain_fps": frames / min(base), "convert_fps": frames / min(conv),
             "ratio": min(base) / min(conv), "profile": text.getvalue()}
 
 
@@ -212,7 +230,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the 720p clip")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="shorter clips, one run (a smoke test)")
-    parser.add_argument("--clips", default="layered,detailed", help="which 720p clips part 1 converts")
+    parser.add_argument("--clips", default="layered,detailed,real",
+                        help="which clips part 1 converts: the 720p layered and detailed scenes, and real footage")
     parser.add_argument("--parts", default="1,2,3", help="which parts to run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -226,10 +245,14 @@ def main() -> None:
         profile = ""
         for clip in args.clips.split(",") if "1" in parts else []:
             convert = bench_convert_vs_transcode(work, args.seconds, args.runs, clip)
+            if convert is None:
+                print(f"\n1. {clip} clip: no real data (run scripts/fetch-real-data)")
+                continue
             profile = convert.pop("profile")
             results[f"convert_{clip}"] = convert
-            print(f"\n1. convert 720p → Full SBS 2560x720 (heuristic depth, defaults), {clip} clip, "
-                  f"{convert['frames']} frames")
+            width, height = (int(n) for n in convert["size"].split("x"))
+            print(f"\n1. convert {convert['size']} → Full SBS {2 * width}x{height} (heuristic depth, defaults), "
+                  f"{clip} clip ({convert['source']}), {convert['frames']} frames")
             print(f"   plain decode→encode      {convert['plain_fps']:7.2f} fps")
             print(f"   stereo-spot convert      {convert['convert_fps']:7.2f} fps")
             print(f"   ratio                    {convert['ratio']:7.2f}   (target >= 0.50)", flush=True)
