@@ -9,10 +9,13 @@ import fnmatch
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +50,30 @@ def test_the_lock_pins_the_torch_the_tests_run():
     assert _locked()["torch"] == Version(torch.__version__).public
     assert {"hera", "kfp", "streamlit", "av", "boto3"} <= set(_locked())
     assert not any(name.startswith(("pytest", "ruff", "moto", "playwright")) for name in _locked())
+
+
+def _extra_requirements(project: dict, extras: list[str]) -> set[str]:
+    """The distributions the project's ``extras`` name, through extras that name other extras."""
+    own, names = canonicalize_name(project["name"]), set()
+    for extra in extras:
+        for line in project["optional-dependencies"][extra]:
+            requirement = Requirement(line)
+            if canonicalize_name(requirement.name) == own:
+                names |= _extra_requirements(project, sorted(requirement.extras))
+            else:
+                names.add(canonicalize_name(requirement.name))
+    return names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_lock_pins_every_extra_the_image_installs(name):
+    """An extra an image installs but the lock does not walk would be installed unpinned."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runs = " ".join(arg for kind, arg in instructions(name) if kind == "RUN")
+    extras = [extra for group in re.findall(r"\"\.\[([\w,]+)\]\"", runs) for extra in group.split(",")]
+    assert extras, "the image installs the project with its extras"
+    missing = _extra_requirements(project, extras) - {canonicalize_name(n) for n in _locked()}
+    assert not missing, f"images/{name} installs {sorted(missing)}, which constraints.txt does not pin"
 
 
 @pytest.mark.parametrize("name", NAMES)
