@@ -439,6 +439,14 @@ def _comfort_report(backend, job_id: str, path: Path | None) -> None:
         out.print(str(path), soft_wrap=True)
 
 
+def progress_total(expected: int | None, done: int) -> int | None:
+    """The progress bar's total: the job's expected frames (None while unknown), never fewer than are done.
+
+    The expected count is the container's frame count, or the duration times the frame rate for a part of the
+    video; some files understate it by a frame or two, and a bar showing 81/80 reads as a bug."""
+    return max(expected, done) if expected else None
+
+
 def _run_with_progress(backend, job_id: str, workers: int | None, device: str | None) -> None:
     from rich.progress import (
         BarColumn,
@@ -458,7 +466,7 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
         def on_progress(state) -> None:
             bar.update(task, description=state.stage, completed=state.frames_done,
-                       total=state.frames_total or None)
+                       total=progress_total(state.frames_total, state.frames_done))
 
         try:
             job = run_job(backend, job_id, workers=workers, device=device, progress=on_progress)

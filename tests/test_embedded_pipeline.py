@@ -137,3 +137,11 @@ def test_jobs_command_lists_the_local_store(home, clip, backend):
     result = CliRunner().invoke(app, ["jobs"])
     assert result.exit_code == 0, result.output
     assert job_id in result.stdout and "completed" in result.stdout
+
+
+def test_the_progress_total_is_never_below_the_frames_done():
+    from stereo_spot.cli import progress_total
+
+    assert progress_total(None, 0) is None  # unknown until chunk has probed the video
+    assert progress_total(80, 40) == 80
+    assert progress_total(80, 81) == 81  # the container's count (or duration × fps) was one short
