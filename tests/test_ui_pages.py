@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import av
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -426,6 +427,50 @@ def test_new_conversion_offers_the_clis_options_with_the_same_validation(home, b
     (job,) = all_jobs(backend)
     assert (job.settings.start, job.settings.duration, job.settings.depth_model) == (0.25, 0.5, "heuristic")
     wait_terminal(backend, job.job_id)
+
+
+def test_new_conversion_offers_the_clis_encoder_choices(home, backend, tmp_path):
+    from stereo_spot.choices import conversion_settings
+    from stereo_spot.errors import UserError
+
+    clip = make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    assert set(at.selectbox(key="codec").options) >= {"auto", "libx264", "libx265", "h264_nvenc", "hevc_nvenc"}
+    assert at.selectbox(key="codec").value == "auto" and at.selectbox(key="pix_fmt").value == "automatic"
+    stage(at, clip)
+    at.run()
+    # a preset the encoder does not have: the command line's own message, and no job
+    at.selectbox(key="codec").set_value("libx265")
+    at.text_input(key="preset").set_value("warp9")
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    with pytest.raises(UserError) as cli_error:
+        conversion_settings(codec="libx265", preset="warp9")
+    assert [shown(e) for e in at.error] == [str(cli_error.value)]
+    assert all_jobs(backend) == []
+    # the choices travel with the job, so every engine encodes the same way
+    at.text_input(key="preset").set_value("ultrafast")
+    at.number_input(key="crf").set_value(24)
+    at.selectbox(key="pix_fmt").set_value("yuv420p10le")
+    at.number_input(key="max_fps").set_value(6.0)
+    at.selectbox(key="precision").set_value("fp32")
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    assert not at.exception, at.exception
+    (job,) = all_jobs(backend)
+    settings = job.settings
+    assert (settings.codec, settings.preset, settings.crf, settings.pix_fmt, settings.max_fps, settings.precision) \
+        == ("libx265", "ultrafast", 24, "yuv420p10le", 6.0, "fp32")
+    done = wait_terminal(backend, job.job_id)
+    assert done.status == JobStatus.COMPLETED, done.failure_reason
+    final = tmp_path / "final.mp4"
+    backend.objects.download_file(backend.output_bucket, keys.final_key(job.job_id), final)
+    with av.open(str(final)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("hevc", "yuv420p10le")
+        assert sum(1 for _ in container.decode(stream)) == 6  # 12 fps for 1 s, limited to 6 fps
 
 
 def test_the_upload_shows_a_preview_that_follows_the_sliders(home, backend, tmp_path):

@@ -4,7 +4,7 @@ import streamlit as st
 
 from stereo_spot import steps
 from stereo_spot.errors import UserError, one_line
-from stereo_spot.models import AnaglyphMethod, OutputFormat
+from stereo_spot.models import AnaglyphMethod, OutputFormat, PixelFormat, Precision, VideoCodec
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
 from stereo_spot.ui import context, services, submission
@@ -121,6 +121,29 @@ with st.expander("Models and part of the video"):
                                  placeholder="from the beginning")
     duration = part[1].number_input("Duration (seconds)", min_value=0.0, value=None, step=1.0, key="duration",
                                     placeholder="to the end")
+    precision = st.selectbox("Model precision", options=list(Precision), key="precision",
+                             help="The number format of the neural models: auto is fp16 on a GPU (bf16 for a "
+                                  "model that overflows in fp16) and fp32 on the CPU.")
+
+AUTOMATIC = "automatic"
+with st.expander("Encoding"):
+    codec_columns = st.columns(3)
+    codec = codec_columns[0].selectbox("Codec", options=list(VideoCodec), key="codec",
+                                       help="auto: NVENC H.264 when a GPU converts and it opens, else libx264. "
+                                            "HEVC is smaller at the same quality; fewer players decode it.")
+    crf = codec_columns[1].number_input("Quality (CRF)", min_value=0, max_value=51, value=None, step=1, key="crf",
+                                        placeholder="18", help="Constant quality: 0 is lossless, lower is better "
+                                                               "and larger; about 6 more halves the size.")
+    preset = codec_columns[2].text_input("Preset", key="preset", placeholder="fast (NVENC: p4)",
+                                         help="The encoder's speed preset: ultrafast … veryslow, NVENC p1 … p7.")
+    format_columns = st.columns(2)
+    pix_fmt = format_columns[0].selectbox(
+        "Pixel format", options=[AUTOMATIC, *PixelFormat], key="pix_fmt",
+        help="automatic: 4:4:4 for anaglyph (red and cyan edges stay sharp), 8-bit 4:2:0 otherwise.")
+    max_fps = format_columns[1].number_input("Frame rate limit (fps)", min_value=1.0, max_value=480.0, value=None,
+                                             step=1.0, key="max_fps", placeholder="the video's own")
+encoding = {"codec": codec, "crf": crf, "preset": preset.strip() or None,
+            "pix_fmt": None if pix_fmt == AUTOMATIC else pix_fmt, "max_fps": max_fps, "precision": precision}
 
 
 
@@ -142,7 +165,8 @@ if summary is not None and staged is not None and staged.path is not None:
             preview_settings = services.checked_settings(
                 user, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
-                inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window)
+                inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window,
+                precision=precision)
             with st.spinner("Converting one frame…"):
                 frame = converted_frame(str(staged.path), staged.path.stat().st_size, moment,
                                         preview_settings.model_dump_json())
@@ -165,7 +189,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
             user, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
             auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
-            auto_convergence=auto_convergence, floating_window=floating_window)
+            auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
         services.check_limits(summary, job_settings, config)
         services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):
