@@ -106,7 +106,6 @@ def best_of(runs: int, fn) -> float:
 
 def real_clip(name: str = REAL_CLIP) -> Path | None:
     """A real clip from ``scripts/fetch-real-data`` (None without it)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from real_data import real_clips  # bench/real_data.py, beside this script
 
     return next((clip for clip in real_clips() if clip.name == name), None)
