@@ -4,6 +4,7 @@ import streamlit as st
 
 from stereo_spot import steps
 from stereo_spot.errors import UserError, one_line
+from stereo_spot.media.encode import configured_crf
 from stereo_spot.models import AnaglyphMethod, OutputFormat, PixelFormat, Precision, VideoCodec
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
@@ -132,8 +133,9 @@ with st.expander("Encoding"):
                                        help="auto: NVENC H.264 when a GPU converts and it opens, else libx264. "
                                             "HEVC is smaller at the same quality; fewer players decode it.")
     crf = codec_columns[1].number_input("Quality (CRF)", min_value=0, max_value=51, value=None, step=1, key="crf",
-                                        placeholder="18", help="Constant quality: 0 is lossless, lower is better "
-                                                               "and larger; about 6 more halves the size.")
+                                        placeholder=str(configured_crf()),  # STEREO_SPOT_CRF here, else 18
+                                        help="Constant quality: 0 is lossless, lower is better and larger; "
+                                             "about 6 more halves the size.")
     preset = codec_columns[2].text_input("Preset", key="preset", placeholder="fast (NVENC: p4)",
                                          help="The encoder's speed preset: ultrafast … veryslow, NVENC p1 … p7.")
     format_columns = st.columns(2)
