@@ -5,6 +5,7 @@
     jobs/{job_id}/segments/{segment_index}.mp4                         output bucket (convert output)
     jobs/{job_id}/final.mp4                                            output bucket
     jobs/{job_id}/report.json                                          output bucket (comfort report)
+    argo-artifacts/{workflow}/{pod}/...                                output bucket (Argo's logs and artifacts)
 
 A job id is a canonical lowercase UUID, checked before any key is built from it, so a crafted id can never
 reach outside its own prefix (``../``, ``/``, empty).
@@ -29,6 +30,11 @@ _SEGMENT = re.compile(
     r"^segments/(?P<job_id>[^/]+)/(?P<index>\d{5})_(?P<total>\d{5})_(?P<mode>[a-z0-9-]+)\.mp4$"
 )
 _OUTPUT_SEGMENT = re.compile(r"^jobs/(?P<job_id>[^/]+)/segments/(?P<index>\d+)\.mp4$")
+
+# Argo's artifact repository (step logs, run outputs) writes under this prefix of the output bucket, with the
+# keyFormat ``argo-artifacts/{{workflow.name}}/{{pod.name}}`` (manifests/overlays/aws/artifact-repositories.yaml):
+# the workflow identity's IAM policy allows exactly this prefix beside the pipeline's own.
+ARGO_ARTIFACTS_PREFIX = "argo-artifacts/"
 
 
 def new_job_id() -> str:
