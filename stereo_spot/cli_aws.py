@@ -77,17 +77,25 @@ def bootstrap(prefix: PrefixOption = None) -> None:
     out.print(result.env_block(), highlight=False, soft_wrap=True)
 
 
+OidcIssuerOption = Annotated[str | None, typer.Option(
+    "--oidc-issuer", help="The cluster's OIDC issuer URL (aws eks describe-cluster --query "
+    "cluster.identity.oidc.issuer): with it, the IRSA trust policy of each role too.")]
+
+
 @app.command()
 def policies(prefix: PrefixOption = None,
              account: Annotated[str | None, typer.Option(help="AWS account id (default: the caller's, from STS).")]
              = None,
-             out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json files here instead of "
-                                                          "printing them.")] = None) -> None:
-    """Print (or write) the least-privilege IAM policy of each identity: app, worker, workflow, events."""
+             oidc_issuer: OidcIssuerOption = None,
+             out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json (and ROLE.trust.json) "
+                                                          "files here instead of printing them.")] = None) -> None:
+    """Print (or write) the least-privilege IAM policy of each role (stereo-spot-workflow, -events, -ui,
+    -reconcile, -kfp-trigger, -worker) and, with --oidc-issuer, its trust policy."""
     import json
 
     from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
     from stereo_spot.aws_bootstrap import ResourceNames
+    from stereo_spot.aws_iam import IDENTITIES, trust_policy
     from stereo_spot.aws_iam import policies as build_policies
     from stereo_spot.config import get_settings
 
@@ -97,16 +105,24 @@ def policies(prefix: PrefixOption = None,
         if account is None:
             account = AwsClients(AwsConfig.from_settings(settings)).client("sts").get_caller_identity()["Account"]
         documents = build_policies(names, account, settings.aws_region)
+        files: dict[str, dict] = {}
+        for identity in IDENTITIES:
+            role = identity.role_name(prefix)
+            files[f"{role}.json"] = documents[identity.name]
+            if oidc_issuer is not None or identity.service_account is None:
+                files[f"{role}.trust.json"] = trust_policy(identity, account, oidc_issuer)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
-    for role, document in documents.items():
+    for name, document in files.items():
         text = json.dumps(document, indent=2)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{role}.json").write_text(text + "\n")
-            console.print(f"{out_dir / (role + '.json')}", highlight=False)
+            (out_dir / name).write_text(text + "\n")
+            console.print(f"{out_dir / name}", highlight=False)
         else:
-            out.print(f"# {role}\n{text}", highlight=False, soft_wrap=True)
+            out.print(f"# {name}\n{text}", highlight=False, soft_wrap=True)
+    if oidc_issuer is None:
+        console.print("no --oidc-issuer: the IRSA trust policies were left out", highlight=False)
 
 
 @app.command()
