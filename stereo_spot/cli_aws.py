@@ -58,28 +58,51 @@ def _print_change(change) -> None:
     console.print(f"  [{style}]{change.action:8}[/] {change.kind:12} {change.name}{detail}", highlight=False)
 
 
+OidcIssuerOption = Annotated[str | None, typer.Option(
+    "--oidc-issuer", help="The cluster's OIDC issuer URL (aws eks describe-cluster --query "
+    "cluster.identity.oidc.issuer): with it, the IRSA trust policy of each role too.")]
+
+
 @app.command()
-def bootstrap(prefix: PrefixOption = None) -> None:
+def bootstrap(prefix: PrefixOption = None,
+              oidc_issuer: OidcIssuerOption = None,
+              irsa_patch: Annotated[Path | None, typer.Option(
+                  "--irsa-patch", help="With --oidc-issuer: write the aws overlay's IRSA patch (the service "
+                  "accounts with their role ARNs) here, e.g. manifests/overlays/aws/irsa.yaml.")] = None,
+              kubeflow_irsa_patch: Annotated[Path | None, typer.Option(
+                  "--kubeflow-irsa-patch", help="With --oidc-issuer: the same for the aws-kubeflow overlay, e.g. "
+                  "manifests/overlays/aws-kubeflow/irsa.yaml.")] = None) -> None:
     """Create the buckets, tables, queues and the S3 -> SQS notification (idempotent), then print the
-    environment block (KEY=value lines) for the ConfigMap or the worker's environment."""
+    environment block (KEY=value lines) for the ConfigMap or the worker's environment. With --oidc-issuer, also
+    the IAM role of each service account (IRSA trust policy and permissions), and the overlays' IRSA patches."""
+    from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
     from stereo_spot.aws_bootstrap import bootstrap as run_bootstrap
+    from stereo_spot.aws_roles import ensure_roles, write_irsa_patch
     from stereo_spot.config import get_settings
+    from stereo_spot.errors import UserError
 
     try:
+        if (irsa_patch or kubeflow_irsa_patch) and not oidc_issuer:
+            raise UserError("--irsa-patch and --kubeflow-irsa-patch need --oidc-issuer (the roles' trust names "
+                            "the cluster's OIDC provider)")
         settings = get_settings()
         console.print(f"AWS resources ({settings.aws_endpoint_url or settings.aws_region}):")
         result = run_bootstrap(settings, prefix, on_change=_print_change)
+        if oidc_issuer:
+            console.print("IAM roles (IRSA):")
+            changes, arns = ensure_roles(AwsClients(AwsConfig.from_settings(settings)), result.names, oidc_issuer,
+                                         prefix, on_change=_print_change)
+            result.changes.extend(changes)
+            for path, overlay in ((irsa_patch, "aws"), (kubeflow_irsa_patch, "aws-kubeflow")):
+                if path is not None:
+                    write_irsa_patch(path, overlay, arns)
+                    console.print(f"IRSA patch for overlays/{overlay}: {path}", highlight=False)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     console.print("no changes" if not result.changed else "done", style="bold")
     console.print(f"dead-letter queue: {result.dead_letter_queue_url}", highlight=False)
     console.print("environment (stdout):", highlight=False)
     out.print(result.env_block(), highlight=False, soft_wrap=True)
-
-
-OidcIssuerOption = Annotated[str | None, typer.Option(
-    "--oidc-issuer", help="The cluster's OIDC issuer URL (aws eks describe-cluster --query "
-    "cluster.identity.oidc.issuer): with it, the IRSA trust policy of each role too.")]
 
 
 @app.command()
