@@ -13,7 +13,9 @@ What moto cannot evaluate, and so what this test does not prove (the static chec
     app's key for the final video and makes the GetObject it stands for with the app's credentials — S3
     authorizes a presigned request as its signer;
   - resource-based policies (the bucket's TLS-only policy, the queue policy for S3): not evaluated by moto.
-DynamoDB resources are enforced because tests/moto_iam_server.py names the table of each request.
+DynamoDB resources are enforced because tests/moto_iam_server.py names the table of each request, and S3 requests
+are judged by the IAM action AWS uses for them (HEAD as s3:GetObject, multipart steps as s3:PutObject, a listing
+as s3:ListBucket) because it maps moto's operation names to those actions.
 """
 
 from __future__ import annotations
