@@ -49,6 +49,9 @@ ACCOUNT = "123456789012"  # moto's account
 # PutUserPolicy, CreateAccessKey. Every later request, setup included, is signed and authorized.
 ADMIN_SETUP_REQUESTS = 3
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+SETTINGS_FIELDS = ("storage_adapter", "aws_region", "aws_endpoint_url", "input_bucket_name", "output_bucket_name",
+                   "jobs_table_name", "segment_completions_table_name", "reassembly_triggered_table_name",
+                   "event_dedup_table_name", "chunking_queue_url")
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
@@ -221,19 +224,33 @@ def test_ui_uploads_and_events_receives_and_deletes(world):
 
 
 def test_workflow_runs_chunk_convert_concat_fail_and_argo_archives_its_logs(world, tmp_path, monkeypatch):
+    """The engines' step functions themselves (components/), which build their backend from the environment as
+    in a workflow pod: chunk, one convert per shard, concat, and the exit handler's fail."""
+    from stereo_spot.components.chunk import chunk
+    from stereo_spot.components.concat import concat
+    from stereo_spot.components.convert import convert
+    from stereo_spot.components.fail import fail
+
     monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("STEREO_SPOT_DEVICE", "cpu")
+    for name in SETTINGS_FIELDS:
+        monkeypatch.setenv(name.upper(), str(getattr(world["settings"], name)))
     job_id = world["state"]["job"]
+    key = keys.input_key(job_id)
     with _as(world, "ui") as (backend, _):
         doomed = steps.create_job(backend, ConversionSettings(), "doomed").job_id
-    with _as(world, "workflow") as (backend, _):
-        chunked = steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
-        total = backend.jobs.get(job_id).total_segments
-        assert total and total >= 2, chunked
-        for index in range(total):
-            steps.convert(backend, job_id, index, device="cpu")
-        job = steps.concat(backend, job_id)
-        assert job.status == JobStatus.COMPLETED
-        assert steps.fail(backend, doomed, "the source is not a video").status == JobStatus.FAILED
+    with _credentials(world["users"]["workflow"]):
+        shards = chunk(world["settings"].input_bucket_name, key, gpu_workers="2")
+        assert shards == [0, 1]
+        converted = sum(convert(key, shard, 2) for shard in shards)
+        assert concat(key, converted) == keys.final_key(job_id)
+        failures = json.dumps([{"displayName": "chunk", "message": "the source is not a video",
+                                "finishedAt": "2026-01-01T00:00:00Z"}])
+        fail(keys.input_key(doomed), "Failed", failures, f"stereo-spot-{doomed}")
+    with _as(world, "ui") as (backend, _):
+        assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
+        assert backend.jobs.get(doomed).status == JobStatus.FAILED
+        assert "the source is not a video" in backend.jobs.get(doomed).failure_reason
     workflow = f"stereo-spot-{job_id}"
     _argo_archive(world, "workflow", workflow, f"{workflow}-convert-1234567890", read_back=True)
     admin = _admin_s3(world)
