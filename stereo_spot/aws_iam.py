@@ -27,6 +27,7 @@ Every statement names its resources (no ``*`` actions, no ``*`` resources beyond
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity("worker", None, "the SQS worker (`stereo-spot worker`, outside Kubernetes)", ""),
 )
 ROLES = tuple(identity.name for identity in IDENTITIES)
+KUBEFLOW_RUN_IDENTITY = "workflow"  # Kubeflow's run pods do the workflow pods' work, with the same role
 KUBERNETES_IDENTITIES = tuple(identity for identity in IDENTITIES if identity.service_account)
 
 
@@ -171,22 +173,38 @@ def oidc_provider(issuer: str) -> str:
     return provider
 
 
-def trust_policy(identity: Identity, account: str, issuer: str | None, partition: str = "aws") -> dict[str, Any]:
-    """IRSA: the cluster's OIDC provider may hand this role to the one service account, for STS only. The
-    worker (no service account) is trusted by EC2, for an instance profile."""
+def service_account_subject(namespace_and_name: str) -> str:
+    """``kubeflow/pipeline-runner`` → ``system:serviceaccount:kubeflow:pipeline-runner``."""
+    namespace, _, name = namespace_and_name.strip().partition("/")
+    if not namespace or not name or "/" in name or ":" in namespace_and_name:
+        from stereo_spot.errors import UserError
+
+        raise UserError(f"invalid service account {namespace_and_name!r}: write NAMESPACE/NAME, e.g. "
+                        "kubeflow/pipeline-runner or team-video/default-editor")
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def trust_policy(identity: Identity, account: str, issuer: str | None, partition: str = "aws",
+                 kubeflow_runners: Sequence[str] = ()) -> dict[str, Any]:
+    """IRSA: the cluster's OIDC provider may hand this role to its service account, for STS only. The workflow
+    role is also the Kubeflow run pods' (``kubeflow_runners``: the run service accounts, NAMESPACE/NAME, that
+    docs/kubernetes.md has annotated with it). The worker (no service account) is trusted by EC2, for an instance
+    profile."""
     if identity.service_account is None:
         statement = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
     else:
         if issuer is None:
             raise ValueError(f"the trust policy of {identity.name} needs the cluster's OIDC issuer")
         provider = oidc_provider(issuer)
+        subjects = [f"system:serviceaccount:{NAMESPACE}:{identity.service_account}"]
+        if identity.name == KUBEFLOW_RUN_IDENTITY:
+            subjects += [service_account_subject(runner) for runner in kubeflow_runners]
         statement = {
             "Effect": "Allow",
             "Principal": {"Federated": f"arn:{partition}:iam::{account}:oidc-provider/{provider}"},
             "Action": "sts:AssumeRoleWithWebIdentity",
-            "Condition": {"StringEquals": {
-                f"{provider}:sub": f"system:serviceaccount:{NAMESPACE}:{identity.service_account}",
-                f"{provider}:aud": "sts.amazonaws.com"}}}
+            "Condition": {"StringEquals": {f"{provider}:sub": subjects[0] if len(subjects) == 1 else subjects,
+                                           f"{provider}:aud": "sts.amazonaws.com"}}}
     return {"Version": "2012-10-17", "Statement": [statement]}
 
 

@@ -9,7 +9,7 @@ each role and policy is read first and only a difference is written: "exists", "
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -49,6 +49,7 @@ def _document(value: Any) -> Any:
 
 
 def ensure_roles(clients: AwsClients, names: ResourceNames, issuer: str, prefix: str | None = None, *,
+                 kubeflow_runners: Sequence[str] = (),
                  on_change: Callable[[Change], None] | None = None) -> tuple[list[Change], dict[str, str]]:
     """Create or update the role of every Kubernetes identity; return the changes and service account → ARN."""
     iam, region = clients.client("iam"), clients.config.region
@@ -72,7 +73,7 @@ def ensure_roles(clients: AwsClients, names: ResourceNames, issuer: str, prefix:
     arns = {}
     for identity in KUBERNETES_IDENTITIES:
         role = identity.role_name(prefix)
-        trust = trust_policy(identity, account, issuer, partition)
+        trust = trust_policy(identity, account, issuer, partition, kubeflow_runners)
         found = _call(clients, "iam", f"looking up role {role}", lambda r=role: iam.get_role(RoleName=r),
                       *_NO_ENTITY)
         if found is None:

@@ -61,11 +61,15 @@ def _print_change(change) -> None:
 OidcIssuerOption = Annotated[str | None, typer.Option(
     "--oidc-issuer", help="The cluster's OIDC issuer URL (aws eks describe-cluster --query "
     "cluster.identity.oidc.issuer): with it, the IRSA trust policy of each role too.")]
+KubeflowRunnerOption = Annotated[list[str] | None, typer.Option(
+    "--kubeflow-runner", help="NAMESPACE/NAME of a Kubeflow run service account (kubeflow/pipeline-runner, or "
+    "<profile>/default-editor) that may assume the workflow role too; repeat for several.")]
 
 
 @app.command()
 def bootstrap(prefix: PrefixOption = None,
               oidc_issuer: OidcIssuerOption = None,
+              kubeflow_runner: KubeflowRunnerOption = None,
               irsa_patch: Annotated[Path | None, typer.Option(
                   "--irsa-patch", help="With --oidc-issuer: write the aws overlay's IRSA patch (the service "
                   "accounts with their role ARNs) here, e.g. manifests/overlays/aws/irsa.yaml.")] = None,
@@ -82,16 +86,16 @@ def bootstrap(prefix: PrefixOption = None,
     from stereo_spot.errors import UserError
 
     try:
-        if (irsa_patch or kubeflow_irsa_patch) and not oidc_issuer:
-            raise UserError("--irsa-patch and --kubeflow-irsa-patch need --oidc-issuer (the roles' trust names "
-                            "the cluster's OIDC provider)")
+        if (irsa_patch or kubeflow_irsa_patch or kubeflow_runner) and not oidc_issuer:
+            raise UserError("--irsa-patch, --kubeflow-irsa-patch and --kubeflow-runner need --oidc-issuer (the "
+                            "roles' trust names the cluster's OIDC provider)")
         settings = get_settings()
         console.print(f"AWS resources ({settings.aws_endpoint_url or settings.aws_region}):")
         result = run_bootstrap(settings, prefix, on_change=_print_change)
         if oidc_issuer:
             console.print("IAM roles (IRSA):")
             changes, arns = ensure_roles(AwsClients(AwsConfig.from_settings(settings)), result.names, oidc_issuer,
-                                         prefix, on_change=_print_change)
+                                         prefix, kubeflow_runners=kubeflow_runner or (), on_change=_print_change)
             result.changes.extend(changes)
             for path, overlay in ((irsa_patch, "aws"), (kubeflow_irsa_patch, "aws-kubeflow")):
                 if path is not None:
@@ -110,6 +114,7 @@ def policies(prefix: PrefixOption = None,
              account: Annotated[str | None, typer.Option(help="AWS account id (default: the caller's, from STS).")]
              = None,
              oidc_issuer: OidcIssuerOption = None,
+             kubeflow_runner: KubeflowRunnerOption = None,
              out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json (and ROLE.trust.json) "
                                                           "files here instead of printing them.")] = None) -> None:
     """Print (or write) the least-privilege IAM policy of each role (stereo-spot-workflow, -events, -ui,
@@ -133,7 +138,8 @@ def policies(prefix: PrefixOption = None,
             role = identity.role_name(prefix)
             files[f"{role}.json"] = documents[identity.name]
             if oidc_issuer is not None or identity.service_account is None:
-                files[f"{role}.trust.json"] = trust_policy(identity, account, oidc_issuer)
+                files[f"{role}.trust.json"] = trust_policy(identity, account, oidc_issuer,
+                                                           kubeflow_runners=kubeflow_runner or ())
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for name, document in files.items():

@@ -262,7 +262,7 @@ def test_bootstrap_creates_the_irsa_roles_idempotently_and_writes_the_overlay_pa
     prefix = new_prefix()
     copy = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, copy)
-    patches = ["--irsa-patch", str(copy / "overlays/aws/irsa.yaml"),
+    patches = ["--kubeflow-runner", "kubeflow/pipeline-runner", "--irsa-patch", str(copy / "overlays/aws/irsa.yaml"),
                "--kubeflow-irsa-patch", str(copy / "overlays/aws-kubeflow/irsa.yaml")]
     first = _bootstrap_roles(moto_endpoint, prefix, *patches)
     assert first.exit_code == 0, first.output
@@ -272,23 +272,25 @@ def test_bootstrap_creates_the_irsa_roles_idempotently_and_writes_the_overlay_pa
         role = iam.get_role(RoleName=f"{prefix}-{identity.name}")["Role"]
         trust = role["AssumeRolePolicyDocument"]
         trust = json.loads(trust) if isinstance(trust, str) else trust
-        assert trust == trust_policy(identity, account, ISSUER)
+        assert trust == trust_policy(identity, account, ISSUER, kubeflow_runners=["kubeflow/pipeline-runner"])
         (statement,) = trust["Statement"]
         assert statement["Principal"]["Federated"] == f"arn:aws:iam::{account}:oidc-provider/{provider}"
-        assert statement["Condition"]["StringEquals"][f"{provider}:sub"] == \
-            f"system:serviceaccount:stereo-spot:{identity.service_account}"
+        own = f"system:serviceaccount:stereo-spot:{identity.service_account}"
+        expected = [own, "system:serviceaccount:kubeflow:pipeline-runner"] if identity.name == "workflow" else own
+        assert statement["Condition"]["StringEquals"][f"{provider}:sub"] == expected
         inline = iam.get_role_policy(RoleName=role["RoleName"], PolicyName="stereo-spot")["PolicyDocument"]
         assert (json.loads(inline) if isinstance(inline, str) else inline) == documents[identity.name]
         assert f"created role {prefix}-{identity.name}" in first.flat
     assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"] == f"{prefix}-worker"]  # not IRSA
 
-    second = _bootstrap_roles(moto_endpoint, prefix)
+    second = _bootstrap_roles(moto_endpoint, prefix, "--kubeflow-runner", "kubeflow/pipeline-runner")
     assert second.exit_code == 0 and "no changes" in second.output, second.output
     assert not re.search(r"^\s*(created|updated) ", second.output, re.MULTILINE), second.output
 
     iam.put_role_policy(RoleName=f"{prefix}-ui", PolicyName="stereo-spot", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    third = _bootstrap_roles(moto_endpoint, prefix)
+    third = _bootstrap_roles(moto_endpoint, prefix)  # without the Kubeflow runner: the workflow trust changes
+    assert third.exit_code == 0 and f"updated role {prefix}-workflow" in third.flat, third.output
     assert third.exit_code == 0 and f"updated role policy {prefix}-ui/stereo-spot" in third.flat, third.output
     inline = iam.get_role_policy(RoleName=f"{prefix}-ui", PolicyName="stereo-spot")["PolicyDocument"]
     assert (json.loads(inline) if isinstance(inline, str) else inline) == documents["ui"]
@@ -329,5 +331,6 @@ def test_irsa_patches_without_an_issuer_are_a_one_line_error(moto_endpoint, tmp_
 
     result = CliRunner().invoke(app, ["aws", "bootstrap", "--prefix", new_prefix(), "--irsa-patch",
                                       str(tmp_path / "irsa.yaml")])
-    assert result.exit_code == 1 and "need --oidc-issuer" in result.output and "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and "need --oidc-issuer" in flat and "Traceback" not in flat
     assert not (tmp_path / "irsa.yaml").exists()

@@ -139,3 +139,26 @@ def test_every_role_annotation_names_a_generated_identity_and_every_identity_is_
             annotated.setdefault(overlay.name, {})[account] = arn
     for identity in KUBERNETES_IDENTITIES:
         assert identity.service_account in annotated.get(identity.overlay, {}), (identity.overlay, identity.name)
+
+
+def test_kubeflow_run_service_accounts_may_assume_the_workflow_role_and_nothing_else(tmp_path):
+    """Kubeflow's run pods (pipeline-runner, or a profile's default-editor) do the workflow pods' work with the
+    workflow role (docs/kubernetes.md): its trust lists them; no other role's does. A malformed name is one line."""
+    from stereo_spot.cli import app
+
+    result = CliRunner().invoke(app, ["aws", "policies", "--account", ACCOUNT, "--oidc-issuer", ISSUER,
+                                      "--kubeflow-runner", "kubeflow/pipeline-runner", "--kubeflow-runner",
+                                      "team-video/default-editor", "--out", str(tmp_path)], env={"AWS_REGION": REGION})
+    assert result.exit_code == 0, result.output
+    for identity in KUBERNETES_IDENTITIES:
+        trust = json.loads((tmp_path / f"stereo-spot-{identity.name}.trust.json").read_text())
+        subjects = trust["Statement"][0]["Condition"]["StringEquals"][f"{PROVIDER}:sub"]
+        own = f"system:serviceaccount:stereo-spot:{identity.service_account}"
+        if identity.name == "workflow":
+            assert subjects == [own, "system:serviceaccount:kubeflow:pipeline-runner",
+                                "system:serviceaccount:team-video:default-editor"]
+        else:
+            assert subjects == own
+    bad = CliRunner().invoke(app, ["aws", "policies", "--account", ACCOUNT, "--oidc-issuer", ISSUER,
+                                   "--kubeflow-runner", "pipeline-runner"], env={"AWS_REGION": REGION})
+    assert bad.exit_code == 1 and "NAMESPACE/NAME" in bad.output and "Traceback" not in bad.output
