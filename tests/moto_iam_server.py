@@ -10,6 +10,10 @@ name a resource), so a policy scoped to table ARNs, as IAM requires, would be re
 requests name the table (and the index for a Query on one), as IAM's authorization reference for DynamoDB does,
 so the tables a policy names are enforced too.
 
+Likewise for SQS's GetQueueUrl, which names its queue by ``QueueName``: moto looks only for ``QueueUrl``
+(moto/sqs/responses.py, ``_determine_resource``) and judges it against ``*``; here it names the queue's ARN, as IAM
+does, so the Argo EventSource's first call (GetQueueUrl by name) is judged by the policy's queue statement.
+
 And one more: moto 5.2 authorizes an S3 request by its API operation's name (``s3:HeadObject``,
 ``s3:ListObjectsV2``, ``s3:UploadPart``...; moto/core/responses.py, ``_get_action``), names that are not IAM
 actions. AWS authorizes them with the permissions its S3 documentation lists per operation ("Actions, resources,
@@ -31,6 +35,19 @@ def _dynamodb_resource(self) -> str:
         return "*"  # ListTables and friends: no table in the request
     arn = f"arn:aws:dynamodb:{self.region}:{self.current_account}:table/{table}"
     return f"{arn}/index/{body['IndexName']}" if body.get("IndexName") else arn
+
+
+def _sqs_resource(determine):
+    def wrapped(self) -> str:
+        found = determine(self)
+        name = self._get_param("QueueName") if found == "*" else None
+        if name:
+            try:
+                return self.sqs_backend.get_queue(name).queue_arn
+            except Exception:  # noqa: BLE001 - no such queue: moto answers that after authorizing "*"
+                return found
+        return found
+    return wrapped
 
 
 S3_PERMISSIONS = {
@@ -60,8 +77,10 @@ def main() -> None:
     from moto.dynamodb.responses import DynamoHandler
     from moto.iam.access_control import S3IAMRequest
     from moto.server import ThreadedMotoServer
+    from moto.sqs.responses import SQSResponse
 
     DynamoHandler._determine_resource = _dynamodb_resource
+    SQSResponse._determine_resource = _sqs_resource(SQSResponse._determine_resource)
     S3IAMRequest.__init__ = _s3_permission(S3IAMRequest.__init__)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
