@@ -37,6 +37,7 @@ from stereo_spot.aws_bootstrap import ResourceNames
 NAMESPACE = "stereo-spot"  # the namespace of every service account (manifests/base/kustomization.yaml)
 DEFAULT_ROLE_PREFIX = "stereo-spot"  # role names the manifests use: stereo-spot-<identity>
 POLICY_NAME = "stereo-spot"  # the inline policy's name on each role
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"  # IRSA: the service account's annotation naming its role
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from stereo_spot.aws_iam import (
     KUBERNETES_IDENTITIES,
     NAMESPACE,
     POLICY_NAME,
+    ROLE_ANNOTATION,
     Identity,
     oidc_provider,
     policies,
@@ -29,7 +30,6 @@ from stereo_spot.aws_iam import (
 from stereo_spot.errors import UserError
 
 _NO_ENTITY = ("NoSuchEntity",)
-ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 OVERLAY_PATCH_HEADER = {
     "aws": "# IRSA: each service account assumes its own IAM role; no access keys anywhere. Written by\n"
            "# `stereo-spot aws bootstrap --oidc-issuer URL --irsa-patch PATH` with the real role ARNs\n"
