@@ -231,10 +231,10 @@ ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/5C1B0D2E3F4A5B6C7D8E9F0A1B
 
 def _bootstrap_roles(endpoint: str, prefix: str, *extra: str):
     from stereo_spot.cli import app
-    from tests.test_ui_aws import _FIELDS
 
     settings = settings_for(endpoint, prefix)
-    env = {name.upper(): str(getattr(settings, name)) for name in _FIELDS}
+    env = {name.upper(): str(getattr(settings, name)) for name in ("storage_adapter", "aws_region",
+                                                                    "aws_endpoint_url", "chunking_queue_url")}
     result = CliRunner().invoke(app, ["aws", "bootstrap", "--prefix", prefix, "--oidc-issuer", ISSUER, *extra],
                                 env=env)
     result.flat = " ".join(result.output.split())  # the console wraps long lines
