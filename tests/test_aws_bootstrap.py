@@ -241,6 +241,7 @@ def _bootstrap_roles(endpoint: str, prefix: str, *extra: str):
     return result
 
 
+@pytest.mark.slow  # the validator loads the upstream schemas
 def test_bootstrap_creates_the_irsa_roles_idempotently_and_writes_the_overlay_patches(moto_endpoint, tmp_path):  # noqa: F811
     """Roles, trust and inline policies read back from IAM; a second run changes nothing; a policy edited by hand
     is put back; the written patches render with kustomize and validate. (Catches: a role created without its
