@@ -52,7 +52,8 @@ class Identity:
 
 
 IDENTITIES: tuple[Identity, ...] = (
-    Identity("workflow", "stereo-spot-workflow", "Argo workflow pods (chunk, convert, concat, exit handler)",
+    Identity("workflow", "stereo-spot-workflow", "Argo workflow pods (chunk, convert, concat, exit handler); "
+             "Kubeflow run pods (`--kubeflow-runner`)",
              "aws"),
     Identity("events", "stereo-spot-events", "the Argo EventSource (SQS)", "aws"),
     Identity("ui", "stereo-spot-ui", "the web app", "aws"),
