@@ -58,17 +58,49 @@ def _print_change(change) -> None:
     console.print(f"  [{style}]{change.action:8}[/] {change.kind:12} {change.name}{detail}", highlight=False)
 
 
+OidcIssuerOption = Annotated[str | None, typer.Option(
+    "--oidc-issuer", help="The cluster's OIDC issuer URL (aws eks describe-cluster --query "
+    "cluster.identity.oidc.issuer): with it, the IRSA trust policy of each role too.")]
+KubeflowRunnerOption = Annotated[list[str] | None, typer.Option(
+    "--kubeflow-runner", help="NAMESPACE/NAME of a Kubeflow run service account (kubeflow/pipeline-runner, or "
+    "<profile>/default-editor) that may assume the workflow role too; repeat for several.")]
+
+
 @app.command()
-def bootstrap(prefix: PrefixOption = None) -> None:
+def bootstrap(prefix: PrefixOption = None,
+              oidc_issuer: OidcIssuerOption = None,
+              kubeflow_runner: KubeflowRunnerOption = None,
+              irsa_patch: Annotated[Path | None, typer.Option(
+                  "--irsa-patch", help="With --oidc-issuer: write the aws overlay's IRSA patch (the service "
+                  "accounts with their role ARNs) here, e.g. manifests/overlays/aws/irsa.yaml.")] = None,
+              kubeflow_irsa_patch: Annotated[Path | None, typer.Option(
+                  "--kubeflow-irsa-patch", help="With --oidc-issuer: the same for the aws-kubeflow overlay, e.g. "
+                  "manifests/overlays/aws-kubeflow/irsa.yaml.")] = None) -> None:
     """Create the buckets, tables, queues and the S3 -> SQS notification (idempotent), then print the
-    environment block (KEY=value lines) for the ConfigMap or the worker's environment."""
+    environment block (KEY=value lines) for the ConfigMap or the worker's environment. With --oidc-issuer, also
+    the IAM role of each service account (IRSA trust policy and permissions), and the overlays' IRSA patches."""
+    from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
     from stereo_spot.aws_bootstrap import bootstrap as run_bootstrap
+    from stereo_spot.aws_roles import ensure_roles, write_irsa_patch
     from stereo_spot.config import get_settings
+    from stereo_spot.errors import UserError
 
     try:
+        if (irsa_patch or kubeflow_irsa_patch or kubeflow_runner) and not oidc_issuer:
+            raise UserError("--irsa-patch, --kubeflow-irsa-patch and --kubeflow-runner need --oidc-issuer (the "
+                            "roles' trust names the cluster's OIDC provider)")
         settings = get_settings()
         console.print(f"AWS resources ({settings.aws_endpoint_url or settings.aws_region}):")
         result = run_bootstrap(settings, prefix, on_change=_print_change)
+        if oidc_issuer:
+            console.print("IAM roles (IRSA):")
+            changes, arns = ensure_roles(AwsClients(AwsConfig.from_settings(settings)), result.names, oidc_issuer,
+                                         prefix, kubeflow_runners=kubeflow_runner or (), on_change=_print_change)
+            result.changes.extend(changes)
+            for path, overlay in ((irsa_patch, "aws"), (kubeflow_irsa_patch, "aws-kubeflow")):
+                if path is not None:
+                    write_irsa_patch(path, overlay, arns)
+                    console.print(f"IRSA patch for overlays/{overlay}: {path}", highlight=False)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     console.print("no changes" if not result.changed else "done", style="bold")
@@ -81,13 +113,17 @@ def bootstrap(prefix: PrefixOption = None) -> None:
 def policies(prefix: PrefixOption = None,
              account: Annotated[str | None, typer.Option(help="AWS account id (default: the caller's, from STS).")]
              = None,
-             out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json files here instead of "
-                                                          "printing them.")] = None) -> None:
-    """Print (or write) the least-privilege IAM policy of each identity: app, worker, workflow, events."""
+             oidc_issuer: OidcIssuerOption = None,
+             kubeflow_runner: KubeflowRunnerOption = None,
+             out_dir: Annotated[Path | None, typer.Option("--out", help="Write ROLE.json (and ROLE.trust.json) "
+                                                          "files here instead of printing them.")] = None) -> None:
+    """Print (or write) the least-privilege IAM policy of each role (stereo-spot-workflow, -events, -ui,
+    -reconcile, -kfp-trigger, -worker) and, with --oidc-issuer, its trust policy."""
     import json
 
     from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
     from stereo_spot.aws_bootstrap import ResourceNames
+    from stereo_spot.aws_iam import IDENTITIES, trust_policy
     from stereo_spot.aws_iam import policies as build_policies
     from stereo_spot.config import get_settings
 
@@ -97,16 +133,25 @@ def policies(prefix: PrefixOption = None,
         if account is None:
             account = AwsClients(AwsConfig.from_settings(settings)).client("sts").get_caller_identity()["Account"]
         documents = build_policies(names, account, settings.aws_region)
+        files: dict[str, dict] = {}
+        for identity in IDENTITIES:
+            role = identity.role_name(prefix)
+            files[f"{role}.json"] = documents[identity.name]
+            if oidc_issuer is not None or identity.service_account is None:
+                files[f"{role}.trust.json"] = trust_policy(identity, account, oidc_issuer,
+                                                           kubeflow_runners=kubeflow_runner or ())
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
-    for role, document in documents.items():
+    for name, document in files.items():
         text = json.dumps(document, indent=2)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{role}.json").write_text(text + "\n")
-            console.print(f"{out_dir / (role + '.json')}", highlight=False)
+            (out_dir / name).write_text(text + "\n")
+            console.print(f"{out_dir / name}", highlight=False)
         else:
-            out.print(f"# {role}\n{text}", highlight=False, soft_wrap=True)
+            out.print(f"# {name}\n{text}", highlight=False, soft_wrap=True)
+    if oidc_issuer is None:
+        console.print("no --oidc-issuer: the IRSA trust policies were left out", highlight=False)
 
 
 @app.command()

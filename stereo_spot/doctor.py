@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, ROLE_ANNOTATION
 from stereo_spot.errors import UserError
 from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
 
@@ -50,9 +51,8 @@ OPTIONAL_CRDS = {
 }
 SERVICE_ACCOUNTS = ("stereo-spot-workflow", "stereo-spot-events", "stereo-spot-sensor", "stereo-spot-ui",
                     "stereo-spot-reconcile")
-NEEDS_AWS_ROLE = {"stereo-spot-workflow", "stereo-spot-events", "stereo-spot-ui", "stereo-spot-reconcile",
-                  "stereo-spot-kfp-trigger"}
-IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+NEEDS_AWS_ROLE = frozenset(i.service_account for i in KUBERNETES_IDENTITIES)  # the generated IAM identities
+IRSA_ANNOTATION = ROLE_ANNOTATION
 
 
 @dataclass(frozen=True)

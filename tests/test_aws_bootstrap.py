@@ -222,3 +222,116 @@ def test_the_tls_only_policy_refuses_plain_http(moto_endpoint):  # noqa: F811
     with pytest.raises(s3.exceptions.ClientError, match="403|Forbidden|AccessDenied"):
         s3.put_object(Bucket=bucket, Key="x", Body=b"x")  # this endpoint is plain http: refused
     assert not bootstrap(settings, prefix, tls_only=True).changed
+
+
+# --- IAM roles (IRSA) -----------------------------------------------------------------------------------
+
+ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/5C1B0D2E3F4A5B6C7D8E9F0A1B2C3D4E"
+
+
+def _bootstrap_roles(endpoint: str, prefix: str, *extra: str):
+    from stereo_spot.cli import app
+
+    settings = settings_for(endpoint, prefix)
+    env = {name.upper(): str(getattr(settings, name)) for name in ("storage_adapter", "aws_region",
+                                                                    "aws_endpoint_url", "chunking_queue_url")}
+    result = CliRunner().invoke(app, ["aws", "bootstrap", "--prefix", prefix, "--oidc-issuer", ISSUER, *extra],
+                                env=env)
+    result.flat = " ".join(result.output.split())  # the console wraps long lines
+    return result
+
+
+@pytest.mark.slow  # the validator loads the upstream schemas
+def test_bootstrap_creates_the_irsa_roles_idempotently_and_writes_the_overlay_patches(moto_endpoint, tmp_path):  # noqa: F811
+    """Roles, trust and inline policies read back from IAM; a second run changes nothing; a policy edited by hand
+    is put back; the written patches render with kustomize and validate. (Catches: a role created without its
+    policy, a trust policy naming the wrong service account, a second run that rewrites, a drift left alone.)"""
+    import shutil
+    import subprocess
+    import sys
+
+    from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, policies, trust_policy
+    from tests.test_manifests_validate import MANIFESTS, _kubectl, _validator
+
+    iam = _client("iam", moto_endpoint)
+    provider = ISSUER.removeprefix("https://")
+    missing = _bootstrap_roles(moto_endpoint, new_prefix())
+    assert missing.exit_code == 1 and "has no IAM OIDC provider" in missing.flat
+    assert "Traceback" not in missing.output
+    iam.create_open_id_connect_provider(Url=ISSUER, ClientIDList=["sts.amazonaws.com"],
+                                        ThumbprintList=["9e99a48a9960b14926bb7f3b02e22da2b0ab7280"])
+    prefix = new_prefix()
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    patches = ["--kubeflow-runner", "kubeflow/pipeline-runner", "--irsa-patch", str(copy / "overlays/aws/irsa.yaml"),
+               "--kubeflow-irsa-patch", str(copy / "overlays/aws-kubeflow/irsa.yaml")]
+    first = _bootstrap_roles(moto_endpoint, prefix, *patches)
+    assert first.exit_code == 0, first.output
+    account = _client("sts", moto_endpoint).get_caller_identity()["Account"]
+    documents = policies(ResourceNames.from_settings(Settings(), prefix), account, REGION)
+    for identity in KUBERNETES_IDENTITIES:
+        role = iam.get_role(RoleName=f"{prefix}-{identity.name}")["Role"]
+        trust = role["AssumeRolePolicyDocument"]
+        trust = json.loads(trust) if isinstance(trust, str) else trust
+        assert trust == trust_policy(identity, account, ISSUER, kubeflow_runners=["kubeflow/pipeline-runner"])
+        (statement,) = trust["Statement"]
+        assert statement["Principal"]["Federated"] == f"arn:aws:iam::{account}:oidc-provider/{provider}"
+        own = f"system:serviceaccount:stereo-spot:{identity.service_account}"
+        expected = [own, "system:serviceaccount:kubeflow:pipeline-runner"] if identity.name == "workflow" else own
+        assert statement["Condition"]["StringEquals"][f"{provider}:sub"] == expected
+        inline = iam.get_role_policy(RoleName=role["RoleName"], PolicyName="stereo-spot")["PolicyDocument"]
+        assert (json.loads(inline) if isinstance(inline, str) else inline) == documents[identity.name]
+        assert f"created role {prefix}-{identity.name}" in first.flat
+    assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"] == f"{prefix}-worker"]  # not IRSA
+
+    second = _bootstrap_roles(moto_endpoint, prefix, "--kubeflow-runner", "kubeflow/pipeline-runner")
+    assert second.exit_code == 0 and "no changes" in second.output, second.output
+    assert not re.search(r"^\s*(created|updated) ", second.output, re.MULTILINE), second.output
+
+    iam.put_role_policy(RoleName=f"{prefix}-ui", PolicyName="stereo-spot", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    third = _bootstrap_roles(moto_endpoint, prefix)  # without the Kubeflow runner: the workflow trust changes
+    assert third.exit_code == 0 and f"updated role {prefix}-workflow" in third.flat, third.output
+    assert third.exit_code == 0 and f"updated role policy {prefix}-ui/stereo-spot" in third.flat, third.output
+    inline = iam.get_role_policy(RoleName=f"{prefix}-ui", PolicyName="stereo-spot")["PolicyDocument"]
+    assert (json.loads(inline) if isinstance(inline, str) else inline) == documents["ui"]
+
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    for overlay in ("aws", "aws-kubeflow"):
+        proc = subprocess.run([_kubectl(), "kustomize", str(copy / "overlays" / overlay)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        (rendered / f"{overlay}.yaml").write_text(proc.stdout)
+        for identity in KUBERNETES_IDENTITIES:
+            if identity.overlay == overlay or overlay == "aws-kubeflow":
+                assert f"role/{prefix}-{identity.name}" in proc.stdout or identity.overlay != overlay
+    assert f"arn:aws:iam::{account}:role/{prefix}-kfp-trigger" in (rendered / "aws-kubeflow.yaml").read_text()
+    assert f"arn:aws:iam::{account}:role/{prefix}-reconcile" in (rendered / "aws.yaml").read_text()
+    proc = subprocess.run([sys.executable, str(_validator()), str(rendered)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and " 0 invalid" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_committed_irsa_patches_are_what_bootstrap_writes():
+    """The overlays' example patches come from the same function, for the example account and the default
+    role names (the manifests' role ARNs and the generated identities cannot drift apart)."""
+    from pathlib import Path
+
+    from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, role_arn
+    from stereo_spot.aws_roles import irsa_patch
+
+    overlays = Path(__file__).resolve().parent.parent / "manifests" / "overlays"
+    arns = {i.service_account: role_arn(i, "123456789012") for i in KUBERNETES_IDENTITIES}
+    for overlay in ("aws", "aws-kubeflow"):
+        assert (overlays / overlay / "irsa.yaml").read_text() == irsa_patch(overlay, arns)
+
+
+def test_irsa_patches_without_an_issuer_are_a_one_line_error(moto_endpoint, tmp_path):  # noqa: F811
+    from stereo_spot.cli import app
+
+    result = CliRunner().invoke(app, ["aws", "bootstrap", "--prefix", new_prefix(), "--irsa-patch",
+                                      str(tmp_path / "irsa.yaml")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and "need --oidc-issuer" in flat and "Traceback" not in flat
+    assert not (tmp_path / "irsa.yaml").exists()
