@@ -35,11 +35,17 @@ FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Error"})
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
+def job_run_prefix(job_id: str) -> str:
+    """``stereo-spot-<job id>``: how every run of the job is named, on Argo followed by its delivery's token; on
+    Kubeflow (which does not need names to be unique) the run's whole display name."""
+    return f"{RUN_PREFIX}{validate_job_id(job_id)}"
+
+
 def run_name(job_id: str, delivery: str) -> str:
     """The workflow name for the run of ``job_id`` that ``delivery`` starts (the S3 event's sequencer, or a
     fresh token for a manual submit). The Sensor's name template computes the same (tests/test_sensor_events.py)."""
     token = hashlib.sha256(delivery.encode()).hexdigest()[:TOKEN_CHARS]
-    return f"{RUN_PREFIX}{validate_job_id(job_id)}-{token}"
+    return f"{job_run_prefix(job_id)}-{token}"
 
 
 def new_run_name(job_id: str) -> str:
@@ -73,7 +79,8 @@ def tls_verify(ca_file: str | None, insecure_skip_verify: bool) -> bool | str:
     return True
 
 
-def _token(settings: Any) -> str | None:
+def bearer_token(settings: Any) -> str | None:
+    """ARGO_TOKEN, else the pod's service-account token (the Argo server then acts with that account's RBAC)."""
     token = settings.argo_token
     if not token and Path(SERVICE_ACCOUNT_TOKEN).is_file():
         token = Path(SERVICE_ACCOUNT_TOKEN).read_text().strip()
@@ -86,7 +93,7 @@ def endpoint(settings: Any, host: str | None = None, token: str | None = None, t
     """The Argo server's API as ``settings`` (ARGO_SERVER_URL, ARGO_TOKEN, ARGO_CA_FILE,
     ARGO_INSECURE_SKIP_VERIFY) describe it."""
     verify = tls_verify(settings.argo_ca_file, settings.argo_insecure_skip_verify)
-    return Endpoint((host or settings.argo_server_url or "").rstrip("/"), token=token or _token(settings),
+    return Endpoint((host or settings.argo_server_url or "").rstrip("/"), token=token or bearer_token(settings),
                     verify=verify is not False, ca_file=verify if isinstance(verify, str) else None,
                     timeout=timeout)
 
@@ -128,4 +135,4 @@ def stop_job_runs(api: Endpoint, namespace: str, job_id: str) -> list[str]:
 
 
 __all__ = ["ApiError", "ApiUnreachable", "Run", "job_runs", "run_name", "new_run_name", "stop_job_runs",
-           "tls_verify", "endpoint", "ui_link", "JOB_LABEL"]
+           "tls_verify", "endpoint", "ui_link", "JOB_LABEL", "job_run_prefix"]

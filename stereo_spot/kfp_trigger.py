@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from stereo_spot import keys
+from stereo_spot.argo_runs import job_run_prefix
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
 from stereo_spot.models import ObjectCreated
-from stereo_spot.operator_links import workflow_name
 from stereo_spot.ports import Backend
 from stereo_spot.worker import MalformedEvent, event_id, parse_event
 
@@ -210,7 +210,7 @@ def trigger_upload(backend: Backend, api: KfpApi, obj: ObjectCreated, delivery_i
     if not _claim(backend, obj, job_id, delivery_id):
         return TriggerResult(Outcome.DUPLICATE, f"duplicate delivery of {event_id(obj)}: another delivery "
                                                 "started the run", job_id)
-    name = workflow_name(job_id)
+    name = job_run_prefix(job_id)
     experiment_id = api.experiment_id()
     existing = api.find_run(experiment_id, name)
     if existing:
