@@ -6,8 +6,9 @@ uploaded again or ``stereo-spot reconcile`` re-drives it, and a new run resumes 
 already converted). So a run is named after its job *and* the delivery that started it:
 ``stereo-spot-<job id>-<12 hex of sha256(delivery)>``. For an S3 event the delivery is its ``sequencer`` (unique
 per upload; a re-drive writes a fresh one; SQS redelivering one message repeats it, so a duplicate event gets the
-same name and Argo answers AlreadyExists). The per-job mutex of the WorkflowTemplate keeps two runs of one job
-from overlapping. A job's runs are found by the label ``stereo-spot.io/job-id``, never by name.
+same name and Argo answers AlreadyExists), or its ``eventTime`` where an S3 look-alike sends no sequencer. The
+per-job mutex of the WorkflowTemplate keeps two runs of one job from overlapping. A job's runs are found by the
+label ``stereo-spot.io/job-id``, never by name.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def job_run_prefix(job_id: str) -> str:
 
 
 def run_name(job_id: str, delivery: str) -> str:
-    """The workflow name for the run of ``job_id`` that ``delivery`` starts (the S3 event's sequencer, or a
-    fresh token for a manual submit). The Sensor's name template computes the same (tests/test_sensor_events.py)."""
+    """The workflow name for the run of ``job_id`` that ``delivery`` starts (the S3 event's sequencer, else its
+    eventTime; a fresh token for a manual submit). The Sensor's name template computes the same
+    (tests/test_sensor_events.py)."""
     token = hashlib.sha256(delivery.encode()).hexdigest()[:TOKEN_CHARS]
     return f"{job_run_prefix(job_id)}-{token}"
 

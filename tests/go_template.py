@@ -12,6 +12,8 @@ field access, ``.Field`` chains on maps, string and integer literals, and the fu
     sha256sum  sprig crypto.go: hex.EncodeToString(sha256.Sum256([]byte(s)))
     trunc      sprig strings.go: the first c bytes of s (c >= 0)
     lower      sprig: strings.ToLower
+    default    sprig defaults.go: ``x | default d`` is x unless x is empty (nil, "", 0, false, an empty list or
+               map), then d
 
 A missing map key is Go's zero ``reflect.Value``: printed it is ``<no value>``; passed to a function that takes a
 string it fails the execution ("invalid value; expected string", text/template exec.go validateType). Anything
@@ -90,7 +92,18 @@ def _trunc(count: Any, text: Any) -> str:
     return text[:count] if count >= 0 else text[len(text) + count:] if len(text) > -count else text
 
 
+def _empty(value: Any) -> bool:
+    return value is MISSING or value is None or value in ("", 0, False) or value == [] or value == {}
+
+
+def _default(fallback: Any, *given: Any) -> Any:
+    # a missing key reaches sprig's `given ...interface{}` as nil (text/template validateType: the zero value of
+    # an interface), so it is empty
+    return fallback if not given or _empty(given[0]) else given[0]
+
+
 FUNCTIONS = {
+    "default": _default,
     "index": _index,
     "regexFind": _regex_find,
     "sha256sum": lambda text: hashlib.sha256(_string_arg("sha256sum", text).encode()).hexdigest(),

@@ -52,10 +52,11 @@ def _passes(engine: str, key: str) -> bool:
     return any(go_regex_search(pattern, key) for pattern in _key_filters(engine))
 
 
-def _s3_event(key: str, sequencer: str, bucket: str = "uploads") -> dict:
+def _s3_event(key: str, sequencer: str, bucket: str = "uploads",
+              event_time: str = "2026-01-02T03:04:05.678Z") -> dict:
     """The SQS message body S3 sends (jsonBody: true puts it under `body`)."""
     return {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                         "s3": {"bucket": {"name": bucket},
+                         "eventTime": event_time, "s3": {"bucket": {"name": bucket},
                                 "object": {"key": key, "size": 1024, "eTag": "d41d8cd98f00b204e9800998ecf8427e",
                                            "sequencer": sequencer}}}]}
 
@@ -152,9 +153,31 @@ def test_the_job_label_is_the_job_id():
         assert sensor_template_value(template, {"body": _s3_event(f"input/{JOB}/source.mp4", "01")}) == JOB
 
 
-def test_an_event_without_a_sequencer_fails_the_trigger_rather_than_reusing_a_name():
+def test_an_s3_look_alike_without_a_sequencer_is_named_after_the_event_time():
+    """moto's S3 (the kind e2e) sends no sequencer and encodes the key's '/' (quote_plus): the name falls back on
+    the record's eventTime, which differs per upload and is repeated by a redelivery."""
+    from moto.s3.notifications import _get_s3_event
+
+    class Key:
+        name, size, etag, version_id = f"input/{JOB}/source.mp4", 1024, '"abc"', None
+
+    class Bucket:
+        name, region_name, arn = "uploads", "us-east-1", "arn:aws:s3:::uploads"
+
+    body = _get_s3_event("s3:ObjectCreated:Put", Bucket(), Key(), "n-1")
+    record = body["Records"][0]
+    assert "sequencer" not in record["s3"]["object"]  # what moto sends today
+    assert _passes("argo", record["s3"]["object"]["key"])
+    name = _workflow_name(body)
+    assert name == argo_runs.run_name(JOB, record["eventTime"]) and DNS_LABEL.match(name)
+    later = json.loads(json.dumps(body))
+    later["Records"][0]["eventTime"] = "2099-01-01T00:00:00.000Z"
+    assert _workflow_name(later) != name
+
+
+def test_an_event_with_neither_sequencer_nor_time_fails_the_trigger_rather_than_reusing_a_name():
     body = _s3_event(f"input/{JOB}/source.mp4", "01")
-    del body["Records"][0]["s3"]["object"]["sequencer"]
+    del body["Records"][0]["s3"]["object"]["sequencer"], body["Records"][0]["eventTime"]
     with pytest.raises(TemplateError, match="invalid value"):
         _workflow_name(body)
 
@@ -168,6 +191,9 @@ def test_the_evaluator_agrees_with_go_and_sprig_on_known_values():
     assert render('{{ (index .Input.a 0).b | regexFind "[a-z]/[a-z]" }}', data) == "t/x"
     assert render('{{ .Input.s | regexFind "z" }}', data) == ""
     assert render("{{ .Input.missing }}", data) == "<no value>"
+    assert render('{{ .Input.missing | default "x" }}', data) == "x"
+    assert render('{{ .Input.s | default "x" }}', data) == "abc"
+    assert render('{{ "" | default .Input.s }}', data) == "abc"
     with pytest.raises(TemplateError):
         render("{{ .Input.s | b64enc }}", data)  # outside the subset: refused, not guessed
     with pytest.raises(ValueError):
