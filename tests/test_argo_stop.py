@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stereo_spot import argo_runs
+from stereo_spot import argo_runs, keys
 from stereo_spot.config import Settings
 from stereo_spot.ui.submission import stop_run
 
@@ -99,6 +99,13 @@ def argo_server(cert: Path, key: Path, phases: dict[str, str]) -> Iterator[ArgoS
                 return self._answer(404, {"code": 5, "message": "not found"})
             state.phases[name] = "Failed"
             return self._answer(200, {"metadata": {"name": name}})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.calls.append(("POST", self.path, self.headers.get("Authorization"), body))
+            workflow = body["workflow"]
+            state.phases[workflow["metadata"]["name"]] = "Pending"
+            return self._answer(200, {**workflow, "metadata": {**workflow["metadata"], "uid": "u-1"}})
 
         def log_message(self, *args):
             pass
@@ -177,3 +184,22 @@ def test_the_app_is_pointed_at_argo_servers_https_port():
     rbac = list(yaml.safe_load_all((ROOT / "manifests/base/rbac.yaml").read_text()))
     [role] = [d for d in rbac if d and d["kind"] == "Role" and d["metadata"]["name"] == "stereo-spot-ui"]
     assert "list" in role["rules"][0]["verbs"]  # the job's runs are listed by label
+
+
+def test_submit_trusts_the_same_ca_bundle_and_starts_a_new_run_beside_a_failed_one(certificate, monkeypatch):
+    """`stereo-spot submit` and the app's submission reach argo-server under the same TLS rule: the list by label
+    and the create through Hera both verify against ARGO_CA_FILE."""
+    from stereo_spot.pipelines.submit import SubmitError, submit
+
+    cert, key = certificate
+    monkeypatch.setenv("ARGO_TOKEN", "t0ken")
+    monkeypatch.delenv("ARGO_INSECURE_SKIP_VERIFY", raising=False)
+    with argo_server(cert, key, {OLD_RUN: "Failed"}) as server:
+        monkeypatch.delenv("ARGO_CA_FILE", raising=False)
+        with pytest.raises(SubmitError, match="CERTIFICATE_VERIFY_FAILED"):
+            submit("argo", "uploads", keys.input_key(JOB), host=server.url)
+        monkeypatch.setenv("ARGO_CA_FILE", str(cert))
+        run = submit("argo", "uploads", keys.input_key(JOB), host=server.url)
+    assert run.run_id not in (OLD_RUN, NEW_RUN) and run.run_id.startswith(f"stereo-spot-{JOB}-")
+    assert [path for method, path, _, _ in server.calls if method == "POST"] == ["/api/v1/workflows/stereo-spot"]
+
