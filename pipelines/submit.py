@@ -104,12 +104,12 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     namespace = namespace or env.argo_namespace or DEFAULT_NAMESPACE
     ui = (env.argo_ui_url or host).rstrip("/")
     try:
-        verify = argo_runs.tls_verify(env.argo_ca_file, env.argo_insecure_skip_verify or not verify_ssl)
+        api = argo_runs.endpoint(env, host, token, insecure=not verify_ssl)
     except ValueError as exc:
         raise SubmitError(one_line(exc)) from exc
-    _refuse_a_second_run(argo_runs.endpoint(env, host, token), namespace, job_id, host, ui)
+    _refuse_a_second_run(api, namespace, job_id, host, ui)
     name = argo_runs.new_run_name(job_id)
-    service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=verify)
+    service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=argo_runs.requests_verify(api))
     workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
                         labels={"app.kubernetes.io/name": "stereo-spot", argo_runs.JOB_LABEL: job_id},
                         workflow_template_ref=WorkflowTemplateRef(name=template_name()),

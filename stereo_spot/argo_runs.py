@@ -91,13 +91,19 @@ def bearer_token(settings: Any) -> str | None:
     return token or None
 
 
-def endpoint(settings: Any, host: str | None = None, token: str | None = None, timeout: float = 15.0) -> Endpoint:
+def endpoint(settings: Any, host: str | None = None, token: str | None = None, timeout: float = 15.0,
+             insecure: bool = False) -> Endpoint:
     """The Argo server's API as ``settings`` (ARGO_SERVER_URL, ARGO_TOKEN, ARGO_CA_FILE,
-    ARGO_INSECURE_SKIP_VERIFY) describe it."""
-    verify = tls_verify(settings.argo_ca_file, settings.argo_insecure_skip_verify)
+    ARGO_INSECURE_SKIP_VERIFY) describe it; ``insecure`` is a command line's --insecure."""
+    verify = tls_verify(settings.argo_ca_file, settings.argo_insecure_skip_verify or insecure)
     return Endpoint((host or settings.argo_server_url or "").rstrip("/"), token=token or bearer_token(settings),
                     verify=verify is not False, ca_file=verify if isinstance(verify, str) else None,
                     timeout=timeout)
+
+
+def requests_verify(api: Endpoint) -> bool | str:
+    """The same check for a client built on ``requests`` (Hera's WorkflowsService): its ``verify`` value."""
+    return api.ca_file or api.verify
 
 
 @dataclass(frozen=True)

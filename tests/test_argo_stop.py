@@ -198,8 +198,10 @@ def test_submit_trusts_the_same_ca_bundle_and_starts_a_new_run_beside_a_failed_o
         monkeypatch.delenv("ARGO_CA_FILE", raising=False)
         with pytest.raises(SubmitError, match="CERTIFICATE_VERIFY_FAILED"):
             submit("argo", "uploads", keys.input_key(JOB), host=server.url)
+        insecure = submit("argo", "uploads", keys.input_key(JOB), host=server.url, verify_ssl=False)  # --insecure
         monkeypatch.setenv("ARGO_CA_FILE", str(cert))
+        server.phases[insecure.run_id] = "Failed"
         run = submit("argo", "uploads", keys.input_key(JOB), host=server.url)
     assert run.run_id not in (OLD_RUN, NEW_RUN) and run.run_id.startswith(f"stereo-spot-{JOB}-")
-    assert [path for method, path, _, _ in server.calls if method == "POST"] == ["/api/v1/workflows/stereo-spot"]
+    assert [path for method, path, _, _ in server.calls if method == "POST"] == ["/api/v1/workflows/stereo-spot"] * 2
 
