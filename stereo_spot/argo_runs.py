@@ -126,7 +126,7 @@ def job_runs(api: Endpoint, namespace: str, job_id: str) -> list[Run]:
 
 def stop_job_runs(api: Endpoint, namespace: str, job_id: str) -> list[str]:
     """Stop every unfinished run of the job (Argo's stop: the exit handler still runs). Returns their names; a
-    run that finished meanwhile (404 or a refused stop of a completed workflow) is skipped."""
+    run deleted meanwhile (404) is skipped, any other refusal raises ApiError."""
     stopped = []
     for run in job_runs(api, namespace, job_id):
         if run.finished:
