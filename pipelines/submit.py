@@ -6,8 +6,11 @@ API), Kubeflow through ``kfp.Client`` (the KFP API). Used by ``stereo-spot submi
     Kubeflow KFP_HOST (https://kubeflow.example.com/pipeline), KFP_TOKEN, KFP_NAMESPACE (multi-user profiles),
              KFP_UI_URL for the printed link (default: the host)
 
-An Argo run is named after the job (``stereo-spot-{job_id}``), as the Sensor names it, so submitting a job that
-already has a run fails with AlreadyExists instead of converting it twice.
+An Argo run is named ``stereo-spot-{job_id}-{token}`` and labelled with the job id (stereo_spot.argo_runs): a job
+may have older runs that failed or were stopped, and a new run resumes it. A job whose run is still pending or
+running is refused (found by the label), so it is not converted twice; two submits racing past that check
+still run one after the other, under the WorkflowTemplate's per-job mutex. ARGO_CA_FILE or
+ARGO_INSECURE_SKIP_VERIFY say how to trust the server's certificate (argo_runs.tls_verify).
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stereo_spot import argo_runs
 from stereo_spot.components._common import job_id_from_key
 from stereo_spot.config import get_settings
 from stereo_spot.errors import UserError, one_line
-from stereo_spot.operator_links import workflow_name
 from stereo_spot.pipelines.config import PIPELINE_NAME, PipelineConfig, template_name
 
 DEFAULT_NAMESPACE = "stereo-spot"  # where manifests/ deploys the WorkflowTemplate
@@ -97,13 +100,18 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
 
     env = get_settings()
     host = _check_host(host or env.argo_server_url, "ARGO_SERVER_URL", "Argo server")
-    token = token or env.argo_token
+    token = token or argo_runs.bearer_token(env)
     namespace = namespace or env.argo_namespace or DEFAULT_NAMESPACE
-    name = workflow_name(job_id)
-    link = f"{(env.argo_ui_url or host).rstrip('/')}/workflows/{namespace}/{name}"
-    service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=verify_ssl)
+    ui = (env.argo_ui_url or host).rstrip("/")
+    try:
+        api = argo_runs.endpoint(env, host, token, insecure=not verify_ssl)
+    except ValueError as exc:
+        raise SubmitError(one_line(exc)) from exc
+    _refuse_a_second_run(api, namespace, job_id, host, ui)
+    name = argo_runs.new_run_name(job_id)
+    service = WorkflowsService(host=host, token=token, namespace=namespace, verify_ssl=argo_runs.requests_verify(api))
     workflow = Workflow(name=name, namespace=namespace, workflows_service=service,
-                        labels={"app.kubernetes.io/name": "stereo-spot", "stereo-spot.io/job-id": job_id},
+                        labels={"app.kubernetes.io/name": "stereo-spot", argo_runs.JOB_LABEL: job_id},
                         workflow_template_ref=WorkflowTemplateRef(name=template_name()),
                         arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers))
     try:
@@ -111,9 +119,8 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     except requests.exceptions.RequestException as exc:
         raise SubmitError(f"cannot reach the Argo server at {host}: {one_line(exc)}; check --host/ARGO_SERVER_URL "
                           "(e.g. kubectl -n argo port-forward svc/argo-server 2746:2746)") from exc
-    except AlreadyExists as exc:
-        raise SubmitError(f"job {job_id} already has a run: {link} (delete it with `argo delete -n {namespace} "
-                          f"{name}` to run the job again)") from exc
+    except AlreadyExists as exc:  # a name of its own each time: only a retried request meets its own run
+        raise SubmitError(f"job {job_id} already has the run {name}: {ui}/workflows/{namespace}/{name}") from exc
     except (Unauthorized, Forbidden) as exc:
         raise SubmitError(f"the Argo server refused the request ({type(exc).__name__}): pass --token or set "
                           "ARGO_TOKEN to a token allowed to create workflows in " + namespace) from exc
@@ -123,7 +130,26 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
     except HeraException as exc:
         raise SubmitError(f"the Argo server did not create the run: {one_line(exc)}") from exc
     name = created.metadata.name or name
-    return SubmittedRun("argo", name, f"{(env.argo_ui_url or host).rstrip('/')}/workflows/{namespace}/{name}")
+    return SubmittedRun("argo", name, f"{ui}/workflows/{namespace}/{name}")
+
+
+def _refuse_a_second_run(api, namespace: str, job_id: str, host: str, ui: str) -> None:
+    """A job whose run is pending or running gets no second one; finished runs (failed, stopped, succeeded)
+    do not count: the new run resumes the job where they left it."""
+    try:
+        running = [run for run in argo_runs.job_runs(api, namespace, job_id) if not run.finished]
+    except argo_runs.ApiUnreachable as exc:
+        raise SubmitError(f"cannot reach the Argo server at {host}: {one_line(exc)}; check --host/ARGO_SERVER_URL "
+                          "(e.g. kubectl -n argo port-forward svc/argo-server 2746:2746)") from exc
+    except argo_runs.ApiError as exc:
+        if exc.status in (401, 403):
+            raise SubmitError(f"the Argo server refused to list workflows (HTTP {exc.status}): pass --token or set "
+                              f"ARGO_TOKEN to a token allowed to list and create workflows in {namespace}") from exc
+        raise SubmitError(f"the Argo server could not list the job's runs: {one_line(exc)}") from exc
+    if running:
+        run = running[0]
+        raise SubmitError(f"job {job_id} already has a run in progress ({run.phase or 'Pending'}): "
+                          f"{ui}/workflows/{namespace}/{run.name}; stop it first, or let it finish")
 
 
 def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,

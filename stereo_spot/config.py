@@ -84,13 +84,18 @@ class Settings(_FromEnvironment):
     stereo_spot_event: str = ""
     stereo_spot_delivery_id: str = ""
 
-    # links for operators, e.g. https://argo.example.com/workflows/argo/stereo-spot-{job_id}
+    # links for operators, e.g. https://argo.example.com (the job's runs: stereo_spot.argo_runs.ui_link)
     argo_ui_url: str | None = None
     argo_namespace: str = "stereo-spot"
     # The Argo server's API: the app stops a deleted job's workflow there. Without ARGO_TOKEN the app uses its
     # pod's service-account token (the Argo server then acts with that account's RBAC: manifests/base/rbac.yaml).
     argo_server_url: str | None = None
     argo_token: str | None = None
+    # argo-server serves https with a self-signed certificate by default: trust its CA bundle (a PEM file), or
+    # skip the check explicitly (the Argo CLI's ARGO_INSECURE_SKIP_VERIFY). stereo_spot.argo_runs.tls_verify
+    # decides from these two.
+    argo_ca_file: str | None = None
+    argo_insecure_skip_verify: bool = False
     kfp_ui_url: str | None = None
     logs_url_template: str | None = None
 

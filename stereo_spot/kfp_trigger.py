@@ -9,8 +9,14 @@ S3 event would start a second run. The Sensor creates a small Kubernetes Job ins
    for the upload and one for this delivery. A second delivery of the upload loses the first and wins the
    second: it stops there. The same delivery retried (the Job's pod failed) wins neither and goes on;
 3. find the experiment (created on first use) in the namespace; multi-user KFP rejects a run without one;
-4. look for a run already named ``stereo-spot-<job id>`` in the experiment (a retried pod may have created it
-   before it died) and only then create the run from the uploaded pipeline's id.
+4. look for a run of the job (named ``stereo-spot-<job id>``) in the experiment that is not over badly (a retried
+   pod may have created it before it died) and only then create the run from the uploaded pipeline's id.
+
+Restart after failure: a failed job is not a finished one. When the video is uploaded again, or
+``stereo-spot reconcile`` re-drives the job (each with a sequencer of its own, so the claim is new), a run that
+failed, was cancelled or skipped (``ENDED_BADLY``) or was deleted does not count, and a new run starts; it
+resumes the job, as the chunk step reopens it and the steps skip the segments already converted. A completed or
+deleted job starts nothing (``steps.FINAL_STATUSES``).
 
 Authentication: a bearer token read from ``KF_PIPELINES_SA_TOKEN_PATH`` (default
 ``/var/run/secrets/kubeflow/pipelines/token``) on every request, which is where the Job mounts a projected
@@ -18,7 +24,7 @@ service-account token with the audience ``pipelines.kubeflow.org``; the kubelet 
 never cached. No file (standalone KFP): no header. ``KFP_TOKEN`` overrides it for manual runs.
 
 Exit status: 0 when the run exists (started now or before) or the event starts nothing (not an upload, a
-duplicate, a finished job); 2 when retrying cannot help (no pipeline id, the API refused the request); 1 for
+duplicate, a completed or deleted job); 2 when retrying cannot help (no pipeline id, the API refused the request); 1 for
 what a retry can fix (KFP or DynamoDB unreachable, a 5xx), so the Job's backoff retries it.
 """
 
@@ -30,11 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from stereo_spot import keys
+from stereo_spot import keys, steps
+from stereo_spot.argo_runs import job_run_prefix
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
 from stereo_spot.models import ObjectCreated
-from stereo_spot.operator_links import workflow_name
 from stereo_spot.ports import Backend
 from stereo_spot.worker import MalformedEvent, event_id, parse_event
 
@@ -44,6 +50,11 @@ DEFAULT_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
 DEFAULT_EXPERIMENT = "stereo-spot"
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # kfp.Client's KF_PIPELINES_SA_TOKEN_PATH
 TOKEN_AUDIENCE = "pipelines.kubeflow.org"  # what KFP's TokenReview expects of a projected token
+# Run states (KFP v2beta1 RuntimeState: backend/api/v2beta1/run.proto; kfp_server_api V2beta1RuntimeState) in
+# which a run will convert nothing more for its job. CANCELING is on its way to CANCELED: the steps are
+# idempotent and concat takes a lock, so a new run beside its last moments is safe. PENDING, RUNNING, PAUSED,
+# SUCCEEDED and an unspecified state count as the job's run.
+ENDED_BADLY = frozenset({"FAILED", "CANCELED", "CANCELING", "SKIPPED"})
 
 
 class TriggerConfigError(UserError):
@@ -163,10 +174,12 @@ class KfpApi:
         return self._call("POST", "experiments", body)["experiment_id"]
 
     def find_run(self, experiment_id: str, name: str) -> str | None:
+        """The id of a run named ``name`` that still stands for the job: not one that ended badly (a deleted run
+        is not listed at all)."""
         found = self._call("GET", "runs", experiment_id=experiment_id, namespace=self._namespace(),
                            filter=_filter_by_name(name))
         for run in found.get("runs") or []:
-            if run.get("display_name") == name:
+            if run.get("display_name") == name and run.get("state") not in ENDED_BADLY:
                 return run["run_id"]
         return None
 
@@ -204,13 +217,13 @@ def trigger_upload(backend: Backend, api: KfpApi, obj: ObjectCreated, delivery_i
     except keys.InvalidKey as exc:
         return TriggerResult(Outcome.IGNORED, one_line(exc))
     job = backend.jobs.get(job_id)
-    if job is not None and job.status.is_terminal:
+    if job is not None and job.status in steps.FINAL_STATUSES:
         return TriggerResult(Outcome.IGNORED, f"job {job_id} is {job.status.value} already", job_id)
     # An upload without a job record goes on: the pipeline's chunk step applies the project's one policy for it.
     if not _claim(backend, obj, job_id, delivery_id):
         return TriggerResult(Outcome.DUPLICATE, f"duplicate delivery of {event_id(obj)}: another delivery "
                                                 "started the run", job_id)
-    name = workflow_name(job_id)
+    name = job_run_prefix(job_id)
     experiment_id = api.experiment_id()
     existing = api.find_run(experiment_id, name)
     if existing:

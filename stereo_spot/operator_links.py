@@ -1,8 +1,10 @@
 """Links for engineers: a job's run in the Argo or Kubeflow UI, and its logs. Built from the environment;
 every link is absent (None) when its setting is unset.
 
-    ARGO_UI_URL        https://argo.example.com  -> {ARGO_UI_URL}/workflows/{ARGO_NAMESPACE}/stereo-spot-{job_id}
-                       or a template with {job_id} / {namespace} / {workflow}
+    ARGO_UI_URL        https://argo.example.com  -> the job's workflows in the Argo UI, listed by their label:
+                       {ARGO_UI_URL}/workflows/{ARGO_NAMESPACE}?label=stereo-spot.io/job-id%3D{job_id} (a job may
+                       have several runs: stereo_spot.argo_runs), or a template with {job_id} / {namespace} /
+                       {workflow} ({workflow}: stereo-spot-{job_id}, how each of its runs' names starts)
     KFP_UI_URL         https://kubeflow.example.com/pipeline -> {KFP_UI_URL}/#/runs (KFP run ids are not derivable
                        from the job id), or a template with {job_id}
     LOGS_URL_TEMPLATE  any URL with {job_id} (and optionally {workflow}, {namespace}), e.g. a Grafana/Loki or
@@ -15,16 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from stereo_spot.argo_runs import job_run_prefix, ui_link
 from stereo_spot.keys import validate_job_id
 from stereo_spot.ports import OperatorLinks
 
-# The name the Sensor gives a job's Workflow (deterministic, so a duplicate event cannot start a second one).
-WORKFLOW_NAME = "stereo-spot-{job_id}"
 _PLACEHOLDERS = {"job_id", "namespace", "workflow"}
-
-
-def workflow_name(job_id: str) -> str:
-    return WORKFLOW_NAME.format(job_id=validate_job_id(job_id))
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -57,14 +54,14 @@ class EnvOperatorLinks(OperatorLinks):
 
     def _values(self, job_id: str) -> dict[str, str]:
         return {"job_id": validate_job_id(job_id), "namespace": self.argo_namespace,
-                "workflow": workflow_name(job_id)}
+                "workflow": job_run_prefix(job_id)}
 
     def run_link(self, job_id: str) -> str | None:
         values = self._values(job_id)
         if self.argo_ui_url:
             if _has_placeholder(self.argo_ui_url):
                 return fill(self.argo_ui_url, values)
-            return f"{self.argo_ui_url.rstrip('/')}/workflows/{values['namespace']}/{values['workflow']}"
+            return ui_link(self.argo_ui_url, values["namespace"], job_id)
         if self.kfp_ui_url:
             if _has_placeholder(self.kfp_ui_url):
                 return fill(self.kfp_ui_url, values)

@@ -15,12 +15,18 @@ What it looks at, all from the stores (never the engine):
 
 What it does, idempotently, through the path the engines already use: it sends a fresh S3 ObjectCreated event
 for the source to the events queue (``CHUNKING_QUEUE_URL``). The Argo Sensor, the Kubeflow trigger and the SQS
-worker then treat it like the upload itself: an Argo run that still exists answers AlreadyExists, the Kubeflow
-trigger finds the job's run, and every step skips what is done. Each event carries a new ``sequencer``, so the
-event-dedup table sees a new delivery rather than a duplicate. A re-drive is itself claimed in the dedup table
-(``reconcile|…``), so one stuck state is re-driven at most once per ``redrive_every`` window, an upload
-without a job once. A job with no progress for ``fail_after`` is marked failed with a reason the user can read
-(``stereo-spot resume JOB`` or a new upload continues it), so nothing stays "in progress" forever.
+worker then treat it like a new upload. Each event carries a new ``sequencer``, so the event-dedup table sees a
+new delivery rather than a duplicate, and the Argo Sensor names the Workflow after it
+(``stereo_spot.argo_runs.run_name``): the re-drive starts a new run even while the run that failed or stopped
+without recording it is still kept on the cluster (7 days), or after it was deleted, and the new run resumes
+the job (the steps skip the segments already done). A run still going meanwhile only delays the new one (the
+per-job mutex), which then finds the work done. The Kubeflow trigger does the same: a run that failed, was
+cancelled or was deleted does not count as the job's run (``kfp_trigger.ENDED_BADLY``).
+
+A re-drive is itself claimed in the dedup table (``reconcile|…``), so one stuck state is re-driven at most once
+per ``redrive_every`` window, an upload without a job once. A job with no progress for ``fail_after`` is marked
+failed with a reason the user can read (``stereo-spot resume JOB`` or a new upload of the video continues it,
+on either engine), so nothing stays "in progress" forever.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # Statuses from which chunk may (re)start: a duplicate event for a job already past chunking is a no-op.
 _CHUNKABLE = (JobStatus.CREATED, JobStatus.CHUNKING_IN_PROGRESS)
 _CONVERTIBLE = (JobStatus.CHUNKING_COMPLETE, JobStatus.REASSEMBLING)
+# Statuses in which an upload event starts no run: the job is done or gone. A failed job is not one of them: a
+# new run resumes it (job_for_upload reopens it, and the steps skip the segments already converted).
+FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.DELETED)
 
 
 # --- helpers --------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ def test_operator_links_from_the_environment():
     job_id = keys.new_job_id()
     assert links_from_settings(_settings()) is None
     argo = EnvOperatorLinks(argo_ui_url="https://argo.example.com/", argo_namespace="media")
-    assert argo.run_link(job_id) == f"https://argo.example.com/workflows/media/stereo-spot-{job_id}"
+    # the job's runs, listed by their label (a job may have a failed run and the run that resumed it)
+    assert argo.run_link(job_id) == f"https://argo.example.com/workflows/media?label=stereo-spot.io%2Fjob-id%3D{job_id}"
     assert argo.logs_link(job_id) is None
     kfp = EnvOperatorLinks(kfp_ui_url="https://kf.example.com/pipeline")
     assert kfp.run_link(job_id) == "https://kf.example.com/pipeline/#/runs"

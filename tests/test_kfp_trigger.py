@@ -210,3 +210,61 @@ def test_the_command_exit_codes(tmp_path, multi_user, token_file, monkeypatch):
 
 
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: E402, F401
+
+# --- restart after failure ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ended", ["FAILED", "CANCELED", "CANCELING", "SKIPPED", "deleted"])
+def test_a_reupload_after_the_run_ended_badly_starts_a_new_run(backend, job, multi_user, token_file, ended):
+    """The job failed (its run failed, was cancelled, skipped or deleted) and the video is uploaded again: a new
+    run starts and resumes the job (the steps skip what is done). Red on the old trigger twice over: it
+    ignored failed jobs, and it took the ended run for the job's run."""
+    key = f"input/{job.job_id}/source.mp4"
+    api = _api(multi_user, token_file)
+    [first] = trigger(backend, api, _event(backend.input_bucket, key, sequencer="0055A1"), "delivery-1")
+    assert first.outcome == Outcome.STARTED
+    if ended == "deleted":
+        multi_user.runs.clear()  # a deleted run is gone from the API's listing
+    else:
+        multi_user.runs[0]["state"] = ended
+    backend.jobs.update(job.job_id, status=JobStatus.FAILED, failure_reason="convert: the node went away")
+    [again] = trigger(backend, api, _event(backend.input_bucket, key, sequencer="0055B2"), "delivery-2")
+    assert again.outcome == Outcome.STARTED and again.run_id != first.run_id
+    assert [r["state"] for r in multi_user.runs][-1] == "PENDING"
+
+
+def test_a_reconcile_redrive_of_a_job_whose_run_failed_starts_a_new_run(backend, job, multi_user, token_file):
+    """The run failed without its exit handler recording it (the job still looks in progress): reconcile's
+    re-drive event must start a new run, not find the failed one."""
+    from datetime import UTC, datetime
+
+    from stereo_spot.reconcile import redrive_event
+
+    key = f"input/{job.job_id}/source.mp4"
+    api = _api(multi_user, token_file)
+    assert trigger(backend, api, _event(backend.input_bucket, key), "delivery-1")[0].outcome == Outcome.STARTED
+    multi_user.runs[0]["state"] = "FAILED"
+    backend.jobs.update(job.job_id, status=JobStatus.CHUNKING_COMPLETE, total_segments=4)
+    body = redrive_event(backend.input_bucket, key, None, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "stuck")
+    [redriven] = trigger(backend, api, body, "delivery-2")
+    assert redriven.outcome == Outcome.STARTED and len(multi_user.runs) == 2
+
+
+@pytest.mark.parametrize("state", ["PENDING", "RUNNING", "PAUSED", "SUCCEEDED", "RUNTIME_STATE_UNSPECIFIED"])
+def test_a_run_that_is_not_over_badly_still_counts(backend, job, multi_user, token_file, state):
+    """A retried delivery whose run is pending, running (or finished well) finds it and starts nothing."""
+    body = _event(backend.input_bucket, f"input/{job.job_id}/source.mp4")
+    api = _api(multi_user, token_file)
+    assert trigger(backend, api, body, "delivery-1")[0].outcome == Outcome.STARTED
+    multi_user.runs[0]["state"] = state
+    assert trigger(backend, api, body, "delivery-1")[0].outcome == Outcome.EXISTS
+    assert len(multi_user.runs) == 1
+
+
+def test_a_duplicate_event_for_a_running_job_starts_nothing(backend, job, multi_user, token_file):
+    body = _event(backend.input_bucket, f"input/{job.job_id}/source.mp4")
+    api = _api(multi_user, token_file)
+    assert trigger(backend, api, body, "delivery-1")[0].outcome == Outcome.STARTED
+    backend.jobs.update(job.job_id, status=JobStatus.CHUNKING_IN_PROGRESS)
+    multi_user.runs[0]["state"] = "RUNNING"
+    assert trigger(backend, api, body, "delivery-2")[0].outcome == Outcome.DUPLICATE
+    assert len(multi_user.runs) == 1

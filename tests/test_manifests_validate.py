@@ -112,7 +112,7 @@ def test_rbac_is_least_privilege(overlay):
     else:
         assert sensor == {"workflows": {"create", "get", "list"}, "workflowtemplates": {"get", "list"}}
     ui = {r: set(rule["verbs"]) for rule in roles["stereo-spot-ui"]["rules"] for r in rule["resources"]}
-    assert ui == {"workflows": {"get", "patch"}}  # stopping a deleted job's workflow, nothing more
+    assert ui == {"workflows": {"get", "list", "patch"}}  # finding and stopping a deleted job's runs, nothing more
     workflow = roles["stereo-spot-workflow"]["rules"]
     assert workflow == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
                          "verbs": ["create", "patch"]}]
@@ -216,6 +216,7 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     """Apply the Sensor's parameters to a real S3 event shape the way Argo Events does and check the command
     reads what it gets: the notification (parsed as the worker parses it) and a per-delivery id."""
     from stereo_spot.worker import parse_event
+    from tests.go_template import sensor_template_value
 
     trigger, _ = _kubeflow_trigger()
     container = trigger["source"]["resource"]["spec"]["template"]["spec"]["containers"][0]
@@ -230,7 +231,7 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
         elif "contextKey" in src:
             value = context[src["contextKey"]]
         else:
-            value = _go_template_job_id(src["dataTemplate"], event)
+            value = sensor_template_value(src["dataTemplate"], event)
         match = re.fullmatch(r"spec\.template\.spec\.containers\.0\.env\.(\d+)\.value", dest)
         values[env_names[int(match[1])] if match else dest] = value
     (record,) = parse_event(values["STEREO_SPOT_EVENT"])
@@ -312,7 +313,7 @@ def _s3_event(key: str, event_name: str = "ObjectCreated:Put", bucket: str = "st
     """What the SQS EventSource (jsonBody: true) puts on the bus for an S3 notification."""
     return {"messageId": "m-1", "messageAttributes": {}, "body": {"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event_name,
-        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1234}}}]}}
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1234, "sequencer": "0055AED6DCD90281E5"}}}]}}
 
 
 TEST_EVENT = {"messageId": "m-0", "body": {"Service": "Amazon S3", "Event": "s3:TestEvent",
@@ -353,7 +354,7 @@ def _sensors() -> list[dict]:
 @pytest.mark.parametrize("key,event_name,kept", [
     (f"input/{JOB}/source.mp4", "ObjectCreated:Put", True),
     (f"input/{JOB}/source.mp4", "ObjectCreated:CompleteMultipartUpload", True),
-    ("input/my+holiday+film.mp4", "ObjectCreated:Put", True),  # kept; chunk says it names no job
+    ("input/my+holiday+film.mp4", "ObjectCreated:Put", False),  # names no job: nothing to run
     (f"input/{JOB}/source.mov", "ObjectCreated:Put", False),
     (f"jobs/{JOB}/final.mp4", "ObjectCreated:Put", False),
     (f"segments/{JOB}/00000_00002_sbs.mp4", "ObjectCreated:Put", False),
@@ -369,18 +370,7 @@ def test_sensor_drops_the_s3_test_event():
         assert not _passes(sensor["spec"]["dependencies"][0], TEST_EVENT)
 
 
-def _go_template_job_id(template: str, event: dict) -> str:
-    """The sensor's dataTemplate, checked for the shape it relies on and evaluated: the key of the first record
-    piped through sprig's regexFind."""
-    match = re.fullmatch(r'(?P<prefix>[\w-]*)\{\{ \(index \.Input\.body\.Records 0\)\.s3\.object\.key '
-                         r'\| regexFind "(?P<regex>[^"]+)" \}\}', template)
-    assert match, template
-    key = event["body"]["Records"][0]["s3"]["object"]["key"]
-    found = re.search(match["regex"], key)
-    return match["prefix"] + (found.group(0) if found else "")
-
-
-def test_argo_sensor_names_the_workflow_after_the_job():
+def test_argo_sensor_names_the_workflow_after_the_job_and_the_upload():
     sensor = next(s for s in _sensors() if s["metadata"]["name"] == "stereo-spot-argo")
     trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
     assert trigger["operation"] == "submit"
@@ -391,12 +381,13 @@ def test_argo_sensor_names_the_workflow_after_the_job():
     assert _get(event, params["spec.arguments.parameters.1.value"]["dataKey"]) == f"input/{JOB}/source.mp4"
     assert [p["name"] for p in workflow["spec"]["arguments"]["parameters"]] == ["bucket", "key"]
     assert _get(event, params["spec.arguments.parameters.0.value"]["dataKey"]) == "stereo-spot-input"
-    name = _go_template_job_id(params["metadata.name"]["dataTemplate"], event)
-    from stereo_spot.operator_links import workflow_name
+    from stereo_spot.argo_runs import run_name
+    from tests.go_template import sensor_template_value
 
-    assert name == workflow_name(JOB) == f"stereo-spot-{JOB}"  # the UI's run link finds it
+    name = sensor_template_value(params["metadata.name"]["dataTemplate"], event)
+    assert name == run_name(JOB, "0055AED6DCD90281E5")  # the job and the upload (tests/test_sensor_events.py)
     # a duplicate delivery computes the same name: Kubernetes answers AlreadyExists
-    assert _go_template_job_id(params["metadata.name"]["dataTemplate"], json.loads(json.dumps(event))) == name
+    assert sensor_template_value(params["metadata.name"]["dataTemplate"], json.loads(json.dumps(event))) == name
 
 
 def test_gpu_nodes_make_the_weight_cache_folder_the_convert_pods_mount():

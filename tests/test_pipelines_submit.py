@@ -4,10 +4,12 @@ kfp.Client send (and answers like the Argo server / the KFP API), and is stopped
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,40 +94,72 @@ def _validate(document: dict, tmp_path: Path, name: str) -> str:
     return proc.stdout
 
 
-def _argo_server(request: Recorded) -> tuple[int, dict]:
-    if request.method == "POST" and request.path == "/api/v1/workflows/stereo-spot":
-        workflow = request.body["workflow"]
-        return 200, {**workflow, "metadata": {**workflow["metadata"], "uid": "u-1", "namespace": "stereo-spot"}}
-    return 404, {"code": 5, "message": "not found"}
+def _argo_server(existing: dict[str, str] | None = None) -> Route:
+    """The Argo server's list (by label selector) and create calls; ``existing`` maps the job's workflows that
+    are on the cluster to their phase."""
+    def route(request: Recorded) -> tuple[int, dict]:
+        url = urllib.parse.urlsplit(request.path)
+        if request.method == "GET" and url.path == "/api/v1/workflows/stereo-spot":
+            selector = urllib.parse.parse_qs(url.query).get("listOptions.labelSelector", [""])[0]
+            items = [{"metadata": {"name": name, "labels": {"stereo-spot.io/job-id": JOB}},
+                      "status": {"phase": phase}} for name, phase in (existing or {}).items()
+                     if selector == f"stereo-spot.io/job-id={JOB}"]
+            return 200, {"metadata": {}, "items": items or None}
+        if request.method == "POST" and url.path == "/api/v1/workflows/stereo-spot":
+            workflow = request.body["workflow"]
+            if workflow["metadata"]["name"] in (existing or {}):
+                return 409, {"code": 6, "message": "already exists"}
+            return 200, {**workflow, "metadata": {**workflow["metadata"], "uid": "u-1", "namespace": "stereo-spot"}}
+        return 404, {"code": 5, "message": "not found"}
+    return route
+
+
+RUN_NAME = re.compile(rf"stereo-spot-{JOB}-[0-9a-f]{{12}}")
 
 
 def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch):
     monkeypatch.setenv("ARGO_TOKEN", "secret-token")
     monkeypatch.delenv("ARGO_UI_URL", raising=False)
-    with http_server(_argo_server) as server:
+    with http_server(_argo_server()) as server:
         result = CliRunner().invoke(app, ["submit", "--engine", "argo", "--bucket", "uploads", "--key", KEY,
                                           "--host", server.url, "--format", "anaglyph", "--divergence", "3",
                                           "--gpu-workers", "2"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"{server.url}/workflows/stereo-spot/stereo-spot-{JOB}"
     [created] = server.posts("/api/v1/workflows/")
     assert created.headers["authorization"] == "Bearer secret-token"
     workflow = created.body["workflow"]
-    assert workflow["kind"] == "Workflow" and workflow["metadata"]["name"] == f"stereo-spot-{JOB}"
+    name = workflow["metadata"]["name"]
+    assert workflow["kind"] == "Workflow" and RUN_NAME.fullmatch(name) and len(name) <= 63
+    assert workflow["metadata"]["labels"]["stereo-spot.io/job-id"] == JOB  # how the app finds the job's runs
+    assert result.stdout.strip() == f"{server.url}/workflows/stereo-spot/{name}"
     assert workflow["spec"]["workflowTemplateRef"] == {"name": template_name()}  # the versioned name
     assert {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]} == {
         "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0", "gpu-workers": "2"}
     assert "ok" in _validate(workflow, tmp_path, "workflow.yaml")
 
 
-def test_a_job_with_a_run_already_says_so():
-    def exists(request: Recorded) -> tuple[int, dict]:
-        return 409, {"code": 6, "message": f"workflows.argoproj.io \"stereo-spot-{JOB}\" already exists"}
+def test_a_job_whose_run_failed_gets_a_new_run_that_resumes_it():
+    """The failed run is kept for days (ttlStrategy): the old fixed name made the new submit fail with
+    AlreadyExists. Now a finished run does not count, and the new run has a name of its own."""
+    failed = f"stereo-spot-{JOB}"  # the name runs had before, still on the cluster
+    stopped = f"stereo-spot-{JOB}-0123456789ab"
+    with http_server(_argo_server({failed: "Failed", stopped: "Error"})) as server:
+        first = CliRunner().invoke(app, ["submit", "--key", KEY, "--bucket", "b", "--host", server.url])
+        second = CliRunner().invoke(app, ["submit", "--key", KEY, "--bucket", "b", "--host", server.url])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    names = [r.body["workflow"]["metadata"]["name"] for r in server.posts("/api/v1/workflows/")]
+    assert len(names) == 2 and len(set(names) | {failed, stopped}) == 4 and all(RUN_NAME.fullmatch(n) for n in names)
 
-    with http_server(exists) as server:
+
+@pytest.mark.parametrize("phase", ["Running", "Pending", ""])
+def test_a_job_with_a_run_in_progress_says_so_and_starts_nothing(phase):
+    running = f"stereo-spot-{JOB}-0123456789ab"
+    with http_server(_argo_server({running: phase})) as server:
         result = CliRunner().invoke(app, ["submit", "--key", KEY, "--bucket", "b", "--host", server.url])
+    text = result.output.replace("\n", "")  # the terminal wraps the line
     assert result.exit_code == 1
-    assert f"job {JOB} already has a run" in result.output and "Traceback" not in result.output
+    assert f"job {JOB} already has a run in progress" in text and running in text
+    assert "Traceback" not in text and server.posts("/api/v1/workflows/") == []
 
 
 def _free_port() -> int:

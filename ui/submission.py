@@ -78,52 +78,33 @@ def _submit(backend: Backend, engine: str, job_id: str) -> Started:
     return Started(f"Submitted to {name}.", run_link=link if isinstance(link, str) else None)
 
 
-# The service-account token Kubernetes mounts in every pod (used when ARGO_TOKEN is not set).
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
-def workflow_name(job_id: str) -> str:
-    """The Argo workflow of a job: deterministic (the Sensor and ``stereo-spot submit`` name it so)."""
-    return f"stereo-spot-{keys.validate_job_id(job_id)}"
-
-
 def stop_run(backend: Backend, settings: Settings, job_id: str) -> str | None:
     """Stop the running work of a job that is being deleted, so nothing more is computed or written. Local
-    storage: the background runner. AWS with ARGO_SERVER_URL: the job's Argo workflow, through the Argo server's
-    stop API. Returns a one-line warning when the run could not be stopped (the delete goes on: every step checks
-    for a deleted job after it writes, so a run that was not stopped removes what it writes and ends)."""
+    storage: the background runner. AWS with ARGO_SERVER_URL: the job's unfinished Argo workflows, found by the
+    job label (a job may have had several runs, each named after the delivery that started it), through the
+    Argo server's stop API. Returns a one-line warning when the run could not be stopped (the delete goes on:
+    every step checks for a deleted job after it writes, so a run that was not stopped removes what it writes
+    and ends)."""
     if backend.name == "local":
         stop_local_runner(job_id)
         return None
     if not settings.argo_server_url:
         return None
-    return stop_argo_workflow(settings, job_id)
+    return stop_argo_workflows(settings, job_id)
 
 
-def stop_argo_workflow(settings: Settings, job_id: str, timeout: float = 15.0) -> str | None:
-    import json
-    import urllib.error
-    import urllib.request
-    from pathlib import Path
+def stop_argo_workflows(settings: Settings, job_id: str, timeout: float = 15.0) -> str | None:
+    from stereo_spot import argo_runs
 
-    name = workflow_name(job_id)
-    token = settings.argo_token
-    if not token and Path(SERVICE_ACCOUNT_TOKEN).is_file():
-        token = Path(SERVICE_ACCOUNT_TOKEN).read_text().strip()
-    url = f"{settings.argo_server_url.rstrip('/')}/api/v1/workflows/{settings.argo_namespace}/{name}/stop"
-    request = urllib.request.Request(url, method="PUT", data=json.dumps(
-        {"name": name, "namespace": settings.argo_namespace}).encode(), headers={"Content-Type": "application/json"})
-    if token:
-        request.add_header("Authorization", token if token.startswith("Bearer ") else f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # no such workflow (never started, or already removed): nothing to stop
-            return None
-        return f"the workflow {name} could not be stopped (Argo server answered {exc.code})"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"the workflow {name} could not be stopped: {one_line(exc)}"
+        api = argo_runs.endpoint(settings, timeout=timeout)
+        argo_runs.stop_job_runs(api, settings.argo_namespace, job_id)
+    except argo_runs.ApiError as exc:
+        return f"the workflows of job {job_id} could not be stopped (Argo server answered {exc.status}: " \
+               f"{one_line(exc.message)})"
+    except (argo_runs.ApiUnreachable, ValueError) as exc:
+        return f"the workflows of job {job_id} could not be stopped: {one_line(exc)}"
+    return None
 
 
 def stop_local_runner(job_id: str) -> int:
