@@ -149,7 +149,6 @@ def doctor_command(
 ) -> None:
     """Check that the cluster can run stereo-spot: Argo Workflows 3.6+, the CRDs, the service accounts."""
     from stereo_spot.doctor import kube_endpoint, run_checks
-    from stereo_spot.httpjson import Endpoint
 
     try:
         kube = kube_endpoint(kube_api, kube_token, kubeconfig, context, verify=not insecure)
@@ -157,8 +156,14 @@ def doctor_command(
         _die(one_line(exc), EXIT_USER_ERROR)
     argo = None
     if argo_server:
+        from stereo_spot.argo_runs import endpoint
+        from stereo_spot.config import get_settings
+
         token = (argo_token or "").removeprefix("Bearer ").strip() or None  # `argo auth token` prints "Bearer …"
-        argo = Endpoint(argo_server, token=token, verify=not insecure)
+        try:  # the server's certificate is checked as every client of it checks it (ARGO_CA_FILE, ...)
+            argo = endpoint(get_settings(), host=argo_server, token=token, insecure=insecure)
+        except ValueError as exc:
+            _die(one_line(exc), EXIT_USER_ERROR)
     checks = run_checks(kube, argo=argo, namespace=namespace, argo_namespace=argo_namespace, kubeflow=kubeflow)
     style = {"ok": "green", "warn": "yellow", "missing": "bold red"}
     for check in checks:

@@ -7,7 +7,9 @@ For each message:
 * ``s3:TestEvent`` (sent when the notification is set up), other buckets and keys that are not
   ``input/{job_id}/source.mp4``: deleted and logged. An upload without a Job record gets one, as on every
   engine (``steps.job_for_upload``), and is converted with the default settings;
-* a job that is completed, failed or deleted already: deleted (a late duplicate);
+* a job that is completed or deleted already: deleted (a late duplicate). A failed job is not: a new upload
+  event for it (a re-upload, reconcile's re-drive) starts it again, and it resumes at the segment level, as on
+  the Argo and Kubeflow paths (``steps.FINAL_STATUSES``);
 * otherwise the event is claimed in the dedup table before anything runs. A second delivery of the same upload
   (S3 -> SQS is at-least-once) finds the claim and is deleted without starting a second run. The claim also
   records the SQS message id, so the *same* message coming back (released at shutdown, or after a worker died)
@@ -227,7 +229,7 @@ class Worker:
             return skip(Outcome.IGNORED, str(exc))
         try:
             job = self.backend.jobs.get(job_id)
-            if job is not None and job.status.is_terminal:
+            if job is not None and job.status in steps.FINAL_STATUSES:
                 return skip(Outcome.DUPLICATE, f"job {job_id} is {job.status.value} already", job_id)
             if not self._claim(message, obj, job_id):
                 return skip(Outcome.DUPLICATE, f"duplicate delivery of {event_id(obj)}: job {job_id} was started "

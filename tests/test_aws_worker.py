@@ -243,6 +243,27 @@ def test_a_conversion_error_fails_the_job_with_its_reason_and_deletes_the_messag
     assert backend.objects.exists(backend.input_bucket, keys.input_key(job_id))  # the source stays
 
 
+def test_a_new_upload_event_resumes_a_failed_job_at_the_segment_level(aws, clip):
+    backend, queue, settings = aws
+    job_id = _upload(backend, clip)
+    (first,) = queue.receive(wait_seconds=5)
+    queue.delete(first)  # this delivery's run is lost: chunked, one segment converted, then the job failed
+    steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
+    kept = steps.convert(backend, job_id, 0)
+    steps.fail(backend, job_id, "the node was reclaimed")
+    body = json.loads(first.body)
+    body["Records"][0]["s3"]["object"]["sequencer"] = "00A1B2C3D4E5F60718"  # a re-upload: a new sequencer
+    queue.send(json.dumps(body))
+
+    stats = run_worker(backend, queue, stop_event=threading.Event(), max_messages=1, workers=1, wait_seconds=5)
+
+    assert [h.outcome for h in stats.handled] == [Outcome.COMPLETED]
+    assert backend.jobs.get(job_id).status == JobStatus.COMPLETED
+    completions = backend.completions.query_by_job(job_id)
+    assert [c.segment_index for c in completions] == [0, 1, 2, 3]
+    assert completions[0].convert_seconds == kept.convert_seconds  # the segment done before was not redone
+
+
 def test_worker_survives_an_unreachable_queue_until_stopped(moto_endpoint, caplog):  # noqa: F811
     # (the moto fixture only provides the dummy credentials here; the queue points at a closed port)
     queue = SqsQueue(AwsClients(AwsConfig(endpoint_url="http://127.0.0.1:9")), "http://127.0.0.1:9/1/q")

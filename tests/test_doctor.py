@@ -172,3 +172,13 @@ def test_an_exec_plugin_token(tmp_path):
 def test_parse_version():
     assert parse_version("v3.6.2") == (3, 6, 2) and parse_version("3.7") == (3, 7)
     assert parse_version("latest") is None
+
+
+def test_the_argo_server_is_trusted_by_the_same_rule_as_every_client(tmp_path, monkeypatch):
+    """doctor reads the Argo server's certificate settings (ARGO_CA_FILE, ARGO_INSECURE_SKIP_VERIFY) through
+    ``argo_runs.endpoint`` like the app and ``submit``: a CA bundle that is not there is one line, before any
+    request is made."""
+    monkeypatch.setenv("ARGO_CA_FILE", str(tmp_path / "absent.pem"))
+    result = CliRunner().invoke(app, ["doctor", "--kube-api", "https://127.0.0.1:9", "--kube-token", TOKEN,
+                                      "--argo-server", "https://127.0.0.1:9"])
+    assert result.exit_code == 2 and "ARGO_CA_FILE" in result.output and "Traceback" not in result.output
