@@ -5,7 +5,6 @@ AWS, worker). Heavy imports (torch, kfp, streamlit) happen inside the commands t
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -306,19 +305,9 @@ def _same_file(path: Path, other: Path) -> bool:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """``write(temporary_path)``, then rename it over ``path``: a reader (or an interrupted run) never sees half
-    a file, and an existing file is only replaced once the new one is complete."""
-    import tempfile
+    from stereo_spot.delivery import write_atomically
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(name))
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, write)
 
 
 @app.command()
@@ -392,16 +381,27 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     config = get_settings()
     if config.storage_adapter != "local":
         die("`convert` runs on the embedded storage; unset STORAGE_ADAPTER or set it to local")
-    backend = build_backend(config)
-    fingerprint = steps.fingerprint(input, settings)
-    job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint), None)
+    job = None
     try:
+        backend = build_backend(config)
+        fingerprint = steps.fingerprint(input, settings)
+        undelivered = _undelivered_job(backend, fingerprint)
+        if undelivered is not None:  # converted before, but its delivery failed: deliver it, convert nothing
+            console.print(f"job {undelivered.job_id} is converted already: writing its result", highlight=False)
+            _deliver(backend, undelivered.job_id, output)
+            _comfort_report(backend, undelivered.job_id, report)
+            return
+        job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint),
+                   None)
         if job is not None and job.uploaded_at is not None:
             console.print(f"resuming job {job.job_id}", highlight=False)
         else:
+            _check_room(input, output, settings, config.stereo_spot_home)
             job = job or steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
             console.print(f"job {job.job_id}", highlight=False)
-            job = steps.store_source(backend, job.job_id, input)
+            job = steps.reference_source(backend, job.job_id, input)
+    except typer.Exit:
+        raise
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc, job.job_id if job else None)
     _run_with_progress(backend, job.job_id, workers, device)
@@ -412,6 +412,41 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
                       highlight=False)
     _deliver(backend, job.job_id, output)
     _comfort_report(backend, job.job_id, report)
+
+
+def _check_room(input: Path, output: Path, settings: ConversionSettings, home: Path) -> None:
+    """Before a new job: the output folder is writable and both it and the store have room (one line if not)."""
+    from stereo_spot import delivery
+    from stereo_spot.media.errors import MediaError
+    from stereo_spot.media.probe import probe
+
+    duration = None
+    if settings.start is not None or settings.duration is not None:
+        try:
+            duration = probe(input).duration_seconds
+        except MediaError:
+            pass  # bad input: the job fails on it with its own message
+    try:
+        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration))
+    except delivery.NoRoom as exc:
+        die(one_line(exc))
+
+
+def _undelivered_job(backend, fingerprint: str):
+    """A completed job of this input and these settings whose result is still in the store: its delivery
+    failed (a full or read-only output folder), so the same command delivers it without converting again."""
+    from stereo_spot import keys
+
+    cursor = None
+    while True:
+        page = backend.jobs.list_completed(limit=200, cursor=cursor)
+        for job in page.items:
+            if job.source_fingerprint == fingerprint and \
+                    backend.objects.exists(backend.output_bucket, keys.final_key(job.job_id)):
+                return job
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
 
 
 def _comfort_report(backend, job_id: str, path: Path | None) -> None:
@@ -484,16 +519,33 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
 
 def _deliver(backend, job_id: str, output: Path) -> None:
+    """Write the job's result to ``output``. A command-line job's result is moved out of the store (the store
+    keeps no second copy); an app job's stays, since the app serves it. A folder that cannot take it (full,
+    read-only) gets one line, and the result stays in the store for the next try."""
+    from stereo_spot import delivery, keys
+
+    final = keys.final_key(job_id)
+    if not backend.objects.exists(backend.output_bucket, final):
+        die(f"job {job_id} has no result in the store any more (a finished job's result is moved to its output, "
+            f"or it was removed): nothing to write to {output}")
+    move = _result_moves_out(backend, job_id)
+    try:
+        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move)
+    except OSError as exc:
+        if not delivery.delivery_error(exc):
+            raise
+        die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
+            f"the folder writable) and run the same command again")
+    out.print(str(output))
+
+
+def _result_moves_out(backend, job_id: str) -> bool:
+    """A job whose source is a reference to the user's file came from the command line: its result is the
+    user's too, and leaves the store. An app upload's job keeps its result in the store for the app."""
     from stereo_spot import keys
 
-    local_path = getattr(backend.objects, "local_path", None)
-    if local_path is not None:
-        _write_atomically(output, lambda tmp: shutil.copyfile(local_path(backend.output_bucket,
-                                                                         keys.final_key(job_id)), tmp))
-    else:
-        _write_atomically(output, lambda tmp: backend.objects.download_file(backend.output_bucket,
-                                                                            keys.final_key(job_id), tmp))
-    out.print(str(output))
+    is_reference = getattr(backend.objects, "is_reference", None)
+    return is_reference is not None and is_reference(backend.input_bucket, keys.input_key(job_id))
 
 
 @app.command()

@@ -154,6 +154,18 @@ def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -
     return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
 
 
+def reference_source(backend: Backend, job_id: str, source: Path) -> Job:
+    """The command line's source: the user's own file, which stays where it is. A storage on this machine
+    records a reference to it (path, size, time, SHA-256; checked whenever it is read) rather than a second
+    copy; any other storage gets an upload, as with ``store_source``. An app upload has no user copy and is
+    stored with ``store_source``."""
+    reference_file = getattr(backend.objects, "reference_file", None)
+    if reference_file is None:
+        return store_source(backend, job_id, source)
+    size = reference_file(backend.input_bucket, keys.input_key(job_id), source)
+    return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
+
+
 # --- chunk ----------------------------------------------------------------------------------------------
 
 
