@@ -79,27 +79,65 @@ CREATE TABLE IF NOT EXISTS queue (
 """
 
 
+#: How long an operation waits for another process's write to the job database. The project's own writes last
+#: milliseconds; a lock held this long is something else (a stopped process, a `sqlite3` shell in a transaction),
+#: and the command says so instead of waiting on.
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def database_holders(path: Path) -> list[str]:
+    """Other processes on this machine with the database (or its WAL) open, as ``pid N (command)``: read from
+    ``/proc``, so empty elsewhere, or where they belong to another user."""
+    path = Path(path).resolve()
+    names = {str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal"}
+    found = []
+    for fd_dir in sorted(Path("/proc").glob("[0-9]*/fd")):
+        pid = int(fd_dir.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if not any(os.readlink(fd_dir / fd) in names for fd in os.listdir(fd_dir)):
+                continue
+            command = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"pid {pid} ({' '.join(command.split())[:80]})")
+    return found
+
+
 class SQLiteDatabase:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=60)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+            raise self._error(exc, "cannot open the job database") from exc
         finally:
             conn.close()
+
+    def _error(self, exc: sqlite3.Error, what: str) -> StoreError:
+        if not _locked(exc):
+            return StoreError(f"{what} {self.path}: {exc}")
+        holders = database_holders(self.path)
+        held = f"held by {', '.join(holders)}" if holders else "held by another process"
+        return StoreError(f"the job database {self.path} is locked, {held}, and stayed locked for "
+                          f"{BUSY_TIMEOUT_SECONDS:g} s: let that finish or stop it, then run the command again")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         try:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+            raise self._error(exc, "cannot open the job database") from exc
         try:
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -108,7 +146,7 @@ class SQLiteDatabase:
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"job database {self.path}: {exc}") from exc
+            raise self._error(exc, "job database") from exc
         finally:
             conn.close()
 
