@@ -593,10 +593,13 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete
 @app.command()
 def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0, help="Also delete completed and "
                                                         "failed jobs finished more than this many days ago.")] = None,
+       orphans: Annotated[bool, typer.Option("--orphans", help="Also remove job folders that have no job record "
+                                             "(left by a lost or replaced database).")] = False,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False
        ) -> None:
     """Show the storage used and remove what is no longer needed: completed jobs' segments, deleted jobs'
-    leftovers and, with --older-than, old jobs."""
+    leftovers, partial writes of killed runs and, with --older-than, old jobs; with --orphans, job folders
+    without a record."""
     from datetime import timedelta
 
     from stereo_spot import gc as collector
@@ -607,8 +610,14 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
         backend = build_backend()
         used = collector.storage_used(backend)
         removals = collector.plan(backend, older_than=timedelta(days=older_than) if older_than is not None else None)
+        scraps = collector.scraps(backend)
+        lost = collector.orphans(backend)
+        scrap_bytes = sum(p.stat().st_size for p in scraps if p.exists())
         if not dry_run:
             collector.collect(backend, removals)
+            collector.remove_scraps(scraps)
+            if orphans:
+                collector.collect_orphans(backend, lost)
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
     table = Table("area", "objects", "size", title="storage", title_justify="left")
@@ -619,9 +628,30 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
     for removal in removals:
         console.print(f"{verb} {removal.kind.value}: job {removal.job.job_id} ({escape(removal.job.title)}), "
                       f"{removal.objects} objects, {format_bytes(removal.bytes)}", highlight=False)
-    total = sum(r.bytes for r in removals)
-    console.print(f"{verb} {format_bytes(total)} in {len(removals)} jobs" if removals else "nothing to remove",
-                  highlight=False)
+    if scraps:
+        console.print(f"{verb} {len(scraps)} partial writes left by killed runs, {format_bytes(scrap_bytes)}",
+                      highlight=False)
+    if orphans:
+        for orphan in lost:
+            console.print(f"{verb} orphan: job {orphan.job_id} (no record), {len(orphan.objects)} objects, "
+                          f"{format_bytes(orphan.bytes)}", highlight=False)
+    else:
+        _warn_orphans(lost)
+    total = sum(r.bytes for r in removals) + scrap_bytes + (sum(o.bytes for o in lost) if orphans else 0)
+    jobs_count = len(removals) + (len(lost) if orphans else 0)
+    console.print(f"{verb} {format_bytes(total)} in {jobs_count} jobs" + (" and partial writes" if scraps else "")
+                  if removals or scraps or (orphans and lost) else "nothing to remove", highlight=False)
+
+
+def _warn_orphans(lost) -> None:
+    """Job folders without a record are not listed anywhere else: say so, with what they hold."""
+    from stereo_spot.units import format_bytes
+
+    if lost:
+        console.print(f"[yellow]warning:[/] {len(lost)} job folders in the store have no job record (a lost, "
+                      f"emptied or replaced database?), {format_bytes(sum(o.bytes for o in lost))}: "
+                      "`stereo-spot gc --orphans --dry-run` lists them, `stereo-spot gc --orphans` removes them",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -629,15 +659,21 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
          cursor: Annotated[str | None, typer.Option(help="Page cursor printed by the previous page.")] = None
          ) -> None:
     """List jobs: in progress first, then completed (newest first)."""
+    from stereo_spot import gc as collector
     from stereo_spot.adapters import build_backend
+    from stereo_spot.config import get_settings
 
     try:
-        backend = build_backend()
+        config = get_settings()
+        backend = build_backend(config)
         in_progress = backend.jobs.list_in_progress(limit=100) if cursor is None else []
         page = backend.jobs.list_completed(limit=limit, cursor=cursor)
         failed = backend.jobs.list_by_status(JobStatus.FAILED, limit=10).items if cursor is None else []
+        # on this machine the store is a folder, cheap to walk; a bucket is left to `gc`
+        lost = collector.orphans(backend) if config.storage_adapter == "local" and cursor is None else []
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
+    _warn_orphans(lost)
     header = ("job id", "title", "format", "status", "segments", "created", "took")
     rows = []
     for job in [*in_progress, *page.items, *failed]:

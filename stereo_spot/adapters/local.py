@@ -123,6 +123,9 @@ class SQLiteDatabase:
             conn.close()
 
     def _error(self, exc: sqlite3.Error, what: str) -> StoreError:
+        if "malformed" in str(exc) or "not a database" in str(exc):
+            return StoreError(f"{what} {self.path}: {exc}: the job records are damaged; move the file aside and "
+                              "`stereo-spot gc --orphans --dry-run` lists the job folders they leave behind")
         if not _locked(exc):
             return StoreError(f"{what} {self.path}: {exc}")
         holders = database_holders(self.path)
