@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,13 +47,11 @@ _CONVERTIBLE = (JobStatus.CHUNKING_COMPLETE, JobStatus.REASSEMBLING)
 
 @contextlib.contextmanager
 def _workdir(prefix: str) -> Iterator[Path]:
-    from stereo_spot.config import get_settings
+    """A step's scratch folder (``stereo_spot.scratch``: what a killed run left is removed first)."""
+    from stereo_spot.scratch import workdir
 
-    root = get_settings().stereo_spot_workdir
-    if root:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"stereo-spot-{prefix}-", dir=root) as tmp:
-        yield Path(tmp)
+    with workdir(prefix) as tmp:
+        yield tmp
 
 
 def _fetch(backend: Backend, bucket: str, key: str, dest: Path) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -122,3 +123,23 @@ def test_a_truncated_database_is_reported_in_one_line_that_says_what_to_do(home,
     result = CliRunner().invoke(app, ["jobs"], env=WIDE)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"{path}: database disk image is malformed" in result.output and "gc --orphans" in result.output
+
+
+def test_scratch_left_by_a_killed_run_is_removed_by_the_next_run(home, backend, clip, tmp_path):
+    """A real SIGKILL inside a step's scratch folder, with a partial ``converted.mp4``, then the next run."""
+    work = tmp_path / "work"
+    code = ("import os, signal\n"
+            "from stereo_spot.scratch import workdir\n"
+            "with workdir('convert') as folder:\n"
+            "    (folder / 'converted.mp4').write_bytes(b'partial')\n"
+            "    print(folder, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert killed.returncode == -9
+    left = Path(killed.stdout.strip())
+    assert left.parent == work and (left / "converted.mp4").is_file()
+    foreign = work / "stereo-spot-chunk-0123abcd-1-xyz"  # another host's: its process table is not ours
+    foreign.mkdir()
+    _converted_job(backend, clip, "next")
+    assert not left.exists() and foreign.is_dir()
+    assert [p.name for p in work.iterdir()] == [foreign.name]  # and the run's own folders are gone too
