@@ -227,6 +227,11 @@ def convert(
     image = is_image(input)
     if output is None:
         output = output_path_for(input, format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
+    elif image and output.suffix.lower() != ".png":
+        # Writing another name than the one asked for would leave scripts looking for a file that is not there,
+        # and PNG data under a video's name would mislead every player: refuse, and say what to ask for.
+        die(f"{input} is a still image (whatever its name): its 3D version is a PNG; give -o a .png name such as "
+            f"{output.with_suffix('.png')}")
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if report is not None:

@@ -159,3 +159,21 @@ def test_resume_after_the_stored_result_was_removed_says_so_in_one_line(backend,
                                 env=WIDE)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "has no result in the store any more" in result.output
+
+
+def test_a_still_image_named_mp4_is_refused_an_mp4_output_in_one_line(home, tmp_path):
+    """It was written as ``…out.png`` while ``-o …out.mp4`` was asked for: a script then finds no file."""
+    import cv2
+    import numpy as np
+
+    picture = tmp_path / "photo.mp4"
+    ok, data = cv2.imencode(".png", np.full((48, 64, 3), 128, np.uint8))
+    picture.write_bytes(data.tobytes())
+    asked = tmp_path / "out.mp4"
+    refused = CliRunner().invoke(app, ["convert", str(picture), "-o", str(asked)], env=WIDE)
+    assert refused.exit_code == 1 and "is a still image" in refused.output and str(asked.with_suffix(".png")) \
+        in refused.output
+    assert list(tmp_path.glob("out.*")) == []
+    done = CliRunner().invoke(app, ["convert", str(picture), "-o", str(asked.with_suffix(".png"))], env=WIDE)
+    assert done.exit_code == 0, done.output
+    assert asked.with_suffix(".png").is_file()

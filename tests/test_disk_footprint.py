@@ -135,3 +135,14 @@ def test_a_reference_is_listed_and_deleted_like_an_object(backend, tmp_path):
     steps.delete_job(backend, job_id)
     assert backend.objects.list_keys(backend.input_bucket, f"input/{job_id}/") == []
     assert source.is_file()  # deleting the job never touches the user's file
+
+
+@pytest.mark.parametrize("content,message", [(b"", "holiday.mp4 is empty (0 bytes)"),
+                                             (b"hello\n", "holiday.mp4 is not a video file FFmpeg can read")])
+def test_messages_name_the_users_file_not_the_stored_copy(home, tmp_path, content, message):
+    """The source is read where the user keeps it, so what goes wrong names their file (was ``source.mp4``)."""
+    source = tmp_path / "holiday.mp4"
+    source.write_bytes(content)
+    result = CliRunner().invoke(app, ["convert", str(source), "-o", str(tmp_path / "x.mp4")],
+                                env={"COLUMNS": "500"})
+    assert result.exit_code == 1 and message in result.output and "source.mp4" not in result.output
