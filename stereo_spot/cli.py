@@ -536,9 +536,7 @@ def _deliver(backend, job_id: str, output: Path) -> None:
     move = _result_moves_out(backend, job_id)
     try:
         delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move)
-    except OSError as exc:
-        if not delivery.delivery_error(exc):
-            raise
+    except OSError as exc:  # full, read-only, gone: the store's copy is only removed once the output is whole
         die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
             f"the folder writable) and run the same command again")
     out.print(str(output))

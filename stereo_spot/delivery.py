@@ -9,7 +9,6 @@ converting again.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import uuid
@@ -128,8 +127,3 @@ def deliver(objects, bucket: str, key: str, output: Path, *, move: bool) -> None
     if move:
         objects.delete(bucket, key)
 
-
-def delivery_error(exc: OSError) -> bool:
-    """A write that failed for the folder's sake (full, read-only, no permission): the result stays in the store
-    for the next try."""
-    return exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG)
