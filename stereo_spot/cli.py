@@ -432,7 +432,10 @@ def _check_room(input: Path, output: Path, settings: ConversionSettings, home: P
         except MediaError:
             pass  # bad input: the job fails on it with its own message
     try:
-        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration))
+        from stereo_spot.scratch import root as scratch_root
+
+        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration),
+                            scratch=scratch_root())
     except delivery.NoRoom as exc:
         die(one_line(exc))
 

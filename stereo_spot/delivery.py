@@ -34,7 +34,8 @@ class NoRoom(UserError):
 @dataclass(frozen=True)
 class SpaceNeeded:
     result: int  # the 3D file, in the output folder (and in the store until it is moved there)
-    work: int  # the store during the run: source segments, converted segments and the joined result
+    work: int  # the store at the join: source segments, converted segments and the joined result
+    scratch: int  # the steps' scratch folder: a chunk's segments, or the joined result before it is stored
 
 
 def estimate(source_bytes: int, settings: ConversionSettings, duration_seconds: float | None = None) -> SpaceNeeded:
@@ -47,7 +48,7 @@ def estimate(source_bytes: int, settings: ConversionSettings, duration_seconds: 
         share = max(0.0, min(1.0, (end - begin) / duration_seconds))
     window = int(source_bytes * share)
     result = int(window * _LAYOUT_FACTOR[settings.output_format] * _REENCODE_MARGIN)
-    return SpaceNeeded(result=result, work=window + 2 * result)
+    return SpaceNeeded(result=result, work=window + 2 * result, scratch=max(window, result))
 
 
 def free_bytes(folder: Path) -> int:
@@ -62,10 +63,11 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def check_room(output: Path, home: Path, need: SpaceNeeded) -> None:
-    """Before converting: the output folder is writable and has room for the result, and the store's folder has
-    room for the work (both, where they share one filesystem). NoRoom names the folder, the space needed and
-    the space free."""
+def check_room(output: Path, home: Path, need: SpaceNeeded, scratch: Path | None = None) -> None:
+    """Before converting: the output folder is writable, and each filesystem has room for what the run puts on
+    it at its peak (the store's segments and result, the scratch folder's copy, the result in the output folder
+    unless it is renamed there from the store on the same filesystem). NoRoom names the folder, the space
+    needed and the space free."""
     folder = output.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -73,12 +75,20 @@ def check_room(output: Path, home: Path, need: SpaceNeeded) -> None:
     except OSError as exc:
         raise NoRoom(f"cannot write to {folder}: {exc.strerror or exc}") from None
     home_folder = _existing(Path(home))
-    same_disk = os.stat(folder).st_dev == os.stat(home_folder).st_dev
-    wants = [(home_folder, need.work)] if same_disk else [(folder, need.result), (home_folder, need.work)]
-    for place, needed in wants:
+    wants = [(home_folder, need.work, "the conversion's segments and result")]
+    if scratch is not None:
+        wants.append((_existing(Path(scratch)), need.scratch, "the scratch copies"))
+    if os.stat(folder).st_dev != os.stat(home_folder).st_dev:
+        wants.append((folder, need.result, "the result"))
+    by_disk: dict[int, list[tuple[Path, int, str]]] = {}
+    for place, needed, what in wants:
+        by_disk.setdefault(os.stat(place).st_dev, []).append((place, needed, what))
+    for shared in by_disk.values():
+        needed = sum(n for _, n, _ in shared)
+        place = shared[0][0]
         free = free_bytes(place)
         if free < needed:
-            what = "the result" if place == folder and not same_disk else "the conversion's segments and result"
+            what = " and ".join(w for _, _, w in shared)
             raise NoRoom(f"not enough space in {place}: {what} need about {format_bytes(needed)}, "
                          f"{format_bytes(free)} free")
 

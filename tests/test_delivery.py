@@ -67,7 +67,17 @@ def test_the_estimate_scales_with_the_layout_and_the_window():
     half = delivery.estimate(1000, ConversionSettings(output_format=OutputFormat.HSBS))
     part = delivery.estimate(1000, ConversionSettings(start=0.0, duration=5.0), duration_seconds=10.0)
     assert full.result == 2 * half.result and part.result == full.result // 2
-    assert full.work == 1000 + 2 * full.result
+    assert full.work == 1000 + 2 * full.result and full.scratch == full.result
+
+
+def test_folders_on_one_filesystem_need_room_for_everything_they_hold_together(tmp_path, mount):
+    """Home, scratch folder and output on one small disk: each alone would fit, together they do not."""
+    disk = mount(tmp_path / "disk", "512k")
+    need = delivery.SpaceNeeded(result=100_000, work=350_000, scratch=200_000)
+    with pytest.raises(delivery.NoRoom, match=r"the conversion's segments and result and the scratch copies need "
+                                              r"about 537\.1 KB"):
+        delivery.check_room(disk / "out" / "x.mp4", disk / "home", need, scratch=disk / "work")
+    delivery.check_room(disk / "out" / "x.mp4", disk / "home", need, scratch=tmp_path / "work")  # scratch elsewhere
 
 
 def test_a_full_output_folder_is_refused_before_any_work(backend, clip, tmp_path, mount):
