@@ -71,7 +71,7 @@ def check_room(output: Path, home: Path, need: SpaceNeeded, scratch: Path | None
     folder = output.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _remove_probe(_new_temp(output))
+        _new_temp(output).unlink()  # a real file: a read-only mount refuses it even to root, whom no chmod stops
     except OSError as exc:
         raise NoRoom(f"cannot write to {folder}: {exc.strerror or exc}") from None
     home_folder = _existing(Path(home))
@@ -91,10 +91,6 @@ def check_room(output: Path, home: Path, need: SpaceNeeded, scratch: Path | None
             what = " and ".join(w for _, _, w in shared)
             raise NoRoom(f"not enough space in {place}: {what} need about {format_bytes(needed)}, "
                          f"{format_bytes(free)} free")
-
-
-def _remove_probe(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _new_temp(path: Path) -> Path:
