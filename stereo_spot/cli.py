@@ -618,6 +618,7 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
         removals = collector.plan(backend, older_than=timedelta(days=older_than) if older_than is not None else None)
         scraps = collector.scraps(backend)
         lost = collector.orphans(backend)
+        kept = collector.undelivered(backend)
         scrap_bytes = sum(p.stat().st_size for p in scraps if p.exists())
         if not dry_run:
             collector.collect(backend, removals)
@@ -634,6 +635,10 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
     for removal in removals:
         console.print(f"{verb} {removal.kind.value}: job {removal.job.job_id} ({escape(removal.job.title)}), "
                       f"{removal.objects} objects, {format_bytes(removal.bytes)}", highlight=False)
+    for waiting in kept:
+        console.print(f"kept: job {waiting.job.job_id} ({escape(waiting.job.title)}), its {waiting.kind.value}, "
+                      f"{format_bytes(waiting.bytes)}: run its convert command again, or `stereo-spot resume "
+                      f"{waiting.job.job_id} -o FILE`", highlight=False, soft_wrap=True)
     if scraps:
         console.print(f"{verb} {len(scraps)} partial writes left by killed runs, {format_bytes(scrap_bytes)}",
                       highlight=False)

@@ -34,6 +34,7 @@ class Kind(StrEnum):
     INTERMEDIATES = "intermediates"  # a completed job's segments
     LEFTOVERS = "leftovers of a deleted job"
     OLD_JOB = "job past the age limit"
+    UNDELIVERED = "result not yet written to its output"  # shown, never removed
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,20 @@ def orphans(backend: Backend) -> list[Orphan]:
             found.setdefault(job_id, []).append((bucket, info.key, info.size))
     return [Orphan(job_id, tuple(objects)) for job_id, objects in sorted(found.items())
             if backend.jobs.get(job_id) is None]
+
+
+def undelivered(backend: Backend) -> list[Removal]:
+    """Completed command-line jobs (their source a reference to the user's file) whose result is still in the
+    store: its delivery failed. Kept (the same command writes it), but shown, since it is a film's worth of disk."""
+    is_reference = getattr(backend.objects, "is_reference", None)
+    if is_reference is None:
+        return []
+    found = []
+    for job in _jobs(backend, JobStatus.COMPLETED):
+        info = backend.objects.head(backend.output_bucket, keys.final_key(job.job_id))
+        if info is not None and is_reference(backend.input_bucket, keys.input_key(job.job_id)):
+            found.append(Removal(job, Kind.UNDELIVERED, 1, info.size))
+    return found
 
 
 def collect_orphans(backend: Backend, found: list[Orphan]) -> None:

@@ -136,6 +136,10 @@ def test_a_failed_delivery_is_retried_by_the_same_command_without_converting(bac
     assert backend.objects.exists(backend.output_bucket, keys.final_key(job_id))
     assert not output.exists() and not list(out.glob(".*.part"))
 
+    listed = CliRunner().invoke(app, ["gc"], env=WIDE)
+    assert f"kept: job {job_id} (clip), its result not yet written to its output" in listed.output
+    assert backend.objects.exists(backend.output_bucket, keys.final_key(job_id))  # gc keeps it for the retry
+
     if fault == "full":
         (out / "filler").unlink()
     else:
