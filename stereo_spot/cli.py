@@ -5,7 +5,6 @@ AWS, worker). Heavy imports (torch, kfp, streamlit) happen inside the commands t
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -228,6 +227,11 @@ def convert(
     image = is_image(input)
     if output is None:
         output = output_path_for(input, format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
+    elif image and output.suffix.lower() != ".png":
+        # Writing another name than the one asked for would leave scripts looking for a file that is not there,
+        # and PNG data under a video's name would mislead every player: refuse, and say what to ask for.
+        die(f"{input} is a still image (whatever its name): its 3D version is a PNG; give -o a .png name such as "
+            f"{output.with_suffix('.png')}")
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if report is not None:
@@ -306,19 +310,9 @@ def _same_file(path: Path, other: Path) -> bool:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """``write(temporary_path)``, then rename it over ``path``: a reader (or an interrupted run) never sees half
-    a file, and an existing file is only replaced once the new one is complete."""
-    import tempfile
+    from stereo_spot.delivery import write_atomically
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(name))
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, write)
 
 
 @app.command()
@@ -392,16 +386,27 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     config = get_settings()
     if config.storage_adapter != "local":
         die("`convert` runs on the embedded storage; unset STORAGE_ADAPTER or set it to local")
-    backend = build_backend(config)
-    fingerprint = steps.fingerprint(input, settings)
-    job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint), None)
+    job = None
     try:
+        backend = build_backend(config)
+        fingerprint = steps.fingerprint(input, settings)
+        undelivered = _undelivered_job(backend, fingerprint)
+        if undelivered is not None:  # converted before, but its delivery failed: deliver it, convert nothing
+            console.print(f"job {undelivered.job_id} is converted already: writing its result", highlight=False)
+            _deliver(backend, undelivered.job_id, output)
+            _comfort_report(backend, undelivered.job_id, report)
+            return
+        job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint),
+                   None)
         if job is not None and job.uploaded_at is not None:
             console.print(f"resuming job {job.job_id}", highlight=False)
         else:
+            _check_room(input, output, settings, config.stereo_spot_home)
             job = job or steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
             console.print(f"job {job.job_id}", highlight=False)
-            job = steps.store_source(backend, job.job_id, input)
+            job = steps.reference_source(backend, job.job_id, input)
+    except typer.Exit:
+        raise
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc, job.job_id if job else None)
     _run_with_progress(backend, job.job_id, workers, device)
@@ -412,6 +417,44 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
                       highlight=False)
     _deliver(backend, job.job_id, output)
     _comfort_report(backend, job.job_id, report)
+
+
+def _check_room(input: Path, output: Path, settings: ConversionSettings, home: Path) -> None:
+    """Before a new job: the output folder is writable and both it and the store have room (one line if not)."""
+    from stereo_spot import delivery
+    from stereo_spot.media.errors import MediaError
+    from stereo_spot.media.probe import probe
+
+    duration = None
+    if settings.start is not None or settings.duration is not None:
+        try:
+            duration = probe(input).duration_seconds
+        except MediaError:
+            pass  # bad input: the job fails on it with its own message
+    try:
+        from stereo_spot.scratch import root as scratch_root
+
+        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration),
+                            scratch=scratch_root())
+    except delivery.NoRoom as exc:
+        die(one_line(exc))
+
+
+def _undelivered_job(backend, fingerprint: str):
+    """A completed job of this input and these settings whose result is still in the store: its delivery
+    failed (a full or read-only output folder), so the same command delivers it without converting again."""
+    from stereo_spot import keys
+
+    cursor = None
+    while True:
+        page = backend.jobs.list_completed(limit=200, cursor=cursor)
+        for job in page.items:
+            if job.source_fingerprint == fingerprint and \
+                    backend.objects.exists(backend.output_bucket, keys.final_key(job.job_id)):
+                return job
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
 
 
 def _comfort_report(backend, job_id: str, path: Path | None) -> None:
@@ -484,16 +527,31 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
 
 def _deliver(backend, job_id: str, output: Path) -> None:
+    """Write the job's result to ``output``. A command-line job's result is moved out of the store (the store
+    keeps no second copy); an app job's stays, since the app serves it. A folder that cannot take it (full,
+    read-only) gets one line, and the result stays in the store for the next try."""
+    from stereo_spot import delivery, keys
+
+    final = keys.final_key(job_id)
+    if not backend.objects.exists(backend.output_bucket, final):
+        die(f"job {job_id} has no result in the store any more (a finished job's result is moved to its output, "
+            f"or it was removed): nothing to write to {output}")
+    move = _result_moves_out(backend, job_id)
+    try:
+        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move)
+    except OSError as exc:  # full, read-only, gone: the store's copy is only removed once the output is whole
+        die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
+            f"the folder writable) and run the same command again")
+    out.print(str(output))
+
+
+def _result_moves_out(backend, job_id: str) -> bool:
+    """A job whose source is a reference to the user's file came from the command line: its result is the
+    user's too, and leaves the store. An app upload's job keeps its result in the store for the app."""
     from stereo_spot import keys
 
-    local_path = getattr(backend.objects, "local_path", None)
-    if local_path is not None:
-        _write_atomically(output, lambda tmp: shutil.copyfile(local_path(backend.output_bucket,
-                                                                         keys.final_key(job_id)), tmp))
-    else:
-        _write_atomically(output, lambda tmp: backend.objects.download_file(backend.output_bucket,
-                                                                            keys.final_key(job_id), tmp))
-    out.print(str(output))
+    is_reference = getattr(backend.objects, "is_reference", None)
+    return is_reference is not None and is_reference(backend.input_bucket, keys.input_key(job_id))
 
 
 @app.command()
@@ -541,10 +599,13 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete
 @app.command()
 def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0, help="Also delete completed and "
                                                         "failed jobs finished more than this many days ago.")] = None,
+       orphans: Annotated[bool, typer.Option("--orphans", help="Also remove job folders that have no job record "
+                                             "(left by a lost or replaced database).")] = False,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False
        ) -> None:
     """Show the storage used and remove what is no longer needed: completed jobs' segments, deleted jobs'
-    leftovers and, with --older-than, old jobs."""
+    leftovers, partial writes of killed runs and, with --older-than, old jobs; with --orphans, job folders
+    without a record."""
     from datetime import timedelta
 
     from stereo_spot import gc as collector
@@ -555,8 +616,15 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
         backend = build_backend()
         used = collector.storage_used(backend)
         removals = collector.plan(backend, older_than=timedelta(days=older_than) if older_than is not None else None)
+        scraps = collector.scraps(backend)
+        lost = collector.orphans(backend)
+        kept = collector.undelivered(backend)
+        scrap_bytes = sum(p.stat().st_size for p in scraps if p.exists())
         if not dry_run:
             collector.collect(backend, removals)
+            collector.remove_scraps(scraps)
+            if orphans:
+                collector.collect_orphans(backend, lost)
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
     table = Table("area", "objects", "size", title="storage", title_justify="left")
@@ -567,9 +635,34 @@ def gc(older_than: Annotated[float | None, typer.Option("--older-than", min=0.0,
     for removal in removals:
         console.print(f"{verb} {removal.kind.value}: job {removal.job.job_id} ({escape(removal.job.title)}), "
                       f"{removal.objects} objects, {format_bytes(removal.bytes)}", highlight=False)
-    total = sum(r.bytes for r in removals)
-    console.print(f"{verb} {format_bytes(total)} in {len(removals)} jobs" if removals else "nothing to remove",
-                  highlight=False)
+    for waiting in kept:
+        console.print(f"kept: job {waiting.job.job_id} ({escape(waiting.job.title)}), its {waiting.kind.value}, "
+                      f"{format_bytes(waiting.bytes)}: run its convert command again, or `stereo-spot resume "
+                      f"{waiting.job.job_id} -o FILE`", highlight=False, soft_wrap=True)
+    if scraps:
+        console.print(f"{verb} {len(scraps)} partial writes left by killed runs, {format_bytes(scrap_bytes)}",
+                      highlight=False)
+    if orphans:
+        for orphan in lost:
+            console.print(f"{verb} orphan: job {orphan.job_id} (no record), {len(orphan.objects)} objects, "
+                          f"{format_bytes(orphan.bytes)}", highlight=False)
+    else:
+        _warn_orphans(lost)
+    total = sum(r.bytes for r in removals) + scrap_bytes + (sum(o.bytes for o in lost) if orphans else 0)
+    jobs_count = len(removals) + (len(lost) if orphans else 0)
+    console.print(f"{verb} {format_bytes(total)} in {jobs_count} jobs" + (" and partial writes" if scraps else "")
+                  if removals or scraps or (orphans and lost) else "nothing to remove", highlight=False)
+
+
+def _warn_orphans(lost) -> None:
+    """Job folders without a record are not listed anywhere else: say so, with what they hold."""
+    from stereo_spot.units import format_bytes
+
+    if lost:
+        console.print(f"[yellow]warning:[/] {len(lost)} job folders in the store have no job record (a lost, "
+                      f"emptied or replaced database?), {format_bytes(sum(o.bytes for o in lost))}: "
+                      "`stereo-spot gc --orphans --dry-run` lists them, `stereo-spot gc --orphans` removes them",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -577,15 +670,21 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
          cursor: Annotated[str | None, typer.Option(help="Page cursor printed by the previous page.")] = None
          ) -> None:
     """List jobs: in progress first, then completed (newest first)."""
+    from stereo_spot import gc as collector
     from stereo_spot.adapters import build_backend
+    from stereo_spot.config import get_settings
 
     try:
-        backend = build_backend()
+        config = get_settings()
+        backend = build_backend(config)
         in_progress = backend.jobs.list_in_progress(limit=100) if cursor is None else []
         page = backend.jobs.list_completed(limit=limit, cursor=cursor)
         failed = backend.jobs.list_by_status(JobStatus.FAILED, limit=10).items if cursor is None else []
+        # on this machine the store is a folder, cheap to walk; a bucket is left to `gc`
+        lost = collector.orphans(backend) if config.storage_adapter == "local" and cursor is None else []
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
+    _warn_orphans(lost)
     header = ("job id", "title", "format", "status", "segments", "created", "took")
     rows = []
     for job in [*in_progress, *page.items, *failed]:

@@ -1,18 +1,25 @@
 """``stereo-spot gc``: what the store holds, and removing what is no longer needed.
 
 Always removed: the intermediates of completed jobs (source and converted segments; concat removes them itself,
-so these are left by older versions or by a concat that died just after completing) and anything left under a
-deleted job's prefixes. With ``older_than``, completed and failed jobs finished before that age are deleted as
-well (``steps.delete_job``: the record stays, marked deleted). A failed job's segments are otherwise kept: they
+so these are left by older versions or by a concat that died just after completing), anything left under a
+deleted job's prefixes, and partial writes a killed process left in the store (untouched for an hour). With
+``older_than``, completed and failed jobs finished before that age are deleted as well (``steps.delete_job``:
+the record stays, marked deleted). A failed job's segments are otherwise kept: they
 are what ``stereo-spot resume`` continues from. Nothing in progress is touched.
+
+Orphans are job folders with no record at all: what a lost, emptied or replaced database leaves. They are found
+every time (``jobs`` and ``gc`` warn) and removed only when asked (``gc --orphans``): the records may come back
+with a restored database.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 
 from stereo_spot import keys, steps
 from stereo_spot.models import Job, JobStatus, utcnow
@@ -27,6 +34,7 @@ class Kind(StrEnum):
     INTERMEDIATES = "intermediates"  # a completed job's segments
     LEFTOVERS = "leftovers of a deleted job"
     OLD_JOB = "job past the age limit"
+    UNDELIVERED = "result not yet written to its output"  # shown, never removed
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,18 @@ class Removal:
     kind: Kind
     objects: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A job's objects with no job record."""
+
+    job_id: str
+    objects: tuple[tuple[str, str, int], ...]  # (bucket, key, size)
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for *_, size in self.objects)
 
 
 def storage_used(backend: Backend) -> dict[str, tuple[int, int]]:
@@ -105,3 +125,65 @@ def collect(backend: Backend, removals: list[Removal]) -> None:
         intermediates_only = removal.kind is Kind.INTERMEDIATES
         for bucket, key, _ in _objects(backend, removal.job, intermediates_only=intermediates_only):
             backend.objects.delete(bucket, key)
+
+
+def orphans(backend: Backend) -> list[Orphan]:
+    """Every job folder in the store (sources, segments, results) whose job has no record."""
+    found: dict[str, list[tuple[str, str, int]]] = {}
+    for _, bucket_attr, prefix in AREAS:
+        bucket = getattr(backend, bucket_attr)
+        for info in backend.objects.list_objects(bucket, prefix):
+            job_id = info.key.split("/")[1] if info.key.count("/") >= 2 else ""
+            try:
+                keys.validate_job_id(job_id)
+            except keys.InvalidKey:
+                continue  # not laid out by the project: left alone
+            found.setdefault(job_id, []).append((bucket, info.key, info.size))
+    return [Orphan(job_id, tuple(objects)) for job_id, objects in sorted(found.items())
+            if backend.jobs.get(job_id) is None]
+
+
+def undelivered(backend: Backend) -> list[Removal]:
+    """Completed command-line jobs (their source a reference to the user's file) whose result is still in the
+    store: its delivery failed. Kept (the same command writes it), but shown, since it is a film's worth of disk."""
+    is_reference = getattr(backend.objects, "is_reference", None)
+    if is_reference is None:
+        return []
+    found = []
+    for job in _jobs(backend, JobStatus.COMPLETED):
+        info = backend.objects.head(backend.output_bucket, keys.final_key(job.job_id))
+        if info is not None and is_reference(backend.input_bucket, keys.input_key(job.job_id)):
+            found.append(Removal(job, Kind.UNDELIVERED, 1, info.size))
+    return found
+
+
+def collect_orphans(backend: Backend, found: list[Orphan]) -> None:
+    for orphan in found:
+        for bucket, key, _ in orphan.objects:
+            backend.objects.delete(bucket, key)
+
+
+#: A partial write untouched this long belongs to a process that died: a live write keeps its file's time fresh.
+SCRAP_AGE_SECONDS = 3600
+
+
+def scraps(backend: Backend, *, now: float | None = None) -> list[Path]:
+    """Partial writes a killed process left in a store on this machine (none elsewhere: S3 has no such thing)."""
+    listing = getattr(backend.objects, "scraps", None)
+    if listing is None:
+        return []
+    cutoff = (time.time() if now is None else now) - SCRAP_AGE_SECONDS
+    found = [*listing(backend.input_bucket), *listing(backend.output_bucket)]
+    return [path for path in found if _mtime(path) < cutoff]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")  # gone meanwhile: nothing to remove
+
+
+def remove_scraps(found: list[Path]) -> None:
+    for path in found:
+        path.unlink(missing_ok=True)

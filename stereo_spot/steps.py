@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,13 +50,11 @@ FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.DELETED)
 
 @contextlib.contextmanager
 def _workdir(prefix: str) -> Iterator[Path]:
-    from stereo_spot.config import get_settings
+    """A step's scratch folder (``stereo_spot.scratch``: what a killed run left is removed first)."""
+    from stereo_spot.scratch import workdir
 
-    root = get_settings().stereo_spot_workdir
-    if root:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"stereo-spot-{prefix}-", dir=root) as tmp:
-        yield Path(tmp)
+    with workdir(prefix) as tmp:
+        yield tmp
 
 
 def _fetch(backend: Backend, bucket: str, key: str, dest: Path) -> Path:
@@ -154,6 +151,18 @@ def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -
         size = Path(source).stat().st_size
     else:
         size = backend.objects.upload_fileobj(backend.input_bucket, key, source, content_type="video/mp4")
+    return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
+
+
+def reference_source(backend: Backend, job_id: str, source: Path) -> Job:
+    """The command line's source: the user's own file, which stays where it is. A storage on this machine
+    records a reference to it (path, size, time, SHA-256; checked whenever it is read) rather than a second
+    copy; any other storage gets an upload, as with ``store_source``. An app upload has no user copy and is
+    stored with ``store_source``."""
+    reference_file = getattr(backend.objects, "reference_file", None)
+    if reference_file is None:
+        return store_source(backend, job_id, source)
+    size = reference_file(backend.input_bucket, keys.input_key(job_id), source)
     return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
 
 

@@ -11,6 +11,7 @@ the folder's own permissions are the access control. The UI streams local object
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import json
 import os
@@ -78,27 +79,68 @@ CREATE TABLE IF NOT EXISTS queue (
 """
 
 
+#: How long an operation waits for another process's write to the job database. The project's own writes last
+#: milliseconds; a lock held this long is something else (a stopped process, a `sqlite3` shell in a transaction),
+#: and the command says so instead of waiting on.
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def database_holders(path: Path) -> list[str]:
+    """Other processes on this machine with the database (or its WAL) open, as ``pid N (command)``: read from
+    ``/proc``, so empty elsewhere, or where they belong to another user."""
+    path = Path(path).resolve()
+    names = {str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal"}
+    found = []
+    for fd_dir in sorted(Path("/proc").glob("[0-9]*/fd")):
+        pid = int(fd_dir.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if not any(os.readlink(fd_dir / fd) in names for fd in os.listdir(fd_dir)):
+                continue
+            command = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"pid {pid} ({' '.join(command.split())[:80]})")
+    return found
+
+
 class SQLiteDatabase:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=60)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+            raise self._error(exc, "cannot open the job database") from exc
         finally:
             conn.close()
+
+    def _error(self, exc: sqlite3.Error, what: str) -> StoreError:
+        if "malformed" in str(exc) or "not a database" in str(exc):
+            return StoreError(f"{what} {self.path}: {exc}: the job records are damaged; move the file aside and "
+                              "`stereo-spot gc --orphans --dry-run` lists the job folders they leave behind")
+        if not _locked(exc):
+            return StoreError(f"{what} {self.path}: {exc}")
+        holders = database_holders(self.path)
+        held = f"held by {', '.join(holders)}" if holders else "held by another process"
+        return StoreError(f"the job database {self.path} is locked, {held}, and stayed locked for "
+                          f"{BUSY_TIMEOUT_SECONDS:g} s: let that finish or stop it, then run the command again")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         try:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+            raise self._error(exc, "cannot open the job database") from exc
         try:
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -107,7 +149,7 @@ class SQLiteDatabase:
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"job database {self.path}: {exc}") from exc
+            raise self._error(exc, "job database") from exc
         finally:
             conn.close()
 
@@ -305,7 +347,13 @@ class SQLiteQueue(QueueSender, QueueReceiver):
 
 class FolderObjectStorage(ObjectStorage):
     """``{root}/{bucket}/{key}``. Writes go to a temporary name and are renamed into place, so a reader never
-    sees half an object and a re-run replaces an object atomically."""
+    sees half an object and a re-run replaces an object atomically.
+
+    An object can also be a reference to a file elsewhere on this machine (``reference_file``): the user's own
+    source, which the command line does not copy. It is kept beside the key as a small hidden record
+    (``.{name}.ref``) and read through ``stereo_spot.source_refs``, which checks the file is still the one
+    recorded. ``head`` and ``list_objects`` give what the store itself holds on disk: for a reference, the
+    record's few bytes, not the film's."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -318,6 +366,18 @@ class FolderObjectStorage(ObjectStorage):
             raise ValueError(f"invalid object key {key!r}")
         return self.root.joinpath(bucket, *parts)
 
+    @staticmethod
+    def _ref_path(target: Path) -> Path:
+        return target.with_name(f".{target.name}.ref")
+
+    def _stored(self, bucket: str, key: str) -> Path | None:
+        """The file that holds the object in the store: its content, or its reference record."""
+        target = self._path(bucket, key)
+        if target.is_file():
+            return target
+        ref = self._ref_path(target)
+        return ref if ref.is_file() else None
+
     def _write(self, bucket: str, key: str, copy) -> int:
         target = self._path(bucket, key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -327,6 +387,7 @@ class FolderObjectStorage(ObjectStorage):
                 copy(out)
                 size = out.tell()
             os.replace(tmp, target)
+            self._ref_path(target).unlink(missing_ok=True)  # content replaces an earlier reference
         finally:
             tmp.unlink(missing_ok=True)
         return size
@@ -338,8 +399,22 @@ class FolderObjectStorage(ObjectStorage):
     def upload_fileobj(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str | None = None) -> int:
         return self._write(bucket, key, lambda out: shutil.copyfileobj(fileobj, out, 8 * 1024 * 1024))
 
+    def reference_file(self, bucket: str, key: str, path: Path | str) -> int:
+        """Make the object ``path`` itself, by reference (no copy); returns the file's size."""
+        from stereo_spot import source_refs
+
+        target = self._path(bucket, key)
+        ref = source_refs.reference(path)
+        source_refs.write(self._ref_path(target), ref)
+        target.unlink(missing_ok=True)  # a reference replaces earlier content
+        return ref.size
+
+    def is_reference(self, bucket: str, key: str) -> bool:
+        target = self._path(bucket, key)
+        return not target.is_file() and self._ref_path(target).is_file()
+
     def download_file(self, bucket: str, key: str, path: Path | str) -> None:
-        source = self._path(bucket, key)
+        source = self.local_path(bucket, key)
         if not source.is_file():
             raise NotFound(f"object {bucket}/{key} does not exist")
         path = Path(path)
@@ -349,35 +424,70 @@ class FolderObjectStorage(ObjectStorage):
         os.replace(tmp, path)
 
     def local_path(self, bucket: str, key: str) -> Path:
-        """Where the object lives, for readers on this machine that can skip a copy."""
-        return self._path(bucket, key)
+        """Where the object's content lives, for readers on this machine that can skip a copy: the user's own
+        file for a reference (checked first: ``SourceChanged`` naming it when it is gone or changed)."""
+        from stereo_spot import source_refs
+
+        target = self._path(bucket, key)
+        ref = self._ref_path(target)
+        if not target.is_file() and ref.is_file():
+            return source_refs.verified_path(source_refs.read(ref))
+        return target
 
     def exists(self, bucket: str, key: str) -> bool:
-        return self._path(bucket, key).is_file()
+        return self._stored(bucket, key) is not None
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
-        path = self._path(bucket, key)
-        if not path.is_file():
+        path = self._stored(bucket, key)
+        if path is None:
             return None
         stat = path.stat()
         return ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime).astimezone())
 
     def delete(self, bucket: str, key: str) -> None:
-        self._path(bucket, key).unlink(missing_ok=True)
+        target = self._path(bucket, key)
+        target.unlink(missing_ok=True)
+        self._ref_path(target).unlink(missing_ok=True)
+
+    def move_out(self, bucket: str, key: str, path: Path | str) -> bool:
+        """Move the object's content to ``path`` (a rename: the store keeps no copy). False where ``path`` is
+        on another filesystem; the object is then left as it is."""
+        source = self._path(bucket, key)
+        if not source.is_file():
+            raise NotFound(f"object {bucket}/{key} does not exist")
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        return True
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         base = self.root / bucket
         if not base.is_dir():
             return []
-        keys = (p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
+        found = set()
+        for path in base.rglob("*"):
+            name = path.name
+            if name.startswith(".") and name.endswith(".ref") and len(name) > 5:
+                path = path.with_name(name[1:-4])  # a reference stands for its key
+            elif name.startswith("."):
+                continue  # a write in progress (or one a killed process left: ``gc`` removes those)
+            found.add(path.relative_to(base).as_posix())
+        return sorted(k for k in found if k.startswith(prefix) and self._stored(bucket, k) is not None)
+
+    def scraps(self, bucket: str) -> list[Path]:
+        """Partial writes (``.{name}.{id}.part``) a killed process left behind."""
+        base = self.root / bucket
+        return sorted(p for p in base.rglob(".*.part") if p.is_file()) if base.is_dir() else []
 
     def presign_upload(self, bucket: str, key: str, expires_seconds: int = 3600) -> str:
         return self._path(bucket, key).resolve().as_uri()
 
     def presign_download(self, bucket: str, key: str, expires_seconds: int = 3600,
                          download_name: str | None = None) -> str:
-        return self._path(bucket, key).resolve().as_uri()
+        return self.local_path(bucket, key).resolve().as_uri()
 
 
 def local_backend(home: Path, input_bucket: str = "stereo-spot-input",

@@ -26,7 +26,7 @@ from stereo_spot.media.containers import (
     require_video_stream,
 )
 from stereo_spot.media.errors import MediaError
-from stereo_spot.media.frames import in_display_time, reorder_depth
+from stereo_spot.media.frames import RetimeCount, in_display_time, reorder_depth, retime_repeats
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ def chunk_video(
             writer = _SegmentWriter(out_dir, stream, segment_seconds)
             try:
                 done = _copy_window(container, stream, writer, src, window, use_seek)
+            except _BrokenTiming:
+                # Copied packets keep their labels: timestamps that repeat or go back cannot be kept. Decode the
+                # frames instead and give each one a time of its own.
+                writer.discard()
+                return _transcode_window(src, out_dir, segment_seconds, start, duration, retime=True)
             finally:
                 writer.close()
             if done:
@@ -109,16 +114,22 @@ _AVCOL_SPC_BT709 = 1
 
 
 def _transcode_window(
-    src: Path, out_dir: Path, segment_seconds: float, start: float | None, duration: float | None
+    src: Path, out_dir: Path, segment_seconds: float, start: float | None, duration: float | None,
+    retime: bool = False,
 ) -> list[Path]:
-    """``chunk_video`` for a source whose codec mp4 cannot carry: decode the window's frames and encode them into
-    segments of about ``segment_seconds`` (each starts with a keyframe), with the source's timestamps."""
+    """``chunk_video`` for a source whose codec mp4 cannot carry, or (``retime``) whose timestamps repeat or go
+    back: decode the window's frames and encode them into segments of about ``segment_seconds`` (each starts
+    with a keyframe), with the source's timestamps, repaired by ``retime_repeats`` where they are broken."""
     with open_input(src) as container:
         stream = require_video_stream(container, src)
         codec = stream.codec_context.name
-        log.info("%s: its %s video cannot be copied into mp4 segments; re-encoding them losslessly with %s",
-                 src.name, codec, INTERMEDIATE_CODEC)
+        if not retime:
+            log.info("%s: its %s video cannot be copied into mp4 segments; re-encoding them losslessly with %s",
+                     src.name, codec, INTERMEDIATE_CODEC)
         window = _Window.of(stream, start, duration)
+        rate = stream.average_rate or stream.guessed_rate
+        frame_ticks = max(1, round(1 / (Fraction(rate) * stream.time_base))) if rate else 1
+        retimed = RetimeCount()
         stream.thread_type = "AUTO"
         if window.start is not None:
             try:
@@ -135,7 +146,11 @@ def _transcode_window(
                 yield frame
 
         try:
-            for frame, pts in in_display_time(counted(container.decode(stream)), reorder_depth(stream), src.name):
+            pairs = in_display_time(counted(container.decode(stream)), reorder_depth(stream), src.name,
+                                    keep_repeats=retime)
+            if retime:
+                pairs = retime_repeats(pairs, frame_ticks, retimed)
+            for frame, pts in pairs:
                 if window.start is not None and pts < window.start:
                     continue
                 if window.end is not None and pts >= window.end:
@@ -147,6 +162,11 @@ def _transcode_window(
             log.warning("%s: stopped at a damaged frame after %d frames", src.name, writer.frames)
         finally:
             writer.close()
+    if retimed.total > 1 and retimed.frames == retimed.total - 1:
+        raise untimed(src, retimed.total)  # not a few broken labels: no timing at all to repair
+    if retimed.frames:
+        log.warning("%s: %d of %d video frames had duplicate or out-of-order timestamps; converted with times "
+                    "spread between their neighbours", src.name, retimed.frames, retimed.total)
     if writer.frames == 0:
         if window.start is not None:
             begin = float(window.start * stream.time_base)
@@ -259,6 +279,10 @@ class _Window:
         return cls(start_ticks, end_ticks)
 
 
+class _BrokenTiming(Exception):
+    """A packet whose timestamp repeats or goes back: a stream copy would drop it and what follows."""
+
+
 class _SegmentWriter:
     """Writes packets into numbered mp4 files; a keyframe past the next boundary opens the next file."""
 
@@ -275,9 +299,19 @@ class _SegmentWriter:
         self._next_boundary = 0
         self._container: OutputContainer | None = None
         self._stream: Stream | None = None
+        self._last_dts: int | None = None
+        self._seen: set[int] = set()  # every pts written: a repeat is broken timing (an int each: bounded)
 
     def write(self, packet: Packet) -> None:
         pts = packet.pts if packet.pts is not None else packet.dts
+        if packet.dts is not None:
+            if self._last_dts is not None and packet.dts <= self._last_dts:
+                raise _BrokenTiming()
+            self._last_dts = packet.dts
+        if pts is not None:
+            if pts in self._seen:
+                raise _BrokenTiming()
+            self._seen.add(pts)
         if self._container is None:
             self._origin = pts or 0
             self._open_next(1)

@@ -117,7 +117,7 @@ def reorder_depth(stream: VideoStream) -> int:
 
 
 def in_display_time(
-    frames: Iterable[av.VideoFrame], depth: int, name: str = "video"
+    frames: Iterable[av.VideoFrame], depth: int, name: str = "video", *, keep_repeats: bool = False
 ) -> Iterator[tuple[av.VideoFrame, int]]:
     """Decoded frames (in the order the decoder returns them) with increasing presentation timestamps.
 
@@ -129,7 +129,8 @@ def in_display_time(
     back in order (what players show: every frame at its own time, the audio in sync); a correctly labelled
     stream comes out unchanged. A label that repeats after this (two frames claiming one instant) drops the
     later frame, as FFmpeg does for variable-rate output; a frame without a label is placed one tick after
-    the previous one.
+    the previous one. ``keep_repeats`` yields such a frame with its label instead (``retime_repeats`` gives it
+    a time of its own).
     """
     pending: deque[av.VideoFrame] = deque()
     labels: list[int] = []
@@ -144,6 +145,9 @@ def in_display_time(
         else:
             pts = 0 if last is None else last + 1
         if last is not None and pts <= last:
+            if keep_repeats:
+                yield frame, pts
+                return
             duplicates += 1
             return
         last = pts
@@ -159,6 +163,52 @@ def in_display_time(
         yield from emit()
     if duplicates:
         log.warning("%s: %d frame(s) repeat an earlier frame's timestamp; dropped", name, duplicates)
+
+
+class RetimeCount:
+    """How many frames ``retime_repeats`` gave a new time."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.total = 0
+
+
+def retime_repeats(pairs: Iterable[tuple[av.VideoFrame, int]], frame_ticks: int,
+                   count: RetimeCount | None = None) -> Iterator[tuple[av.VideoFrame, int]]:
+    """(frame, pts) pairs with every frame kept and times strictly increasing: a run of frames whose labels repeat
+    or go back (a Matroska file with duplicate or broken timestamps) is spread evenly between the last good
+    time before it and the next one after it, where the frames most likely belonged; a run at the very end
+    steps on by ``frame_ticks``, the nominal frame duration. Frames are never reordered or dropped."""
+    count = count or RetimeCount()
+    last: int | None = None
+    run: list[av.VideoFrame] = []
+
+    def spread(until: int | None) -> Iterator[tuple[av.VideoFrame, int]]:
+        nonlocal last
+        base = last
+        step = (until - base) / (len(run) + 1) if until is not None else frame_ticks
+        for k, held in enumerate(run, 1):
+            pts = max(last + 1, round(base + k * step))
+            last = pts
+            count.frames += 1
+            yield held, pts
+        run.clear()
+
+    for frame, pts in pairs:
+        count.total += 1
+        if last is None:
+            last = pts
+            yield frame, pts
+        elif pts <= last:
+            run.append(frame)
+        else:
+            if run:
+                yield from spread(pts if pts - last > len(run) else None)
+            pts = max(pts, last + 1)
+            last = pts
+            yield frame, pts
+    if run:
+        yield from spread(None)
 
 
 def keeps_frame(seconds: float, frame_seconds: float, max_fps: float) -> bool:
