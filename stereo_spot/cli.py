@@ -484,15 +484,22 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
 
 def _deliver(backend, job_id: str, output: Path) -> None:
-    from stereo_spot import keys
+    from stereo_spot import keys, steps
+    from stereo_spot.integrity import FinalDamaged
 
     local_path = getattr(backend.objects, "local_path", None)
-    if local_path is not None:
-        _write_atomically(output, lambda tmp: shutil.copyfile(local_path(backend.output_bucket,
-                                                                         keys.final_key(job_id)), tmp))
-    else:
-        _write_atomically(output, lambda tmp: backend.objects.download_file(backend.output_bucket,
-                                                                            keys.final_key(job_id), tmp))
+
+    def copy(tmp: Path) -> None:
+        if local_path is not None:
+            shutil.copyfile(local_path(backend.output_bucket, keys.final_key(job_id)), tmp)
+        else:
+            backend.objects.download_file(backend.output_bucket, keys.final_key(job_id), tmp)
+        steps.verify_final(backend, job_id, tmp)  # before it replaces anything at the output
+
+    try:
+        _write_atomically(output, copy)
+    except FinalDamaged as exc:
+        die(f"{one_line(exc)}; nothing was written to {output}")
     out.print(str(output))
 
 

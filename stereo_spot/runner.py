@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from stereo_spot import keys, steps
+from stereo_spot import keys, leases, steps
 from stereo_spot.errors import UserError, failure_reason, one_line
 from stereo_spot.models import Job, JobStatus
 from stereo_spot.ports import Backend
@@ -80,11 +80,12 @@ def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int,
     _worker_backend, _worker_frames = factory(), frames
 
 
-def _convert_in_worker(job_id: str, segment_index: int) -> int:
+def _convert_in_worker(job_id: str, segment_index: int) -> bool:
+    """True where this worker converted the segment, False where another run holds it."""
     assert _worker_backend is not None and _worker_frames is not None
     frames = _worker_frames
-    steps.convert(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
-    return segment_index
+    done = steps.convert_leased(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
+    return done is not None
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -105,10 +106,7 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
             report(state)
             steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
             job = steps.require_job(backend, job_id)
-        _convert_missing(backend, job, workers, device, state, report)
-        state.stage = "concat"
-        report(state)
-        job = steps.concat(backend, job_id)
+        job = _convert_and_join(backend, job_id, workers, device, state, report)
         if job.status == JobStatus.COMPLETED:
             state.stage = "done"
             report(state)
@@ -122,19 +120,69 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
         raise
 
 
+#: Joins retried after converting again the segments that failed verification, before the run gives up.
+JOIN_ATTEMPTS = 3
+
+
+def _convert_and_join(backend: Backend, job_id: str, workers: int | None, device: str | None, state: Progress,
+                      report: ProgressCallback) -> Job:
+    """Convert what is missing and join. Segments that fail verification at the join have lost their records
+    (``steps.concat``): they are converted again, with one line saying so, and the join is retried."""
+    from stereo_spot.integrity import SegmentsDamaged
+
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        _convert_missing(backend, steps.require_job(backend, job_id), workers, device, state, report)
+        state.stage = "concat"
+        report(state)
+        try:
+            # no time limit: a live holder renews its lock, a dead one here is taken over, elsewhere it expires
+            return steps.concat(backend, job_id, wait_seconds=float("inf"))
+        except SegmentsDamaged as damaged:
+            if attempt == JOIN_ATTEMPTS:
+                raise
+            for index, why in damaged.problems.items():
+                log.warning("job %s: stored segment %d failed verification (%s); converting it again", job_id,
+                            index, why)
+    raise AssertionError("unreachable")
+
+
 def _convert_missing(backend: Backend, job: Job, workers: int | None, device: str | None, state: Progress,
                      report: ProgressCallback) -> None:
+    """Convert the segments that have no completion, under their leases: another run of the same job (a second
+    command on the same input) converts the others. Returns once every segment has a completion."""
+    total = job.total_segments or 0
+    state.stage, state.frames_total, state.segments_total = "convert", job.source_frames, total
+    waiting_for: set[str] = set()
+    while True:
+        done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
+        state.frames_done = sum(c.frames for c in done.values())
+        state.segments_done = len(done)
+        report(state)
+        todo = [i for i in range(total) if i not in done]
+        if not todo:
+            return
+        free = [i for i in todo if _lease_free(backend, job.job_id, i)]
+        if free:
+            _convert_segments(backend, job, free, workers, device, state, report)
+            continue
+        for index in todo:  # every missing segment is being converted by another live run: say so once
+            holder = backend.reassembly.holder(leases.segment_lease(job.job_id, index))
+            if holder is not None and holder.owner not in waiting_for:
+                waiting_for.add(holder.owner)
+                log.warning("waiting for job %s held by %s (converting segment %d)", job.job_id,
+                            leases.describe(holder.owner), index)
+        time.sleep(leases.POLL_SECONDS)
+
+
+def _lease_free(backend: Backend, job_id: str, segment_index: int) -> bool:
+    holder = backend.reassembly.holder(leases.segment_lease(job_id, segment_index))
+    return holder is None or leases.is_dead_here(holder.owner)
+
+
+def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int | None, device: str | None,
+                      state: Progress, report: ProgressCallback) -> None:
     from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
 
-    total = job.total_segments or 0
-    done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
-    todo = [i for i in range(total) if i not in done]
-    state.stage, state.frames_total = "convert", job.source_frames
-    state.frames_done = sum(c.frames for c in done.values())
-    state.segments_done, state.segments_total = total - len(todo), total
-    report(state)
-    if not todo:
-        return
     plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
     if plan.workers <= 1 or backend.factory is None:
         def on_frames(n: int) -> None:
@@ -142,9 +190,8 @@ def _convert_missing(backend: Backend, job: Job, workers: int | None, device: st
             report(state)
 
         for index in todo:
-            steps.convert(backend, job.job_id, index, device=plan.devices[0], progress=on_frames)
-            state.segments_done += 1
-            report(state)
+            if steps.convert_leased(backend, job.job_id, index, device=plan.devices[0], progress=on_frames):
+                _converted(job, index, state, report)
         return
     ctx = mp.get_context("spawn")
     frames: mp.Queue = ctx.Queue()
@@ -154,21 +201,25 @@ def _convert_missing(backend: Backend, job: Job, workers: int | None, device: st
     log.info("converting %d segments with %d workers on %s", len(todo), plan.workers, ", ".join(plan.devices))
     with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(backend.factory, frames, plan.threads, devices)) as pool:
-        pending = {pool.submit(_convert_in_worker, job.job_id, i) for i in todo}
+        pending = {pool.submit(_convert_in_worker, job.job_id, i): i for i in todo}
         try:
             while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 _drain(frames, state)
                 for future in finished:
-                    future.result()  # raises the segment's error
-                    state.segments_done += 1
+                    index = pending.pop(future)
+                    if future.result():  # raises the segment's error
+                        _converted(job, index, state, report)
                 report(state)
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
-    # progress messages still in flight when the last segment finished
-    state.frames_done = sum(c.frames for c in backend.completions.query_by_job(job.job_id))
+
+
+def _converted(job: Job, index: int, state: Progress, report: ProgressCallback) -> None:
+    log.info("job %s: converted segment %d of %d", job.job_id, index, job.total_segments or 0)
+    state.segments_done += 1
     report(state)
 
 
