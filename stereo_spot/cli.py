@@ -203,6 +203,8 @@ def convert(
     max_fps: MaxFpsOption = None,
     device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new job even where an interrupted or failed "
+                                        "one of the same input and settings could be resumed.")] = False,
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
@@ -217,7 +219,7 @@ def convert(
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
             if value is not None:
                 die(f"{flag} works with one input file; convert the files one by one to use it")
-        _convert_many(inputs, output, settings, skip_existing, workers, device)
+        _convert_many(inputs, output, settings, skip_existing, workers, device, fresh)
         return
     input = inputs[0]
     if not input.is_file():
@@ -245,11 +247,11 @@ def convert(
     else:
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
-        _convert_video(input, output, settings, workers, device, title or input.stem, report)
+        _convert_video(input, output, settings, workers, device, title or input.stem, report, fresh)
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
-                  workers: int | None, device: str | None) -> None:
+                  workers: int | None, device: str | None, fresh: bool = False) -> None:
     """Convert every input in turn, past the ones that fail, and end with a summary; the exit status is 1 when
     any failed. Interrupted jobs resume as a single conversion does (each job is found by its fingerprint)."""
     from stereo_spot.inputs import plan
@@ -275,7 +277,7 @@ def _convert_many(paths: list[Path], output_dir: Path | None, settings: Conversi
             if item.is_image:
                 _convert_image(item.source, item.output, settings, None)
             else:
-                _convert_video(item.source, item.output, settings, workers, device, item.source.stem)
+                _convert_video(item.source, item.output, settings, workers, device, item.source.stem, fresh=fresh)
         except CommandError as failure:
             if failure.exit_code == INTERRUPTED:
                 raise
@@ -384,8 +386,7 @@ def _convert_image(input: Path, output: Path, settings: ConversionSettings, disp
 
 
 def _convert_video(input: Path, output: Path, settings: ConversionSettings, workers: int | None,
-                   device: str | None, title: str, report: Path | None = None) -> None:
-    from stereo_spot import steps
+                   device: str | None, title: str, report: Path | None = None, fresh: bool = False) -> None:
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
 
@@ -393,17 +394,19 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     if config.storage_adapter != "local":
         die("`convert` runs on the embedded storage; unset STORAGE_ADAPTER or set it to local")
     backend = build_backend(config)
-    fingerprint = steps.fingerprint(input, settings)
-    job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint), None)
+    from stereo_spot.runner import job_for_input
+
     try:
-        if job is not None and job.uploaded_at is not None:
-            console.print(f"resuming job {job.job_id}", highlight=False)
-        else:
-            job = job or steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
-            console.print(f"job {job.job_id}", highlight=False)
-            job = steps.store_source(backend, job.job_id, input)
+        job, resumed = job_for_input(backend, input, settings, title, fresh=fresh)
     except Exception as exc:  # noqa: BLE001
-        _report_failure(exc, job.job_id if job else None)
+        _report_failure(exc)
+    if not resumed:
+        console.print(f"job {job.job_id}", highlight=False)
+    elif job.status == JobStatus.FAILED:
+        console.print(f"resuming failed job {job.job_id} ({escape(job.failure_reason or 'no reason recorded')})",
+                      highlight=False)
+    else:
+        console.print(f"resuming job {job.job_id}", highlight=False)
     _run_with_progress(backend, job.job_id, workers, device)
     if settings.auto_divergence:
         chosen = backend.jobs.get(job.job_id).settings

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from stereo_spot import keys, leases, steps
 from stereo_spot.errors import UserError, failure_reason, one_line
-from stereo_spot.models import Job, JobStatus
+from stereo_spot.models import ConversionSettings, Job, JobStatus
 from stereo_spot.ports import Backend
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,40 @@ def _convert_in_worker(job_id: str, segment_index: int) -> bool:
     frames = _worker_frames
     done = steps.convert_leased(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
     return done is not None
+
+
+# --- the job for an input --------------------------------------------------------------------------------
+
+#: Failed jobs searched for one to resume (newest first).
+_FAILED_SEARCHED = 200
+
+
+def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, title: str, *,
+                  fresh: bool = False) -> tuple[Job, bool]:
+    """The job that converts ``source`` with ``settings``, and whether it existed: the newest unfinished or
+    failed job of the same input and settings (an interrupted run, a crash, a full disk, or another command
+    converting it right now) is resumed, its converted segments kept; ``fresh`` starts a new job regardless.
+
+    Two commands started together on one input hold the input's lease in turn, so the second finds the job
+    the first created instead of making its own."""
+    fingerprint = steps.fingerprint(source, settings)
+    name, owner = leases.input_lease(fingerprint), leases.this_owner()
+    leases.acquire(backend, name, owner, job_id=f"for {source}", activity="creating the job")
+    with leases.holding(backend, name, owner):
+        job = None if fresh else _resumable(backend, fingerprint)
+        existed = job is not None and job.uploaded_at is not None
+        if job is None:
+            job = steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
+        if job.uploaded_at is None:  # new, or created by a run stopped before the source was stored
+            job = steps.store_source(backend, job.job_id, source)
+        return job, existed
+
+
+def _resumable(backend: Backend, fingerprint: str) -> Job | None:
+    candidates = [*backend.jobs.list_in_progress(limit=1000),
+                  *backend.jobs.list_by_status(JobStatus.FAILED, limit=_FAILED_SEARCHED).items]
+    matching = [job for job in candidates if job.source_fingerprint == fingerprint]
+    return max(matching, key=lambda job: job.created_at, default=None)
 
 
 # --- the run --------------------------------------------------------------------------------------------
