@@ -104,7 +104,7 @@ def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, 
     the first created instead of making its own."""
     fingerprint = steps.fingerprint(source, settings)
     name, owner = leases.input_lease(fingerprint), leases.this_owner()
-    leases.acquire(backend, name, owner, job_id=f"for {source}", activity="creating the job")
+    leases.acquire(backend, name, owner, job_id=f"of {source.name}", activity="looking it up or creating it")
     with leases.holding(backend, name, owner):
         job = None if fresh else _resumable(backend, fingerprint)
         existed = job is not None and job.uploaded_at is not None
