@@ -162,3 +162,30 @@ def test_a_damaged_final_is_not_delivered(home, clip, tmp_path):
     assert "the stored result of job" in result.output and "SHA-256" in result.output
     assert "Traceback" not in result.output
     assert not out.exists() and list(tmp_path.glob(".x.mp4*")) == []
+
+
+def test_on_a_cluster_the_concat_step_fails_the_job_and_the_next_run_reconverts_the_segment(backend, clip,
+                                                                                           monkeypatch, tmp_path):
+    """The engines' concat component: a user-error exit (no retry of a join that cannot succeed), the job failed
+    with the segment named; the next run of the job (a resubmitted workflow) converts just that segment through
+    the shards and joins. Breakage caught: neither the record nor the stored file dropped (the shard would skip
+    the segment again)."""
+    from stereo_spot.components import _common
+    from stereo_spot.components import concat as concat_component
+
+    monkeypatch.setenv(_common.TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
+    job_id = converted_but_not_joined(backend, clip)
+    kept = {c.segment_index: c for c in backend.completions.query_by_job(job_id)}
+    flip_bytes(stored_segment(backend, job_id, 2))
+    with pytest.raises(_common.StepFailed) as failed:
+        concat_component.concat(keys.input_key(job_id))
+    assert failed.value.code == _common.EXIT_USER_ERROR
+    job = backend.jobs.get(job_id)
+    assert job.status == JobStatus.FAILED and "segment 2: its SHA-256 checksum differs" in job.failure_reason
+    # the next run of the workflow
+    assert steps.job_for_upload(backend, backend.input_bucket, keys.input_key(job_id)).status == \
+        JobStatus.CHUNKING_COMPLETE
+    converted = steps.convert_shard(backend, job_id, 0, 1)
+    assert [c for c in converted if c != kept.get(c.segment_index)] == [converted[2]]  # only segment 2 is new
+    assert steps.concat(backend, job_id).status == JobStatus.COMPLETED
+    assert decoded_frames(backend.objects.local_path(backend.output_bucket, keys.final_key(job_id))) == FRAMES
