@@ -110,7 +110,7 @@ def try_take(backend: Backend, name: str, owner: str, ttl_seconds: int = REASSEM
         return True
     holder = locks.holder(name)
     if holder is not None and is_dead_here(holder.owner):
-        log.warning("taking over %s from %s, which is no longer running", name, describe(holder.owner))
+        log.warning("taking over the lease %s: its holder, %s, is no longer running", name, describe(holder.owner))
         return locks.try_acquire(name, owner, ttl_seconds=ttl_seconds, replacing=holder.owner)
     return False
 

@@ -199,12 +199,12 @@ def _convert_missing(backend: Backend, job: Job, workers: int | None, device: st
         if free:
             _convert_segments(backend, job, free, workers, device, state, report)
             continue
-        for index in todo:  # every missing segment is being converted by another live run: say so once
+        for index in todo:  # every missing segment is being converted by another live run: name each run once
             holder = backend.reassembly.holder(leases.segment_lease(job.job_id, index))
-            if holder is not None and holder.owner not in waiting_for:
-                waiting_for.add(holder.owner)
-                log.warning("waiting for job %s held by %s (converting segment %d)", job.job_id,
-                            leases.describe(holder.owner), index)
+            who = leases.describe(holder.owner) if holder is not None else None
+            if who is not None and who not in waiting_for:
+                waiting_for.add(who)
+                log.warning("waiting for job %s held by %s (converting segment %d)", job.job_id, who, index)
         time.sleep(leases.POLL_SECONDS)
 
 

@@ -136,3 +136,45 @@ def test_a_rerun_after_a_kill_during_the_join_takes_the_lock_over_at_once(home, 
 
     monkeypatch.setattr(leases.time, "sleep", no_waiting)
     assert run_job(backend, job.job_id, workers=1).status == JobStatus.COMPLETED
+
+
+LIVE_CHUNK_HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from stereo_spot import leases
+    from stereo_spot.adapters.local import local_backend
+
+    home, job_id, log = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    backend, owner = local_backend(home), leases.this_owner()
+    assert backend.reassembly.try_acquire(leases.chunk_lease(job_id), owner, ttl_seconds=3600)
+    print("held", flush=True)
+    while "waiting for job" not in log.read_text():  # released once the waiter has said whom it waits for
+        time.sleep(0.1)
+    backend.reassembly.release(leases.chunk_lease(job_id), owner)
+""")
+
+
+def test_a_live_holder_is_named_at_the_default_verbosity(home, backend, clip, tmp_path):
+    """`resume` of a job another live process is chunking: one line names that process's pid, without -v, and
+    the run goes on once the lease is released. Breakage caught: the wait logged below the default level (the
+    holder never releases: the test times out), or not at all."""
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    log = tmp_path / "stderr.txt"
+    log.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", LIVE_CHUNK_HOLDER, str(home), job.job_id, str(log)],
+                              stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with open(log, "w") as stderr:
+            done = subprocess.run([sys.executable, "-m", "stereo_spot", "resume", job.job_id, "--workers", "1"],
+                                  stdout=subprocess.PIPE, stderr=stderr, env=env, timeout=120)
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    text = log.read_text()
+    assert done.returncode == 0, text[-3000:]
+    waits = [line for line in text.splitlines() if "waiting for job" in line]
+    assert len(waits) == 1 and f"waiting for job {job.job_id} held by pid {holder.pid} on " in waits[0], text
+    assert backend.jobs.get(job.job_id).status == JobStatus.COMPLETED
