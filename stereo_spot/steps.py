@@ -253,10 +253,6 @@ def _chunk_result(job: Job) -> ChunkResult:
 
 def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,
             progress: Callable[[int], None] | None = None, redo: bool = False) -> SegmentCompletion:
-    from stereo_spot.media.probe import probe, require_video
-    from stereo_spot.stereo.engine import StereoEngine
-    from stereo_spot.stereo.segment import convert_segment, needs_lookahead, warmup_seconds_needed
-
     job = require_job(backend, job_id)
     if job.status not in _CONVERTIBLE and job.status != JobStatus.COMPLETED:
         raise StepError(f"job {job_id} is {job.status.value}; segments are converted after chunking")
@@ -270,6 +266,30 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         if done is not None and (job.status == JobStatus.COMPLETED
                                  or backend.objects.exists(backend.output_bucket, out_key)):
             return done
+    try:
+        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+    except NotFound:  # a source segment this one reads was lost: chunk again, then convert
+        if not restore_source_segments(backend, job):
+            raise
+        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+    discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
+    completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
+                                   output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
+                                   convert_seconds=stats.seconds, stats=stats.to_record(),
+                                   size_bytes=written.size, sha256=written.sha256)
+    backend.completions.put(completion)
+    return completion
+
+
+def _convert_and_store(backend: Backend, job: Job, segment_index: int, out_key: str, device: str | None,
+                       progress: Callable[[int], None] | None):
+    """Convert one source segment and store the result; its statistics and the stored file's digest. Every
+    object is fetched before the conversion starts (a missing one raises NotFound before any frame is counted)."""
+    from stereo_spot.media.probe import probe, require_video
+    from stereo_spot.stereo.engine import StereoEngine
+    from stereo_spot.stereo.segment import convert_segment, needs_lookahead, warmup_seconds_needed
+
+    job_id, total = job.job_id, job.total_segments or 0
     with _workdir("convert") as tmp:
         source = _fetch(backend, backend.input_bucket,
                         keys.segment_key(job_id, segment_index, total, job.mode), tmp / "segment.mp4")
@@ -297,13 +317,38 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
                                 lookahead_src=lookahead)
         written = integrity.digest(out)  # of what was encoded: concat checks the stored copy against it
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
-    discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
-    completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
-                                   output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
-                                   convert_seconds=stats.seconds, stats=stats.to_record(),
-                                   size_bytes=written.size, sha256=written.sha256)
-    backend.completions.put(completion)
-    return completion
+    return stats, written
+
+
+def restore_source_segments(backend: Backend, job: Job) -> list[int]:
+    """Store again the source segments of a chunked job that are missing (removed by hand, a lost disk): the
+    source is chunked again, which cuts at the same keyframes, so the pieces are the ones chunking stored. Under
+    the job's chunk lease, so parallel converts restore once. Returns the segments restored."""
+    from stereo_spot.media.chunk import chunk_video
+
+    total, settings = job.total_segments or 0, job.settings
+    expected = {keys.segment_key(job.job_id, index, total, job.mode): index for index in range(total)}
+    name, owner = leases.chunk_lease(job.job_id), leases.this_owner()
+    leases.acquire(backend, name, owner, job_id=job.job_id, activity="restoring its source segments",
+                   ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS)
+    with leases.holding(backend, name, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+        present = set(backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job.job_id)))
+        missing = sorted(index for key, index in expected.items() if key not in present)
+        if not missing:
+            return []
+        log.warning("job %s: source segment(s) %s are missing; chunking the source again to restore them",
+                    job.job_id, ", ".join(map(str, missing)))
+        with _workdir("chunk") as tmp:
+            source = _fetch(backend, backend.input_bucket, keys.input_key(job.job_id), tmp / "source.mp4")
+            paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start,
+                                settings.duration)
+            if len(paths) != total:
+                raise StepError(f"job {job.job_id}: its source now splits into {len(paths)} segments, not {total}; "
+                                "convert it again with --fresh")
+            for index in missing:
+                backend.objects.upload_file(backend.input_bucket, keys.segment_key(job.job_id, index, total, job.mode),
+                                            paths[index], content_type="video/mp4")
+    return missing
 
 
 def convert_leased(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,

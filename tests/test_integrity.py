@@ -189,3 +189,23 @@ def test_on_a_cluster_the_concat_step_fails_the_job_and_the_next_run_reconverts_
     assert [c for c in converted if c != kept.get(c.segment_index)] == [converted[2]]  # only segment 2 is new
     assert steps.concat(backend, job_id).status == JobStatus.COMPLETED
     assert decoded_frames(backend.objects.local_path(backend.output_bucket, keys.final_key(job_id))) == FRAMES
+
+
+def test_a_lost_source_segment_is_chunked_again(backend, clip, caplog):
+    """A source segment (segments/<job>/…) removed from the store: before, every resume failed for good with
+    "object … does not exist". Now convert chunks the source again, stores the same piece, and goes on.
+    Breakage caught: the NotFound not caught in convert, or restoring the wrong piece (a different digest)."""
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    total = steps.chunk(backend, backend.input_bucket, keys.input_key(job.job_id)).total_segments
+    steps.convert(backend, job.job_id, 0)
+    lost = backend.objects.local_path(backend.input_bucket, keys.segment_key(job.job_id, 2, total, "sbs"))
+    original = digest(lost)
+    lost.unlink()
+    with caplog.at_level(logging.WARNING, logger="stereo_spot"):
+        steps.convert(backend, job.job_id, 3)  # reads segment 2 as its warm-up
+    assert [r.getMessage() for r in caplog.records] == [
+        f"job {job.job_id}: source segment(s) 2 are missing; chunking the source again to restore them"]
+    assert digest(lost) == original
+    assert run_job(backend, job.job_id, workers=1).status == JobStatus.COMPLETED
+    assert decoded_frames(backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))) == FRAMES
