@@ -473,6 +473,9 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
         try:
             job = run_job(backend, job_id, workers=workers, device=device, progress=on_progress)
+            if job.status == JobStatus.FAILED:  # the run that held the join failed while this one waited
+                bar.stop()
+                die(f"job {job_id} failed in another run: {job.failure_reason}")
             if job.status != JobStatus.COMPLETED:
                 bar.stop()
                 die(f"job {job_id} is being assembled by another run; `stereo-spot jobs` shows when it is done")
