@@ -178,3 +178,32 @@ def test_a_live_holder_is_named_at_the_default_verbosity(home, backend, clip, tm
     waits = [line for line in text.splitlines() if "waiting for job" in line]
     assert len(waits) == 1 and f"waiting for job {job.job_id} held by pid {holder.pid} on " in waits[0], text
     assert backend.jobs.get(job.job_id).status == JobStatus.COMPLETED
+
+
+def test_a_run_waiting_for_a_join_that_fails_elsewhere_says_so(home, backend, clip):
+    """While this command waits for another live run's join, that run fails the job: the command ends in one
+    line with the recorded reason (it used to say the job "is being assembled by another run"). The failure is
+    recorded the moment the wait is announced, so nothing depends on timing. Breakage caught: the FAILED branch
+    dropped (the old message)."""
+    import logging
+
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "clip")
+    steps.store_source(backend, job.job_id, clip)
+    for index in steps.chunk(backend, backend.input_bucket, keys.input_key(job.job_id)).segment_indices:
+        steps.convert(backend, job.job_id, index)
+    assert backend.reassembly.try_acquire(leases.reassembly_lease(job.job_id), leases.this_owner(), 3600)
+
+    class FailWhenWaiting(logging.Handler):
+        def emit(self, record):
+            if "waiting for job" in record.getMessage():
+                steps.fail(backend, job.job_id, "concat: No space left on device")
+
+    handler = FailWhenWaiting()
+    logging.getLogger("stereo_spot").addHandler(handler)
+    try:
+        result = CliRunner().invoke(app, ["resume", job.job_id])
+    finally:
+        logging.getLogger("stereo_spot").removeHandler(handler)
+    assert result.exit_code == 1
+    assert f"job {job.job_id} failed in another run: concat: No space left on device" in " ".join(
+        result.output.split())  # the console wraps long lines
