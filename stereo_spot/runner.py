@@ -196,8 +196,7 @@ def _convert_missing(backend: Backend, job: Job, workers: int | None, device: st
         if not todo:
             return
         free = [i for i in todo if _lease_free(backend, job.job_id, i)]
-        if free:
-            _convert_segments(backend, job, free, workers, device, state, report)
+        if free and _convert_segments(backend, job, free, workers, device, state, report):
             continue
         for index in todo:  # every missing segment is being converted by another live run: name each run once
             holder = backend.reassembly.holder(leases.segment_lease(job.job_id, index))
@@ -214,7 +213,8 @@ def _lease_free(backend: Backend, job_id: str, segment_index: int) -> bool:
 
 
 def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int | None, device: str | None,
-                      state: Progress, report: ProgressCallback) -> None:
+                      state: Progress, report: ProgressCallback) -> int:
+    """Convert the segments whose leases this run gets; how many it converted."""
     from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
 
     plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
@@ -223,10 +223,12 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
             state.frames_done += n
             report(state)
 
+        converted = 0
         for index in todo:
             if steps.convert_leased(backend, job.job_id, index, device=plan.devices[0], progress=on_frames):
                 _converted(job, index, state, report)
-        return
+                converted += 1
+        return converted
     ctx = mp.get_context("spawn")
     frames: mp.Queue = ctx.Queue()
     devices: mp.Queue = ctx.Queue()
@@ -236,6 +238,7 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
     with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(backend.factory, frames, plan.threads, devices)) as pool:
         pending = {pool.submit(_convert_in_worker, job.job_id, i): i for i in todo}
+        converted = 0
         try:
             while pending:
                 finished, _ = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
@@ -244,11 +247,13 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
                     index = pending.pop(future)
                     if future.result():  # raises the segment's error
                         _converted(job, index, state, report)
+                        converted += 1
                 report(state)
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
+    return converted
 
 
 def _converted(job: Job, index: int, state: Progress, report: ProgressCallback) -> None:
