@@ -202,6 +202,8 @@ def convert(
     max_fps: MaxFpsOption = None,
     device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new job even where an interrupted or failed "
+                                        "one of the same input and settings could be resumed.")] = False,
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
@@ -216,7 +218,7 @@ def convert(
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
             if value is not None:
                 die(f"{flag} works with one input file; convert the files one by one to use it")
-        _convert_many(inputs, output, settings, skip_existing, workers, device)
+        _convert_many(inputs, output, settings, skip_existing, workers, device, fresh)
         return
     input = inputs[0]
     if not input.is_file():
@@ -249,11 +251,11 @@ def convert(
     else:
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
-        _convert_video(input, output, settings, workers, device, title or input.stem, report)
+        _convert_video(input, output, settings, workers, device, title or input.stem, report, fresh)
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
-                  workers: int | None, device: str | None) -> None:
+                  workers: int | None, device: str | None, fresh: bool = False) -> None:
     """Convert every input in turn, past the ones that fail, and end with a summary; the exit status is 1 when
     any failed. Interrupted jobs resume as a single conversion does (each job is found by its fingerprint)."""
     from stereo_spot.inputs import plan
@@ -279,7 +281,7 @@ def _convert_many(paths: list[Path], output_dir: Path | None, settings: Conversi
             if item.is_image:
                 _convert_image(item.source, item.output, settings, None)
             else:
-                _convert_video(item.source, item.output, settings, workers, device, item.source.stem)
+                _convert_video(item.source, item.output, settings, workers, device, item.source.stem, fresh=fresh)
         except CommandError as failure:
             if failure.exit_code == INTERRUPTED:
                 raise
@@ -378,37 +380,39 @@ def _convert_image(input: Path, output: Path, settings: ConversionSettings, disp
 
 
 def _convert_video(input: Path, output: Path, settings: ConversionSettings, workers: int | None,
-                   device: str | None, title: str, report: Path | None = None) -> None:
-    from stereo_spot import steps
+                   device: str | None, title: str, report: Path | None = None, fresh: bool = False) -> None:
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
 
     config = get_settings()
     if config.storage_adapter != "local":
         die("`convert` runs on the embedded storage; unset STORAGE_ADAPTER or set it to local")
+    from stereo_spot import steps
+    from stereo_spot.runner import job_for_input
+
     job = None
     try:
         backend = build_backend(config)
-        fingerprint = steps.fingerprint(input, settings)
-        undelivered = _undelivered_job(backend, fingerprint)
+        undelivered = None if fresh else _undelivered_job(backend, steps.fingerprint(input, settings))
         if undelivered is not None:  # converted before, but its delivery failed: deliver it, convert nothing
             console.print(f"job {undelivered.job_id} is converted already: writing its result", highlight=False)
             _deliver(backend, undelivered.job_id, output)
             _comfort_report(backend, undelivered.job_id, report)
             return
-        job = next((j for j in backend.jobs.list_in_progress(limit=1000) if j.source_fingerprint == fingerprint),
-                   None)
-        if job is not None and job.uploaded_at is not None:
-            console.print(f"resuming job {job.job_id}", highlight=False)
-        else:
-            _check_room(input, output, settings, config.stereo_spot_home)
-            job = job or steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
-            console.print(f"job {job.job_id}", highlight=False)
-            job = steps.reference_source(backend, job.job_id, input)
+        job, resumed = job_for_input(
+            backend, input, settings, title, fresh=fresh,
+            before_new=lambda: _check_room(input, output, settings, config.stereo_spot_home))
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc, job.job_id if job else None)
+    if not resumed:
+        console.print(f"job {job.job_id}", highlight=False)
+    elif job.status == JobStatus.FAILED:
+        console.print(f"resuming failed job {job.job_id} ({escape(job.failure_reason or 'no reason recorded')})",
+                      highlight=False)
+    else:
+        console.print(f"resuming job {job.job_id}", highlight=False)
     _run_with_progress(backend, job.job_id, workers, device)
     if settings.auto_divergence:
         chosen = backend.jobs.get(job.job_id).settings
@@ -513,6 +517,9 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
         try:
             job = run_job(backend, job_id, workers=workers, device=device, progress=on_progress)
+            if job.status == JobStatus.FAILED:  # the run that held the join failed while this one waited
+                bar.stop()
+                die(f"job {job_id} failed in another run: {job.failure_reason}")
             if job.status != JobStatus.COMPLETED:
                 bar.stop()
                 die(f"job {job_id} is being assembled by another run; `stereo-spot jobs` shows when it is done")
@@ -530,15 +537,19 @@ def _deliver(backend, job_id: str, output: Path) -> None:
     """Write the job's result to ``output``. A command-line job's result is moved out of the store (the store
     keeps no second copy); an app job's stays, since the app serves it. A folder that cannot take it (full,
     read-only) gets one line, and the result stays in the store for the next try."""
-    from stereo_spot import delivery, keys
+    from stereo_spot import delivery, keys, steps
+    from stereo_spot.integrity import FinalDamaged
 
     final = keys.final_key(job_id)
     if not backend.objects.exists(backend.output_bucket, final):
         die(f"job {job_id} has no result in the store any more (a finished job's result is moved to its output, "
             f"or it was removed): nothing to write to {output}")
     move = _result_moves_out(backend, job_id)
-    try:
-        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move)
+    try:  # checked against the size and SHA-256 the join recorded before it replaces anything at the output
+        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move,
+                         check=lambda path: steps.verify_final(backend, job_id, path))
+    except FinalDamaged as exc:
+        die(f"{one_line(exc)}; nothing was written to {output}")
     except OSError as exc:  # full, read-only, gone: the store's copy is only removed once the output is whole
         die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
             f"the folder writable) and run the same command again")

@@ -118,18 +118,29 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
-def deliver(objects, bucket: str, key: str, output: Path, *, move: bool) -> None:
+def deliver(objects, bucket: str, key: str, output: Path, *, move: bool,
+            check: Callable[[Path], None] | None = None) -> None:
     """Put the object at ``output``. ``move``: a rename where the store is a folder on the same filesystem,
-    else a copy followed by removing the stored object, so the store keeps no second copy of the film."""
+    else a copy followed by removing the stored object, so the store keeps no second copy of the film.
+    ``check`` is given the file about to become the output (the stored file before a rename, the copy before it
+    replaces anything) and raises to stop the delivery with nothing written."""
+    check = check or (lambda path: None)
     output.parent.mkdir(parents=True, exist_ok=True)
     move_out = getattr(objects, "move_out", None)
-    if move and move_out is not None and move_out(bucket, key, output):
-        return
     local_path = getattr(objects, "local_path", None)
-    if local_path is not None:
-        write_atomically(output, lambda tmp: shutil.copyfile(local_path(bucket, key), tmp))
-    else:
-        write_atomically(output, lambda tmp: objects.download_file(bucket, key, tmp))
+    if move and move_out is not None and local_path is not None:
+        check(local_path(bucket, key))
+        if move_out(bucket, key, output):
+            return
+
+    def copy(tmp: Path) -> None:
+        if local_path is not None:
+            shutil.copyfile(local_path(bucket, key), tmp)
+        else:
+            objects.download_file(bucket, key, tmp)
+        check(tmp)
+
+    write_atomically(output, copy)
     if move:
         objects.delete(bucket, key)
 

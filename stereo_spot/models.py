@@ -163,6 +163,9 @@ class Job(BaseModel):
     reassembly_started_at: datetime | None = None
     completed_at: datetime | None = None
     failure_reason: str | None = None
+    # Size and SHA-256 of jobs/{job}/final.mp4 as the join wrote it: checked before the result is delivered.
+    final_size_bytes: int | None = None
+    final_sha256: str | None = None
 
     @field_validator("job_id")
     @classmethod
@@ -200,6 +203,10 @@ class SegmentCompletion(BaseModel):
     # Comfort statistics and timings of the segment (sampled while converting); concat aggregates them into
     # the job's report. Small: a histogram and a few numbers.
     stats: dict | None = None
+    # Size and SHA-256 of the stored segment (``output_key``), checked before the join. None in records written
+    # before checksums were recorded: then only the segment's presence is checked.
+    size_bytes: int | None = Field(None, ge=0)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("job_id")
     @classmethod

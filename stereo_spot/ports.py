@@ -68,6 +68,10 @@ class SegmentCompletionStore(ABC):
         """All completions of a job ordered by segment index."""
 
     @abstractmethod
+    def delete(self, job_id: str, segment_index: int) -> None:
+        """Forget one segment's completion (its stored file failed verification): the next run converts it."""
+
+    @abstractmethod
     def delete_job(self, job_id: str) -> None: ...
 
 
@@ -76,16 +80,30 @@ class SegmentCompletionStore(ABC):
 REASSEMBLY_LOCK_TTL_SECONDS = 30
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    owner: str
+    expires_at: float  # seconds since the epoch
+
+
 class ReassemblyLock(ABC):
-    """Single-winner guard for concat (the ReassemblyTriggered table)."""
+    """Single-winner leases with an owner and an expiry (the ReassemblyTriggered table). ``name`` is the job id
+    for concat's lock, and ``stereo_spot.leases`` names the job's other leases (chunking, each segment's
+    conversion) after the job id, so one table holds them all."""
 
     @abstractmethod
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
-        """True for exactly one caller per job until the entry expires or is released. The same owner
-        acquiring again gets True and a new expiry (a retried concat pod keeps its claim; the holder renews)."""
+    def try_acquire(self, name: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS, *,
+                    replacing: str | None = None) -> bool:
+        """True for exactly one caller per name until the entry expires or is released. The same owner
+        acquiring again gets True and a new expiry (a retried concat pod keeps its claim; the holder renews).
+        ``replacing``: also take it from that owner, known to be dead, before its entry expires."""
 
     @abstractmethod
-    def release(self, job_id: str, owner: str) -> None: ...
+    def release(self, name: str, owner: str) -> None: ...
+
+    @abstractmethod
+    def holder(self, name: str) -> LockHolder | None:
+        """Who holds the lease now (None where nobody does or the entry expired)."""
 
 
 class EventDedup(ABC):

@@ -26,9 +26,9 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from stereo_spot import keys, steps
+from stereo_spot import keys, leases, steps
 from stereo_spot.errors import UserError, failure_reason, one_line
-from stereo_spot.models import Job, JobStatus
+from stereo_spot.models import ConversionSettings, Job, JobStatus
 from stereo_spot.ports import Backend
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,50 @@ def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int,
     _worker_backend, _worker_frames = factory(), frames
 
 
-def _convert_in_worker(job_id: str, segment_index: int) -> int:
+def _convert_in_worker(job_id: str, segment_index: int) -> bool:
+    """True where this worker converted the segment, False where another run holds it."""
     assert _worker_backend is not None and _worker_frames is not None
     frames = _worker_frames
-    steps.convert(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
-    return segment_index
+    done = steps.convert_leased(_worker_backend, job_id, segment_index, device=_worker_device, progress=frames.put)
+    return done is not None
+
+
+# --- the job for an input --------------------------------------------------------------------------------
+
+#: Failed jobs searched for one to resume (newest first).
+_FAILED_SEARCHED = 200
+
+
+def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, title: str, *,
+                  fresh: bool = False, before_new: Callable[[], None] | None = None) -> tuple[Job, bool]:
+    """The job that converts ``source`` with ``settings``, and whether it existed: the newest unfinished or
+    failed job of the same input and settings (an interrupted run, a crash, a full disk, or another command
+    converting it right now) is resumed, its converted segments kept; ``fresh`` starts a new job regardless.
+
+    Two commands started together on one input hold the input's lease in turn, so the second finds the job
+    the first created instead of making its own. ``before_new`` runs before a new job is made (the command
+    line's check for room), and may raise to stop. The source is referenced, not copied, where the storage
+    allows (``steps.reference_source``): it is the user's own file."""
+    fingerprint = steps.fingerprint(source, settings)
+    name, owner = leases.input_lease(fingerprint), leases.this_owner()
+    leases.acquire(backend, name, owner, job_id=f"of {source.name}", activity="looking it up or creating it")
+    with leases.holding(backend, name, owner):
+        job = None if fresh else _resumable(backend, fingerprint)
+        existed = job is not None and job.uploaded_at is not None
+        if not existed and before_new is not None:
+            before_new()
+        if job is None:
+            job = steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
+        if job.uploaded_at is None:  # new, or created by a run stopped before the source was stored
+            job = steps.reference_source(backend, job.job_id, source)
+        return job, existed
+
+
+def _resumable(backend: Backend, fingerprint: str) -> Job | None:
+    candidates = [*backend.jobs.list_in_progress(limit=1000),
+                  *backend.jobs.list_by_status(JobStatus.FAILED, limit=_FAILED_SEARCHED).items]
+    matching = [job for job in candidates if job.source_fingerprint == fingerprint]
+    return max(matching, key=lambda job: job.created_at, default=None)
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -105,10 +144,7 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
             report(state)
             steps.chunk(backend, backend.input_bucket, keys.input_key(job_id))
             job = steps.require_job(backend, job_id)
-        _convert_missing(backend, job, workers, device, state, report)
-        state.stage = "concat"
-        report(state)
-        job = steps.concat(backend, job_id)
+        job = _convert_and_join(backend, job_id, workers, device, state, report)
         if job.status == JobStatus.COMPLETED:
             state.stage = "done"
             report(state)
@@ -122,30 +158,81 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
         raise
 
 
+#: Joins retried after converting again the segments that failed verification, before the run gives up.
+JOIN_ATTEMPTS = 3
+
+
+def _convert_and_join(backend: Backend, job_id: str, workers: int | None, device: str | None, state: Progress,
+                      report: ProgressCallback) -> Job:
+    """Convert what is missing and join. Segments that fail verification at the join have lost their records
+    (``steps.concat``): they are converted again, with one line saying so, and the join is retried."""
+    from stereo_spot.integrity import SegmentsDamaged
+
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        _convert_missing(backend, steps.require_job(backend, job_id), workers, device, state, report)
+        state.stage = "concat"
+        report(state)
+        try:
+            # no time limit: a live holder renews its lock, a dead one here is taken over, elsewhere it expires
+            return steps.concat(backend, job_id, wait_seconds=float("inf"))
+        except SegmentsDamaged as damaged:
+            if attempt == JOIN_ATTEMPTS:
+                raise
+            for index, why in damaged.problems.items():
+                log.warning("job %s: stored segment %d failed verification (%s); converting it again", job_id,
+                            index, why)
+    raise AssertionError("unreachable")
+
+
 def _convert_missing(backend: Backend, job: Job, workers: int | None, device: str | None, state: Progress,
                      report: ProgressCallback) -> None:
+    """Convert the segments that have no completion, under their leases: another run of the same job (a second
+    command on the same input) converts the others. Returns once every segment has a completion."""
+    total = job.total_segments or 0
+    state.stage, state.frames_total, state.segments_total = "convert", job.source_frames, total
+    waiting_for: set[str] = set()
+    while True:
+        done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
+        state.frames_done = sum(c.frames for c in done.values())
+        state.segments_done = len(done)
+        report(state)
+        todo = [i for i in range(total) if i not in done]
+        if not todo:
+            return
+        free = [i for i in todo if _lease_free(backend, job.job_id, i)]
+        if free and _convert_segments(backend, job, free, workers, device, state, report):
+            continue
+        for index in todo:  # every missing segment is being converted by another live run: name each run once
+            holder = backend.reassembly.holder(leases.segment_lease(job.job_id, index))
+            who = leases.describe(holder.owner) if holder is not None else None
+            if who is not None and who not in waiting_for:
+                waiting_for.add(who)
+                log.warning("waiting for job %s held by %s (converting segment %d)", job.job_id, who, index)
+        time.sleep(leases.POLL_SECONDS)
+
+
+def _lease_free(backend: Backend, job_id: str, segment_index: int) -> bool:
+    holder = backend.reassembly.holder(leases.segment_lease(job_id, segment_index))
+    return holder is None or leases.is_dead_here(holder.owner)
+
+
+def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int | None, device: str | None,
+                      state: Progress, report: ProgressCallback) -> int:
+    """Convert the segments whose leases this run gets; how many it converted."""
     from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
 
-    total = job.total_segments or 0
-    done = {c.segment_index: c for c in backend.completions.query_by_job(job.job_id)}
-    todo = [i for i in range(total) if i not in done]
-    state.stage, state.frames_total = "convert", job.source_frames
-    state.frames_done = sum(c.frames for c in done.values())
-    state.segments_done, state.segments_total = total - len(todo), total
-    report(state)
-    if not todo:
-        return
     plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
     if plan.workers <= 1 or backend.factory is None:
         def on_frames(n: int) -> None:
             state.frames_done += n
             report(state)
 
+        converted = 0
         for index in todo:
-            steps.convert(backend, job.job_id, index, device=plan.devices[0], progress=on_frames)
-            state.segments_done += 1
-            report(state)
-        return
+            if steps.convert_leased(backend, job.job_id, index, device=plan.devices[0], progress=on_frames):
+                _converted(job, index, state, report)
+                converted += 1
+        return converted
     ctx = mp.get_context("spawn")
     frames: mp.Queue = ctx.Queue()
     devices: mp.Queue = ctx.Queue()
@@ -154,21 +241,28 @@ def _convert_missing(backend: Backend, job: Job, workers: int | None, device: st
     log.info("converting %d segments with %d workers on %s", len(todo), plan.workers, ", ".join(plan.devices))
     with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(backend.factory, frames, plan.threads, devices)) as pool:
-        pending = {pool.submit(_convert_in_worker, job.job_id, i) for i in todo}
+        pending = {pool.submit(_convert_in_worker, job.job_id, i): i for i in todo}
+        converted = 0
         try:
             while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 _drain(frames, state)
                 for future in finished:
-                    future.result()  # raises the segment's error
-                    state.segments_done += 1
+                    index = pending.pop(future)
+                    if future.result():  # raises the segment's error
+                        _converted(job, index, state, report)
+                        converted += 1
                 report(state)
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
-    # progress messages still in flight when the last segment finished
-    state.frames_done = sum(c.frames for c in backend.completions.query_by_job(job.job_id))
+    return converted
+
+
+def _converted(job: Job, index: int, state: Progress, report: ProgressCallback) -> None:
+    log.info("job %s: converted segment %d of %d", job.job_id, index, job.total_segments or 0)
+    state.segments_done += 1
     report(state)
 
 

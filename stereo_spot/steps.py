@@ -16,14 +16,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from stereo_spot import keys
+from stereo_spot import integrity, keys, leases
 from stereo_spot.errors import JobNotFound, StepError, UserError
 from stereo_spot.models import (
     ChunkResult,
@@ -33,7 +30,7 @@ from stereo_spot.models import (
     SegmentCompletion,
     utcnow,
 )
-from stereo_spot.ports import REASSEMBLY_LOCK_TTL_SECONDS, Backend, ConflictError
+from stereo_spot.ports import REASSEMBLY_LOCK_TTL_SECONDS, Backend, ConflictError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +61,6 @@ def _fetch(backend: Backend, bucket: str, key: str, dest: Path) -> Path:
     if local_path is not None:
         path = local_path(bucket, key)
         if not path.is_file():
-            from stereo_spot.ports import NotFound
-
             raise NotFound(f"object {bucket}/{key} does not exist")
         return path
     backend.objects.download_file(bucket, key, dest)
@@ -170,6 +165,26 @@ def reference_source(backend: Backend, job_id: str, source: Path) -> Job:
 
 
 def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
+    """Split the source into segments. One caller chunks a job at a time (its chunk lease); another one started
+    meanwhile waits, and returns the holder's result once the job is chunked."""
+    job_id = keys.parse_input_key(keys.normalize_event_key(key))
+    job = require_job(backend, job_id)
+    if job.total_segments and job.status not in _CHUNKABLE:
+        log.info("job %s is already chunked into %d segments", job_id, job.total_segments)
+        return _chunk_result(job)
+    name, owner = leases.chunk_lease(job_id), leases.this_owner()
+
+    def chunked() -> bool:
+        return require_job(backend, job_id).status not in _CHUNKABLE
+
+    if not leases.acquire(backend, name, owner, job_id=job_id, activity="chunking", give_up=chunked,
+                          ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+        return _chunk_unguarded(backend, bucket, key)  # the holder finished: its result, or why not
+    with leases.holding(backend, name, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+        return _chunk_unguarded(backend, bucket, key)
+
+
+def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
     from stereo_spot.media.chunk import chunk_video
     from stereo_spot.media.frames import frame_count
     from stereo_spot.media.probe import probe, require_video
@@ -250,10 +265,6 @@ def _chunk_result(job: Job) -> ChunkResult:
 
 def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,
             progress: Callable[[int], None] | None = None, redo: bool = False) -> SegmentCompletion:
-    from stereo_spot.media.probe import probe, require_video
-    from stereo_spot.stereo.engine import StereoEngine
-    from stereo_spot.stereo.segment import convert_segment, needs_lookahead, warmup_seconds_needed
-
     job = require_job(backend, job_id)
     if job.status not in _CONVERTIBLE and job.status != JobStatus.COMPLETED:
         raise StepError(f"job {job_id} is {job.status.value}; segments are converted after chunking")
@@ -267,6 +278,30 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         if done is not None and (job.status == JobStatus.COMPLETED
                                  or backend.objects.exists(backend.output_bucket, out_key)):
             return done
+    try:
+        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+    except NotFound:  # a source segment this one reads was lost: chunk again, then convert
+        if not restore_source_segments(backend, job):
+            raise
+        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+    discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
+    completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
+                                   output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
+                                   convert_seconds=stats.seconds, stats=stats.to_record(),
+                                   size_bytes=written.size, sha256=written.sha256)
+    backend.completions.put(completion)
+    return completion
+
+
+def _convert_and_store(backend: Backend, job: Job, segment_index: int, out_key: str, device: str | None,
+                       progress: Callable[[int], None] | None):
+    """Convert one source segment and store the result; its statistics and the stored file's digest. Every
+    object is fetched before the conversion starts (a missing one raises NotFound before any frame is counted)."""
+    from stereo_spot.media.probe import probe, require_video
+    from stereo_spot.stereo.engine import StereoEngine
+    from stereo_spot.stereo.segment import convert_segment, needs_lookahead, warmup_seconds_needed
+
+    job_id, total = job.job_id, job.total_segments or 0
     with _workdir("convert") as tmp:
         source = _fetch(backend, backend.input_bucket,
                         keys.segment_key(job_id, segment_index, total, job.mode), tmp / "segment.mp4")
@@ -292,13 +327,51 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
                                 warmup_src=warmup, device=device, progress=progress, engine=engine,
                                 lookahead_src=lookahead)
+        written = integrity.digest(out)  # of what was encoded: concat checks the stored copy against it
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
-    discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
-    completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
-                                   output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
-                                   convert_seconds=stats.seconds, stats=stats.to_record())
-    backend.completions.put(completion)
-    return completion
+    return stats, written
+
+
+def restore_source_segments(backend: Backend, job: Job) -> list[int]:
+    """Store again the source segments of a chunked job that are missing (removed by hand, a lost disk): the
+    source is chunked again, which cuts at the same keyframes, so the pieces are the ones chunking stored. Under
+    the job's chunk lease, so parallel converts restore once. Returns the segments restored."""
+    from stereo_spot.media.chunk import chunk_video
+
+    total, settings = job.total_segments or 0, job.settings
+    expected = {keys.segment_key(job.job_id, index, total, job.mode): index for index in range(total)}
+    name, owner = leases.chunk_lease(job.job_id), leases.this_owner()
+    leases.acquire(backend, name, owner, job_id=job.job_id, activity="restoring its source segments",
+                   ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS)
+    with leases.holding(backend, name, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+        present = set(backend.objects.list_keys(backend.input_bucket, keys.segments_prefix(job.job_id)))
+        missing = sorted(index for key, index in expected.items() if key not in present)
+        if not missing:
+            return []
+        log.warning("job %s: source segment(s) %s are missing; chunking the source again to restore them",
+                    job.job_id, ", ".join(map(str, missing)))
+        with _workdir("chunk") as tmp:
+            source = _fetch(backend, backend.input_bucket, keys.input_key(job.job_id), tmp / "source.mp4")
+            paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start,
+                                settings.duration)
+            if len(paths) != total:
+                raise StepError(f"job {job.job_id}: its source now splits into {len(paths)} segments, not {total}; "
+                                "convert it again with --fresh")
+            for index in missing:
+                backend.objects.upload_file(backend.input_bucket, keys.segment_key(job.job_id, index, total, job.mode),
+                                            paths[index], content_type="video/mp4")
+    return missing
+
+
+def convert_leased(backend: Backend, job_id: str, segment_index: int, *, device: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> SegmentCompletion | None:
+    """``convert`` under the segment's lease, for runs that may share a job (two commands on one input): None,
+    converting nothing, while another live process holds the segment."""
+    name, owner = leases.segment_lease(job_id, segment_index), leases.this_owner()
+    if not leases.try_take(backend, name, owner, REASSEMBLY_LOCK_TTL_SECONDS):
+        return None
+    with leases.holding(backend, name, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
+        return convert(backend, job_id, segment_index, device=device, progress=progress)
 
 
 # --- convert over a shard (the engines' GPU workers) -------------------------------------------------------
@@ -367,36 +440,90 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
     if total == 0 or missing:
         shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
         raise StepError(f"job {job_id}: {len(missing)} of {total} segments are not converted yet ({shown})")
-    owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = owner or leases.this_owner()
     if wait_seconds is None:
         wait_seconds = REASSEMBLY_LOCK_TTL_SECONDS + 5
-    if not _acquire_reassembly(backend, job_id, owner, wait_seconds):
+    lock = leases.reassembly_lease(job_id)
+    if not leases.acquire(backend, lock, owner, job_id=job_id, activity="joining the segments",
+                          give_up=lambda: _past_joining(backend, job_id), wait_seconds=wait_seconds,
+                          ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
         log.info("job %s: another concat holds the reassembly lock", job_id)
         return require_job(backend, job_id)
     try:
-        with _renewing_lock(backend, job_id, owner):
+        with leases.renewing(backend, lock, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
             job = require_job(backend, job_id)
             if job.status == JobStatus.COMPLETED and backend.objects.exists(backend.output_bucket, final_key):
                 return job  # the previous holder finished while this caller waited
-            job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
-                                      reassembly_started_at=utcnow())
             with _workdir("concat") as tmp:
-                segments = [_fetch(backend, backend.output_bucket, c.output_key, tmp / f"{c.segment_index}.mp4")
-                            for c in completions if c.segment_index < total]
+                segments = _verified_segments(backend, job, completions, tmp)
+                job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
+                                          reassembly_started_at=utcnow())
                 source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
                 out = tmp / "final.mp4"
                 concat_segments(segments, source, out, job.settings.start, job.settings.duration)
                 _write_layout_metadata(out, job.settings)
+                final = integrity.digest(out)  # checked again before the result is delivered
                 backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
             discard_if_deleted(backend, job_id, backend.output_bucket, final_key)
             _write_report(backend, job, completions)
             job = backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
-                                      completed_at=utcnow(), failure_reason=None)
+                                      completed_at=utcnow(), failure_reason=None, final_size_bytes=final.size,
+                                      final_sha256=final.sha256)
         remove_intermediates(backend, job)
         return job
     except BaseException:
-        backend.reassembly.release(job_id, owner)
+        backend.reassembly.release(lock, owner)
         raise
+
+
+def _verified_segments(backend: Backend, job: Job, completions: list[SegmentCompletion], tmp: Path) -> list[Path]:
+    """The converted segments as local files, each checked against its completion record (size and SHA-256;
+    the size or only the presence for older records). A segment that is missing or differs loses its record and
+    its stored file, and SegmentsDamaged names them all: the embedded runner converts them again and joins; on
+    a cluster the concat step fails with that reason and the next run of the job converts just those (a concat
+    pod cannot convert: that is the GPU step's work)."""
+    paths: list[Path] = []
+    problems: dict[int, str] = {}
+    for completion in completions:
+        if completion.segment_index >= (job.total_segments or 0):
+            continue
+        try:
+            path = _fetch(backend, backend.output_bucket, completion.output_key,
+                          tmp / f"{completion.segment_index}.mp4")
+        except NotFound:
+            problems[completion.segment_index] = "it is missing"
+            continue
+        why = integrity.mismatch(path, completion.size_bytes, completion.sha256)
+        if why is not None:
+            problems[completion.segment_index] = why
+        paths.append(path)
+    if not problems:
+        return paths
+    for index in problems:
+        backend.completions.delete(job.job_id, index)
+        backend.objects.delete(backend.output_bucket, keys.output_segment_key(job.job_id, index))
+    if job.status == JobStatus.REASSEMBLING:  # a join that was interrupted: the job is converting again
+        with contextlib.suppress(ConflictError):
+            backend.jobs.update(job.job_id, expected_status=JobStatus.REASSEMBLING,
+                                status=JobStatus.CHUNKING_COMPLETE)
+    raise integrity.SegmentsDamaged(job.job_id, problems)
+
+
+def _past_joining(backend: Backend, job_id: str) -> bool:
+    """Waiting for the reassembly lock is pointless once the job completed, failed or was deleted."""
+    job = backend.jobs.get(job_id)
+    return job is None or job.status in (JobStatus.COMPLETED, JobStatus.DELETED, JobStatus.FAILED)
+
+
+def verify_final(backend: Backend, job_id: str, path: Path) -> None:
+    """Check a copy of ``final.mp4`` against the size and SHA-256 the join recorded (jobs joined before they
+    were recorded: nothing to check). Raises FinalDamaged."""
+    job = require_job(backend, job_id)
+    why = integrity.mismatch(path, job.final_size_bytes, job.final_sha256)
+    if why is not None:
+        raise integrity.FinalDamaged(
+            f"the stored result of job {job_id} is damaged: {why}; its segments are gone after the join, so "
+            "convert the input again with --fresh")
 
 
 def _write_layout_metadata(path: Path, settings: ConversionSettings) -> None:
@@ -406,47 +533,6 @@ def _write_layout_metadata(path: Path, settings: ConversionSettings) -> None:
     meta = spatial.metadata_for(settings.output_format, settings.swap_eyes)
     if meta is not None:
         spatial.write_metadata(path, meta)
-
-
-def _acquire_reassembly(backend: Backend, job_id: str, owner: str, wait_seconds: float) -> bool:
-    """Take the lock, waiting up to ``wait_seconds`` for a holder that died (its entry expires) or finished."""
-    deadline = time.monotonic() + max(0.0, wait_seconds)
-    while True:
-        if backend.reassembly.try_acquire(job_id, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
-            return True
-        job = backend.jobs.get(job_id)
-        if job is None or job.status in (JobStatus.COMPLETED, JobStatus.DELETED, JobStatus.FAILED) \
-                or time.monotonic() >= deadline:
-            return False
-        time.sleep(min(_LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())) or 0.01)
-
-
-_LOCK_POLL_SECONDS = 1.0
-
-
-@contextlib.contextmanager
-def _renewing_lock(backend: Backend, job_id: str, owner: str) -> Iterator[None]:
-    """Renew the reassembly lock every third of its TTL while the block runs (a long join of a 3-hour film)."""
-    import threading
-
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(REASSEMBLY_LOCK_TTL_SECONDS / 3):
-            try:
-                if not backend.reassembly.try_acquire(job_id, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
-                    log.warning("job %s: the reassembly lock was taken over; finishing anyway (the result is the "
-                                "same)", job_id)
-            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next tick
-                log.warning("job %s: renewing the reassembly lock failed: %s", job_id, exc)
-
-    thread = threading.Thread(target=renew, name=f"reassembly-lock-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def remove_intermediates(backend: Backend, job: Job) -> int:

@@ -32,6 +32,7 @@ from stereo_spot.ports import (
     ConflictError,
     EventDedup,
     JobStore,
+    LockHolder,
     NotFound,
     ObjectInfo,
     ObjectStorage,
@@ -265,6 +266,11 @@ class SQLiteSegmentCompletionStore(SegmentCompletionStore):
                               (job_id,)).fetchall()
         return [SegmentCompletion.model_validate_json(r[0]) for r in rows]
 
+    def delete(self, job_id: str, segment_index: int) -> None:
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM segment_completions WHERE job_id = ? AND segment_index = ?",
+                       (job_id, segment_index))
+
     def delete_job(self, job_id: str) -> None:
         with self.db.transaction() as db:
             db.execute("DELETE FROM segment_completions WHERE job_id = ?", (job_id,))
@@ -274,20 +280,27 @@ class SQLiteReassemblyLock(ReassemblyLock):
     def __init__(self, db: SQLiteDatabase):
         self.db = db
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
+    def try_acquire(self, name: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS, *,
+                    replacing: str | None = None) -> bool:
         now = time.time()
-        with self.db.transaction() as db:
+        with self.db.transaction() as db:  # BEGIN IMMEDIATE: the read and the write are one conditional write
             row = db.execute("SELECT owner, expires_at FROM reassembly_triggered WHERE job_id = ?",
-                             (job_id,)).fetchone()
-            if row and row[0] != owner and row[1] > now:
+                             (name,)).fetchone()
+            if row and row[0] not in (owner, replacing) and row[1] > now:
                 return False
             db.execute("INSERT OR REPLACE INTO reassembly_triggered VALUES (?, ?, ?)",
-                       (job_id, owner, now + ttl_seconds))
+                       (name, owner, now + ttl_seconds))
         return True
 
-    def release(self, job_id: str, owner: str) -> None:
+    def release(self, name: str, owner: str) -> None:
         with self.db.transaction() as db:
-            db.execute("DELETE FROM reassembly_triggered WHERE job_id = ? AND owner = ?", (job_id, owner))
+            db.execute("DELETE FROM reassembly_triggered WHERE job_id = ? AND owner = ?", (name, owner))
+
+    def holder(self, name: str) -> LockHolder | None:
+        with self.db.transaction() as db:
+            row = db.execute("SELECT owner, expires_at FROM reassembly_triggered WHERE job_id = ?",
+                             (name,)).fetchone()
+        return LockHolder(row[0], row[1]) if row and row[1] > time.time() else None
 
 
 class SQLiteEventDedup(EventDedup):

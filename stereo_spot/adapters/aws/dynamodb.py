@@ -35,6 +35,7 @@ from stereo_spot.ports import (
     ConflictError,
     EventDedup,
     JobStore,
+    LockHolder,
     NotFound,
     ReassemblyLock,
     SegmentCompletionStore,
@@ -306,6 +307,11 @@ class DynamoSegmentCompletionStore(SegmentCompletionStore):
     def query_by_job(self, job_id: str) -> list[SegmentCompletion]:
         return [SegmentCompletion.model_validate(deserialize_item(item)) for item in self._query(job_id)]
 
+    def delete(self, job_id: str, segment_index: int) -> None:
+        with self._errors(f"forgetting segment {segment_index} of job {job_id}"):
+            self.clients.client("dynamodb").delete_item(
+                TableName=self.table, Key={"job_id": {"S": job_id}, "segment_index": {"N": str(segment_index)}})
+
     def delete_job(self, job_id: str) -> None:
         keys = self._query(job_id, ProjectionExpression="job_id, segment_index")
         db = self.clients.client("dynamodb")
@@ -332,31 +338,45 @@ class DynamoReassemblyLock(ReassemblyLock):
     def __init__(self, clients: AwsClients, table: str):
         self.clients, self.table = clients, table
 
-    def try_acquire(self, job_id: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
+    def try_acquire(self, name: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS, *,
+                    replacing: str | None = None) -> bool:
         now = int(time.time())
+        condition = "attribute_not_exists(job_id) OR #owner = :owner OR #exp < :now"
+        values = {":owner": {"S": owner}, ":now": {"N": str(now)}}
+        if replacing is not None:
+            condition += " OR #owner = :dead"
+            values[":dead"] = {"S": replacing}
         try:
-            with aws_errors(self.clients, "dynamodb", f"taking the reassembly lock of job {job_id} "
-                                                      f"(table {self.table})"):
+            with aws_errors(self.clients, "dynamodb", f"taking the lock {name} (table {self.table})"):
                 self.clients.client("dynamodb").put_item(
                     TableName=self.table,
-                    Item=serialize_item({"job_id": job_id, "owner": owner, "acquired_at": utcnow(),
+                    Item=serialize_item({"job_id": name, "owner": owner, "acquired_at": utcnow(),
                                          TTL_ATTRIBUTE: now + ttl_seconds}),
-                    ConditionExpression="attribute_not_exists(job_id) OR #owner = :owner OR #exp < :now",
+                    ConditionExpression=condition,
                     ExpressionAttributeNames={"#owner": "owner", "#exp": TTL_ATTRIBUTE},
-                    ExpressionAttributeValues={":owner": {"S": owner}, ":now": {"N": str(now)}})
+                    ExpressionAttributeValues=values)
         except ConflictError:
             return False
         return True
 
-    def release(self, job_id: str, owner: str) -> None:
+    def release(self, name: str, owner: str) -> None:
         try:
-            with aws_errors(self.clients, "dynamodb", f"releasing the reassembly lock of job {job_id}"):
+            with aws_errors(self.clients, "dynamodb", f"releasing the lock {name}"):
                 self.clients.client("dynamodb").delete_item(
-                    TableName=self.table, Key={"job_id": {"S": job_id}}, ConditionExpression="#owner = :owner",
+                    TableName=self.table, Key={"job_id": {"S": name}}, ConditionExpression="#owner = :owner",
                     ExpressionAttributeNames={"#owner": "owner"},
                     ExpressionAttributeValues={":owner": {"S": owner}})
         except ConflictError:
             pass  # someone else's lock (ours expired and was taken): not ours to release
+
+    def holder(self, name: str) -> LockHolder | None:
+        with aws_errors(self.clients, "dynamodb", f"reading the lock {name} (table {self.table})"):
+            answer = self.clients.client("dynamodb").get_item(TableName=self.table, Key={"job_id": {"S": name}},
+                                                              ConsistentRead=True)
+        item = deserialize_item(answer.get("Item") or {})
+        if not item or float(item.get(TTL_ATTRIBUTE, 0)) < time.time():
+            return None
+        return LockHolder(str(item["owner"]), float(item[TTL_ATTRIBUTE]))
 
 
 class DynamoEventDedup(EventDedup):

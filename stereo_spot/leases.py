@@ -1,0 +1,168 @@
+"""A job's leases: who chunks it, who converts each segment, who joins it, and who creates the job for an input.
+
+Each lease is a conditional write in the job store's lock table (``ReassemblyLock``: SQLite's
+``reassembly_triggered``, DynamoDB's ReassemblyTriggered) with an owner and an expiry, renewed by its holder
+while it works. A holder killed outright frees its lease when the entry expires; on this machine it is noticed
+at once instead: the owner names its host, pid and the pid's start time, so a lease whose process is gone (or
+whose pid now belongs to another process) is taken over without waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+from stereo_spot.ports import REASSEMBLY_LOCK_TTL_SECONDS, Backend
+
+log = logging.getLogger(__name__)
+
+#: How often a waiter asks again.
+POLL_SECONDS = 1.0
+
+
+# --- names ----------------------------------------------------------------------------------------------
+
+
+def reassembly_lease(job_id: str) -> str:
+    return job_id  # the table's original use: concat's lock is keyed by the job id alone
+
+
+def chunk_lease(job_id: str) -> str:
+    return f"{job_id}/chunk"
+
+
+def segment_lease(job_id: str, segment_index: int) -> str:
+    return f"{job_id}/segment/{segment_index}"
+
+
+def input_lease(fingerprint: str) -> str:
+    """Held while a command looks up or creates the job for one input with one set of settings."""
+    return f"input/{fingerprint}"
+
+
+# --- owners ---------------------------------------------------------------------------------------------
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), "" where this system
+    has no /proc, None where the process does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return fields[19].decode()  # fields[0] is field 3 (state): field 22 is fields[19]
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except (OSError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def this_owner() -> str:
+    """``host:pid:start:token``: unique per call, and enough for another process here to tell whether it lives."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or ''}:{uuid.uuid4().hex[:8]}"
+
+
+def _parse(owner: str) -> tuple[str, int, str] | None:
+    parts = owner.rsplit(":", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None  # an owner written by something else (an older release): left to expire
+    return parts[0], int(parts[1]), parts[2]
+
+
+def is_dead_here(owner: str) -> bool:
+    """True only where the owner is a process of this machine that is gone: its pid does not exist, or it is
+    another process that reused the pid (a different start time)."""
+    parsed = _parse(owner)
+    if parsed is None or parsed[0] != socket.gethostname():
+        return False
+    _, pid, started = parsed
+    now = _process_start(pid)
+    return now is None or bool(started and now and now != started)
+
+
+def describe(owner: str) -> str:
+    parsed = _parse(owner)
+    return f"pid {parsed[1]} on {parsed[0]}" if parsed else owner
+
+
+# --- taking, waiting, renewing ----------------------------------------------------------------------------
+
+
+def try_take(backend: Backend, name: str, owner: str, ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
+    """Take the lease if it is free, expired, ours, or held by a dead process of this machine."""
+    locks = backend.reassembly
+    if locks.try_acquire(name, owner, ttl_seconds=ttl_seconds):
+        return True
+    holder = locks.holder(name)
+    if holder is not None and is_dead_here(holder.owner):
+        log.warning("taking over the lease %s: its holder, %s, is no longer running", name, describe(holder.owner))
+        return locks.try_acquire(name, owner, ttl_seconds=ttl_seconds, replacing=holder.owner)
+    return False
+
+
+def acquire(backend: Backend, name: str, owner: str, *, job_id: str, activity: str,
+            give_up: Callable[[], bool] = lambda: False, wait_seconds: float = math.inf,
+            ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> bool:
+    """Take the lease, waiting while a live holder renews it; each holder is named once, in one line. False
+    when ``give_up()`` says the wait is pointless (the holder finished the work) or ``wait_seconds`` passed."""
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    announced: str | None = None
+    while True:
+        if try_take(backend, name, owner, ttl_seconds):
+            return True
+        if give_up() or time.monotonic() >= deadline:
+            return False
+        holder = backend.reassembly.holder(name)
+        if holder is not None and holder.owner != announced:
+            log.warning("waiting for job %s held by %s (%s)", job_id, describe(holder.owner), activity)
+            announced = holder.owner
+        time.sleep(max(0.01, min(POLL_SECONDS, deadline - time.monotonic())))
+
+
+@contextlib.contextmanager
+def renewing(backend: Backend, name: str, owner: str,
+             ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> Iterator[None]:
+    """Renew the lease every third of its TTL while the block runs (a long join of a 3-hour film)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl_seconds / 3):
+            try:
+                if not backend.reassembly.try_acquire(name, owner, ttl_seconds=ttl_seconds):
+                    log.warning("%s was taken over; finishing anyway (the result is the same)", name)
+            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next tick
+                log.warning("renewing %s failed: %s", name, exc)
+
+    thread = threading.Thread(target=renew, name=f"lease-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def holding(backend: Backend, name: str, owner: str,
+            ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> Iterator[None]:
+    """Renew a lease already taken while the block runs, and release it after (also on an error)."""
+    try:
+        with renewing(backend, name, owner, ttl_seconds):
+            yield
+    finally:
+        backend.reassembly.release(name, owner)
