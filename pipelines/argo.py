@@ -7,15 +7,21 @@ and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's s
 the contract's version (``template_name()``, e.g. ``stereo-spot-v1``).
 
 What every step shares (Hera's runner constructor, the CPU image, resources, the environment contract, the
-security context, retries, log archiving) is set once, as Hera's class defaults for ``Script``
-(``step_defaults``); a template states only where it differs (convert: the GPU image and its resources, more
-retries; the exit handler: smaller resources).
+security context, retries) is set once (``step_defaults``) and handed to each component's ``argo_template``; a
+template states only where it differs (convert: the GPU image and its resources, more retries; the exit handler:
+smaller resources).
+
+Logs: no template says ``archiveLocation``. Argo decides per pod with "controller(on) > template > workflow >
+controller(off)" (workflow/controller/operator.go, ``IsArchiveLogs``): a repository with ``archiveLogs: true``
+archives every pod whatever the template says, while a template's ``archiveLogs: true`` without a repository makes
+the controller hand the pod an archive location with nothing in it (workflowpod.go, ``addArchiveLocation``) and
+the wait container's log upload fails the node. So the base runs on a stock Argo install, and the overlay that
+brings a repository (manifests/overlays/aws/artifact-repositories.yaml) turns archiving on for every pod of the
+namespace, the reconcile CronWorkflow's included.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from stereo_spot.pipelines.config import (
@@ -86,25 +92,21 @@ def _step_metrics(step: str, *, counts_segments: bool = False) -> list:
     return metrics
 
 
-def _logs_archived():
-    """Every step's log is kept in the default artifact repository (the namespace's ConfigMap annotated
-    workflows.argoproj.io/default-artifact-repository, or the controller's), so it survives pod GC."""
-    from hera.workflows.models import ArtifactLocation
-
-    return ArtifactLocation(archive_logs=True)
-
-
 def _retry(config: PipelineConfig, limit: int):
+    """No ``backoff.maxDuration``: Argo counts it from the first attempt's start and gives up once it is past
+    (workflow/controller/operator.go, ``processNodeRetries``: ``maxDurationDeadline =
+    firstChildNode.StartedAt.Add(maxDuration)``, "Max duration limit exceeded"), so a convert shard reclaimed
+    hours in would never be retried. The retry limit and the workflow's ``activeDeadlineSeconds`` bound retries
+    instead (the same function stops retrying past the workflow deadline)."""
     from hera.workflows import RetryStrategy
     from hera.workflows.models import Backoff
 
     return RetryStrategy(limit=limit, retry_policy="Always", expression=RETRY_EXPRESSION,
-                         backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2,
-                                         max_duration=f"{config.retry_backoff_max_seconds}s"))
+                         backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2))
 
 
 def step_defaults(config: PipelineConfig) -> dict[str, Any]:
-    """The choices every step template shares, as keyword defaults of Hera's ``Script``."""
+    """The choices every step template shares, as keyword arguments of Hera's ``Script``."""
     from hera.workflows import ConfigMapEnvFrom, SecretEnvFrom
     from hera.workflows.models import Capabilities, SecurityContext
 
@@ -118,27 +120,15 @@ def step_defaults(config: PipelineConfig) -> dict[str, Any]:
         "security_context": SecurityContext(allow_privilege_escalation=False, capabilities=Capabilities(drop=["ALL"])),
         "termination_message_policy": "FallbackToLogsOnError",
         "retry_strategy": _retry(config, config.step_retries),
-        "archive_location": _logs_archived(),
     }
 
 
-@contextlib.contextmanager
-def script_defaults(config: PipelineConfig) -> Iterator[dict[str, Any]]:
-    """``step_defaults`` as Hera's class defaults for ``Script`` while a template is built. Hera keeps class
-    defaults in one process-wide table: the previous ones come back afterwards, so building a template for
-    another registry (``stereo-spot compile --registry``) or another Hera user in the process sees none of ours."""
-    from hera.shared import global_config
-    from hera.workflows import Script
-
-    table = global_config._get_class_defaults(Script)  # Hera's own dict for the class (no public getter)
-    saved = dict(table)
-    defaults = step_defaults(config)
-    global_config.set_class_defaults(Script, **defaults)
-    try:
-        yield defaults
-    finally:
-        table.clear()
-        table.update(saved)
+def step_options(config: PipelineConfig, **overrides: Any) -> dict[str, Any]:
+    """A step's keyword arguments: ``step_defaults`` and what this step sets differently. Plain arguments, not
+    Hera's process-wide class defaults (``global_config.set_class_defaults``, which has no public way to read or
+    restore the previous ones): building a template for another registry, or another Hera user in the process,
+    sees nothing of ours."""
+    return {**step_defaults(config), **overrides}
 
 
 def _gpu_memory_affinity(min_mib: str):
@@ -183,7 +173,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
                            description="convert only on GPUs with more memory than this (MiB): 20000 for "
                                        "diffusion inpainting, 0 for any")]
-    with script_defaults(config), WorkflowTemplate(
+    with WorkflowTemplate(
         name=template_name(),
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline",
                 "app.kubernetes.io/version": project_version(), SCHEMA_LABEL: PIPELINE_SCHEMA},
@@ -200,8 +190,9 @@ def build_workflow_template(config: PipelineConfig | None = None):
                                             fs_group=1000, seccomp_profile=SeccompProfile(type="RuntimeDefault")),
         pod_metadata=Metadata(labels={"app.kubernetes.io/name": "stereo-spot"}),
     ) as template:
-        chunk_step = chunk.argo_template(metrics=_step_metrics("chunk"))
-        convert_step = convert.argo_template(
+        chunk_step = chunk.argo_template(**step_options(config, metrics=_step_metrics("chunk")))
+        convert_step = convert.argo_template(**step_options(
+            config,
             image=config.image("gpu"),
             resources=_resources(config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
@@ -215,9 +206,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
             # spot reclaims kill pods at any moment: more retries; each one resumes the shard
             retry_strategy=_retry(config, config.convert_retries),
             metrics=_step_metrics("convert", counts_segments=True),
-        )
-        concat_step = concat.argo_template(metrics=_step_metrics("concat"))
-        fail_step = fail.argo_template(resources=_resources(config.exit_step), metrics=_step_metrics("exit-handler"))
+        ))
+        concat_step = concat.argo_template(**step_options(config, metrics=_step_metrics("concat")))
+        fail_step = fail.argo_template(**step_options(config, resources=_resources(config.exit_step),
+                                                      metrics=_step_metrics("exit-handler")))
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):
             chunked = chunk_step(name="chunk", arguments={

@@ -86,7 +86,9 @@ class PipelineConfig:
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
     step_retries: int = 2  # chunk, concat and the exit handler: a store that timed out, an OOM kill, a lost node
     retry_backoff_seconds: int = 30
-    retry_backoff_max_seconds: int = 600
+    # Retries stop at the retry limit or at the run's deadline, never at a window of their own: both engines
+    # count a backoff's max duration from the first attempt's start (pipelines/argo.py `_retry`,
+    # pipelines/kfp.py `_place`), and a shard reclaimed hours in must still be retried.
     workflow_deadline_seconds: int = 12 * 3600
     # A convert pod works through a whole shard, whose length depends on the film: no per-pod deadline below
     # the workflow's. A pod that dies or is stopped loses only its current segment (its retry skips the rest).

@@ -269,9 +269,29 @@ def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
 
 
+def test_the_base_runs_on_a_stock_argo_install():
+    """A stock Argo install has no artifact repository. A template's (or workflow's) `archiveLogs: true` then
+    errors every node: the controller gives the pod an empty archive location (Argo
+    workflow/controller/workflowpod.go, addArchiveLocation) and the log upload fails. Whether logs are archived is
+    the repository's `archiveLogs` ("controller(on) > template > workflow > controller(off)", operator.go
+    IsArchiveLogs), so neither the WorkflowTemplate nor the reconcile CronWorkflow in the base may ask for it, and
+    the base brings no repository. Catches `archiveLogs: true` back on a step or on the reconcile template."""
+    from tests.test_pipelines_compile import _archive_settings
+
+    docs = render(MANIFESTS / "base")
+    for kind in ("WorkflowTemplate", "CronWorkflow"):
+        for doc in (d for d in docs if d["kind"] == kind):
+            assert _archive_settings(doc) == [], (kind, doc["metadata"]["name"])
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "workflows.argoproj.io/default-artifact-repository"
+                in (d["metadata"].get("annotations") or {})]
+
+
 def test_logs_are_archived_to_the_output_bucket(overlay):
     """podGC deletes the pods of successful steps: without an artifact repository with archiveLogs their logs
-    are gone."""
+    are gone. The repository's archiveLogs covers every pod of the namespace (the reconcile pass too), under
+    the prefix the workflow role may write (stereo_spot.keys.ARGO_ARTIFACTS_PREFIX)."""
+    from stereo_spot.keys import ARGO_ARTIFACTS_PREFIX
+
     _, docs = overlay
     repositories = _find(docs, "ConfigMap", "artifact-repositories")
     assert repositories["metadata"]["namespace"] == "stereo-spot"
@@ -283,6 +303,7 @@ def test_logs_are_archived_to_the_output_bucket(overlay):
     assert s3["bucket"] == env["OUTPUT_BUCKET_NAME"] and s3["region"] == env["AWS_REGION"]
     assert s3["useSDKCreds"] is True and not {"accessKeySecret", "secretKeySecret"} & set(s3)  # IRSA
     assert "{{workflow.name}}" in s3["keyFormat"] and "{{pod.name}}" in s3["keyFormat"]
+    assert s3["keyFormat"].startswith(ARGO_ARTIFACTS_PREFIX)
 
 
 def test_metrics_are_scraped_and_the_dashboard_shows_real_series(overlay):

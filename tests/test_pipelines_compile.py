@@ -144,15 +144,70 @@ def test_every_step_retries_everything_but_a_user_error(workflow_template):
         retry = template["retryStrategy"]
         assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2, name
         assert retry["expression"] == "lastRetry.exitCode != '2'", name
-        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["maxDuration"], name
+        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["duration"], name
 
 
-def test_every_step_archives_its_log_and_emits_metrics(workflow_template):
-    """podGC removes successful pods: their logs go to the default artifact repository. Each step reports its
-    duration and failures (phase, exit code) to the controller's Prometheus endpoint; convert its segments."""
+def _duration_seconds(text: str) -> int:
+    from kfp.dsl.structures import convert_duration_to_seconds
+
+    return convert_duration_to_seconds(text)
+
+
+def test_a_shard_reclaimed_hours_in_is_still_retried(workflow_template, kfp_docs):
+    """Argo counts `backoff.maxDuration` from the first attempt's start and gives up once now is past it
+    (workflow/controller/operator.go, processNodeRetries: `maxDurationDeadline =
+    firstChildNode.StartedAt.Add(maxDuration)`, "Max duration limit exceeded"); kfp's `backoffMaxDuration` becomes
+    that same field (backend/src/v2/compiler/argocompiler/container.go). A convert pod lost to a spot reclaim
+    after hours of work must be retried, so no step's retry window may end before the run's deadline: no
+    maxDuration on Argo (the workflow's activeDeadlineSeconds bounds it), and kfp's (always written, 3600s by
+    default) at least the deadline. Catches the former 600s window on either engine."""
+    deadline = PipelineConfig().workflow_deadline_seconds
+    assert workflow_template["spec"]["activeDeadlineSeconds"] == deadline
+    for template in workflow_template["spec"]["templates"]:
+        if "retryStrategy" in template:
+            assert "maxDuration" not in template["retryStrategy"].get("backoff", {}), template["name"]
+    spec, _ = kfp_docs
+    policies = {name: task["retryPolicy"] for name, task in _all_tasks(spec).items() if "retryPolicy" in task}
+    assert set(policies) == {"chunk", "convert", "concat", "fail"}
+    for name, policy in policies.items():
+        assert _duration_seconds(policy["backoffMaxDuration"]) >= deadline, name
+    hours_in = 3 * 3600  # a reclaim three hours into a film's shard
+    assert _duration_seconds(policies["convert"]["backoffMaxDuration"]) > hours_in
+
+
+def _archive_settings(document) -> list[str]:
+    """Paths of every `archiveLocation` or `archiveLogs` in a manifest."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("archiveLocation", "archiveLogs"):
+                    found.append(f"{path}.{key}")
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(document, "")
+    return found
+
+
+def test_no_step_depends_on_an_artifact_repository(workflow_template):
+    """On a stock Argo install there is no artifact repository. Argo archives a pod's log when the repository
+    says so, or else when the template (or workflow) says so: "controller(on) > template > workflow >
+    controller(off)" (workflow/controller/operator.go, IsArchiveLogs). A template's `archiveLogs: true` without a
+    repository gets an empty archive location (workflowpod.go, addArchiveLocation) and the log upload errors
+    the node. So the template names none: where a repository archives logs (the aws overlay's), every pod is
+    archived anyway. Catches `archive_location` back in the step defaults."""
+    assert _archive_settings(workflow_template) == []
+
+
+def test_every_step_emits_metrics(workflow_template):
+    """Each step reports its duration and failures (phase, exit code) to the controller's Prometheus endpoint;
+    convert its segments."""
     scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
     for name, template in scripts.items():
-        assert template["archiveLocation"] == {"archiveLogs": True}, name  # no bucket named: the default one
         metrics = {m["name"]: m for m in template["metrics"]["prometheus"]}
         duration = metrics["stereo_spot_step_duration_seconds"]
         assert duration["histogram"]["value"] == "{{duration}}"
@@ -287,10 +342,9 @@ def test_the_template_name_carries_the_contract_version(workflow_template):
 
 
 def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
-    """What every step shares is Hera's class defaults for Script (stereo_spot.pipelines.argo.step_defaults), set
-    once; a template differs from chunk's (which sets none of them) only where it says so, and nothing leaks out of
-    the build into Hera's process-wide defaults."""
-    from hera.shared import global_config
+    """What every step shares is stereo_spot.pipelines.argo.step_defaults, set once; a template differs from
+    chunk's (which sets none of them) only where it says so, and nothing leaks out of the build into Hera's
+    process-wide defaults: a Script made after a build is bare."""
     from hera.workflows import Script
 
     from stereo_spot.components import chunk, concat, convert, fail
@@ -303,12 +357,12 @@ def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
         for name in step_defaults(PipelineConfig()):
             assert getattr(template, name) == getattr(bare, name), (module.__name__, name)
     build_workflow_template()
-    assert global_config._get_class_defaults(Script) == {}  # restored after the build
+    after = Script(name="after", source="print(1)")
+    assert after.image != PipelineConfig().image("cpu") and after.retry_strategy is None and after.env_from is None
 
     scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
     shared = {"image": "script", "resources": "script", "envFrom": "script", "securityContext": "script",
-              "terminationMessagePolicy": "script", "command": "script", "retryStrategy": None,
-              "archiveLocation": None}
+              "terminationMessagePolicy": "script", "command": "script", "retryStrategy": None}
 
     def field(template: dict, name: str, where: str | None):
         return (template[where] if where else template).get(name)
@@ -318,8 +372,24 @@ def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
     assert differs == {"chunk": set(), "concat": set(), "convert": {"image", "resources", "retryStrategy"},
                        "fail": {"resources"}}
     assert set(step_defaults(PipelineConfig())) >= {"constructor", "image", "resources", "retry_strategy",
-                                                   "env_from", "archive_location"}
+                                                   "env_from"}
     assert all(field(scripts["chunk"], f, where) for f, where in shared.items())  # all are set
+
+
+def test_the_argo_builder_reads_nothing_private_of_hera():
+    """Hera's `global_config._get_class_defaults` (or any `_name`) may change in any release; the builder uses
+    only Hera's public API. Catches a private attribute read anywhere in pipelines/argo.py."""
+    import ast
+
+    import stereo_spot.pipelines.argo as argo
+
+    tree = ast.parse(Path(argo.__file__).read_text(encoding="utf-8"))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and node.attr.startswith("_") and not node.attr.startswith("__")})
+    assert private == []
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("hera") for alias in node.names}
+    assert not {name for name in imported if name.startswith("_")} and "global_config" not in imported
 
 
 def test_kfp_steps_are_container_components_running_the_image_entry_point(kfp_docs):
