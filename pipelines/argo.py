@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from stereo_spot.pipelines.config import (
+    APP_JOB_PAGE,
+    APP_URL_KEY,
     CREDENTIALS_SECRET,
     DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
@@ -43,12 +45,42 @@ from stereo_spot.pipelines.config import (
     template_name,
 )
 
-# The mutex is keyed by the job id (a UUID, no '/'), taken from the key by an expression tag: two runs of one
-# job (a duplicate S3 event, a manual resubmit) never overlap, while different jobs run side by side.
-JOB_ID_EXPRESSION = (
-    "{{=sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)}}"
-)
+# The job id (a UUID, no '/') taken from the key, as an Argo expression. The mutex is keyed by it (an expression
+# tag): two runs of one job (a duplicate S3 event, a manual resubmit) never overlap, while different jobs run side
+# by side.
+_JOB_ID = "sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)"
+JOB_ID_EXPRESSION = "{{=" + _JOB_ID + "}}"
 OPTIONAL_PARAMETERS = ("format", "divergence", "convergence")
+# What the Argo UI shows of a run. The controller substitutes the workflow's parameters (and evaluates `{{=...}}`)
+# in spec.workflowMetadata before it copies its annotations onto the Workflow (workflow/controller/operator.go:
+# setGlobalParameters, substituteGlobalVariables, then updateWorkflowMetadata). The UI lists a run under its
+# `workflows.argoproj.io/title` and `/description` annotations, Markdown from 3.6 on (docs/title-and-description.md),
+# and a `links` entry of the controller's ConfigMap may point at `${workflow.metadata.annotations.<key>}`, a key
+# with dots included (ui/src/shared/components/links.tsx, splitWithMetadataKnowledge): JOB_URL_ANNOTATION.
+TITLE_ANNOTATION = "workflows.argoproj.io/title"
+DESCRIPTION_ANNOTATION = "workflows.argoproj.io/description"
+JOB_URL_ANNOTATION = "stereo-spot.io/job-url"
+_APP_URL = "workflow.parameters['app-url']"
+
+
+def _job_page_expression() -> str:
+    """The app's page of the run's job, as an Argo expression (APP_JOB_PAGE under the app-url parameter)."""
+    prefix, suffix = APP_JOB_PAGE.split("{job_id}")
+    return f"sprig.trimSuffix('/', {_APP_URL}) + '/{prefix}' + {_JOB_ID}" + (f" + '{suffix}'" if suffix else "")
+
+
+def run_annotations() -> dict[str, str]:
+    """The annotations every run gets: the job's title (the `title` parameter, else the job id), a description
+    with a Markdown link to the job's page in the app (when the app's URL is set) or the source key, and the
+    page's URL alone for the Argo UI's links."""
+    page = _job_page_expression()
+    return {
+        TITLE_ANNOTATION: "{{=workflow.parameters.title != '' ? workflow.parameters.title : 'stereo-spot job ' + "
+                          + _JOB_ID + "}}",
+        DESCRIPTION_ANNOTATION: "{{=" + _APP_URL + " != '' ? '[Open the job in stereo-spot](' + " + page
+                                + " + ')' : 'source: ' + workflow.parameters.key}}",
+        JOB_URL_ANNOTATION: "{{=" + _APP_URL + " != '' ? " + page + " : ''}}",
+    }
 
 
 def _resources(spec: Resources, gpus: int | None = None):
@@ -149,6 +181,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
     """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
     from hera.workflows import DAG, Env, HostPathVolume, Parameter, WorkflowTemplate
     from hera.workflows.models import (
+        ConfigMapKeySelector,
         Metadata,
         Mutex,
         PodGC,
@@ -157,6 +190,8 @@ def build_workflow_template(config: PipelineConfig | None = None):
         Synchronization,
         Toleration,
         TTLStrategy,
+        ValueFrom,
+        WorkflowMetadata,
     )
 
     from stereo_spot.components import chunk, concat, convert, fail
@@ -172,7 +207,14 @@ def build_workflow_template(config: PipelineConfig | None = None):
                                        "contiguous segments"),
                  Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
                            description="convert only on GPUs with more memory than this (MiB): 20000 for "
-                                       "diffusion inpainting, 0 for any")]
+                                       "diffusion inpainting, 0 for any"),
+                 Parameter(name="title", value="", description="the job's title, shown as the run's title in "
+                                                               "the Argo UI; empty: the job id"),
+                 # the app's base URL, from the environment ConfigMap (labelled for Argo: PARAMETER_CONFIG_MAP_LABEL);
+                 # empty when the ConfigMap has no such key
+                 Parameter(name="app-url", value_from=ValueFrom(
+                     config_map_key_ref=ConfigMapKeySelector(name=ENV_CONFIG_MAP, key=APP_URL_KEY), default=""),
+                     description="the app's base URL, for the link to the job's page; empty: no link")]
     with WorkflowTemplate(
         name=template_name(),
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline",
@@ -189,6 +231,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
         security_context=PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000,
                                             fs_group=1000, seccomp_profile=SeccompProfile(type="RuntimeDefault")),
         pod_metadata=Metadata(labels={"app.kubernetes.io/name": "stereo-spot"}),
+        workflow_metadata=WorkflowMetadata(annotations=run_annotations()),
     ) as template:
         chunk_step = chunk.argo_template(**step_options(config, metrics=_step_metrics("chunk")))
         convert_step = convert.argo_template(**step_options(

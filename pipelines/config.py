@@ -20,6 +20,15 @@ SCHEMA_LABEL = "stereo-spot.io/pipeline-schema"
 PIPELINE_NAME = "stereo-spot"  # the Kubeflow pipeline
 ENV_CONFIG_MAP = "stereo-spot-env"  # the environment contract (manifests/base/configmap.yaml)
 CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where the cluster has no IRSA
+# The app's base URL (e.g. https://stereo-spot.example.com), a key of the environment ConfigMap: the Argo run links
+# to the job's page there. Argo reads a workflow parameter from a ConfigMap only when the ConfigMap carries this
+# label (workflow/controller/controller.go newTypedConfigMapInformer selects on the key; workflow/common/common.go
+# LabelValueTypeConfigMapParameter is the value).
+APP_URL_KEY = "APP_URL"
+PARAMETER_CONFIG_MAP_LABEL = ("workflows.argoproj.io/configmap-type", "Parameter")
+# The app's job page, relative to its base URL: the Streamlit page registered with url_path "job"
+# (ui/streamlit_app.py) reads the job id from the query parameter "job" (ui/pages/job.py).
+APP_JOB_PAGE = "job?job={job_id}"
 WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
 GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -244,6 +244,21 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
 
 
+def test_argo_can_read_the_app_url_from_the_environment_config_map(overlay):
+    """The WorkflowTemplate's `app-url` parameter comes from the environment ConfigMap; Argo's controller only
+    sees ConfigMaps with the configmap-type label (workflow/controller/controller.go newTypedConfigMapInformer:
+    LabelSelector = workflows.argoproj.io/configmap-type), `Parameter` for parameters. Catches the label dropped:
+    every run would then fail to resolve the parameter's ConfigMap and fall back to no link."""
+    from stereo_spot.pipelines.config import APP_URL_KEY, ENV_CONFIG_MAP, PARAMETER_CONFIG_MAP_LABEL
+
+    _, docs = overlay
+    env = _find(docs, "ConfigMap", ENV_CONFIG_MAP)
+    assert env["metadata"]["labels"][PARAMETER_CONFIG_MAP_LABEL[0]] == PARAMETER_CONFIG_MAP_LABEL[1]
+    template = _find(docs, "WorkflowTemplate")
+    (app_url,) = [p for p in template["spec"]["arguments"]["parameters"] if p["name"] == "app-url"]
+    assert app_url["valueFrom"]["configMapKeyRef"] == {"name": ENV_CONFIG_MAP, "key": APP_URL_KEY}
+
+
 def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     """The backstop for lost uploads runs in every overlay, one pass at a time, with options the command has."""
     import typer.main

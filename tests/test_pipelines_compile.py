@@ -89,7 +89,7 @@ def test_workflow_template_contract(workflow_template):
     assert workflow_template["metadata"]["name"] == template_name()
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
-                           "min-gpu-memory-mib"}
+                           "min-gpu-memory-mib", "title", "app-url"}
     assert params["min-gpu-memory-mib"]["value"] == "0"  # any GPU of the pool unless a run needs more
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
     assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
@@ -133,6 +133,90 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
     assert exit_task["template"] == "fail" and exit_task["when"] == "{{workflow.status}} != Succeeded"
     assert {p["name"]: p["value"] for p in exit_task["arguments"]["parameters"]}["failures"] == \
         "{{workflow.failures}}"
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split an expression at `sep` outside quotes and parentheses."""
+    parts, depth, quoted, start = [], 0, False, 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "'":
+            quoted = not quoted
+        elif not quoted and c in "([":
+            depth += 1
+        elif not quoted and c in ")]":
+            depth -= 1
+        elif not quoted and depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            start = i + len(sep)
+            i += len(sep)
+            continue
+        i += 1
+    return [*parts, text[start:]]
+
+
+def _evaluate_argo_expression(tag: str, parameters: dict[str, str]) -> str:
+    """Evaluate an Argo `{{=...}}` tag of the shapes the template uses (one `cond ? a : b`, `+`, `!=`, `==`,
+    sprig.regexFind and sprig.trimSuffix, `workflow.parameters.x` and `workflow.parameters['x']`) as Argo's
+    expr-lang would (github.com/expr-lang/expr: ternary, string concatenation; sprig's argument order)."""
+    assert tag.startswith("{{=") and tag.endswith("}}"), tag
+    expr = tag[3:-2]
+    ternary = _split_top(expr, " ? ")
+    if len(ternary) == 2:
+        cond, branches = ternary
+        yes, no = _split_top(branches, " : ")
+        expr = f"(({yes}) if ({cond}) else ({no}))"
+    namespace = {
+        "workflow": type("W", (), {"parameters": type("P", (dict,), {"__getattr__": dict.__getitem__})(parameters)}),
+        "sprig": type("S", (), {"regexFind": staticmethod(lambda rx, s: (re.search(rx, s) or [""])[0]),
+                                "trimSuffix": staticmethod(lambda suffix, s: s.removesuffix(suffix))}),
+    }
+    return str(eval(expr, {"__builtins__": {}}, namespace))  # noqa: S307 - the template's own expressions
+
+
+def test_the_argo_ui_shows_the_job_and_links_to_its_page(workflow_template):
+    """The run's title is the job's title (or its id), its description a Markdown link to the job's page in the
+    app, and `stereo-spot.io/job-url` that page alone, for a `links` entry of the Argo UI. The app's base URL
+    comes from the environment ConfigMap's APP_URL (a workflow parameter valueFrom configMapKeyRef), and without
+    it there is no link. Catches a wrong page path, a doubled slash, or a link without the app's URL."""
+    from stereo_spot.pipelines.argo import DESCRIPTION_ANNOTATION, JOB_URL_ANNOTATION, TITLE_ANNOTATION
+    from stereo_spot.pipelines.config import APP_URL_KEY, ENV_CONFIG_MAP
+
+    spec = workflow_template["spec"]
+    params = {p["name"]: p for p in spec["arguments"]["parameters"]}
+    assert params["app-url"]["valueFrom"] == {"default": "", "configMapKeyRef": {"name": ENV_CONFIG_MAP,
+                                                                                 "key": APP_URL_KEY}}
+    assert params["title"]["value"] == ""
+    annotations = spec["workflowMetadata"]["annotations"]
+    job = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
+
+    def shown(**values):
+        parameters = {"key": f"input/{job}/source.mp4", "title": "", "app-url": "", **values}
+        return {name: _evaluate_argo_expression(annotations[name], parameters)
+                for name in (TITLE_ANNOTATION, DESCRIPTION_ANNOTATION, JOB_URL_ANNOTATION)}
+
+    page = f"https://stereo-spot.example.com/job?job={job}"
+    assert shown(**{"app-url": "https://stereo-spot.example.com/", "title": "Holiday 2024"}) == {
+        TITLE_ANNOTATION: "Holiday 2024", DESCRIPTION_ANNOTATION: f"[Open the job in stereo-spot]({page})",
+        JOB_URL_ANNOTATION: page}
+    assert shown(**{"app-url": "https://stereo-spot.example.com"})[JOB_URL_ANNOTATION] == page
+    assert shown() == {TITLE_ANNOTATION: f"stereo-spot job {job}",
+                       DESCRIPTION_ANNOTATION: f"source: input/{job}/source.mp4", JOB_URL_ANNOTATION: ""}
+
+
+def test_the_job_page_is_the_apps():
+    """APP_JOB_PAGE is the page the app registers: url_path "job" for pages/job.py, which reads the id from the
+    query parameter "job". Catches either side renamed alone."""
+    from stereo_spot.pipelines.config import APP_JOB_PAGE
+
+    app = (ROOT / "ui" / "streamlit_app.py").read_text()
+    page = (ROOT / "ui" / "pages" / "job.py").read_text()
+    path, query = APP_JOB_PAGE.split("?")
+    name, placeholder = query.split("=")
+    assert placeholder == "{job_id}"
+    assert re.search(rf'st\.Page\("pages/job\.py",[^)]*url_path="{path}"', app)
+    assert f'st.query_params.get("{name}"' in page
 
 
 def test_every_step_retries_everything_but_a_user_error(workflow_template):
