@@ -301,6 +301,31 @@ def test_the_base_runs_on_a_stock_argo_install():
                 in (d["metadata"].get("annotations") or {})]
 
 
+def _output_artifacts(template_doc: dict) -> dict[str, list[dict]]:
+    return {t["name"]: t["outputs"]["artifacts"] for t in template_doc["spec"]["templates"]
+            if (t.get("outputs") or {}).get("artifacts")}
+
+
+def test_run_outputs_are_artifacts_only_where_there_is_a_repository(overlay):
+    """concat writes the comfort report, a still and the page to ARGO_OUTPUTS_DIR. An output artifact with no
+    repository fails the step in the executor (it has no location to put the file), `optional` or not, so the
+    base declares none and the overlay that brings a repository declares them, each a file concat writes,
+    optional (a run whose outputs could not be made succeeds) and unarchived (the UI shows it as it is). Catches
+    the artifacts moved into the base, or a name/path that concat does not write."""
+    from stereo_spot.components.run_outputs import ARGO_OUTPUTS_DIR, PREVIEW_STILL, REPORT_HTML, REPORT_MARKDOWN
+
+    base_template = _find(render(MANIFESTS / "base"), "WorkflowTemplate")
+    assert _output_artifacts(base_template) == {}
+    _, docs = overlay
+    (artifacts,) = _output_artifacts(_find(docs, "WorkflowTemplate")).items()
+    step, declared = artifacts
+    assert step == "concat"
+    assert {a["path"] for a in declared} == {f"{ARGO_OUTPUTS_DIR}/{name}" for name in
+                                             (REPORT_MARKDOWN, PREVIEW_STILL, REPORT_HTML)}
+    assert all(a["optional"] is True and a["archive"] == {"none": {}} and "s3" not in a for a in declared)
+    _find(docs, "ConfigMap", "artifact-repositories")  # where they go
+
+
 def test_logs_are_archived_to_the_output_bucket(overlay):
     """podGC deletes the pods of successful steps: without an artifact repository with archiveLogs their logs
     are gone. The repository's archiveLogs covers every pod of the namespace (the reconcile pass too), under
