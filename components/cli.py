@@ -8,6 +8,7 @@ Registered on the main app by ``stereo_spot.cli``; the step modules are imported
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -54,12 +55,28 @@ def concat_command(
     key: Key,
     converted: Annotated[str, typer.Option(help="JSON list of the convert tasks' segment counts.")],
     final_key_path: Annotated[str, typer.Option(help="Where to write the final video's key.")],
+    report_path: Annotated[str | None, typer.Option(help="Where to write the comfort report (Markdown).")] = None,
+    preview_path: Annotated[str | None, typer.Option(help="Where to write the report with a preview still "
+                                                          "(HTML).")] = None,
 ) -> None:
-    """Join the converted segments with the source's audio."""
-    from stereo_spot.components._common import write_output
-    from stereo_spot.components.concat import concat
+    """Join the converted segments with the source's audio; write the run's outputs."""
+    import shutil
+    import tempfile
 
-    write_output(final_key_path, concat(key, _segment_total(converted)))
+    from stereo_spot.components._common import write_output
+    from stereo_spot.components.concat import assemble
+    from stereo_spot.components.run_outputs import REPORT_HTML, REPORT_MARKDOWN
+
+    with tempfile.TemporaryDirectory(prefix="stereo-spot-outputs-") as outputs:
+        write_output(final_key_path, assemble(key, _segment_total(converted), outputs))
+        for name, path in ((REPORT_MARKDOWN, report_path), (REPORT_HTML, preview_path)):
+            if not path:
+                continue
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if (Path(outputs) / name).is_file():
+                shutil.copyfile(Path(outputs) / name, path)
+            else:  # Kubeflow uploads every declared output: say why it is empty (the log says more)
+                Path(path).write_text("The run's outputs could not be written; see the concat task's log.\n")
 
 
 @app.command("fail")

@@ -7,18 +7,26 @@ and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's s
 the contract's version (``template_name()``, e.g. ``stereo-spot-v1``).
 
 What every step shares (Hera's runner constructor, the CPU image, resources, the environment contract, the
-security context, retries, log archiving) is set once, as Hera's class defaults for ``Script``
-(``step_defaults``); a template states only where it differs (convert: the GPU image and its resources, more
-retries; the exit handler: smaller resources).
+security context, retries) is set once (``step_defaults``) and handed to each component's ``argo_template``; a
+template states only where it differs (convert: the GPU image and its resources, more retries; the exit handler:
+smaller resources).
+
+Logs: no template says ``archiveLocation``. Argo decides per pod with "controller(on) > template > workflow >
+controller(off)" (workflow/controller/operator.go, ``IsArchiveLogs``): a repository with ``archiveLogs: true``
+archives every pod whatever the template says, while a template's ``archiveLogs: true`` without a repository makes
+the controller hand the pod an archive location with nothing in it (workflowpod.go, ``addArchiveLocation``) and
+the wait container's log upload fails the node. So the base runs on a stock Argo install, and the overlay that
+brings a repository (manifests/overlays/aws/artifact-repositories.yaml) turns archiving on for every pod of the
+namespace, the reconcile CronWorkflow's included.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from stereo_spot.pipelines.config import (
+    APP_JOB_PAGE,
+    APP_URL_KEY,
     CREDENTIALS_SECRET,
     DO_NOT_DISRUPT,
     ENV_CONFIG_MAP,
@@ -37,12 +45,42 @@ from stereo_spot.pipelines.config import (
     template_name,
 )
 
-# The mutex is keyed by the job id (a UUID, no '/'), taken from the key by an expression tag: two runs of one
-# job (a duplicate S3 event, a manual resubmit) never overlap, while different jobs run side by side.
-JOB_ID_EXPRESSION = (
-    "{{=sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)}}"
-)
+# The job id (a UUID, no '/') taken from the key, as an Argo expression. The mutex is keyed by it (an expression
+# tag): two runs of one job (a duplicate S3 event, a manual resubmit) never overlap, while different jobs run side
+# by side.
+_JOB_ID = "sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)"
+JOB_ID_EXPRESSION = "{{=" + _JOB_ID + "}}"
 OPTIONAL_PARAMETERS = ("format", "divergence", "convergence")
+# What the Argo UI shows of a run. The controller substitutes the workflow's parameters (and evaluates `{{=...}}`)
+# in spec.workflowMetadata before it copies its annotations onto the Workflow (workflow/controller/operator.go:
+# setGlobalParameters, substituteGlobalVariables, then updateWorkflowMetadata). The UI lists a run under its
+# `workflows.argoproj.io/title` and `/description` annotations, Markdown from 3.6 on (docs/title-and-description.md),
+# and a `links` entry of the controller's ConfigMap may point at `${workflow.metadata.annotations.<key>}`, a key
+# with dots included (ui/src/shared/components/links.tsx, splitWithMetadataKnowledge): JOB_URL_ANNOTATION.
+TITLE_ANNOTATION = "workflows.argoproj.io/title"
+DESCRIPTION_ANNOTATION = "workflows.argoproj.io/description"
+JOB_URL_ANNOTATION = "stereo-spot.io/job-url"
+_APP_URL = "workflow.parameters['app-url']"
+
+
+def _job_page_expression() -> str:
+    """The app's page of the run's job, as an Argo expression (APP_JOB_PAGE under the app-url parameter)."""
+    prefix, suffix = APP_JOB_PAGE.split("{job_id}")
+    return f"sprig.trimSuffix('/', {_APP_URL}) + '/{prefix}' + {_JOB_ID}" + (f" + '{suffix}'" if suffix else "")
+
+
+def run_annotations() -> dict[str, str]:
+    """The annotations every run gets: the job's title (the `title` parameter, else the job id), a description
+    with a Markdown link to the job's page in the app (when the app's URL is set) or the source key, and the
+    page's URL alone for the Argo UI's links."""
+    page = _job_page_expression()
+    return {
+        TITLE_ANNOTATION: "{{=workflow.parameters.title != '' ? workflow.parameters.title : 'stereo-spot job ' + "
+                          + _JOB_ID + "}}",
+        DESCRIPTION_ANNOTATION: "{{=" + _APP_URL + " != '' ? '[Open the job in stereo-spot](' + " + page
+                                + " + ')' : 'source: ' + workflow.parameters.key}}",
+        JOB_URL_ANNOTATION: "{{=" + _APP_URL + " != '' ? " + page + " : ''}}",
+    }
 
 
 def _resources(spec: Resources, gpus: int | None = None):
@@ -86,25 +124,21 @@ def _step_metrics(step: str, *, counts_segments: bool = False) -> list:
     return metrics
 
 
-def _logs_archived():
-    """Every step's log is kept in the default artifact repository (the namespace's ConfigMap annotated
-    workflows.argoproj.io/default-artifact-repository, or the controller's), so it survives pod GC."""
-    from hera.workflows.models import ArtifactLocation
-
-    return ArtifactLocation(archive_logs=True)
-
-
 def _retry(config: PipelineConfig, limit: int):
+    """No ``backoff.maxDuration``: Argo counts it from the first attempt's start and gives up once it is past
+    (workflow/controller/operator.go, ``processNodeRetries``: ``maxDurationDeadline =
+    firstChildNode.StartedAt.Add(maxDuration)``, "Max duration limit exceeded"), so a convert shard reclaimed
+    hours in would never be retried. The retry limit and the workflow's ``activeDeadlineSeconds`` bound retries
+    instead (the same function stops retrying past the workflow deadline)."""
     from hera.workflows import RetryStrategy
     from hera.workflows.models import Backoff
 
     return RetryStrategy(limit=limit, retry_policy="Always", expression=RETRY_EXPRESSION,
-                         backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2,
-                                         max_duration=f"{config.retry_backoff_max_seconds}s"))
+                         backoff=Backoff(duration=f"{config.retry_backoff_seconds}s", factor=2))
 
 
 def step_defaults(config: PipelineConfig) -> dict[str, Any]:
-    """The choices every step template shares, as keyword defaults of Hera's ``Script``."""
+    """The choices every step template shares, as keyword arguments of Hera's ``Script``."""
     from hera.workflows import ConfigMapEnvFrom, SecretEnvFrom
     from hera.workflows.models import Capabilities, SecurityContext
 
@@ -118,27 +152,15 @@ def step_defaults(config: PipelineConfig) -> dict[str, Any]:
         "security_context": SecurityContext(allow_privilege_escalation=False, capabilities=Capabilities(drop=["ALL"])),
         "termination_message_policy": "FallbackToLogsOnError",
         "retry_strategy": _retry(config, config.step_retries),
-        "archive_location": _logs_archived(),
     }
 
 
-@contextlib.contextmanager
-def script_defaults(config: PipelineConfig) -> Iterator[dict[str, Any]]:
-    """``step_defaults`` as Hera's class defaults for ``Script`` while a template is built. Hera keeps class
-    defaults in one process-wide table: the previous ones come back afterwards, so building a template for
-    another registry (``stereo-spot compile --registry``) or another Hera user in the process sees none of ours."""
-    from hera.shared import global_config
-    from hera.workflows import Script
-
-    table = global_config._get_class_defaults(Script)  # Hera's own dict for the class (no public getter)
-    saved = dict(table)
-    defaults = step_defaults(config)
-    global_config.set_class_defaults(Script, **defaults)
-    try:
-        yield defaults
-    finally:
-        table.clear()
-        table.update(saved)
+def step_options(config: PipelineConfig, **overrides: Any) -> dict[str, Any]:
+    """A step's keyword arguments: ``step_defaults`` and what this step sets differently. Plain arguments, not
+    Hera's process-wide class defaults (``global_config.set_class_defaults``, which has no public way to read or
+    restore the previous ones): building a template for another registry, or another Hera user in the process,
+    sees nothing of ours."""
+    return {**step_defaults(config), **overrides}
 
 
 def _gpu_memory_affinity(min_mib: str):
@@ -159,6 +181,7 @@ def build_workflow_template(config: PipelineConfig | None = None):
     """The WorkflowTemplate as a Hera object (``.to_dict()`` / ``.to_yaml()`` for the manifest)."""
     from hera.workflows import DAG, Env, HostPathVolume, Parameter, WorkflowTemplate
     from hera.workflows.models import (
+        ConfigMapKeySelector,
         Metadata,
         Mutex,
         PodGC,
@@ -167,6 +190,8 @@ def build_workflow_template(config: PipelineConfig | None = None):
         Synchronization,
         Toleration,
         TTLStrategy,
+        ValueFrom,
+        WorkflowMetadata,
     )
 
     from stereo_spot.components import chunk, concat, convert, fail
@@ -182,8 +207,15 @@ def build_workflow_template(config: PipelineConfig | None = None):
                                        "contiguous segments"),
                  Parameter(name="min-gpu-memory-mib", value=str(config.min_gpu_memory_mib),
                            description="convert only on GPUs with more memory than this (MiB): 20000 for "
-                                       "diffusion inpainting, 0 for any")]
-    with script_defaults(config), WorkflowTemplate(
+                                       "diffusion inpainting, 0 for any"),
+                 Parameter(name="title", value="", description="the job's title, shown as the run's title in "
+                                                               "the Argo UI; empty: the job id"),
+                 # the app's base URL, from the environment ConfigMap (labelled for Argo: PARAMETER_CONFIG_MAP_LABEL);
+                 # empty when the ConfigMap has no such key
+                 Parameter(name="app-url", value_from=ValueFrom(
+                     config_map_key_ref=ConfigMapKeySelector(name=ENV_CONFIG_MAP, key=APP_URL_KEY), default=""),
+                     description="the app's base URL, for the link to the job's page; empty: no link")]
+    with WorkflowTemplate(
         name=template_name(),
         labels={"app.kubernetes.io/name": "stereo-spot", "app.kubernetes.io/component": "pipeline",
                 "app.kubernetes.io/version": project_version(), SCHEMA_LABEL: PIPELINE_SCHEMA},
@@ -199,9 +231,11 @@ def build_workflow_template(config: PipelineConfig | None = None):
         security_context=PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000,
                                             fs_group=1000, seccomp_profile=SeccompProfile(type="RuntimeDefault")),
         pod_metadata=Metadata(labels={"app.kubernetes.io/name": "stereo-spot"}),
+        workflow_metadata=WorkflowMetadata(annotations=run_annotations()),
     ) as template:
-        chunk_step = chunk.argo_template(metrics=_step_metrics("chunk"))
-        convert_step = convert.argo_template(
+        chunk_step = chunk.argo_template(**step_options(config, metrics=_step_metrics("chunk")))
+        convert_step = convert.argo_template(**step_options(
+            config,
             image=config.image("gpu"),
             resources=_resources(config.gpu_step, gpus=1),
             node_selector=dict([GPU_POOL_LABEL]),
@@ -215,9 +249,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
             # spot reclaims kill pods at any moment: more retries; each one resumes the shard
             retry_strategy=_retry(config, config.convert_retries),
             metrics=_step_metrics("convert", counts_segments=True),
-        )
-        concat_step = concat.argo_template(metrics=_step_metrics("concat"))
-        fail_step = fail.argo_template(resources=_resources(config.exit_step), metrics=_step_metrics("exit-handler"))
+        ))
+        concat_step = concat.argo_template(**step_options(config, metrics=_step_metrics("concat")))
+        fail_step = fail.argo_template(**step_options(config, resources=_resources(config.exit_step),
+                                                      metrics=_step_metrics("exit-handler")))
         key = "{{workflow.parameters.key}}"
         with DAG(name="main", parallelism=config.parallelism):
             chunked = chunk_step(name="chunk", arguments={

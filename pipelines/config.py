@@ -20,6 +20,15 @@ SCHEMA_LABEL = "stereo-spot.io/pipeline-schema"
 PIPELINE_NAME = "stereo-spot"  # the Kubeflow pipeline
 ENV_CONFIG_MAP = "stereo-spot-env"  # the environment contract (manifests/base/configmap.yaml)
 CREDENTIALS_SECRET = "stereo-spot-credentials"  # optional: static keys where the cluster has no IRSA
+# The app's base URL (e.g. https://stereo-spot.example.com), a key of the environment ConfigMap: the Argo run links
+# to the job's page there. Argo reads a workflow parameter from a ConfigMap only when the ConfigMap carries this
+# label (workflow/controller/controller.go newTypedConfigMapInformer selects on the key; workflow/common/common.go
+# LabelValueTypeConfigMapParameter is the value).
+APP_URL_KEY = "APP_URL"
+PARAMETER_CONFIG_MAP_LABEL = ("workflows.argoproj.io/configmap-type", "Parameter")
+# The app's job page, relative to its base URL: the Streamlit page registered with url_path "job"
+# (ui/streamlit_app.py) reads the job id from the query parameter "job" (ui/pages/job.py).
+APP_JOB_PAGE = "job?job={job_id}"
 WORKFLOW_SERVICE_ACCOUNT = "stereo-spot-workflow"
 GPU_POOL_LABEL = ("stereo-spot.io/pool", "gpu")  # set on GPU nodes by the Karpenter NodePool
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -86,7 +95,9 @@ class PipelineConfig:
     convert_retries: int = 4  # spot reclaims and other lost pods; a bad input fails at once (exit code 2)
     step_retries: int = 2  # chunk, concat and the exit handler: a store that timed out, an OOM kill, a lost node
     retry_backoff_seconds: int = 30
-    retry_backoff_max_seconds: int = 600
+    # Retries stop at the retry limit or at the run's deadline, never at a window of their own: both engines
+    # count a backoff's max duration from the first attempt's start (pipelines/argo.py `_retry`,
+    # pipelines/kfp.py `_place`), and a shard reclaimed hours in must still be retried.
     workflow_deadline_seconds: int = 12 * 3600
     # A convert pod works through a whole shard, whose length depends on the film: no per-pod deadline below
     # the workflow's. A pod that dies or is stopped loses only its current segment (its retry skips the rest).

@@ -50,9 +50,14 @@ def _place(task, step: str, resources: Resources, display_name: str, config: Pip
 
     task.set_display_name(display_name)
     # kfp retries every failure (it has no exit-code condition): a transient one succeeds on a retry, a bad
-    # input fails again quickly with the same recorded reason
+    # input fails again quickly with the same recorded reason.
+    # The retry window is the run's deadline. kfp always writes a backoffMaxDuration (3600s when none is given:
+    # kfp/dsl/structures.py, RetryPolicy.to_proto), the backend hands it to Argo's retryStrategy.backoff.maxDuration
+    # (backend/src/v2/compiler/argocompiler/container.go, getTaskRetryParametersWithValues), and Argo counts that
+    # from the first attempt's start (workflow/controller/operator.go, processNodeRetries): a shorter window would
+    # leave a convert shard reclaimed hours in without a retry.
     task.set_retry(num_retries=retries, backoff_duration=f"{config.retry_backoff_seconds}s", backoff_factor=2,
-                   backoff_max_duration=f"{config.retry_backoff_max_seconds}s")
+                   backoff_max_duration=f"{config.workflow_deadline_seconds}s")
     task.set_caching_options(CACHING[step])
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory)
     kubernetes.use_config_map_as_env(task, ENV_CONFIG_MAP, {key: key for key in ENV_KEYS})

@@ -219,3 +219,50 @@ def test_a_shard_converts_its_own_segments_in_order_and_a_retry_skips_the_comple
     assert sorted(c.segment_index for c in backend.completions.query_by_job(job.job_id)) == [2, 3]
     assert [c.segment_index for c in steps.convert_shard(backend, job.job_id, 0, 2)] == [0, 1]
     assert steps.concat(backend, job.job_id).status == JobStatus.COMPLETED
+
+
+def test_the_run_outputs_show_the_report_and_a_still_of_the_final_video(backend, tmp_path):
+    """What the engines' UIs show of a finished run: the comfort report's figures and warnings as Markdown, a PNG
+    still taken from the final video through its presigned URL, and both on one HTML page (Kubeflow's
+    visualisation). Catches a still from the wrong object, a report without its figures, or a page without the
+    still."""
+    import base64
+
+    from stereo_spot.components.run_outputs import PREVIEW_STILL, REPORT_HTML, REPORT_MARKDOWN, write_run_outputs
+    from tests.media_fixtures import make_clip
+
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "Holiday | 2024")
+    backend.jobs.update(job.job_id, status=JobStatus.COMPLETED)
+    final = make_clip(tmp_path / "final.mp4", seconds=1.0, fps=12, size=(320, 96), gop=6)
+    backend.objects.upload_file(backend.output_bucket, keys.final_key(job.job_id), final)
+    report = {"version": 1, "job_id": job.job_id, "max_crossed_pct": 1.25, "max_uncrossed_pct": 0.5,
+              "hole_ratio": 0.031, "flicker_index": 0.012, "border_violation_ratio": 0.2,
+              "settings": {"divergence": 2.0, "convergence": 0.5}, "warnings": ["Too much in front."]}
+    backend.objects.write_bytes(backend.output_bucket, keys.report_key(job.job_id), json.dumps(report).encode())
+
+    written = write_run_outputs(backend, job.job_id, tmp_path / "outputs")
+    assert set(written) == {REPORT_MARKDOWN, PREVIEW_STILL, REPORT_HTML}
+    markdown = written[REPORT_MARKDOWN].read_text()
+    assert "# Holiday | 2024" in markdown and job.job_id in markdown
+    assert "| nearest 1 % in front of the screen | 1.25 % |" in markdown and "| holes filled | 3.1 % |" in markdown
+    assert "- Too much in front." in markdown
+    still = written[PREVIEW_STILL].read_bytes()
+    assert still.startswith(b"\x89PNG")
+    import av
+
+    with av.open(str(written[PREVIEW_STILL])) as image:
+        assert image.streams.video[0].codec_context.width == 320  # the final video's frame, not another
+    page = written[REPORT_HTML].read_text()
+    assert f"data:image/png;base64,{base64.b64encode(still).decode()}" in page and "1.25 %" in page
+
+
+def test_run_outputs_of_a_job_without_a_video_or_report_say_so(backend, tmp_path):
+    """A job that never finished has no still and no report: the page says so; nothing is raised."""
+    from stereo_spot.components.run_outputs import PREVIEW_STILL, REPORT_HTML, write_run_outputs
+
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "unfinished")
+    written = write_run_outputs(backend, job.job_id, tmp_path / "outputs")
+    assert PREVIEW_STILL not in written
+    assert "No comfort report" in written[REPORT_HTML].read_text() and "No preview still" in \
+        written[REPORT_HTML].read_text()
+    assert write_run_outputs(backend, "1b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55", tmp_path / "none") == {}

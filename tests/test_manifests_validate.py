@@ -245,6 +245,21 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
 
 
+def test_argo_can_read_the_app_url_from_the_environment_config_map(overlay):
+    """The WorkflowTemplate's `app-url` parameter comes from the environment ConfigMap; Argo's controller only
+    sees ConfigMaps with the configmap-type label (workflow/controller/controller.go newTypedConfigMapInformer:
+    LabelSelector = workflows.argoproj.io/configmap-type), `Parameter` for parameters. Catches the label dropped:
+    every run would then fail to resolve the parameter's ConfigMap and fall back to no link."""
+    from stereo_spot.pipelines.config import APP_URL_KEY, ENV_CONFIG_MAP, PARAMETER_CONFIG_MAP_LABEL
+
+    _, docs = overlay
+    env = _find(docs, "ConfigMap", ENV_CONFIG_MAP)
+    assert env["metadata"]["labels"][PARAMETER_CONFIG_MAP_LABEL[0]] == PARAMETER_CONFIG_MAP_LABEL[1]
+    template = _find(docs, "WorkflowTemplate")
+    (app_url,) = [p for p in template["spec"]["arguments"]["parameters"] if p["name"] == "app-url"]
+    assert app_url["valueFrom"]["configMapKeyRef"] == {"name": ENV_CONFIG_MAP, "key": APP_URL_KEY}
+
+
 def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     """The backstop for lost uploads runs in every overlay, one pass at a time, with options the command has."""
     import typer.main
@@ -270,9 +285,54 @@ def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
 
 
+def test_the_base_runs_on_a_stock_argo_install():
+    """A stock Argo install has no artifact repository. A template's (or workflow's) `archiveLogs: true` then
+    errors every node: the controller gives the pod an empty archive location (Argo
+    workflow/controller/workflowpod.go, addArchiveLocation) and the log upload fails. Whether logs are archived is
+    the repository's `archiveLogs` ("controller(on) > template > workflow > controller(off)", operator.go
+    IsArchiveLogs), so neither the WorkflowTemplate nor the reconcile CronWorkflow in the base may ask for it, and
+    the base brings no repository. Catches `archiveLogs: true` back on a step or on the reconcile template."""
+    from tests.test_pipelines_compile import _archive_settings
+
+    docs = render(MANIFESTS / "base")
+    for kind in ("WorkflowTemplate", "CronWorkflow"):
+        for doc in (d for d in docs if d["kind"] == kind):
+            assert _archive_settings(doc) == [], (kind, doc["metadata"]["name"])
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "workflows.argoproj.io/default-artifact-repository"
+                in (d["metadata"].get("annotations") or {})]
+
+
+def _output_artifacts(template_doc: dict) -> dict[str, list[dict]]:
+    return {t["name"]: t["outputs"]["artifacts"] for t in template_doc["spec"]["templates"]
+            if (t.get("outputs") or {}).get("artifacts")}
+
+
+def test_run_outputs_are_artifacts_only_where_there_is_a_repository(overlay):
+    """concat writes the comfort report, a still and the page to ARGO_OUTPUTS_DIR. An output artifact with no
+    repository fails the step in the executor (it has no location to put the file), `optional` or not, so the
+    base declares none and the overlay that brings a repository declares them, each a file concat writes,
+    optional (a run whose outputs could not be made succeeds) and unarchived (the UI shows it as it is). Catches
+    the artifacts moved into the base, or a name/path that concat does not write."""
+    from stereo_spot.components.run_outputs import ARGO_OUTPUTS_DIR, PREVIEW_STILL, REPORT_HTML, REPORT_MARKDOWN
+
+    base_template = _find(render(MANIFESTS / "base"), "WorkflowTemplate")
+    assert _output_artifacts(base_template) == {}
+    _, docs = overlay
+    (artifacts,) = _output_artifacts(_find(docs, "WorkflowTemplate")).items()
+    step, declared = artifacts
+    assert step == "concat"
+    assert {a["path"] for a in declared} == {f"{ARGO_OUTPUTS_DIR}/{name}" for name in
+                                             (REPORT_MARKDOWN, PREVIEW_STILL, REPORT_HTML)}
+    assert all(a["optional"] is True and a["archive"] == {"none": {}} and "s3" not in a for a in declared)
+    _find(docs, "ConfigMap", "artifact-repositories")  # where they go
+
+
 def test_logs_are_archived_to_the_output_bucket(overlay):
     """podGC deletes the pods of successful steps: without an artifact repository with archiveLogs their logs
-    are gone."""
+    are gone. The repository's archiveLogs covers every pod of the namespace (the reconcile pass too), under
+    the prefix the workflow role may write (stereo_spot.keys.ARGO_ARTIFACTS_PREFIX)."""
+    from stereo_spot.keys import ARGO_ARTIFACTS_PREFIX
+
     _, docs = overlay
     repositories = _find(docs, "ConfigMap", "artifact-repositories")
     assert repositories["metadata"]["namespace"] == "stereo-spot"
@@ -284,27 +344,7 @@ def test_logs_are_archived_to_the_output_bucket(overlay):
     assert s3["bucket"] == env["OUTPUT_BUCKET_NAME"] and s3["region"] == env["AWS_REGION"]
     assert s3["useSDKCreds"] is True and not {"accessKeySecret", "secretKeySecret"} & set(s3)  # IRSA
     assert "{{workflow.name}}" in s3["keyFormat"] and "{{pod.name}}" in s3["keyFormat"]
-
-
-def test_metrics_are_scraped_and_the_dashboard_shows_real_series(overlay):
-    pytest.importorskip("prometheus_client")
-    from stereo_spot.metrics import WorkerMetrics
-
-    _, docs = overlay
-    monitor = _find(docs, "ServiceMonitor", "argo-workflow-controller")
-    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["argo"]
-    assert monitor["spec"]["selector"]["matchLabels"] == {"app": "workflow-controller"}
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    config = _find(docs, "ConfigMap", "stereo-spot-grafana-dashboard")
-    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
-    (text,) = config["data"].values()
-    dashboard = json.loads(text)
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = set(re.findall(r"\b((?:stereo_spot|argo_workflows)_\w+)", " ".join(exprs)))
-    worker = {sample.name for family in WorkerMetrics().registry.collect() for sample in family.samples}
-    argo = {"argo_workflows_gauge", "argo_workflows_total_count"}  # the controller's own (Argo Workflows 3.6+)
-    assert used and used <= worker | argo, used - worker - argo
-    assert {"stereo_spot_frames_converted_total", "stereo_spot_jobs_failed_total"} <= used
+    assert s3["keyFormat"].startswith(ARGO_ARTIFACTS_PREFIX)
 
 
 # --- the Sensor's filters and parameters on S3 event shapes -------------------------------------------------

@@ -52,7 +52,10 @@ class ArgoEmulator:
         self.attempt_env = attempt_env or (lambda template, attempt: {})  # per template and attempt (0, 1, ...)
 
     def submit(self, bucket: str, key: str, **optional: str) -> Run:
-        params = {p["name"]: p.get("value") for p in TEMPLATE["spec"]["arguments"]["parameters"]}
+        # a parameter from a ConfigMap takes its default when the key is not there (operator.go
+        # setGlobalParameters); this emulator has no ConfigMaps
+        params = {p["name"]: p.get("value", (p.get("valueFrom") or {}).get("default"))
+                  for p in TEMPLATE["spec"]["arguments"]["parameters"]}
         params.update({"bucket": bucket, "key": key, **optional})
         assert all(v is not None for v in params.values()), params
         run = Run()

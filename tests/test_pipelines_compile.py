@@ -89,7 +89,7 @@ def test_workflow_template_contract(workflow_template):
     assert workflow_template["metadata"]["name"] == template_name()
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
-                           "min-gpu-memory-mib"}
+                           "min-gpu-memory-mib", "title", "app-url"}
     assert params["min-gpu-memory-mib"]["value"] == "0"  # any GPU of the pool unless a run needs more
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
     assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
@@ -135,6 +135,90 @@ def test_dag_fans_out_over_chunk_and_places_convert_on_gpus(workflow_template):
         "{{workflow.failures}}"
 
 
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split an expression at `sep` outside quotes and parentheses."""
+    parts, depth, quoted, start = [], 0, False, 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "'":
+            quoted = not quoted
+        elif not quoted and c in "([":
+            depth += 1
+        elif not quoted and c in ")]":
+            depth -= 1
+        elif not quoted and depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            start = i + len(sep)
+            i += len(sep)
+            continue
+        i += 1
+    return [*parts, text[start:]]
+
+
+def _evaluate_argo_expression(tag: str, parameters: dict[str, str]) -> str:
+    """Evaluate an Argo `{{=...}}` tag of the shapes the template uses (one `cond ? a : b`, `+`, `!=`, `==`,
+    sprig.regexFind and sprig.trimSuffix, `workflow.parameters.x` and `workflow.parameters['x']`) as Argo's
+    expr-lang would (github.com/expr-lang/expr: ternary, string concatenation; sprig's argument order)."""
+    assert tag.startswith("{{=") and tag.endswith("}}"), tag
+    expr = tag[3:-2]
+    ternary = _split_top(expr, " ? ")
+    if len(ternary) == 2:
+        cond, branches = ternary
+        yes, no = _split_top(branches, " : ")
+        expr = f"(({yes}) if ({cond}) else ({no}))"
+    namespace = {
+        "workflow": type("W", (), {"parameters": type("P", (dict,), {"__getattr__": dict.__getitem__})(parameters)}),
+        "sprig": type("S", (), {"regexFind": staticmethod(lambda rx, s: (re.search(rx, s) or [""])[0]),
+                                "trimSuffix": staticmethod(lambda suffix, s: s.removesuffix(suffix))}),
+    }
+    return str(eval(expr, {"__builtins__": {}}, namespace))  # noqa: S307 - the template's own expressions
+
+
+def test_the_argo_ui_shows_the_job_and_links_to_its_page(workflow_template):
+    """The run's title is the job's title (or its id), its description a Markdown link to the job's page in the
+    app, and `stereo-spot.io/job-url` that page alone, for a `links` entry of the Argo UI. The app's base URL
+    comes from the environment ConfigMap's APP_URL (a workflow parameter valueFrom configMapKeyRef), and without
+    it there is no link. Catches a wrong page path, a doubled slash, or a link without the app's URL."""
+    from stereo_spot.pipelines.argo import DESCRIPTION_ANNOTATION, JOB_URL_ANNOTATION, TITLE_ANNOTATION
+    from stereo_spot.pipelines.config import APP_URL_KEY, ENV_CONFIG_MAP
+
+    spec = workflow_template["spec"]
+    params = {p["name"]: p for p in spec["arguments"]["parameters"]}
+    assert params["app-url"]["valueFrom"] == {"default": "", "configMapKeyRef": {"name": ENV_CONFIG_MAP,
+                                                                                 "key": APP_URL_KEY}}
+    assert params["title"]["value"] == ""
+    annotations = spec["workflowMetadata"]["annotations"]
+    job = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
+
+    def shown(**values):
+        parameters = {"key": f"input/{job}/source.mp4", "title": "", "app-url": "", **values}
+        return {name: _evaluate_argo_expression(annotations[name], parameters)
+                for name in (TITLE_ANNOTATION, DESCRIPTION_ANNOTATION, JOB_URL_ANNOTATION)}
+
+    page = f"https://stereo-spot.example.com/job?job={job}"
+    assert shown(**{"app-url": "https://stereo-spot.example.com/", "title": "Holiday 2024"}) == {
+        TITLE_ANNOTATION: "Holiday 2024", DESCRIPTION_ANNOTATION: f"[Open the job in stereo-spot]({page})",
+        JOB_URL_ANNOTATION: page}
+    assert shown(**{"app-url": "https://stereo-spot.example.com"})[JOB_URL_ANNOTATION] == page
+    assert shown() == {TITLE_ANNOTATION: f"stereo-spot job {job}",
+                       DESCRIPTION_ANNOTATION: f"source: input/{job}/source.mp4", JOB_URL_ANNOTATION: ""}
+
+
+def test_the_job_page_is_the_apps():
+    """APP_JOB_PAGE is the page the app registers: url_path "job" for pages/job.py, which reads the id from the
+    query parameter "job". Catches either side renamed alone."""
+    from stereo_spot.pipelines.config import APP_JOB_PAGE
+
+    app = (ROOT / "ui" / "streamlit_app.py").read_text()
+    page = (ROOT / "ui" / "pages" / "job.py").read_text()
+    path, query = APP_JOB_PAGE.split("?")
+    name, placeholder = query.split("=")
+    assert placeholder == "{job_id}"
+    assert re.search(rf'st\.Page\("pages/job\.py",[^)]*url_path="{path}"', app)
+    assert f'st.query_params.get("{name}"' in page
+
+
 def test_every_step_retries_everything_but_a_user_error(workflow_template):
     """`OnError` would not retry a main container that exits non-zero, `OnFailure` not a deleted pod: `Always`,
     and the expression keeps a bad input (exit code 2) from being retried. The exit handler too."""
@@ -144,15 +228,70 @@ def test_every_step_retries_everything_but_a_user_error(workflow_template):
         retry = template["retryStrategy"]
         assert retry["retryPolicy"] == "Always" and retry["limit"] >= 2, name
         assert retry["expression"] == "lastRetry.exitCode != '2'", name
-        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["maxDuration"], name
+        assert retry["backoff"]["factor"] == 2 and retry["backoff"]["duration"], name
 
 
-def test_every_step_archives_its_log_and_emits_metrics(workflow_template):
-    """podGC removes successful pods: their logs go to the default artifact repository. Each step reports its
-    duration and failures (phase, exit code) to the controller's Prometheus endpoint; convert its segments."""
+def _duration_seconds(text: str) -> int:
+    from kfp.dsl.structures import convert_duration_to_seconds
+
+    return convert_duration_to_seconds(text)
+
+
+def test_a_shard_reclaimed_hours_in_is_still_retried(workflow_template, kfp_docs):
+    """Argo counts `backoff.maxDuration` from the first attempt's start and gives up once now is past it
+    (workflow/controller/operator.go, processNodeRetries: `maxDurationDeadline =
+    firstChildNode.StartedAt.Add(maxDuration)`, "Max duration limit exceeded"); kfp's `backoffMaxDuration` becomes
+    that same field (backend/src/v2/compiler/argocompiler/container.go). A convert pod lost to a spot reclaim
+    after hours of work must be retried, so no step's retry window may end before the run's deadline: no
+    maxDuration on Argo (the workflow's activeDeadlineSeconds bounds it), and kfp's (always written, 3600s by
+    default) at least the deadline. Catches the former 600s window on either engine."""
+    deadline = PipelineConfig().workflow_deadline_seconds
+    assert workflow_template["spec"]["activeDeadlineSeconds"] == deadline
+    for template in workflow_template["spec"]["templates"]:
+        if "retryStrategy" in template:
+            assert "maxDuration" not in template["retryStrategy"].get("backoff", {}), template["name"]
+    spec, _ = kfp_docs
+    policies = {name: task["retryPolicy"] for name, task in _all_tasks(spec).items() if "retryPolicy" in task}
+    assert set(policies) == {"chunk", "convert", "concat", "fail"}
+    for name, policy in policies.items():
+        assert _duration_seconds(policy["backoffMaxDuration"]) >= deadline, name
+    hours_in = 3 * 3600  # a reclaim three hours into a film's shard
+    assert _duration_seconds(policies["convert"]["backoffMaxDuration"]) > hours_in
+
+
+def _archive_settings(document) -> list[str]:
+    """Paths of every `archiveLocation` or `archiveLogs` in a manifest."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("archiveLocation", "archiveLogs"):
+                    found.append(f"{path}.{key}")
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(document, "")
+    return found
+
+
+def test_no_step_depends_on_an_artifact_repository(workflow_template):
+    """On a stock Argo install there is no artifact repository. Argo archives a pod's log when the repository
+    says so, or else when the template (or workflow) says so: "controller(on) > template > workflow >
+    controller(off)" (workflow/controller/operator.go, IsArchiveLogs). A template's `archiveLogs: true` without a
+    repository gets an empty archive location (workflowpod.go, addArchiveLocation) and the log upload errors
+    the node. So the template names none: where a repository archives logs (the aws overlay's), every pod is
+    archived anyway. Catches `archive_location` back in the step defaults."""
+    assert _archive_settings(workflow_template) == []
+
+
+def test_every_step_emits_metrics(workflow_template):
+    """Each step reports its duration and failures (phase, exit code) to the controller's Prometheus endpoint;
+    convert its segments."""
     scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
     for name, template in scripts.items():
-        assert template["archiveLocation"] == {"archiveLogs": True}, name  # no bucket named: the default one
         metrics = {m["name"]: m for m in template["metrics"]["prometheus"]}
         duration = metrics["stereo_spot_step_duration_seconds"]
         assert duration["histogram"]["value"] == "{{duration}}"
@@ -287,10 +426,9 @@ def test_the_template_name_carries_the_contract_version(workflow_template):
 
 
 def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
-    """What every step shares is Hera's class defaults for Script (stereo_spot.pipelines.argo.step_defaults), set
-    once; a template differs from chunk's (which sets none of them) only where it says so, and nothing leaks out of
-    the build into Hera's process-wide defaults."""
-    from hera.shared import global_config
+    """What every step shares is stereo_spot.pipelines.argo.step_defaults, set once; a template differs from
+    chunk's (which sets none of them) only where it says so, and nothing leaks out of the build into Hera's
+    process-wide defaults: a Script made after a build is bare."""
     from hera.workflows import Script
 
     from stereo_spot.components import chunk, concat, convert, fail
@@ -303,12 +441,12 @@ def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
         for name in step_defaults(PipelineConfig()):
             assert getattr(template, name) == getattr(bare, name), (module.__name__, name)
     build_workflow_template()
-    assert global_config._get_class_defaults(Script) == {}  # restored after the build
+    after = Script(name="after", source="print(1)")
+    assert after.image != PipelineConfig().image("cpu") and after.retry_strategy is None and after.env_from is None
 
     scripts = {t["name"]: t for t in workflow_template["spec"]["templates"] if "script" in t}
     shared = {"image": "script", "resources": "script", "envFrom": "script", "securityContext": "script",
-              "terminationMessagePolicy": "script", "command": "script", "retryStrategy": None,
-              "archiveLocation": None}
+              "terminationMessagePolicy": "script", "command": "script", "retryStrategy": None}
 
     def field(template: dict, name: str, where: str | None):
         return (template[where] if where else template).get(name)
@@ -318,8 +456,24 @@ def test_step_defaults_are_set_once_and_stay_in_the_build(workflow_template):
     assert differs == {"chunk": set(), "concat": set(), "convert": {"image", "resources", "retryStrategy"},
                        "fail": {"resources"}}
     assert set(step_defaults(PipelineConfig())) >= {"constructor", "image", "resources", "retry_strategy",
-                                                   "env_from", "archive_location"}
+                                                   "env_from"}
     assert all(field(scripts["chunk"], f, where) for f, where in shared.items())  # all are set
+
+
+def test_the_argo_builder_reads_nothing_private_of_hera():
+    """Hera's `global_config._get_class_defaults` (or any `_name`) may change in any release; the builder uses
+    only Hera's public API. Catches a private attribute read anywhere in pipelines/argo.py."""
+    import ast
+
+    import stereo_spot.pipelines.argo as argo
+
+    tree = ast.parse(Path(argo.__file__).read_text(encoding="utf-8"))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and node.attr.startswith("_") and not node.attr.startswith("__")})
+    assert private == []
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("hera") for alias in node.names}
+    assert not {name for name in imported if name.startswith("_")} and "global_config" not in imported
 
 
 def test_kfp_steps_are_container_components_running_the_image_entry_point(kfp_docs):

@@ -84,6 +84,12 @@ def test_the_kfp_pipeline_converts_a_clip_and_a_second_run_changes_nothing(local
     assert converted["audio"] == 1 and converted["rate"] == FPS
     assert abs(converted["duration"] - source["duration"]) <= 1 / FPS + 1e-6
     before = (final.stat().st_mtime_ns, final.read_bytes())
+    # the run's visualisations: concat's Markdown (the comfort report) and HTML (the report under a still)
+    root = tmp_path / "kfp-root"
+    (report,) = [p for p in root.rglob("report") if p.is_file()]
+    (preview,) = [p for p in root.rglob("preview") if p.is_file()]
+    assert "| comfort | value |" in report.read_text() and job.job_id in report.read_text()
+    assert "data:image/png;base64," in preview.read_text()
 
     _run(local_kfp, bucket=backend.input_bucket, key=key, format="anaglyph")  # too late to change: completed
     again = backend.jobs.get(job.job_id)
