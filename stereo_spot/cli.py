@@ -535,24 +535,59 @@ def _run_with_progress(backend, job_id: str, workers: int | None, device: str | 
 
 def _deliver(backend, job_id: str, output: Path) -> None:
     """Write the job's result to ``output``. A command-line job's result is moved out of the store (the store
-    keeps no second copy); an app job's stays, since the app serves it. A folder that cannot take it (full,
-    read-only) gets one line, and the result stays in the store for the next try."""
+    keeps no second copy) and the job records where; an app job's stays, since the app serves it. A folder that
+    cannot take it (full, read-only) gets one line, and the result stays in the store for the next try."""
     from stereo_spot import delivery, keys, steps
     from stereo_spot.integrity import FinalDamaged
+    from stereo_spot.ports import NotFound
 
     final = keys.final_key(job_id)
+
+    def check(path: Path) -> None:  # the size and SHA-256 the join recorded, before anything is replaced
+        steps.verify_final(backend, job_id, path)
+
     if not backend.objects.exists(backend.output_bucket, final):
-        die(f"job {job_id} has no result in the store any more (a finished job's result is moved to its output, "
-            f"or it was removed): nothing to write to {output}")
+        _deliver_again(backend, job_id, output, check)
+        return
     move = _result_moves_out(backend, job_id)
-    try:  # checked against the size and SHA-256 the join recorded before it replaces anything at the output
-        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move,
-                         check=lambda path: steps.verify_final(backend, job_id, path))
+    if move:  # recorded first: a run of the same job that finds the store empty a moment later looks there
+        backend.jobs.update(job_id, delivered_to=str(output.resolve()))
+    try:
+        delivery.deliver(backend.objects, backend.output_bucket, final, output, move=move, check=check)
+    except NotFound:  # another run of this job moved it out in the meantime
+        _deliver_again(backend, job_id, output, check)
+        return
     except FinalDamaged as exc:
         die(f"{one_line(exc)}; nothing was written to {output}")
     except OSError as exc:  # full, read-only, gone: the store's copy is only removed once the output is whole
         die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
             f"the folder writable) and run the same command again")
+    out.print(str(output))
+
+
+def _deliver_again(backend, job_id: str, output: Path, check) -> None:
+    """The result was moved out of the store by an earlier delivery: it is where the job says, if it is still
+    what the join wrote; copied from there when another output is asked for."""
+    from stereo_spot import delivery, steps
+    from stereo_spot.integrity import FinalDamaged
+
+    job = steps.require_job(backend, job_id)
+    delivered = Path(job.delivered_to) if job.delivered_to else None
+    if delivered is None or not delivered.is_file():
+        die(f"job {job_id} has no result in the store any more (a finished job's result is moved to its output, "
+            f"or it was removed){f' and {delivered} is gone' if delivered else ''}: nothing to write to {output}")
+    try:
+        check(delivered)
+    except FinalDamaged:
+        die(f"job {job_id}'s result was written to {delivered} and has changed since: nothing was written to "
+            f"{output}; convert the input again with --fresh")
+    if delivered != output.resolve():
+        import shutil
+
+        try:
+            delivery.write_atomically(output, lambda tmp: shutil.copyfile(delivered, tmp))
+        except OSError as exc:
+            die(f"cannot write {output}: {exc.strerror or exc}; the result stays at {delivered}")
     out.print(str(output))
 
 

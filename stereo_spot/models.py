@@ -166,6 +166,9 @@ class Job(BaseModel):
     # Size and SHA-256 of jobs/{job}/final.mp4 as the join wrote it: checked before the result is delivered.
     final_size_bytes: int | None = None
     final_sha256: str | None = None
+    # where the command line moved the result out of the store (its absolute path): a second run of the same job
+    # (two commands started together, a re-run after a delivery) and the app find it there
+    delivered_to: str | None = None
 
     @field_validator("job_id")
     @classmethod

@@ -432,7 +432,7 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
 
     job = require_job(backend, job_id)
     final_key = keys.final_key(job_id)
-    if job.status == JobStatus.COMPLETED and backend.objects.exists(backend.output_bucket, final_key):
+    if _joined(backend, job):
         return job
     total = job.total_segments or 0
     completions = backend.completions.query_by_job(job_id)
@@ -452,7 +452,7 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
     try:
         with leases.renewing(backend, lock, owner, ttl_seconds=REASSEMBLY_LOCK_TTL_SECONDS):
             job = require_job(backend, job_id)
-            if job.status == JobStatus.COMPLETED and backend.objects.exists(backend.output_bucket, final_key):
+            if _joined(backend, job):
                 return job  # the previous holder finished while this caller waited
             with _workdir("concat") as tmp:
                 segments = _verified_segments(backend, job, completions, tmp)
@@ -474,6 +474,14 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
     except BaseException:
         backend.reassembly.release(lock, owner)
         raise
+
+
+def _joined(backend: Backend, job: Job) -> bool:
+    """A completed job whose result exists: in the store, or delivered out of it by the command line (which moves
+    a command-line job's result to its output and records where). Its segments are gone after the join, so
+    joining again is neither needed nor possible."""
+    return job.status == JobStatus.COMPLETED and (
+        job.delivered_to is not None or backend.objects.exists(backend.output_bucket, keys.final_key(job.job_id)))
 
 
 def _verified_segments(backend: Backend, job: Job, completions: list[SegmentCompletion], tmp: Path) -> list[Path]:

@@ -152,13 +152,24 @@ def test_a_failed_delivery_is_retried_by_the_same_command_without_converting(bac
     assert not backend.objects.exists(backend.output_bucket, keys.final_key(job_id))  # moved out, no copy left
 
 
-def test_resume_of_a_delivered_job_says_in_one_line_there_is_nothing_to_write(backend, clip, tmp_path):
+def test_resume_of_a_delivered_job_copies_the_delivered_result_or_says_in_one_line_it_is_gone(backend, clip,
+                                                                                                tmp_path):
     output = tmp_path / "clip-3d.mp4"
     assert _convert(clip, output).exit_code == 0
-    job_id = backend.jobs.list_completed().items[0].job_id
-    again = CliRunner().invoke(app, ["resume", job_id, "-o", str(tmp_path / "x.mp4")], env=WIDE)
-    assert again.exit_code == 1 and "Traceback" not in again.output
-    assert f"job {job_id} has no result in the store any more" in again.output
+    job = backend.jobs.list_completed().items[0]
+    assert job.delivered_to == str(output.resolve())
+    copy = tmp_path / "x.mp4"
+    again = CliRunner().invoke(app, ["resume", job.job_id, "-o", str(copy)], env=WIDE)
+    assert again.exit_code == 0, again.output
+    assert copy.read_bytes() == output.read_bytes()  # from where the first delivery moved it, checked first
+    output.write_bytes(output.read_bytes()[:-10])  # the user edited (or damaged) their copy
+    changed = CliRunner().invoke(app, ["resume", job.job_id, "-o", str(tmp_path / "y.mp4")], env=WIDE)
+    assert changed.exit_code == 1 and "has changed since" in changed.output and "Traceback" not in changed.output
+    output.unlink()
+    gone = CliRunner().invoke(app, ["resume", job.job_id, "-o", str(tmp_path / "y.mp4")], env=WIDE)
+    assert gone.exit_code == 1 and "Traceback" not in gone.output
+    assert f"job {job.job_id} has no result in the store any more" in gone.output and "is gone" in gone.output
+    assert not (tmp_path / "y.mp4").exists()
 
 
 def test_resume_after_the_stored_result_was_removed_says_so_in_one_line(backend, clip, tmp_path):
