@@ -55,6 +55,15 @@ class NoRoom(UploadTooLarge):
     """The staging area (or the disk under it) has no room for this upload now."""
 
 
+class SlotTaken(UploadError):
+    """The token already holds an upload (or one is arriving): a token takes one file, so the file that was
+    checked is the file that becomes the job."""
+
+
+SLOT_TAKEN_MESSAGE = ("this upload form already holds a file; choose \"Choose another file\" on the page to "
+                      "upload a different one")
+
+
 def too_large_message(name: str, size: int | None, limit: int) -> str:
     shown = f" is {format_bytes(size)}" if size is not None else " is too large"
     return (f"{name}{shown}; the upload limit is {format_bytes(limit)} "
@@ -140,6 +149,8 @@ class StagingArea:
         """Write ``chunks`` to the staging area; the synchronous twin of :meth:`receive_async`."""
         try:
             writer = _Writer(self, token, name, declared_size)
+        except SlotTaken as exc:
+            return StagedUpload(token, safe_file_name(name), None, 0, str(exc))
         except UploadTooLarge as exc:
             return self.reject(token, name, str(exc), too_large=True)
         try:
@@ -160,6 +171,8 @@ class StagingArea:
 
         try:
             writer = _Writer(self, token, name, declared_size)
+        except SlotTaken as exc:
+            return StagedUpload(token, safe_file_name(name), None, 0, str(exc))
         except UploadTooLarge as exc:
             return self.reject(token, name, str(exc), too_large=True)
         try:
@@ -233,15 +246,19 @@ class _Writer:
 
     def __init__(self, area: StagingArea, token: str, name: str, declared_size: int | None):
         self.area, self.token, self.name = area, token, safe_file_name(name)
+        self.directory = area._dir(token)
+        try:
+            # Exclusive: a second upload to the same token (after the page checked the first) is refused, never
+            # written over the checked file.
+            self.directory.mkdir(parents=True)
+        except FileExistsError:
+            raise SlotTaken(SLOT_TAKEN_MESSAGE) from None
         if declared_size is not None and declared_size > area.max_bytes:
             # Refuse before a byte is written: the browser said how much it will send.
             raise UploadTooLarge(too_large_message(self.name, declared_size, area.max_bytes))
-        self.directory = area._dir(token)
-        shutil.rmtree(self.directory, ignore_errors=True)  # a second upload for the same token replaces the first
         # Others' uploads in flight, counted once; this one is counted as it arrives.
         self.others = area.staged_bytes(exclude=token) if area.max_total_bytes is not None else 0
         area.check_room(token, declared_size or 0, self.others)
-        self.directory.mkdir(parents=True)
         self.part = self.directory / f".{UPLOAD_FILE}.part"
         self.next_room_check = ROOM_CHECK_BYTES
         self.out = open(self.part, "wb")

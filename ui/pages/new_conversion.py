@@ -192,6 +192,8 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
             auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
             auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
+        # Checked again on the file that is stored, not on what the page remembers from the upload.
+        summary = services.check_video(staged.path, staged.name)
         services.check_limits(summary, job_settings, config)
         services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):
