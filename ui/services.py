@@ -105,9 +105,11 @@ class VideoSummary:
                 f"{self.width}×{self.height} at {self.fps:.3g} fps · {audio}")
 
 
-def check_video(path: Path, name: str) -> VideoSummary:
+def check_video(path: Path, name: str, config: Settings | None = None) -> VideoSummary:
     """Probe a staged upload. Raises UploadError with a one-line reason for anything that is not a video
-    the pipeline can convert (empty, not media, audio only, a still picture)."""
+    the pipeline can convert (empty, not media, audio only, a still picture), or, with ``config``, a frame
+    over MAX_FRAME_PIXELS (refused from the stream's parameters, before a frame is decoded)."""
+    from stereo_spot.limits import LimitExceeded
     from stereo_spot.media.errors import MediaError
     from stereo_spot.media.probe import is_image, probe, require_video
 
@@ -118,9 +120,9 @@ def check_video(path: Path, name: str) -> VideoSummary:
         raise UploadError(f"{name} is a still picture; the app converts videos "
                           "(for a picture use `stereo-spot convert picture.png`)")
     try:
-        info = probe(path)
+        info = probe(path, max_frame_pixels=config.max_frame_pixels if config else None)
         video = require_video(info)
-    except MediaError as exc:
+    except (MediaError, LimitExceeded) as exc:
         # The media layer names the file it read, which is staged under a fixed name: say the user's name.
         message = str(exc)
         if message.startswith(path.name):

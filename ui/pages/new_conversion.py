@@ -62,7 +62,7 @@ if staged is not None:
     if probe_key not in st.session_state:
         try:
             with st.spinner(f"Checking {md(staged.name)}…"):
-                summary = services.check_video(staged.path, staged.name)
+                summary = services.check_video(staged.path, staged.name, config)
                 services.check_limits(summary, None, config)  # refused before any job exists
                 st.session_state[probe_key] = summary
             # The title starts as the file name; set through the widget's state so it fills in the box that
@@ -193,7 +193,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
             auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
         # Checked again on the file that is stored, not on what the page remembers from the upload.
-        summary = services.check_video(staged.path, staged.name)
+        summary = services.check_video(staged.path, staged.name, config)
         services.check_limits(summary, job_settings, config)
         services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):
