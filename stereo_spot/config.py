@@ -126,6 +126,10 @@ class Settings(_FromEnvironment):
     # Staging area for uploads in flight: at most this many bytes, and always this much free disk left.
     max_staging_bytes: int = Field(16 * 1024**3, ge=1)
     min_free_bytes: int = Field(1024**3, ge=0)
+    # One user's staged uploads together (default: MAX_UPLOAD_BYTES, one full-size upload at a time), so one user
+    # cannot fill MAX_STAGING_BYTES; an upload nobody touched for this long is removed.
+    max_staging_bytes_per_user: int | None = Field(None, ge=1)
+    upload_idle_seconds: int = Field(15 * 60, ge=60)
 
     # Limits on what one job may ask for, checked on the probe before a job exists (a small file can declare
     # hours of 8K at a high frame rate: compute, not bytes, is what it costs).
@@ -140,6 +144,10 @@ class Settings(_FromEnvironment):
     @property
     def admins(self) -> frozenset[str]:
         return frozenset(name.strip().lower() for name in self.ui_admins.split(",") if name.strip())
+
+    @property
+    def staging_bytes_per_user(self) -> int:
+        return self.max_staging_bytes_per_user or self.max_upload_bytes
 
     @cached_property
     def database_path(self) -> Path:

@@ -3,7 +3,10 @@ the file, staging room is shared fairly, and sign-in trusts only what it is told
 
 from __future__ import annotations
 
+import pytest
+
 from stereo_spot import keys
+from stereo_spot.ui.uploads import StagingArea
 from tests.media_fixtures import make_clip
 from tests.test_ui_pages import all_jobs, new_app, shown, stage
 
@@ -45,3 +48,90 @@ def test_a_file_changed_on_disk_after_its_check_is_checked_again_at_convert(home
     _convert(at)
     assert any("640×480" in shown(e) and "MAX_FRAME_PIXELS" in shown(e) for e in at.error)
     assert all_jobs(backend) == []
+
+
+# --- staging room ---------------------------------------------------------------------------------------
+
+MB = 1_000_000
+
+
+def _concurrent_uploads(area, uploads: list[tuple[str, int]], declare: bool):
+    """Start every upload (owner, size) at once: each sends its first 100 kB, all wait for one another, then
+    each sends the rest. An upload refused before its first byte still joins the wait. Returns the StagedUpload
+    of each, in order."""
+    import threading
+
+    started = threading.Barrier(len(uploads), timeout=60)
+
+    def body(size: int, waited: list[bool]):
+        block = b"x" * 100_000
+        for sent in range(0, size, len(block)):
+            yield block[: size - sent]
+            if sent == 0:
+                waited.append(True)
+                started.wait()
+
+    results: list = [None] * len(uploads)
+
+    def send(index: int, owner: str, size: int) -> None:
+        waited: list[bool] = []
+        results[index] = area.receive(area.new_token(owner), f"{owner}-{index}.mp4", body(size, waited),
+                                      declared_size=size if declare else None)
+        if not waited:
+            started.wait()
+
+    threads = [threading.Thread(target=send, args=(i, owner, size)) for i, (owner, size) in enumerate(uploads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["declared", "undeclared"])
+def test_one_users_concurrent_uploads_cannot_refuse_anothers(tmp_path, declare):
+    """Three concurrent uploads from one user against a 3 MB staging cap: before, each counted the others once
+    when it started, all three passed (5.6 MB staged) and the next user was refused. Catches a count taken once
+    per upload instead of per chunk, and a missing per-user cap."""
+    area = StagingArea(tmp_path / "uploads", max_bytes=10 * MB, max_total_bytes=3 * MB, max_user_bytes=3 * MB // 2)
+    alice = _concurrent_uploads(area, [("alice", 1_870_000)] * 3, declare)
+    assert not any(r.ok for r in alice)  # each alone is over alice's 1.5 MB
+    assert all("MAX_STAGING_BYTES_PER_USER" in r.error for r in alice)
+    assert area.staged_bytes() == 0
+    alice = _concurrent_uploads(area, [("alice", 700_000)] * 3, declare)
+    assert sorted(r.ok for r in alice) == [False, True, True]
+    assert all("MAX_STAGING_BYTES_PER_USER" in r.error for r in alice if not r.ok)
+    assert area.staged_bytes("alice") == 1_400_000 == area.staged_bytes()
+    bob = area.receive(area.new_token("bob"), "bob.mp4", iter([b"y" * 1_400_000]), declared_size=1_400_000)
+    assert bob.ok, bob.error
+
+
+def test_two_users_at_the_staging_cap_are_refused_only_for_their_own_bytes(tmp_path):
+    """Alice and Bob upload at once, each up to the per-user cap, which together fill the staging cap exactly:
+    both succeed; each one's next upload is refused naming the per-user cap, never the shared one."""
+    area = StagingArea(tmp_path / "uploads", max_bytes=10 * MB, max_total_bytes=2 * MB, max_user_bytes=MB)
+    both = _concurrent_uploads(area, [("alice", MB), ("bob", MB)], declare=False)
+    assert all(r.ok for r in both)
+    for owner in ("alice", "bob"):
+        more = area.receive(area.new_token(owner), "more.mp4", iter([b"z" * 10]))
+        assert not more.ok and "MAX_STAGING_BYTES_PER_USER" in more.error
+    area.discard(both[0].token)
+    assert area.staged_bytes() == MB and area.staged_bytes("alice") == 0
+    assert area.receive(area.new_token("alice"), "again.mp4", iter([b"a" * MB])).ok
+
+
+def test_an_idle_upload_expires_in_minutes_and_a_touched_one_stays(tmp_path):
+    """Catches the 24 h expiry, and the sweep removing an upload whose page still uses it."""
+    import os
+    import time
+
+    area = StagingArea(tmp_path / "uploads", max_bytes=MB, idle_seconds=15 * 60)
+    idle = area.receive(area.new_token("alice"), "idle.mp4", iter([b"x" * 1000]))
+    used = area.receive(area.new_token("alice"), "used.mp4", iter([b"x" * 1000]))
+    twenty_minutes_ago = time.time() - 20 * 60
+    for upload in (idle, used):
+        os.utime(upload.path.parent, (twenty_minutes_ago, twenty_minutes_ago))
+    area.touch(used.token)
+    assert area.sweep() == 1
+    assert area.get(idle.token) is None and area.get(used.token).ok
+    assert area.staged_bytes("alice") == 1000

@@ -55,6 +55,7 @@ if event and event.get("token") == token:
 staged = area.get(token)
 summary: services.VideoSummary | None = None
 if staged is not None:
+    area.touch(token)  # in use: the idle sweep (UPLOAD_IDLE_SECONDS) leaves it while the page is worked on
     if not staged.ok:
         fresh_picker(staged.error)
         st.rerun()
