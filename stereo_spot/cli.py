@@ -637,11 +637,15 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
         config = get_settings()
     except (UserError, ValueError) as exc:
         die(one_line(exc))
-    from stereo_spot.ui.auth import is_loopback
+    from stereo_spot.ui.auth import header_mode_unprotected, is_loopback
 
     if config.ui_auth == "none" and not is_loopback(address) and not no_auth:
         die(f"UI_AUTH=none serves every job to anyone who can reach {address}; bind to 127.0.0.1, set "
             "UI_AUTH=header (behind an authenticating proxy) or UI_AUTH=oidc, or pass --no-auth")
+    if header_mode_unprotected(config) and not is_loopback(address):
+        die(f"UI_AUTH=header on {address} would let anyone who reaches it name themselves in "
+            f"{config.ui_auth_header}; bind to 127.0.0.1 behind the proxy, or set UI_AUTH_PROXY_SECRET (sent by "
+            "the proxy in X-Auth-Proxy-Secret) or UI_AUTH_TRUSTED_PROXIES (the proxy's addresses)")
     import stereo_spot.ui as ui_package  # the repository's ui/ when installed editable, else the installed copy
 
     app_path = Path(ui_package.__file__).resolve().parent / "app.py"

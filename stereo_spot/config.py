@@ -118,6 +118,11 @@ class Settings(_FromEnvironment):
     # secrets.toml) or ``header`` (an authenticating proxy such as oauth2-proxy sets ``ui_auth_header``).
     ui_auth: Literal["none", "oidc", "header"] = "none"
     ui_auth_header: str = "X-Forwarded-Email"
+    # Header mode off loopback: which requests come from the proxy. A shared secret the proxy sends in the
+    # X-Auth-Proxy-Secret header, and/or the proxy's addresses (comma-separated IPs or networks, e.g.
+    # 10.0.3.7,10.1.0.0/16); ``stereo-spot ui`` refuses a non-loopback address in header mode without one.
+    ui_auth_proxy_secret: str | None = None
+    ui_auth_trusted_proxies: str = ""
     ui_admins: str = ""  # comma-separated identities that see everyone's jobs
     # Jobs one user may have in progress at once (0: no limit), and jobs converting at once on this machine
     # (local storage; the rest wait in a queue).

@@ -135,3 +135,65 @@ def test_an_idle_upload_expires_in_minutes_and_a_touched_one_stays(tmp_path):
     assert area.sweep() == 1
     assert area.get(idle.token) is None and area.get(used.token).ok
     assert area.staged_bytes("alice") == 1000
+
+
+# --- header sign-in -------------------------------------------------------------------------------------
+
+
+def _serve(monkeypatch, *args: str):
+    """``stereo-spot ui`` up to the moment it would become the server (os.execv is replaced by an exit)."""
+    from typer.testing import CliRunner
+
+    from stereo_spot import cli
+
+    def would_serve(executable, command):
+        raise SystemExit(42)
+
+    monkeypatch.setattr(cli.os, "execv", would_serve)
+    return CliRunner().invoke(cli.app, ["ui", *args])
+
+
+def test_header_mode_refuses_a_public_address_unless_told_how_to_recognise_the_proxy(home, monkeypatch):
+    """``UI_AUTH=header`` on 0.0.0.0 let anyone who reached the port send ``X-Forwarded-Email: admin@…``. Catches
+    the bind check skipped for header mode."""
+    monkeypatch.setenv("UI_AUTH", "header")
+    refused = _serve(monkeypatch, "--address", "0.0.0.0")
+    assert refused.exit_code == 1
+    assert "UI_AUTH_PROXY_SECRET" in refused.output and "UI_AUTH_TRUSTED_PROXIES" in refused.output
+    assert "Traceback" not in refused.output
+    assert _serve(monkeypatch, "--address", "127.0.0.1").exit_code == 42
+    monkeypatch.setenv("UI_AUTH_PROXY_SECRET", "s3cret")
+    assert _serve(monkeypatch, "--address", "0.0.0.0").exit_code == 42
+    monkeypatch.delenv("UI_AUTH_PROXY_SECRET")
+    monkeypatch.setenv("UI_AUTH_TRUSTED_PROXIES", "10.0.3.7")
+    assert _serve(monkeypatch, "--address", "0.0.0.0").exit_code == 42
+
+
+def test_the_identity_header_is_believed_only_from_the_proxy(home, monkeypatch):
+    """Catches the header believed without the proxy's secret, or from an address that is not the proxy's."""
+    from tests.test_ui_auth import call
+
+    monkeypatch.setenv("UI_AUTH", "header")
+    token_path = "/api/uploads/" + "0" * 32
+    admin = {"X-Forwarded-Email": "admin@example.com"}
+    monkeypatch.setenv("UI_AUTH_PROXY_SECRET", "s3cret")
+    assert call("PUT", token_path, admin, b"x", client="203.0.113.9")[0] == 401
+    assert call("PUT", token_path, {**admin, "X-Auth-Proxy-Secret": "wrong"}, b"x")[0] == 401
+    assert call("PUT", token_path, {**admin, "X-Auth-Proxy-Secret": "s3cret"}, b"x")[0] == 403  # signed in
+    monkeypatch.delenv("UI_AUTH_PROXY_SECRET")
+    monkeypatch.setenv("UI_AUTH_TRUSTED_PROXIES", "10.0.3.7, 10.1.0.0/16")
+    assert call("PUT", token_path, admin, b"x", client="203.0.113.9")[0] == 401
+    assert call("PUT", token_path, admin, b"x", client="10.1.2.3")[0] == 403
+    assert call("PUT", token_path, admin, b"x", client="10.0.3.7")[0] == 403
+
+
+def test_the_image_listens_on_loopback_unless_told_otherwise():
+    """Catches the image's command binding 0.0.0.0 (with UI_AUTH=header: anyone could name themselves)."""
+    import json
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).resolve().parent.parent / "images" / "ui" / "Dockerfile").read_text()
+    command = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("CMD "))[4:])
+    assert command[:2] == ["stereo-spot", "ui"]
+    address = command[command.index("--address") + 1] if "--address" in command else "127.0.0.1"
+    assert address == "127.0.0.1"
