@@ -197,3 +197,43 @@ def test_the_image_listens_on_loopback_unless_told_otherwise():
     assert command[:2] == ["stereo-spot", "ui"]
     address = command[command.index("--address") + 1] if "--address" in command else "127.0.0.1"
     assert address == "127.0.0.1"
+
+
+# --- the sign-in proxy ----------------------------------------------------------------------------------
+
+
+def test_the_sign_in_proxy_lets_in_only_the_configured_domains():
+    """``--email-domain=*`` let every account of the identity provider in. Catches a wildcard (flag or
+    variable), an email-domain list with a default, and unverified e-mail addresses allowed. oauth2-proxy refuses
+    to start without an email domain ("missing setting for email validation"), so the Secret key is required."""
+    from tests.test_manifests_validate import OVERLAYS, _find, render
+
+    for overlay in OVERLAYS:
+        deployment = _find(render(overlay), "Deployment", "stereo-spot-ui")
+        proxy = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "oauth2-proxy")
+        args = proxy.get("args", [])
+        assert not any(a.startswith("--email-domain") for a in args), args
+        assert "--insecure-oidc-allow-unverified-email=true" not in args
+        env = {e["name"]: e for e in proxy.get("env", [])}
+        domains = env["OAUTH2_PROXY_EMAIL_DOMAINS"]
+        assert "value" not in domains
+        key = domains["valueFrom"]["secretKeyRef"]
+        assert key["key"] == "email-domains" and not key.get("optional", False)
+        groups = env["OAUTH2_PROXY_ALLOWED_GROUPS"]["valueFrom"]["secretKeyRef"]
+        assert groups["key"] == "allowed-groups"
+
+
+def test_oidc_sign_in_uses_only_a_verified_e_mail_address(monkeypatch):
+    """Catches ``email_verified`` ignored: an account claiming an admin's unverified address became that admin."""
+    from stereo_spot.config import Settings
+    from stereo_spot.ui import auth
+
+    monkeypatch.setenv("UI_ADMINS", "boss@example.com")
+    claims = {"email": "boss@example.com", "sub": "user-123"}
+    for unverified in (False, "false", "FALSE", None, 0):
+        assert auth.user_from_claims({**claims, "email_verified": unverified}) == "user-123"
+    for verified in (True, "true"):
+        assert auth.user_from_claims({**claims, "email_verified": verified}) == "boss@example.com"
+    assert auth.user_from_claims(claims) == "boss@example.com"  # a provider that does not send the claim
+    who = auth.make_identity(auth.user_from_claims({**claims, "email_verified": False}), Settings())
+    assert who == auth.Identity("user-123", admin=False)

@@ -116,8 +116,13 @@ def from_headers(headers: Mapping[str, str], settings: Settings, peer: str | Non
 
 
 def user_from_claims(claims: Mapping[str, object]) -> str | None:
-    """The identity in an OpenID Connect user record: the e-mail address, else the subject."""
-    for name in ("email", "sub"):
+    """The identity in an OpenID Connect user record: the e-mail address, else the subject. An address the
+    provider says is not verified (``email_verified`` false) is not used: anyone can type someone else's
+    address into an account at many providers, and UI_ADMINS lists addresses."""
+    verified = claims.get("email_verified", True)
+    if isinstance(verified, str):  # some providers send the claim as a string
+        verified = verified.strip().lower() == "true"
+    for name in ("email", "sub") if verified is True else ("sub",):
         value = claims.get(name)
         if isinstance(value, str) and value.strip():
             return value
