@@ -124,6 +124,9 @@ class Settings(_FromEnvironment):
     ui_auth_proxy_secret: str | None = None
     ui_auth_trusted_proxies: str = ""
     ui_admins: str = ""  # comma-separated identities that see everyone's jobs
+    # s3:// prefixes (comma-separated) anyone may name as model weights in the app; admins may name any
+    # (default: none, so weights in the app are an admin's choice)
+    ui_weights_prefixes: str = ""
     # Jobs one user may have in progress at once (0: no limit), and jobs converting at once on this machine
     # (local storage; the rest wait in a queue).
     ui_max_jobs_per_user: int = Field(3, ge=0)
@@ -149,6 +152,10 @@ class Settings(_FromEnvironment):
     @property
     def admins(self) -> frozenset[str]:
         return frozenset(name.strip().lower() for name in self.ui_admins.split(",") if name.strip())
+
+    @property
+    def weights_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip().rstrip("/") + "/" for p in self.ui_weights_prefixes.split(",") if p.strip())
 
     @property
     def staging_bytes_per_user(self) -> int:

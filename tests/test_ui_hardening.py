@@ -237,3 +237,50 @@ def test_oidc_sign_in_uses_only_a_verified_e_mail_address(monkeypatch):
     assert auth.user_from_claims(claims) == "boss@example.com"  # a provider that does not send the claim
     who = auth.make_identity(auth.user_from_claims({**claims, "email_verified": False}), Settings())
     assert who == auth.Identity("user-123", admin=False)
+
+
+# --- model weights --------------------------------------------------------------------------------------
+
+
+def test_non_admins_choose_weights_only_from_the_allowed_prefixes(home, backend, tmp_path, monkeypatch):
+    """Any s3:// prefix was accepted from anyone, including the app's own output bucket (the preview then
+    downloads another user's results into the pod). Catches the prefix check dropped, a prefix matched as a
+    string rather than a folder (models-evil under models), and ``..`` segments."""
+    from stereo_spot.config import Settings
+    from stereo_spot.errors import UserError
+    from stereo_spot.ui import auth, services
+    from stereo_spot.ui.uploads import UploadError
+
+    config = Settings(ui_weights_prefixes="s3://models/depth/, s3://models/inpaint")
+    alice = auth.Identity("alice@example.com")
+    for value in ("s3://stereo-spot-output/jobs/", "s3://models/depth-evil/", "s3://models/depth/../../out/",
+                  "s3://models//depth/", "/srv/weights"):
+        with pytest.raises(UploadError, match="UI_WEIGHTS_PREFIXES"):
+            services.checked_settings(alice, config, depth_weights=value)
+    for value in ("s3://models/depth/v2", "s3://models/depth", "s3://models/inpaint/"):
+        assert services.weights_allowed(value, config.weights_prefixes)
+    with pytest.raises(UploadError, match="none are set"):
+        services.checked_settings(alice, Settings(), depth_weights="s3://models/depth/v2")
+    # past the prefix check, the command line's own validation answers (heuristic takes no weights)
+    with pytest.raises(UserError, match="takes no weights"):
+        services.checked_settings(alice, config, depth_weights="s3://models/depth/v2")
+    admin = auth.Identity("boss@example.com", admin=True)
+    with pytest.raises(UserError, match="takes no weights"):
+        services.checked_settings(admin, Settings(), depth_weights="s3://anything/at/all")
+
+    # the page: a non-admin's output-bucket prefix is refused at Convert with that reason, and no job is made
+    monkeypatch.setenv("UI_AUTH", "header")
+    at = _app_as(monkeypatch, "alice@example.com")
+    stage(at, make_clip(tmp_path / "clip.mp4", seconds=0.5, fps=12, size=(160, 96), audio=False))
+    at.run()
+    at.text_input(key="depth_weights").set_value("s3://stereo-spot-output/jobs/")
+    at.run()
+    _convert(at)
+    assert any("UI_WEIGHTS_PREFIXES" in shown(e) for e in at.error)
+    assert all_jobs(backend) == []
+
+
+def _app_as(monkeypatch, user: str):
+    from tests.test_ui_auth import app_as
+
+    return app_as(monkeypatch, user)

@@ -152,18 +152,33 @@ def inpainter_names() -> list[str]:
     return sorted(known_inpainters(), key=lambda name: name != "classical")
 
 
-def checked_settings(user: Identity, **choices) -> ConversionSettings:
-    """The same validation as ``stereo-spot convert`` (``stereo_spot.choices``). Weights from a folder on the
-    server are for admins: anyone else could make the app read (and reveal the existence of) its files."""
+def checked_settings(user: Identity, config: Settings | None = None, **choices) -> ConversionSettings:
+    """The same validation as ``stereo-spot convert`` (``stereo_spot.choices``). Weights are an admin's choice,
+    except under the s3:// prefixes ``UI_WEIGHTS_PREFIXES`` lists: anywhere else, a user could make the app read
+    its own files, or another user's results from the output bucket (the preview downloads the weights)."""
     from stereo_spot.choices import conversion_settings
 
     if not user.admin:
+        allowed = (config or Settings()).weights_prefixes
         for name in ("depth_weights", "inpaint_weights"):
             value = (choices.get(name) or "").strip()
-            if value and not value.startswith("s3://"):
-                raise UploadError("weights from a folder on the server can only be chosen by an admin; "
-                                  "give an s3:// prefix")
+            if value and not weights_allowed(value, allowed):
+                listed = ", ".join(allowed) if allowed else "none are set"
+                raise UploadError(f"{value} is not among the weights you may choose (UI_WEIGHTS_PREFIXES: "
+                                  f"{listed}); an admin may choose any")
     return conversion_settings(**choices)
+
+
+def weights_allowed(value: str, prefixes: Sequence[str]) -> bool:
+    """True when ``value`` is one of the prefixes (each a folder ending in /) or under one, with no ``..`` or
+    empty segment that a reader might resolve elsewhere."""
+    if not value.startswith("s3://"):
+        return False
+    segments = value[len("s3://"):].rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in segments):
+        return False
+    folder = value.rstrip("/") + "/"
+    return any(folder.startswith(prefix) for prefix in prefixes)
 
 
 def preview_moment(summary: VideoSummary) -> float:

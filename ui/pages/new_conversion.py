@@ -166,7 +166,7 @@ if summary is not None and staged is not None and staged.path is not None:
                            value=services.preview_moment(summary), step=0.1, key=f"preview-at-{token}")
         try:
             preview_settings = services.checked_settings(
-                user, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+                user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
                 inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window,
                 precision=precision)
@@ -189,7 +189,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
     try:
         submission.preflight(backend, config)
         job_settings = services.checked_settings(
-            user, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
+            user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
             auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
             auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
