@@ -189,8 +189,9 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
     try:
         submission.preflight(backend, config)
         job_settings = services.checked_settings(
-            user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
-            auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
+            user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+            convergence=convergence, auto_divergence=auto_divergence, depth_model=depth_model,
+            depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
             auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
         # Checked again on the file that is stored, not on what the page remembers from the upload.
