@@ -284,3 +284,15 @@ def _app_as(monkeypatch, user: str):
     from tests.test_ui_auth import app_as
 
     return app_as(monkeypatch, user)
+
+
+def test_users_see_no_tracebacks():
+    """Catches ``client.showErrorDetails`` left at Streamlit's default ("full": the traceback in the browser).
+    The value is one Streamlit knows (streamlit/config.py, ShowErrorDetailsConfigOptions)."""
+    import tomllib
+    from pathlib import Path
+
+    from streamlit.config import ShowErrorDetailsConfigOptions
+
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / "ui" / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == ShowErrorDetailsConfigOptions.NONE.value == "none"
