@@ -100,10 +100,13 @@ def fingerprint(path: Path, settings: ConversionSettings) -> str:
 
 
 def create_job(backend: Backend, settings: ConversionSettings, title: str, *, job_id: str | None = None,
-               source_fingerprint: str | None = None, owner: str | None = None) -> Job:
+               source_fingerprint: str | None = None, owner: str | None = None,
+               max_in_progress: int | None = None) -> Job:
+    """A new job record. ``max_in_progress``: the owner's limit on jobs in progress, enforced by the store in the
+    same write (QuotaExceeded)."""
     job = Job(job_id=job_id or keys.new_job_id(), settings=settings, title=title.strip() or "untitled",
               source_fingerprint=source_fingerprint, owner=owner)
-    backend.jobs.put(job, if_absent=True)
+    backend.jobs.create(job, max_in_progress=max_in_progress)
     return job
 
 

@@ -158,11 +158,11 @@ def test_per_user_quota(backend, monkeypatch):
     monkeypatch.setenv("UI_MAX_JOBS_PER_USER", "2")
     alice = auth.Identity("alice@example.com")
     for _ in range(2):
-        services.check_user_quota(backend.jobs, alice, Settings())
-        steps.create_job(backend, ConversionSettings(), "x", owner=alice.user)
+        services.create_user_job(backend, ConversionSettings(), "x", alice, Settings())
     with pytest.raises(services.UploadError, match="2 conversions in progress.*UI_MAX_JOBS_PER_USER=2"):
-        services.check_user_quota(backend.jobs, alice, Settings())
-    services.check_user_quota(backend.jobs, auth.Identity("bob@example.com"), Settings())  # others unaffected
+        services.create_user_job(backend, ConversionSettings(), "x", alice, Settings())
+    services.create_user_job(backend, ConversionSettings(), "x", auth.Identity("bob@example.com"),
+                             Settings())  # others unaffected
 
 
 # --- the pages (AppTest: the identity the proxy's header would give) ------------------------------------

@@ -296,3 +296,69 @@ def test_users_see_no_tracebacks():
 
     config = tomllib.loads((Path(__file__).resolve().parent.parent / "ui" / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] == ShowErrorDetailsConfigOptions.NONE.value == "none"
+
+
+# --- the per-user job cap -------------------------------------------------------------------------------
+
+from tests.moto_server import aws_settings, moto_endpoint  # noqa: E402, F401
+
+
+def _tabs_convert_at_once(backend, tabs: int, limit: int, owner: str = "alice@example.com"):
+    """``tabs`` pages of one user pressing Convert together (threads released at once by a barrier)."""
+    import threading
+
+    from stereo_spot.config import Settings
+    from stereo_spot.models import ConversionSettings
+    from stereo_spot.ui import auth, services
+    from stereo_spot.ui.uploads import UploadError
+
+    config = Settings(ui_max_jobs_per_user=limit)
+    go = threading.Barrier(tabs, timeout=60)
+    made, refused, failed = [], [], []
+
+    def tab(index: int) -> None:
+        go.wait()
+        try:
+            made.append(services.create_user_job(backend, ConversionSettings(), f"tab {index}",
+                                                 auth.Identity(owner), config))
+        except UploadError as exc:
+            refused.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion
+            failed.append(exc)
+
+    threads = [threading.Thread(target=tab, args=(i,)) for i in range(tabs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed, failed
+    return made, refused
+
+
+def _check_the_cap_holds(backend):
+    from stereo_spot.models import JobStatus
+
+    made, refused = _tabs_convert_at_once(backend, tabs=6, limit=2)
+    assert len(made) == 2 and len(refused) == 4
+    assert all("UI_MAX_JOBS_PER_USER=2" in message for message in refused)
+    assert len(backend.jobs.list_in_progress(owner="alice@example.com")) == 2
+    # a finished job frees its place; another user was never counted
+    backend.jobs.update(made[0].job_id, status=JobStatus.COMPLETED, completed_at=made[0].created_at)
+    again, refused = _tabs_convert_at_once(backend, tabs=3, limit=2)
+    assert len(again) == 1 and len(refused) == 2
+    bob, _ = _tabs_convert_at_once(backend, tabs=2, limit=2, owner="bob@example.com")
+    assert len(bob) == 2
+
+
+def test_the_job_cap_holds_when_several_tabs_convert_at_once_sqlite(home, backend):
+    """The page counted the user's jobs and then created one: tabs pressing Convert together all passed the
+    count. Catches the count and the insert not being one SQLite transaction (or no count at all)."""
+    _check_the_cap_holds(backend)
+
+
+def test_the_job_cap_holds_when_several_tabs_convert_at_once_dynamodb(aws_settings):  # noqa: F811
+    """The same on DynamoDB (the moto server over HTTP): a slot item per allowed job, taken in one transaction
+    with the job's put. Catches a slot taken without its condition (two tabs on the same free slot)."""
+    from stereo_spot.adapters.aws import aws_backend
+
+    _check_the_cap_holds(aws_backend(aws_settings))

@@ -24,7 +24,7 @@ from stereo_spot.models import (
     SegmentCompletion,
     utcnow,
 )
-from stereo_spot.ports import JobStore
+from stereo_spot.ports import Backend, JobStore
 from stereo_spot.ui.auth import Identity
 from stereo_spot.ui.uploads import UploadError, format_bytes
 
@@ -198,15 +198,19 @@ def check_limits(summary: VideoSummary, settings: ConversionSettings | None, con
         raise UploadError(str(exc)) from exc
 
 
-def check_user_quota(store: JobStore, user: Identity, config: Settings) -> None:
-    """UploadError when the user already has as many jobs in progress as UI_MAX_JOBS_PER_USER allows."""
-    limit = config.ui_max_jobs_per_user
-    if not limit:
-        return
-    running = store.list_in_progress(limit=limit, owner=user.user)
-    if len(running) >= limit:
-        raise UploadError(f"you have {len(running)} conversions in progress, the most one user may have at once "
-                          f"(UI_MAX_JOBS_PER_USER={limit}); start this one when one of them is done")
+def create_user_job(backend: Backend, settings: ConversionSettings, title: str, user: Identity,
+                    config: Settings) -> Job:
+    """The user's new job; UploadError when they already have UI_MAX_JOBS_PER_USER in progress. The store counts
+    and writes in one atomic step, so several tabs at once cannot pass the limit together."""
+    from stereo_spot import steps
+    from stereo_spot.ports import QuotaExceeded
+
+    limit = config.ui_max_jobs_per_user or None
+    try:
+        return steps.create_job(backend, settings, title, owner=user.user, max_in_progress=limit)
+    except QuotaExceeded as exc:
+        raise UploadError(f"you have {exc.limit} conversions in progress, the most one user may have at once "
+                          f"(UI_MAX_JOBS_PER_USER={exc.limit}); start this one when one of them is done") from exc
 
 
 def default_title(file_name: str) -> str:

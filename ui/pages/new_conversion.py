@@ -197,9 +197,8 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
         # Checked again on the file that is stored, not on what the page remembers from the upload.
         summary = services.check_video(staged.path, staged.name, config)
         services.check_limits(summary, job_settings, config)
-        services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):
-            job = steps.create_job(backend, job_settings, job_title, owner=user.user)
+            job = services.create_user_job(backend, job_settings, job_title, user, config)
             steps.store_source(backend, job.job_id, staged.path)
         started = submission.start_pipeline(backend, config, job.job_id)
     except (UserError, StoreError, OSError, ValueError) as exc:
