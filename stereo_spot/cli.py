@@ -140,6 +140,9 @@ MaxFpsOption = Annotated[float | None, typer.Option("--max-fps", min=1.0, help="
                                                     "(a 60 fps phone video at 30 converts in half the time).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda (every GPU) or cuda:N (that GPU); default: "
                                                   "every GPU when there is one.")]
+MaxFramePixelsOption = Annotated[int | None, typer.Option(
+    "--max-frame-pixels", min=1, help="The most pixels one frame may have (default: what this machine's memory "
+    "converts, about 128 bytes a pixel); a larger input is refused before anything runs.")]
 
 
 def _check_device(device: str | None) -> None:
@@ -203,6 +206,7 @@ def convert(
     max_fps: MaxFpsOption = None,
     device: DeviceOption = None,
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
+    max_frame_pixels: MaxFramePixelsOption = None,
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
@@ -217,7 +221,7 @@ def convert(
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
             if value is not None:
                 die(f"{flag} works with one input file; convert the files one by one to use it")
-        _convert_many(inputs, output, settings, skip_existing, workers, device)
+        _convert_many(inputs, output, settings, skip_existing, workers, device, max_frame_pixels)
         return
     input = inputs[0]
     if not input.is_file():
@@ -238,6 +242,7 @@ def convert(
                 "report.json")
         if _same_file(report, output) or report.resolve() == output.resolve():
             die(f"--report {report} is the output video: give the report a file name of its own")
+    _refuse_oversized_frame(input, max_frame_pixels)
     if image:
         if report is not None:
             die("--report works with videos: a still image has no comfort report")
@@ -249,7 +254,7 @@ def convert(
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
-                  workers: int | None, device: str | None) -> None:
+                  workers: int | None, device: str | None, max_frame_pixels: int | None = None) -> None:
     """Convert every input in turn, past the ones that fail, and end with a summary; the exit status is 1 when
     any failed. Interrupted jobs resume as a single conversion does (each job is found by its fingerprint)."""
     from stereo_spot.inputs import plan
@@ -272,6 +277,7 @@ def _convert_many(paths: list[Path], output_dir: Path | None, settings: Conversi
         try:
             if _same_file(item.output, item.source):
                 die(f"the output {item.output} is the input")
+            _refuse_oversized_frame(item.source, max_frame_pixels)
             if item.is_image:
                 _convert_image(item.source, item.output, settings, None)
             else:
@@ -295,6 +301,25 @@ def _print_summary(results: list[tuple[Path, str, str]]) -> None:
     console.print(table)
     counts = {s: sum(1 for _, status, _ in results if status == s) for s in style}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+
+
+def _refuse_oversized_frame(path: Path, max_frame_pixels: int | None) -> None:
+    """Stop (one line: the size and the limit) before a frame too large for this machine is decoded; the size
+    comes from the stream's parameters or the image's header. A file whose size cannot be read is left to the
+    conversion, which says what is wrong with it."""
+    from stereo_spot.limits import LimitExceeded, check_frame_fits
+    from stereo_spot.media.errors import MediaError
+    from stereo_spot.media.probe import frame_size
+
+    try:
+        size = frame_size(path, required=False)
+    except MediaError:
+        return
+    if size is not None:
+        try:
+            check_frame_fits(path.name, *size, max_frame_pixels)
+        except LimitExceeded as exc:
+            die(one_line(exc))
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -339,6 +364,7 @@ def preview(
     inpaint_weights: InpaintWeightsOption = None,
     precision: PrecisionOption = Precision.AUTO,
     device: DeviceOption = None,
+    max_frame_pixels: MaxFramePixelsOption = None,
 ) -> None:
     """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
     if not input.is_file():
@@ -353,6 +379,7 @@ def preview(
     output = output or input.with_name(f"{input.stem}-preview-{at:g}s.png")
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
+    _refuse_oversized_frame(input, max_frame_pixels)
     if is_image(input):
         _convert_image(input, output, settings, None)
         return

@@ -26,6 +26,41 @@ def check_frame_pixels(name: str, width: int, height: int, limit: int, setting: 
                             f"({setting})")
 
 
+# Peak memory of a conversion per pixel of one frame (the float32 RGB frame, its depth, the warped eyes, the
+# holes and the packed output, at once): stereo-spot convert of a one-frame 8192×8192 video peaked at 6.9 GB RSS,
+# about 103 bytes a pixel; one-frame 1024², 2048² and 3072² videos peaked at 0.52, 0.83 and 1.31 GB, 94-99 bytes
+# a pixel more per pixel. 128 leaves room for the rest of the process.
+BYTES_PER_FRAME_PIXEL = 128
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the system does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_frame_fits(name: str, width: int, height: int, max_frame_pixels: int | None = None, *,
+                     memory_bytes: int | None = None) -> None:
+    """The command line's guard: LimitExceeded when one frame would need more memory than this machine has
+    (``BYTES_PER_FRAME_PIXEL`` a pixel), or more pixels than ``max_frame_pixels`` when that is given (it replaces
+    the machine's limit, to raise or lower it). Decided by check_frame_pixels, as the app's MAX_FRAME_PIXELS is."""
+    from stereo_spot.units import format_bytes
+
+    if max_frame_pixels is not None:
+        check_frame_pixels(name, width, height, max_frame_pixels, "--max-frame-pixels")
+        return
+    memory = memory_bytes or machine_memory_bytes()
+    if memory is None:
+        return
+    check_frame_pixels(name, width, height, memory // BYTES_PER_FRAME_PIXEL,
+                       f"what {format_bytes(memory)} of memory converts at about {BYTES_PER_FRAME_PIXEL} bytes a "
+                       "pixel; --max-frame-pixels raises it")
+
+
 def converted_seconds(duration: float, start: float | None, length: float | None) -> float:
     """Seconds of the source a job converts: its window within the video."""
     begin = min(start or 0.0, duration)

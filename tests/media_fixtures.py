@@ -274,3 +274,17 @@ def make_one_frame_h264(path: Path, size: tuple[int, int] = (15360, 15360)) -> P
         for packet in [*stream.encode(frame), *stream.encode()]:
             container.mux(packet)
     return path
+
+
+def make_png_header(path: Path, size: tuple[int, int]) -> Path:
+    """A PNG that declares ``size`` (its signature, header and end, no picture data): a few bytes on disk that a
+    reader would size its buffers from."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size[0], size[1], 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path

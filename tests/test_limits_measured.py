@@ -111,3 +111,23 @@ def test_a_15360_square_frame_is_refused_before_it_is_decoded(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["error"] and "15360×15360" in result["error"] and "MAX_FRAME_PIXELS" in result["error"]
     assert result["extra_kib"] < 150 * 1024, result
+
+
+def test_a_stills_size_is_read_from_its_header(tmp_path):
+    """Every still format the converter reads, odd sizes included, sized without decoding (FFmpeg's png
+    decoder decodes the whole picture to report its size). Catches a header field read at the wrong offset."""
+    import cv2
+    import numpy as np
+
+    from stereo_spot.media.still_size import still_size
+
+    for height, width in ((48, 64), (7, 13), (333, 1000)):
+        picture = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+        for suffix, options in ((".png", []), (".jpg", []), (".bmp", []), (".tif", []), (".webp", []),
+                                (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])):  # lossy VP8 and lossless VP8L
+            path = tmp_path / f"still{suffix}"
+            assert cv2.imwrite(str(path), picture, options)
+            assert still_size(path) == (width, height), (suffix, options)
+    assert still_size(tmp_path / "still.webp") is not None
+    (tmp_path / "text.png").write_text("not a picture")
+    assert still_size(tmp_path / "text.png") is None

@@ -112,9 +112,16 @@ def probe(path: str | Path, *, max_frame_pixels: int | None = None) -> MediaInfo
 
 
 def frame_size(path: str | Path, *, required: bool = True) -> tuple[int, int] | None:
-    """(width, height) of the main video stream as coded, from its parameters: nothing is decoded. None (or,
-    when ``required``, MediaError) for a file without video."""
+    """(width, height) of the main video stream as coded, or of a still image, from the stream's parameters or
+    the image's header: nothing is decoded. None (or, when ``required``, MediaError) for a file without video."""
     path = Path(path)
+    if is_image(path):
+        from stereo_spot.media.still_size import still_size
+
+        size = still_size(path)
+        if size is None and required:
+            raise MediaError(f"{path.name} is not an image whose size can be read (png, jpg, bmp, webp, tif)")
+        return size
     with open_input(path, parameters_only=True) as container:
         stream = first_video_stream(container)
         if stream is None:
