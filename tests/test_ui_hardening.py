@@ -50,6 +50,21 @@ def test_a_file_changed_on_disk_after_its_check_is_checked_again_at_convert(home
     assert all_jobs(backend) == []
 
 
+def test_the_page_refuses_a_file_that_does_not_declare_its_60_s(home, backend, tmp_path, monkeypatch):
+    """Matroska written live declares no duration: it probed as 0.0 s and passed MAX_DURATION_SECONDS=10 on the
+    page. Catches the duration not being measured from the packets."""
+    from tests.media_fixtures import make_live_matroska
+
+    monkeypatch.setenv("MAX_DURATION_SECONDS", "10")
+    at = new_app()
+    stage(at, make_live_matroska(tmp_path / "live.mkv", seconds=60))
+    at.run()
+    assert not at.exception, at.exception
+    assert any("live.mkv would convert 60 s; the limit is 10 s" in shown(e) for e in at.error)
+    assert next(b for b in at.button if b.label == "Convert to 3D").disabled
+    assert all_jobs(backend) == []
+
+
 # --- staging room ---------------------------------------------------------------------------------------
 
 MB = 1_000_000
