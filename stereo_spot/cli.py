@@ -139,6 +139,9 @@ MaxFpsOption = Annotated[float | None, typer.Option("--max-fps", min=1.0, help="
                                                     "(a 60 fps phone video at 30 converts in half the time).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda (every GPU) or cuda:N (that GPU); default: "
                                                   "every GPU when there is one.")]
+MaxFramePixelsOption = Annotated[int | None, typer.Option(
+    "--max-frame-pixels", min=1, help="The most pixels one frame may have (default: what this machine's memory "
+    "converts, about 128 bytes a pixel); a larger input is refused before anything runs.")]
 
 
 def _check_device(device: str | None) -> None:
@@ -204,6 +207,7 @@ def convert(
     title: Annotated[str | None, typer.Option(help="Job title (default: the file name).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start a new job even where an interrupted or failed "
                                         "one of the same input and settings could be resumed.")] = False,
+    max_frame_pixels: MaxFramePixelsOption = None,
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
@@ -218,7 +222,7 @@ def convert(
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
             if value is not None:
                 die(f"{flag} works with one input file; convert the files one by one to use it")
-        _convert_many(inputs, output, settings, skip_existing, workers, device, fresh)
+        _convert_many(inputs, output, settings, skip_existing, workers, device, fresh, max_frame_pixels)
         return
     input = inputs[0]
     if not input.is_file():
@@ -244,6 +248,7 @@ def convert(
                 "report.json")
         if _same_file(report, output) or report.resolve() == output.resolve():
             die(f"--report {report} is the output video: give the report a file name of its own")
+    _refuse_oversized_frame(input, max_frame_pixels)
     if image:
         if report is not None:
             die("--report works with videos: a still image has no comfort report")
@@ -255,7 +260,8 @@ def convert(
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
-                  workers: int | None, device: str | None, fresh: bool = False) -> None:
+                  workers: int | None, device: str | None, fresh: bool = False,
+                  max_frame_pixels: int | None = None) -> None:
     """Convert every input in turn, past the ones that fail, and end with a summary; the exit status is 1 when
     any failed. Interrupted jobs resume as a single conversion does (each job is found by its fingerprint)."""
     from stereo_spot.inputs import plan
@@ -278,6 +284,7 @@ def _convert_many(paths: list[Path], output_dir: Path | None, settings: Conversi
         try:
             if _same_file(item.output, item.source):
                 die(f"the output {item.output} is the input")
+            _refuse_oversized_frame(item.source, max_frame_pixels)
             if item.is_image:
                 _convert_image(item.source, item.output, settings, None)
             else:
@@ -301,6 +308,25 @@ def _print_summary(results: list[tuple[Path, str, str]]) -> None:
     console.print(table)
     counts = {s: sum(1 for _, status, _ in results if status == s) for s in style}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+
+
+def _refuse_oversized_frame(path: Path, max_frame_pixels: int | None) -> None:
+    """Stop (one line: the size and the limit) before a frame too large for this machine is decoded; the size
+    comes from the stream's parameters or the image's header. A file whose size cannot be read is left to the
+    conversion, which says what is wrong with it."""
+    from stereo_spot.limits import LimitExceeded, check_frame_fits
+    from stereo_spot.media.errors import MediaError
+    from stereo_spot.media.probe import frame_size
+
+    try:
+        size = frame_size(path, required=False)
+    except MediaError:
+        return
+    if size is not None:
+        try:
+            check_frame_fits(path.name, *size, max_frame_pixels)
+        except LimitExceeded as exc:
+            die(one_line(exc))
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -335,6 +361,7 @@ def preview(
     inpaint_weights: InpaintWeightsOption = None,
     precision: PrecisionOption = Precision.AUTO,
     device: DeviceOption = None,
+    max_frame_pixels: MaxFramePixelsOption = None,
 ) -> None:
     """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
     if not input.is_file():
@@ -349,6 +376,7 @@ def preview(
     output = output or input.with_name(f"{input.stem}-preview-{at:g}s.png")
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
+    _refuse_oversized_frame(input, max_frame_pixels)
     if is_image(input):
         _convert_image(input, output, settings, None)
         return
@@ -782,11 +810,15 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
         config = get_settings()
     except (UserError, ValueError) as exc:
         die(one_line(exc))
-    from stereo_spot.ui.auth import is_loopback
+    from stereo_spot.ui.auth import header_mode_unprotected, is_loopback
 
     if config.ui_auth == "none" and not is_loopback(address) and not no_auth:
         die(f"UI_AUTH=none serves every job to anyone who can reach {address}; bind to 127.0.0.1, set "
             "UI_AUTH=header (behind an authenticating proxy) or UI_AUTH=oidc, or pass --no-auth")
+    if header_mode_unprotected(config) and not is_loopback(address):
+        die(f"UI_AUTH=header on {address} would let anyone who reaches it name themselves in "
+            f"{config.ui_auth_header}; bind to 127.0.0.1 behind the proxy, or set UI_AUTH_PROXY_SECRET (sent by "
+            "the proxy in X-Auth-Proxy-Secret) or UI_AUTH_TRUSTED_PROXIES (the proxy's addresses)")
     import stereo_spot.ui as ui_package  # the repository's ui/ when installed editable, else the installed copy
 
     app_path = Path(ui_package.__file__).resolve().parent / "app.py"

@@ -123,7 +123,15 @@ class Settings(_FromEnvironment):
     # secrets.toml) or ``header`` (an authenticating proxy such as oauth2-proxy sets ``ui_auth_header``).
     ui_auth: Literal["none", "oidc", "header"] = "none"
     ui_auth_header: str = "X-Forwarded-Email"
+    # Header mode off loopback: which requests come from the proxy. A shared secret the proxy sends in the
+    # X-Auth-Proxy-Secret header, and/or the proxy's addresses (comma-separated IPs or networks, e.g.
+    # 10.0.3.7,10.1.0.0/16); ``stereo-spot ui`` refuses a non-loopback address in header mode without one.
+    ui_auth_proxy_secret: str | None = None
+    ui_auth_trusted_proxies: str = ""
     ui_admins: str = ""  # comma-separated identities that see everyone's jobs
+    # s3:// prefixes (comma-separated) anyone may name as model weights in the app; admins may name any
+    # (default: none, so weights in the app are an admin's choice)
+    ui_weights_prefixes: str = ""
     # Jobs one user may have in progress at once (0: no limit), and jobs converting at once on this machine
     # (local storage; the rest wait in a queue).
     ui_max_jobs_per_user: int = Field(3, ge=0)
@@ -131,6 +139,10 @@ class Settings(_FromEnvironment):
     # Staging area for uploads in flight: at most this many bytes, and always this much free disk left.
     max_staging_bytes: int = Field(16 * 1024**3, ge=1)
     min_free_bytes: int = Field(1024**3, ge=0)
+    # One user's staged uploads together (default: MAX_UPLOAD_BYTES, one full-size upload at a time), so one user
+    # cannot fill MAX_STAGING_BYTES; an upload nobody touched for this long is removed.
+    max_staging_bytes_per_user: int | None = Field(None, ge=1)
+    upload_idle_seconds: int = Field(15 * 60, ge=60)
 
     # Limits on what one job may ask for, checked on the probe before a job exists (a small file can declare
     # hours of 8K at a high frame rate: compute, not bytes, is what it costs).
@@ -145,6 +157,14 @@ class Settings(_FromEnvironment):
     @property
     def admins(self) -> frozenset[str]:
         return frozenset(name.strip().lower() for name in self.ui_admins.split(",") if name.strip())
+
+    @property
+    def weights_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip().rstrip("/") + "/" for p in self.ui_weights_prefixes.split(",") if p.strip())
+
+    @property
+    def staging_bytes_per_user(self) -> int:
+        return self.max_staging_bytes_per_user or self.max_upload_bytes
 
     @cached_property
     def database_path(self) -> Path:

@@ -66,4 +66,31 @@ def plan(paths: list[Path], output_format: OutputFormat, *, output_dir: Path | N
             name = output_file_name(source.stem, output_format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
             folder = output_dir / relative if output_dir is not None else source.parent
             conversions.append(Conversion(source, folder / name, image))
+    check_outputs(conversions)
     return conversions
+
+
+def check_outputs(conversions: list[Conversion]) -> None:
+    """UserError, before anything runs, when two inputs would write the same output (``a/clip.mp4 b/clip.mp4
+    -o out``: the second would replace the first) or an output would overwrite an input (``clip.mp4
+    clip-3d_LRF_Full_SBS.mp4``: the second input replaced before it is converted)."""
+    sources = {_identity(c.source): c.source for c in conversions}
+    writers: dict[object, Path] = {}
+    for item in conversions:
+        target = _identity(item.output)
+        if target in sources:
+            raise UserError(f"the output of {item.source} would overwrite {sources[target]}, which is also an "
+                            "input; convert them separately or move one of them")
+        if target in writers:
+            raise UserError(f"{writers[target]} and {item.source} would both be written to {item.output}; "
+                            "convert them separately or rename one of them")
+        writers[target] = item.source
+
+
+def _identity(path: Path) -> object:
+    """What names one file: its device and inode when it exists (hard links, symlinks), else its resolved path."""
+    try:
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return path.resolve()

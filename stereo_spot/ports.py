@@ -25,6 +25,14 @@ class NotFound(StoreError):
     """The job or object does not exist."""
 
 
+class QuotaExceeded(ConflictError):
+    """A new job was not written: its owner already has ``limit`` jobs in progress."""
+
+    def __init__(self, owner: str, limit: int):
+        super().__init__(f"{owner} already has {limit} jobs in progress, the most allowed at once")
+        self.owner, self.limit = owner, limit
+
+
 class JobStore(ABC):
     @abstractmethod
     def get(self, job_id: str) -> Job | None: ...
@@ -32,6 +40,12 @@ class JobStore(ABC):
     @abstractmethod
     def put(self, job: Job, *, if_absent: bool = False) -> None:
         """Write the whole record. ``if_absent`` raises ConflictError when the job exists already."""
+
+    @abstractmethod
+    def create(self, job: Job, *, max_in_progress: int | None = None) -> None:
+        """Write a new job; ConflictError when the id exists. With ``max_in_progress`` and an owner, the owner's
+        jobs in progress are counted in the same atomic write: QuotaExceeded (nothing written) when there are
+        that many already, so concurrent requests (several tabs) cannot pass the limit together."""
 
     @abstractmethod
     def update(self, job_id: str, *, expected_status: JobStatus | tuple[JobStatus, ...] | None = None,

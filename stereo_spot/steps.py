@@ -95,10 +95,13 @@ def fingerprint(path: Path, settings: ConversionSettings) -> str:
 
 
 def create_job(backend: Backend, settings: ConversionSettings, title: str, *, job_id: str | None = None,
-               source_fingerprint: str | None = None, owner: str | None = None) -> Job:
+               source_fingerprint: str | None = None, owner: str | None = None,
+               max_in_progress: int | None = None) -> Job:
+    """A new job record. ``max_in_progress``: the owner's limit on jobs in progress, enforced by the store in the
+    same write (QuotaExceeded)."""
     job = Job(job_id=job_id or keys.new_job_id(), settings=settings, title=title.strip() or "untitled",
               source_fingerprint=source_fingerprint, owner=owner)
-    backend.jobs.put(job, if_absent=True)
+    backend.jobs.create(job, max_in_progress=max_in_progress)
     return job
 
 
@@ -185,9 +188,10 @@ def chunk(backend: Backend, bucket: str, key: str) -> ChunkResult:
 
 
 def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
+    from stereo_spot.limits import check_found_frames, check_frame_pixels
     from stereo_spot.media.chunk import chunk_video
     from stereo_spot.media.frames import frame_count
-    from stereo_spot.media.probe import probe, require_video
+    from stereo_spot.media.probe import frame_size, probe, require_video
 
     key = keys.normalize_event_key(key)
     job_id = keys.parse_input_key(key)
@@ -202,21 +206,28 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
     settings = job.settings
     with _workdir("chunk") as tmp:
         source = _fetch(backend, bucket, key, tmp / "source.mp4")
-        info = probe(source)
+        limits = job_limits(backend, job)
+        name = keys.input_key(job_id)
+        info = probe(source, max_frame_pixels=limits.max_frame_pixels if limits else None)
         video = require_video(info)
-        if backend.name != "local":  # the command line converts what its user chose on their own machine
-            _check_limits(keys.input_key(job_id), info, video, settings)
+        if limits:
+            _check_limits(name, info, video, settings, limits)
         paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start, settings.duration)
         if not paths:
             raise StepError("the source has no video frames in the requested time window")
         total = len(paths)
         start, end = window(settings)
         frames = 0
+        for path in paths:  # counted before any segment is stored: a limit refuses the job with nothing uploaded
+            if limits:  # the picture size first: counting frames opens the segment, which decodes its start
+                check_frame_pixels(name, *frame_size(path), limits.max_frame_pixels)
+            frames += frame_count(path)
+            if limits:
+                check_found_frames(name, frames, limits)
         for index, path in enumerate(paths):
             segment = keys.segment_key(job_id, index, total, job.mode)
             backend.objects.upload_file(backend.input_bucket, segment, path, content_type="video/mp4")
             discard_if_deleted(backend, job_id, backend.input_bucket, segment)
-            frames += frame_count(path)
         duration = _window_duration(info.duration_seconds, start, end)
         if start is not None or end is not None:  # chunks start at a keyframe before the window: estimate
             frames = min(frames, max(1, round(duration * float(video.fps or 0))))
@@ -238,14 +249,23 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
     return _chunk_result(job)
 
 
-def _check_limits(name: str, info, video, settings: ConversionSettings) -> None:
-    """The same bounds the app checks before a job exists (``stereo_spot.limits``), for sources that reach the
-    cluster another way (a direct or presigned S3 upload)."""
+def job_limits(backend: Backend, job: Job):
+    """The limits (Settings) a job's source is held to, or None for the command line's own jobs (local storage,
+    no owner): they convert what their user chose on their own machine. The app's jobs (an owner) and every
+    job in the cluster (a source can reach the bucket without the app: a direct or presigned S3 upload) are
+    held to the same bounds the app checks before a job exists."""
     from stereo_spot.config import get_settings
+
+    if backend.name == "local" and job.owner is None:
+        return None
+    return get_settings()
+
+
+def _check_limits(name: str, info, video, settings: ConversionSettings, limits) -> None:
     from stereo_spot.limits import check_media_limits
 
     width, height = video.display_size
-    check_media_limits(name, width, height, float(video.fps or 0), info.duration_seconds, get_settings(),
+    check_media_limits(name, width, height, float(video.fps or 0), info.duration_seconds, limits,
                        start=settings.start, length=settings.duration)
 
 

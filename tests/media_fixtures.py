@@ -231,3 +231,60 @@ def make_avi(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, i
         container.mux(video.encode())
         _write_tone(container, audio, 440.0, count / fps, 48_000)
     return path
+
+
+def make_live_matroska(path: Path, seconds: int = 60, fps: int = 10, size: tuple[int, int] = (64, 48),
+                       declared_seconds: float | None = None) -> Path:
+    """A Matroska clip written in live mode: no duration in its header, so only its packets say how long it is.
+
+    ``declared_seconds``: write a normal header instead and then overwrite its Duration element (EBML id 0x4489,
+    an 8-byte float in milliseconds) with this many seconds: a file whose header understates what it holds."""
+    import struct
+
+    options = {"live": "1"} if declared_seconds is None else {}
+    with av.open(str(path), "w", format="matroska", container_options=options) as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "g": str(fps * 10)})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for index in range(seconds * fps):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, *size), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    if declared_seconds is not None:
+        data = bytearray(path.read_bytes())
+        at = data.index(b"\x44\x89\x88")  # Duration, size 8
+        data[at + 3: at + 11] = struct.pack(">d", declared_seconds * 1000)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def make_one_frame_h264(path: Path, size: tuple[int, int] = (15360, 15360)) -> Path:
+    """One flat H.264 frame of ``size`` in an mp4: under 1 MB on disk for 15360×15360, hundreds of MB once
+    decoded (a few seconds and about 1.4 GB to make at that size)."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=1, options={"preset": "ultrafast", "crf": "51",
+                                                                   "tune": "zerolatency", "threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane in frame.planes:
+            memoryview(plane)[:] = bytes(plane.buffer_size)
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return path
+
+
+def make_png_header(path: Path, size: tuple[int, int]) -> Path:
+    """A PNG that declares ``size`` (its signature, header and end, no picture data): a few bytes on disk that a
+    reader would size its buffers from."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size[0], size[1], 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path

@@ -23,7 +23,7 @@ APP = str(Path(__file__).resolve().parent.parent / "ui" / "streamlit_app.py")
 
 
 def call(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
-         query: str = "") -> tuple[int, dict[str, str], bytes]:
+         query: str = "", client: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     """One request through the app's own routes, as the ASGI server would pass it."""
     app = Starlette(routes=api_routes())
     raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -31,7 +31,7 @@ def call(method: str, path: str, headers: dict[str, str] | None = None, body: by
         raw_headers.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "http_version": "1.1", "method": method, "path": path, "raw_path": path.encode(),
              "query_string": query.encode(), "headers": raw_headers, "scheme": "http",
-             "server": ("127.0.0.1", 8501), "client": ("127.0.0.1", 5555), "root_path": ""}
+             "server": ("127.0.0.1", 8501), "client": (client, 5555), "root_path": ""}
     sent = {"body": False}
     messages: list[dict] = []
 
@@ -158,11 +158,11 @@ def test_per_user_quota(backend, monkeypatch):
     monkeypatch.setenv("UI_MAX_JOBS_PER_USER", "2")
     alice = auth.Identity("alice@example.com")
     for _ in range(2):
-        services.check_user_quota(backend.jobs, alice, Settings())
-        steps.create_job(backend, ConversionSettings(), "x", owner=alice.user)
+        services.create_user_job(backend, ConversionSettings(), "x", alice, Settings())
     with pytest.raises(services.UploadError, match="2 conversions in progress.*UI_MAX_JOBS_PER_USER=2"):
-        services.check_user_quota(backend.jobs, alice, Settings())
-    services.check_user_quota(backend.jobs, auth.Identity("bob@example.com"), Settings())  # others unaffected
+        services.create_user_job(backend, ConversionSettings(), "x", alice, Settings())
+    services.create_user_job(backend, ConversionSettings(), "x", auth.Identity("bob@example.com"),
+                             Settings())  # others unaffected
 
 
 # --- the pages (AppTest: the identity the proxy's header would give) ------------------------------------

@@ -3,8 +3,11 @@
     UI_AUTH=none     one user on this machine ("local", who sees every job); ``stereo-spot ui`` refuses to bind
                      to anything but loopback in this mode unless given ``--no-auth``
     UI_AUTH=header   an authenticating proxy (oauth2-proxy, an identity-aware load balancer) signs the user in and
-                     sets ``UI_AUTH_HEADER`` (default ``X-Forwarded-Email``) on every request it forwards; the app
-                     must only be reachable through that proxy
+                     sets ``UI_AUTH_HEADER`` (default ``X-Forwarded-Email``) on every request it forwards. The
+                     header is believed only from the proxy: on loopback (the proxy beside the app), or off it
+                     when the request carries ``UI_AUTH_PROXY_SECRET`` in ``X-Auth-Proxy-Secret`` and/or comes
+                     from ``UI_AUTH_TRUSTED_PROXIES``; ``stereo-spot ui`` refuses to bind header mode to any
+                     other address without one of them
     UI_AUTH=oidc     Streamlit's own OpenID Connect sign-in (``st.login``; the provider in ``secrets.toml``); the
                      routes read the same signed ``_streamlit_user`` cookie the pages' ``st.user`` comes from
 
@@ -59,16 +62,67 @@ def local_identity() -> Identity:
     return Identity(LOCAL_USER, admin=True)
 
 
-def from_headers(headers: Mapping[str, str], settings: Settings) -> Identity | None:
-    """Header mode: the proxy's identity header (header names compare case-insensitively)."""
-    wanted = settings.ui_auth_header.lower()
-    value = next((v for k, v in headers.items() if k.lower() == wanted), None)
-    return make_identity(value, settings)
+PROXY_SECRET_HEADER = "X-Auth-Proxy-Secret"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+def from_proxy(headers: Mapping[str, str], peer: str | None, settings: Settings) -> bool:
+    """Whether a request came through the trusted proxy: it carries the shared secret (when one is set) and comes
+    from a trusted address (when some are set). With neither set, any request does: the app is then bound to
+    loopback (``stereo-spot ui`` refuses otherwise), where only the proxy beside it can connect."""
+    import hmac
+
+    if settings.ui_auth_proxy_secret:
+        sent = _header(headers, PROXY_SECRET_HEADER) or ""
+        if not hmac.compare_digest(sent.encode(), settings.ui_auth_proxy_secret.encode()):
+            return False
+    if settings.ui_auth_trusted_proxies:
+        return peer is not None and address_in(peer, settings.ui_auth_trusted_proxies)
+    return True
+
+
+def address_in(address: str, networks: str) -> bool:
+    """True when ``address`` is one of the comma-separated addresses or networks."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    for item in networks.split(","):
+        try:
+            if item.strip() and ip in ipaddress.ip_network(item.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def header_mode_unprotected(settings: Settings) -> bool:
+    """Header mode with nothing to tell the proxy's requests from anyone's: only safe on loopback."""
+    return settings.ui_auth == "header" and not settings.ui_auth_proxy_secret and not settings.ui_auth_trusted_proxies
+
+
+def from_headers(headers: Mapping[str, str], settings: Settings, peer: str | None = None) -> Identity | None:
+    """Header mode: the proxy's identity header (header names compare case-insensitively), from the proxy only.
+    ``peer``: the address the request came from."""
+    if not from_proxy(headers, peer, settings):
+        return None
+    return make_identity(_header(headers, settings.ui_auth_header), settings)
 
 
 def user_from_claims(claims: Mapping[str, object]) -> str | None:
-    """The identity in an OpenID Connect user record: the e-mail address, else the subject."""
-    for name in ("email", "sub"):
+    """The identity in an OpenID Connect user record: the e-mail address, else the subject. An address the
+    provider says is not verified (``email_verified`` false) is not used: anyone can type someone else's
+    address into an account at many providers, and UI_ADMINS lists addresses."""
+    verified = claims.get("email_verified", True)
+    if isinstance(verified, str):  # some providers send the claim as a string
+        verified = verified.strip().lower() == "true"
+    for name in ("email", "sub") if verified is True else ("sub",):
         value = claims.get(name)
         if isinstance(value, str) and value.strip():
             return value
@@ -103,12 +157,13 @@ def from_oidc_cookie(cookies: Mapping[str, str]) -> Identity | None:
     return make_identity(user_from_claims(claims), get_settings())
 
 
-def request_identity(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> Identity | None:
+def request_identity(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings,
+                     peer: str | None = None) -> Identity | None:
     """The identity behind one HTTP request to the app's own routes; None: not signed in."""
     if settings.ui_auth == "none":
         return local_identity()
     if settings.ui_auth == "header":
-        return from_headers(headers, settings)
+        return from_headers(headers, settings, peer)
     return from_oidc_cookie(cookies)
 
 

@@ -33,4 +33,5 @@ def backend_for(settings: Settings | None = None) -> Backend:
 def staging_area(settings: Settings | None = None) -> StagingArea:
     settings = settings or current_settings()
     return StagingArea(settings.stereo_spot_home / "uploads", settings.max_upload_bytes,
-                       max_total_bytes=settings.max_staging_bytes, min_free_bytes=settings.min_free_bytes)
+                       max_total_bytes=settings.max_staging_bytes, max_user_bytes=settings.staging_bytes_per_user,
+                       min_free_bytes=settings.min_free_bytes, idle_seconds=settings.upload_idle_seconds)

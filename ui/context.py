@@ -50,7 +50,8 @@ def page_identity(config: Settings) -> auth.Identity | None:
     if config.ui_auth == "none":
         return auth.local_identity()
     if config.ui_auth == "header":
-        return auth.from_headers(dict(st.context.headers), config)
+        # Streamlit reports a loopback peer as None
+        return auth.from_headers(dict(st.context.headers), config, st.context.ip_address or "127.0.0.1")
     if not st.user.get("is_logged_in"):
         return None
     return auth.make_identity(auth.user_from_claims(dict(st.user)), config)

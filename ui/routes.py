@@ -52,7 +52,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _identity(request: Request) -> auth.Identity | None:
-    return auth.request_identity(request.headers, request.cookies, current_settings())
+    peer = request.client.host if request.client else None
+    return auth.request_identity(request.headers, request.cookies, current_settings(), peer)
 
 
 NOT_SIGNED_IN = "not signed in: open the app's page first (through the sign-in proxy when there is one)"

@@ -24,7 +24,7 @@ from stereo_spot.models import (
     SegmentCompletion,
     utcnow,
 )
-from stereo_spot.ports import JobStore
+from stereo_spot.ports import Backend, JobStore
 from stereo_spot.ui.auth import Identity
 from stereo_spot.ui.uploads import UploadError, format_bytes
 
@@ -105,9 +105,11 @@ class VideoSummary:
                 f"{self.width}×{self.height} at {self.fps:.3g} fps · {audio}")
 
 
-def check_video(path: Path, name: str) -> VideoSummary:
+def check_video(path: Path, name: str, config: Settings | None = None) -> VideoSummary:
     """Probe a staged upload. Raises UploadError with a one-line reason for anything that is not a video
-    the pipeline can convert (empty, not media, audio only, a still picture)."""
+    the pipeline can convert (empty, not media, audio only, a still picture), or, with ``config``, a frame
+    over MAX_FRAME_PIXELS (refused from the stream's parameters, before a frame is decoded)."""
+    from stereo_spot.limits import LimitExceeded
     from stereo_spot.media.errors import MediaError
     from stereo_spot.media.probe import is_image, probe, require_video
 
@@ -118,9 +120,9 @@ def check_video(path: Path, name: str) -> VideoSummary:
         raise UploadError(f"{name} is a still picture; the app converts videos "
                           "(for a picture use `stereo-spot convert picture.png`)")
     try:
-        info = probe(path)
+        info = probe(path, max_frame_pixels=config.max_frame_pixels if config else None)
         video = require_video(info)
-    except MediaError as exc:
+    except (MediaError, LimitExceeded) as exc:
         # The media layer names the file it read, which is staged under a fixed name: say the user's name.
         message = str(exc)
         if message.startswith(path.name):
@@ -150,18 +152,33 @@ def inpainter_names() -> list[str]:
     return sorted(known_inpainters(), key=lambda name: name != "classical")
 
 
-def checked_settings(user: Identity, **choices) -> ConversionSettings:
-    """The same validation as ``stereo-spot convert`` (``stereo_spot.choices``). Weights from a folder on the
-    server are for admins: anyone else could make the app read (and reveal the existence of) its files."""
+def checked_settings(user: Identity, config: Settings | None = None, **choices) -> ConversionSettings:
+    """The same validation as ``stereo-spot convert`` (``stereo_spot.choices``). Weights are an admin's choice,
+    except under the s3:// prefixes ``UI_WEIGHTS_PREFIXES`` lists: anywhere else, a user could make the app read
+    its own files, or another user's results from the output bucket (the preview downloads the weights)."""
     from stereo_spot.choices import conversion_settings
 
     if not user.admin:
+        allowed = (config or Settings()).weights_prefixes
         for name in ("depth_weights", "inpaint_weights"):
             value = (choices.get(name) or "").strip()
-            if value and not value.startswith("s3://"):
-                raise UploadError("weights from a folder on the server can only be chosen by an admin; "
-                                  "give an s3:// prefix")
+            if value and not weights_allowed(value, allowed):
+                listed = ", ".join(allowed) if allowed else "none are set"
+                raise UploadError(f"{value} is not among the weights you may choose (UI_WEIGHTS_PREFIXES: "
+                                  f"{listed}); an admin may choose any")
     return conversion_settings(**choices)
+
+
+def weights_allowed(value: str, prefixes: Sequence[str]) -> bool:
+    """True when ``value`` is one of the prefixes (each a folder ending in /) or under one, with no ``..`` or
+    empty segment that a reader might resolve elsewhere."""
+    if not value.startswith("s3://"):
+        return False
+    segments = value[len("s3://"):].rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in segments):
+        return False
+    folder = value.rstrip("/") + "/"
+    return any(folder.startswith(prefix) for prefix in prefixes)
 
 
 def preview_moment(summary: VideoSummary) -> float:
@@ -181,15 +198,19 @@ def check_limits(summary: VideoSummary, settings: ConversionSettings | None, con
         raise UploadError(str(exc)) from exc
 
 
-def check_user_quota(store: JobStore, user: Identity, config: Settings) -> None:
-    """UploadError when the user already has as many jobs in progress as UI_MAX_JOBS_PER_USER allows."""
-    limit = config.ui_max_jobs_per_user
-    if not limit:
-        return
-    running = store.list_in_progress(limit=limit, owner=user.user)
-    if len(running) >= limit:
-        raise UploadError(f"you have {len(running)} conversions in progress, the most one user may have at once "
-                          f"(UI_MAX_JOBS_PER_USER={limit}); start this one when one of them is done")
+def create_user_job(backend: Backend, settings: ConversionSettings, title: str, user: Identity,
+                    config: Settings) -> Job:
+    """The user's new job; UploadError when they already have UI_MAX_JOBS_PER_USER in progress. The store counts
+    and writes in one atomic step, so several tabs at once cannot pass the limit together."""
+    from stereo_spot import steps
+    from stereo_spot.ports import QuotaExceeded
+
+    limit = config.ui_max_jobs_per_user or None
+    try:
+        return steps.create_job(backend, settings, title, owner=user.user, max_in_progress=limit)
+    except QuotaExceeded as exc:
+        raise UploadError(f"you have {exc.limit} conversions in progress, the most one user may have at once "
+                          f"(UI_MAX_JOBS_PER_USER={exc.limit}); start this one when one of them is done") from exc
 
 
 def default_title(file_name: str) -> str:

@@ -11,8 +11,13 @@ with the record) plus ``{root}/{token}/status.json`` written last (atomically), 
 upload or none. A token is a random UUID the page hands to its upload widget, issued to the signed-in user; the
 route accepts a token only from the user it was issued to, so nobody else can drop files into that slot.
 
-Room: all staged uploads together stay under ``MAX_STAGING_BYTES``, and an upload is refused (before and while it
-streams) when it would leave less than ``MIN_FREE_BYTES`` free on the disk.
+Room: one user's staged uploads together stay under ``MAX_STAGING_BYTES_PER_USER`` and everyone's under
+``MAX_STAGING_BYTES``, counted exactly (every chunk is reserved in one shared ledger under a lock before it is
+written), so one user's concurrent uploads cannot fill the area and refuse another's: with
+``MAX_STAGING_BYTES`` at least users × ``MAX_STAGING_BYTES_PER_USER``, an upload is only ever refused for its own
+user's bytes. An upload is also refused (before and while it streams) when it would leave less than
+``MIN_FREE_BYTES`` free on the disk. An upload nobody has touched for ``UPLOAD_IDLE_SECONDS`` (the page touches
+its upload on every interaction) is removed.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from stereo_spot.units import format_bytes
 
 STATUS_FILE = "status.json"
 UPLOAD_FILE = "upload"
-# Staged files nobody converted (page closed after uploading) are removed after this long.
-STALE_SECONDS = 24 * 3600
+# Staged files nobody converted (page closed after uploading) are removed after this long without a touch
+# (UPLOAD_IDLE_SECONDS sets it for the app).
+STALE_SECONDS = 15 * 60
 # Bytes gathered from the request before one disk write: bounded memory, few system calls.
 WRITE_BUFFER_BYTES = 4 * 1024 * 1024
-# How often (in bytes received) an upload re-checks the staging cap and the free disk space.
+# How often (in bytes received) an upload re-checks the free disk space (the staging caps: every chunk).
 ROOM_CHECK_BYTES = 64 * 1024 * 1024
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,6 +59,15 @@ class UploadTooLarge(UploadError):
 
 class NoRoom(UploadTooLarge):
     """The staging area (or the disk under it) has no room for this upload now."""
+
+
+class SlotTaken(UploadError):
+    """The token already holds an upload (or one is arriving): a token takes one file, so the file that was
+    checked is the file that becomes the job."""
+
+
+SLOT_TAKEN_MESSAGE = ("this upload form already holds a file; choose \"Choose another file\" on the page to "
+                      "upload a different one")
 
 
 def too_large_message(name: str, size: int | None, limit: int) -> str:
@@ -84,11 +99,14 @@ class StagedUpload:
 
 class StagingArea:
     def __init__(self, root: Path | str, max_bytes: int, *, max_total_bytes: int | None = None,
-                 min_free_bytes: int = 0):
+                 max_user_bytes: int | None = None, min_free_bytes: int = 0, idle_seconds: float = STALE_SECONDS):
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
         self.max_total_bytes = max_total_bytes
+        self.max_user_bytes = max_user_bytes
         self.min_free_bytes = int(min_free_bytes)
+        self.idle_seconds = idle_seconds
+        self.ledger = _ledger_for(self.root)
 
     # --- tokens -----------------------------------------------------------------------------------------
 
@@ -103,25 +121,18 @@ class StagingArea:
 
     # --- room -------------------------------------------------------------------------------------------
 
-    def staged_bytes(self, exclude: str | None = None) -> int:
-        total = 0
-        if not self.root.is_dir():
-            return 0
-        for entry in self.root.iterdir():
-            if entry.name == exclude or not entry.is_dir():
-                continue
-            for path in entry.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
-        return total
+    def staged_bytes(self, owner: str | None = None) -> int:
+        """Bytes staged (finished and in flight), everyone's or one owner's."""
+        return self.ledger.total(owner)
 
-    def check_room(self, token: str, size: int, already_staged: int | None = None) -> None:
-        """NoRoom when ``size`` more bytes for this upload would pass the staging cap or the free-space floor."""
-        if self.max_total_bytes is not None:
-            staged = self.staged_bytes(exclude=token) if already_staged is None else already_staged
-            if staged + size > self.max_total_bytes:
-                raise NoRoom(f"the app is receiving too many uploads right now ({format_bytes(staged)} staged, "
-                             f"limit {format_bytes(self.max_total_bytes)}, MAX_STAGING_BYTES); try again later")
+    def reserve(self, token: str, size: int) -> None:
+        """Count ``size`` more bytes for this upload, or NoRoom (nothing counted) when they would pass the
+        user's cap or the shared one. The user's cap is checked first, so it is the one named when both are."""
+        owner = _ISSUED.owner(token) or ""
+        self.ledger.reserve(token, owner, size, self.max_user_bytes, self.max_total_bytes)
+
+    def check_disk(self, size: int) -> None:
+        """NoRoom when ``size`` more bytes would leave less than MIN_FREE_BYTES free on the disk."""
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if free - size < self.min_free_bytes:
@@ -140,6 +151,8 @@ class StagingArea:
         """Write ``chunks`` to the staging area; the synchronous twin of :meth:`receive_async`."""
         try:
             writer = _Writer(self, token, name, declared_size)
+        except SlotTaken as exc:
+            return StagedUpload(token, safe_file_name(name), None, 0, str(exc))
         except UploadTooLarge as exc:
             return self.reject(token, name, str(exc), too_large=True)
         try:
@@ -160,6 +173,8 @@ class StagingArea:
 
         try:
             writer = _Writer(self, token, name, declared_size)
+        except SlotTaken as exc:
+            return StagedUpload(token, safe_file_name(name), None, 0, str(exc))
         except UploadTooLarge as exc:
             return self.reject(token, name, str(exc), too_large=True)
         try:
@@ -178,6 +193,7 @@ class StagingArea:
         """Record why an upload was refused (e.g. too large before a byte was sent), for the page to show."""
         directory = self._dir(token)
         shutil.rmtree(directory, ignore_errors=True)
+        self.ledger.release(token)
         return self._write_status(StagedUpload(token, safe_file_name(name), None, 0, message, too_large))
 
     def _write_status(self, upload: StagedUpload) -> StagedUpload:
@@ -208,20 +224,28 @@ class StagingArea:
         return StagedUpload(token, status.get("name", "upload"), path, int(status.get("size") or 0),
                             status.get("error"), bool(status.get("too_large")))
 
+    def touch(self, token: str) -> None:
+        """Mark an upload as in use (its page is open), so the idle sweep leaves it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._dir(token))
+
     def discard(self, token: str) -> None:
         shutil.rmtree(self._dir(token), ignore_errors=True)
+        self.ledger.release(token)
         _ISSUED.discard(token)
 
-    def sweep(self, older_than_seconds: float = STALE_SECONDS) -> int:
-        """Remove staged uploads last touched longer ago than the limit; return how many."""
+    def sweep(self, older_than_seconds: float | None = None) -> int:
+        """Remove staged uploads last touched longer ago than the limit (UPLOAD_IDLE_SECONDS); return how many.
+        An upload still arriving is left alone."""
         if not self.root.is_dir():
             return 0
-        cutoff = time.time() - older_than_seconds
+        cutoff = time.time() - (self.idle_seconds if older_than_seconds is None else older_than_seconds)
         removed = 0
         for entry in self.root.iterdir():
             try:
-                if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                if entry.is_dir() and not self.ledger.in_flight(entry.name) and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry, ignore_errors=True)
+                    self.ledger.release(entry.name)
                     removed += 1
             except FileNotFoundError:
                 continue
@@ -233,15 +257,25 @@ class _Writer:
 
     def __init__(self, area: StagingArea, token: str, name: str, declared_size: int | None):
         self.area, self.token, self.name = area, token, safe_file_name(name)
+        self.directory = area._dir(token)
+        try:
+            # Exclusive: a second upload to the same token (after the page checked the first) is refused, never
+            # written over the checked file.
+            self.directory.mkdir(parents=True)
+        except FileExistsError:
+            raise SlotTaken(SLOT_TAKEN_MESSAGE) from None
         if declared_size is not None and declared_size > area.max_bytes:
             # Refuse before a byte is written: the browser said how much it will send.
             raise UploadTooLarge(too_large_message(self.name, declared_size, area.max_bytes))
-        self.directory = area._dir(token)
-        shutil.rmtree(self.directory, ignore_errors=True)  # a second upload for the same token replaces the first
-        # Others' uploads in flight, counted once; this one is counted as it arrives.
-        self.others = area.staged_bytes(exclude=token) if area.max_total_bytes is not None else 0
-        area.check_room(token, declared_size or 0, self.others)
-        self.directory.mkdir(parents=True)
+        area.ledger.begin(token)
+        try:
+            # The declared size is reserved up front (refused before a byte is written); bytes past it as they come.
+            self.reserved = declared_size or 0
+            area.reserve(token, self.reserved)
+            area.check_disk(self.reserved)
+        except BaseException:
+            area.ledger.release(token)
+            raise
         self.part = self.directory / f".{UPLOAD_FILE}.part"
         self.next_room_check = ROOM_CHECK_BYTES
         self.out = open(self.part, "wb")
@@ -252,9 +286,12 @@ class _Writer:
         self.size += len(chunk)
         if self.size > self.area.max_bytes:
             raise UploadTooLarge(too_large_message(self.name, None, self.area.max_bytes))
-        if self.size >= self.next_room_check:  # no Content-Length, or the disk filling from elsewhere
+        if self.size > self.reserved:  # past the declared size (or none was declared)
+            self.area.reserve(self.token, self.size - self.reserved)
+            self.reserved = self.size
+        if self.size >= self.next_room_check:  # the disk filling from elsewhere
             self.next_room_check = self.size + ROOM_CHECK_BYTES
-            self.area.check_room(self.token, self.size, self.others)
+            self.area.check_disk(self.size)
 
     def add(self, chunk: bytes) -> None:
         self._count(chunk)
@@ -277,11 +314,13 @@ class _Writer:
         os.replace(self.part, path)
         if self.size == 0:
             return self.reject(f"{self.name} is empty (0 bytes); choose a video file")
+        self.area.ledger.settle(self.token, self.size)  # a body shorter than declared frees the difference
         return self.area._write_status(StagedUpload(self.token, self.name, path, self.size))
 
     def abort(self) -> None:
         self.out.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+        self.area.ledger.release(self.token)
 
     def reject(self, message: str, *, too_large: bool = False) -> StagedUpload:
         self.abort()
@@ -315,3 +354,82 @@ class _IssuedTokens:
 
 
 _ISSUED = _IssuedTokens()
+
+
+class _Ledger:
+    """The bytes staged under one root, per upload and per owner, changed only under one lock: the exact count
+    every upload checks its next chunk against (a count of the files on disk taken once per upload let
+    concurrent uploads each see the others' as they were when it started)."""
+
+    def __init__(self, root: Path):
+        self._lock = threading.Lock()
+        self._uploads: dict[str, tuple[str, int]] = {}  # token: (owner, bytes)
+        self._owners: dict[str, int] = {}
+        self._in_flight: set[str] = set()
+        self._total = 0
+        # Files left by an earlier run of the app count against the shared cap (no owner is known for them).
+        if root.is_dir():
+            for entry in root.iterdir():
+                size = sum(p.stat().st_size for p in entry.iterdir() if p.is_file()) if entry.is_dir() else 0
+                if size:
+                    self._add(entry.name, "", size)
+
+    def _add(self, token: str, owner: str, size: int) -> None:
+        old_owner, old = self._uploads.get(token, (owner, 0))
+        self._uploads[token] = (old_owner, old + size)
+        self._owners[old_owner] = self._owners.get(old_owner, 0) + size
+        self._total += size
+
+    def total(self, owner: str | None = None) -> int:
+        with self._lock:
+            return self._total if owner is None else self._owners.get(owner, 0)
+
+    def begin(self, token: str) -> None:
+        with self._lock:
+            self._in_flight.add(token)
+
+    def in_flight(self, token: str) -> bool:
+        with self._lock:
+            return token in self._in_flight
+
+    def reserve(self, token: str, owner: str, size: int, user_cap: int | None, total_cap: int | None) -> None:
+        with self._lock:
+            mine = self._owners.get(owner, 0)
+            if user_cap is not None and mine + size > user_cap:
+                raise NoRoom(f"you have {format_bytes(mine)} of uploads on the server already, and this one would "
+                             f"pass the {format_bytes(user_cap)} one user may stage (MAX_STAGING_BYTES_PER_USER); "
+                             "convert or remove one first")
+            if total_cap is not None and self._total + size > total_cap:
+                raise NoRoom(f"the app is receiving too many uploads right now ({format_bytes(self._total)} "
+                             f"staged, limit {format_bytes(total_cap)}, MAX_STAGING_BYTES); try again later")
+            self._add(token, owner, size)
+
+    def settle(self, token: str, size: int) -> None:
+        """The upload is complete at ``size`` bytes: no longer in flight, counted at its real size."""
+        with self._lock:
+            self._in_flight.discard(token)
+            owner, counted = self._uploads.get(token, ("", 0))
+            self._add(token, owner, size - counted)
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            self._in_flight.discard(token)
+            owner, size = self._uploads.pop(token, ("", 0))
+            if size:
+                self._owners[owner] = self._owners.get(owner, 0) - size
+                if not self._owners[owner]:
+                    del self._owners[owner]
+                self._total -= size
+
+
+_LEDGERS: dict[Path, _Ledger] = {}
+_LEDGERS_LOCK = threading.Lock()
+
+
+def _ledger_for(root: Path) -> _Ledger:
+    """One ledger per staging folder in this process (the pages and the upload route share it)."""
+    key = root.resolve()
+    with _LEDGERS_LOCK:
+        if key not in _LEDGERS:
+            _LEDGERS[key] = _Ledger(key)
+        return _LEDGERS[key]

@@ -39,6 +39,7 @@ from stereo_spot.ports import (
     QueueMessage,
     QueueReceiver,
     QueueSender,
+    QuotaExceeded,
     ReassemblyLock,
     SegmentCompletionStore,
     StoreError,
@@ -191,6 +192,25 @@ class SQLiteJobStore(JobStore):
                 db.execute(f"{verb} INTO jobs VALUES (?, ?, ?, ?, ?)", self._row(job))
         except StoreError as exc:
             if if_absent and "UNIQUE" in str(exc):
+                raise ConflictError(f"job {job.job_id} exists already") from exc
+            raise
+
+    def create(self, job: Job, *, max_in_progress: int | None = None) -> None:
+        try:
+            # BEGIN IMMEDIATE: one writer at a time, so the count and the insert are one step.
+            with self.db.transaction() as db:
+                if max_in_progress and job.owner is not None:
+                    marks = ",".join("?" for _ in IN_PROGRESS_STATUSES)
+                    (count,) = db.execute(
+                        f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks}) AND json_extract(data, '$.owner') = ?",
+                        [s.value for s in IN_PROGRESS_STATUSES] + [job.owner]).fetchone()
+                    if count >= max_in_progress:
+                        raise QuotaExceeded(job.owner, max_in_progress)
+                db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)", self._row(job))
+        except QuotaExceeded:
+            raise
+        except StoreError as exc:
+            if "UNIQUE" in str(exc):
                 raise ConflictError(f"job {job.job_id} exists already") from exc
             raise
 

@@ -41,16 +41,26 @@ def check_readable_file(path: Path) -> int:
 # "has no video stream" rather than a vaguer message.
 ALLOWED_CONTAINERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "mpeg", "asf", "flv", "ogg",
                       "mp3", "wav", "aac", "flac")
+# Decoders skip every frame while the streams are probed; PyAV gives stream i the i-th entry (streams past the
+# list probe as usual).
+_PARAMETERS_ONLY = {"skip_frame": "all"}
+_MAX_STREAMS = 64
 _INPUT_OPTIONS = {"format_whitelist": ",".join(ALLOWED_CONTAINERS), "protocol_whitelist": "file"}
 
 
-def open_input(path: str | Path) -> InputContainer:
+def open_input(path: str | Path, *, parameters_only: bool = False) -> InputContainer:
     """Open a media file for reading (the allowed containers only, from a local file); every failure becomes a
-    one-line MediaError."""
+    one-line MediaError.
+
+    ``parameters_only``: the streams' parameters (picture size, codec) without decoding a frame. Opening a file
+    normally decodes its first frames (FFmpeg's avformat_find_stream_info does, e.g. to learn H.264's decode
+    delay), which for a 15360×15360 picture costs hundreds of MB before anything could check its size."""
     path = Path(path)
     check_readable_file(path)
+    stream_options = [_PARAMETERS_ONLY] * _MAX_STREAMS if parameters_only else None
     try:
-        container = av.open(str(path), metadata_errors="replace", options=dict(_INPUT_OPTIONS))
+        container = av.open(str(path), metadata_errors="replace", options=dict(_INPUT_OPTIONS),
+                            stream_options=stream_options)
     except av.error.ArgumentError as exc:  # EINVAL: FFmpeg's answer for a demuxer that is not on the whitelist
         raise MediaError(f"{path.name} is not a video file this app converts (allowed containers: mp4/mov, "
                          "mkv/webm, avi, mpeg-ts, mpeg-ps, wmv, flv, ogg)") from exc

@@ -70,14 +70,28 @@ class MediaInfo:
         return bool(self.audio)
 
 
-def probe(path: str | Path) -> MediaInfo:
-    """Describe a media file. MediaError for a missing, empty or unreadable file; audio-only gives video=None."""
+def probe(path: str | Path, *, max_frame_pixels: int | None = None) -> MediaInfo:
+    """Describe a media file. MediaError for a missing, empty or unreadable file; audio-only gives video=None.
+
+    ``max_frame_pixels``: refuse (LimitExceeded) a frame larger than this from the stream's parameters, before
+    a frame is decoded (reading the rotation decodes one, and a 15360×15360 frame costs hundreds of MB).
+    A duration the file does not declare is measured from its packets (demuxed, not decoded)."""
     path = Path(path)
+    if max_frame_pixels is not None:
+        from stereo_spot.limits import check_frame_pixels
+
+        size = frame_size(path, required=False)
+        if size is not None:
+            check_frame_pixels(path.name, *size, max_frame_pixels)
     with open_input(path) as container:
         stream = first_video_stream(container)
         if stream is not None:
             require_decoder(stream, path)
         video = _video_info(container, stream) if stream is not None else None
+        duration = _duration_seconds(container, stream)
+        if stream is not None and video is not None and duration <= 0:
+            duration, frames = _measured_duration(path)
+            video.frame_count = video.frame_count or frames
         audio = [
             AudioStreamInfo(
                 index=a.index,
@@ -91,10 +105,30 @@ def probe(path: str | Path) -> MediaInfo:
             path=path,
             size_bytes=path.stat().st_size,
             format_name=container.format.name,
-            duration_seconds=_duration_seconds(container, stream),
+            duration_seconds=duration,
             video=video,
             audio=audio,
         )
+
+
+def frame_size(path: str | Path, *, required: bool = True) -> tuple[int, int] | None:
+    """(width, height) of the main video stream as coded, or of a still image, from the stream's parameters or
+    the image's header: nothing is decoded. None (or, when ``required``, MediaError) for a file without video."""
+    path = Path(path)
+    if is_image(path):
+        from stereo_spot.media.still_size import still_size
+
+        size = still_size(path)
+        if size is None and required:
+            raise MediaError(f"{path.name} is not an image whose size can be read (png, jpg, bmp, webp, tif)")
+        return size
+    with open_input(path, parameters_only=True) as container:
+        stream = first_video_stream(container)
+        if stream is None:
+            if required:
+                raise MediaError(f"{path.name} has no video stream")
+            return None
+        return stream.codec_context.width, stream.codec_context.height
 
 
 def require_video(info: MediaInfo) -> VideoStreamInfo:
@@ -176,3 +210,34 @@ def _duration_seconds(container: InputContainer, stream: VideoStream | None) -> 
     if container.duration:
         return container.duration / av.time_base
     return 0.0
+
+
+def _measured_duration(path: Path) -> tuple[float, int]:
+    """(seconds, frames) of the main video stream from its packets' timestamps, without decoding: for a file
+    that declares no duration (Matroska written live, a cut stream), which would otherwise pass every limit
+    on duration and frames as 0 s. MediaError when no packet carries a timestamp."""
+    first: int | None = None
+    end: int | None = None
+    frames = 0
+    with open_input(path) as container:
+        stream = first_video_stream(container)
+        time_base = stream.time_base or Fraction(1, 90_000)
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet demux yields last
+                    continue
+                frames += 1
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is None:
+                    continue
+                first = pts if first is None else min(first, pts)
+                stop = pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
+        except av.error.FFmpegError:
+            pass  # a damaged tail: what was read before it counts
+    if first is None or end is None or end <= first:
+        if frames == 1:  # a lone picture: no length, like a still image
+            return 0.0, 1
+        raise MediaError(f"{path.name} declares no duration and none can be measured from its packets; "
+                         "remux it (ffmpeg -i in -c copy out.mp4) and try again")
+    return float((end - first) * time_base), frames

@@ -55,6 +55,7 @@ if event and event.get("token") == token:
 staged = area.get(token)
 summary: services.VideoSummary | None = None
 if staged is not None:
+    area.touch(token)  # in use: the idle sweep (UPLOAD_IDLE_SECONDS) leaves it while the page is worked on
     if not staged.ok:
         fresh_picker(staged.error)
         st.rerun()
@@ -62,7 +63,7 @@ if staged is not None:
     if probe_key not in st.session_state:
         try:
             with st.spinner(f"Checking {md(staged.name)}…"):
-                summary = services.check_video(staged.path, staged.name)
+                summary = services.check_video(staged.path, staged.name, config)
                 services.check_limits(summary, None, config)  # refused before any job exists
                 st.session_state[probe_key] = summary
             # The title starts as the file name; set through the widget's state so it fills in the box that
@@ -165,7 +166,7 @@ if summary is not None and staged is not None and staged.path is not None:
                            value=services.preview_moment(summary), step=0.1, key=f"preview-at-{token}")
         try:
             preview_settings = services.checked_settings(
-                user, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+                user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
                 inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window,
                 precision=precision)
@@ -188,14 +189,16 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
     try:
         submission.preflight(backend, config)
         job_settings = services.checked_settings(
-            user, output_format=output_format, anaglyph=anaglyph, divergence=divergence, convergence=convergence,
-            auto_divergence=auto_divergence, depth_model=depth_model, depth_weights=depth_weights,
+            user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
+            convergence=convergence, auto_divergence=auto_divergence, depth_model=depth_model,
+            depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
             auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
+        # Checked again on the file that is stored, not on what the page remembers from the upload.
+        summary = services.check_video(staged.path, staged.name, config)
         services.check_limits(summary, job_settings, config)
-        services.check_user_quota(backend.jobs, user, config)
         with st.spinner(f"Storing {md(staged.name)}…"):
-            job = steps.create_job(backend, job_settings, job_title, owner=user.user)
+            job = services.create_user_job(backend, job_settings, job_title, user, config)
             steps.store_source(backend, job.job_id, staged.path)
         started = submission.start_pipeline(backend, config, job.job_id)
     except (UserError, StoreError, OSError, ValueError) as exc:

@@ -37,6 +37,7 @@ from stereo_spot.ports import (
     JobStore,
     LockHolder,
     NotFound,
+    QuotaExceeded,
     ReassemblyLock,
     SegmentCompletionStore,
 )
@@ -165,6 +166,64 @@ class DynamoJobStore(JobStore):
                 self._db.put_item(**request)
         except ConflictError as exc:
             raise ConflictError(f"job {job.job_id} exists already") from exc
+
+    def create(self, job: Job, *, max_in_progress: int | None = None) -> None:
+        """Without a limit (or an owner): a conditional put. With one, the owner has ``max_in_progress`` slot items
+        in this table (``quota#{owner}#{i}``: no status, so no listing index sees them), each naming the job that
+        holds it. A new job takes a slot whose holder is gone or no longer in progress, in one transaction with
+        the job's own put, conditioned on the slot still naming that holder: two requests that saw the same free
+        slot cannot both take it (the loser looks again). Slots free themselves: nothing needs to release one
+        when a job ends."""
+        if not max_in_progress or job.owner is None:
+            self.put(job, if_absent=True)
+            return
+        for _ in range(4 * max_in_progress):  # a lost race only means another slot was just taken
+            slot = self._free_slot(job.owner, max_in_progress)
+            if slot is None:
+                raise QuotaExceeded(job.owner, max_in_progress)
+            key, holder = slot
+            slot_put: dict[str, Any] = {
+                "TableName": self.table, "Item": {"job_id": {"S": key}, "holder": {"S": job.job_id}},
+                "ConditionExpression": "attribute_not_exists(job_id)"}
+            if holder is not None:
+                slot_put["ConditionExpression"] = "holder = :holder"
+                slot_put["ExpressionAttributeValues"] = {":holder": {"S": holder}}
+            job_put = {"TableName": self.table, "Item": serialize_item(job.model_dump(mode="python")),
+                       "ConditionExpression": "attribute_not_exists(job_id)"}
+            with self._errors(f"writing job {job.job_id}"):
+                reasons = self._transact_or_reasons([{"Put": slot_put}, {"Put": job_put}])
+            if reasons is None:
+                return
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise ConflictError(f"job {job.job_id} exists already")
+        raise QuotaExceeded(job.owner, max_in_progress)
+
+    def _transact_or_reasons(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """Run one TransactWriteItems; None when it was written, else each item's cancellation reason code."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            return [str(r.get("Code", "")) for r in exc.response.get("CancellationReasons", [])] or [""]
+        return None
+
+    def _free_slot(self, owner: str, limit: int) -> tuple[str, str | None] | None:
+        """(slot key, its holder or None) of the first slot not held by a job in progress; None when all are.
+        Consistent reads: the job just created by another tab counts at once (the status index would lag)."""
+        for index in range(limit):
+            key = f"quota#{owner}#{index}"
+            with self._errors(f"reading the job slots of {owner}"):
+                found = self._db.get_item(TableName=self.table, Key={"job_id": {"S": key}}, ConsistentRead=True)
+            holder = found.get("Item", {}).get("holder", {}).get("S")
+            if holder is None:
+                return key, None
+            held = self.get(holder)
+            if held is None or held.status not in IN_PROGRESS_STATUSES:
+                return key, holder
+        return None
 
     def update(self, job_id: str, *, expected_status: JobStatus | tuple[JobStatus, ...] | None = None,
                **fields: Any) -> Job:
