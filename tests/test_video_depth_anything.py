@@ -31,6 +31,8 @@ What each test catches (each breakage was planted; the ``planted`` tests plant t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -161,14 +163,15 @@ def test_input_size_follows_the_authors_resize():
 def short_window(tmp_path_factory):
     """The Small encoder with a narrow head and a 4-frame temporal window: a memory of 18 frames."""
     state = ref.random_checkpoint("vits", seed=1, num_frames=4, features=32, out_channels=[32, 32, 32, 32])
-    return save_checkpoint(tmp_path_factory.mktemp("vda") / "short", state)
+    folder = save_checkpoint(tmp_path_factory.mktemp("vda") / "short", state)
+    (folder / vda.OPTIONS_FILE).write_text(json.dumps({"input_size": H}))  # the frames' own size: no resizing
+    return folder
 
 
 def test_the_engine_estimates_normalised_depth_in_batches_of_any_size(short_window, clip):
     frames = as_tensor(clip[:12])
     whole = create_depth_estimator("video-depth-anything", str(short_window), "cpu")
     assert whole.window == 4 and whole.memory_frames == 3 * 2 * 3 + 16
-    whole.input_size = H
     parts = vda.VideoDepthAnythingDepth(str(short_window), "cpu", input_size=H)
     together = whole.estimate(frames)
     apart = torch.cat([parts.estimate(frames[i:i + 5]) for i in range(0, 12, 5)])
@@ -207,6 +210,10 @@ def test_wrong_weights_are_one_line_errors(tmp_path, small):
     save_checkpoint(tmp_path / "extra", broken)
     with pytest.raises(WeightsError, match="cannot load the depth model .*head.extra.weight"):
         create_depth_estimator("video-depth-anything", str(tmp_path / "extra"), "cpu")
+    save_checkpoint(tmp_path / "options", small[1])
+    (tmp_path / "options" / vda.OPTIONS_FILE).write_text('{"input_size": "big"}')
+    with pytest.raises(WeightsError, match="input_size must be a whole number of pixels from 14 to 4096, not 'big'"):
+        create_depth_estimator("video-depth-anything", str(tmp_path / "options"), "cpu")
 
 
 def test_a_metric_checkpoint_is_inverted(tmp_path, small, clip):
@@ -241,7 +248,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.slow
 def test_one_second_segments_match_one_run(home, tmp_path, monkeypatch, short_window):
     monkeypatch.setenv("STEREO_SPOT_CRF", "0")
-    monkeypatch.setattr(vda, "INPUT_SIZE", H)
     fps = 8  # the depth's memory (18 + 16 frames) is about 4 s: the later segments start from a warm-up alone
     clip_path = write_sample(tmp_path / "clip.mp4", seconds=7.0, size=(W, H), fps=fps, gop=fps)
 
@@ -284,14 +290,12 @@ def fake_hub(tmp_path, monkeypatch):
         hub_models.snapshot_for_process.cache_clear()
 
 
-def test_by_name_through_the_hub_and_a_non_commercial_licence_said_once(fake_hub, short_window, home, tmp_path,
-                                                                        monkeypatch):
-    # the repositories hold the checkpoint file and nothing else, as the authors' do
+def test_by_name_through_the_hub_and_a_non_commercial_licence_said_once(fake_hub, short_window, home, tmp_path):
+    # the checkpoint file as the authors' repositories hold it (and the small input size for this machine)
     for name in ("video-depth-anything-small", "video-depth-anything-base"):
         fake_hub.add_repo(hub_models.CATALOG[name].repo_id, short_window)
     estimator = create_depth_estimator("video-depth-anything-small", None, "cpu")
     assert isinstance(estimator, vda.VideoDepthAnythingDepth) and estimator.window == 4
-    monkeypatch.setattr(vda, "INPUT_SIZE", H)
     clip_path = write_sample(tmp_path / "clip.mp4", seconds=1.0, size=(W, H), fps=8, gop=4)
     runner = CliRunner()
     small = runner.invoke(app, ["convert", str(clip_path), "-o", str(tmp_path / "a.mp4"), "--depth-model",

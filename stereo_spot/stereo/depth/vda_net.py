@@ -325,7 +325,8 @@ class DptTemporalHead(nn.Module):
         path2 = s.refinenet2(path3, rn2, size=rn1.shape[2:])
         out = s.output_conv1(s.refinenet1(path2, rn1))
         out = F.interpolate(out, (rows * self.patch, cols * self.patch), mode="bilinear", align_corners=True)
-        return s.output_conv2(out.float()).to(out.dtype), c0 + c1 + c2 + c3
+        last = s.output_conv2[0].weight.dtype
+        return s.output_conv2(out.to(last)).to(out.dtype), c0 + c1 + c2 + c3
 
 
 class VideoDepthNet(nn.Module):

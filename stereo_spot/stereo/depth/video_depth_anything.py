@@ -6,7 +6,8 @@ The weights are a folder holding one official checkpoint file as the authors' Hu
 the metric ones ``metric_video_depth_anything_*.pth``): a plain state dict for the authors' module, loaded into the
 project's own network (``vda_net.VideoDepthNet``) with every key matched. The configuration (encoder, head widths,
 temporal window) is read from the tensors' shapes; ``metric_`` in the file name marks a metric checkpoint, whose
-depth (metres) is inverted like Depth Anything's metric one.
+depth (metres) is inverted like Depth Anything's metric one. An optional ``stereo_spot_depth.json`` beside it,
+``{"input_size": N}``, sets the short side the frames are resized to (default 518, the authors').
 
 In a conversion the model streams (``vda_inference``: one frame at a time against the cached temporal features of
 the frames before, the latest ``WINDOW - 1``), so batches of any size continue one another and a segment that
@@ -29,6 +30,7 @@ tests/vda_reference.py; each breakage was planted and turned a test red):
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,8 @@ from stereo_spot.weights import WeightsError, fetch_weights
 
 #: The authors' input size (the short side, before the 16:9 rule).
 INPUT_SIZE = 518
+#: Optional, beside the checkpoint: {"input_size": N} (a smaller input for speed, as the authors' --input_size).
+OPTIONS_FILE = "stereo_spot_depth.json"
 #: Predictions are ranged at about this long side (as Depth Anything's).
 _FIT_LONG_SIDE = 64
 CHECKPOINT_GLOB = "*video_depth_anything_*.pth"
@@ -66,6 +70,7 @@ class LoadedVda:
     dtype: torch.dtype
     metric: bool
     path: Path
+    input_size: int = INPUT_SIZE
 
 
 _MODELS: dict[tuple[str, str, torch.dtype], LoadedVda] = {}
@@ -100,8 +105,26 @@ def _load(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedVda:
         net.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("depth model", path.parent, exc) from exc
+    input_size = _input_size_option(path.parent)
     net.to(device=device, dtype=dtype).eval()
-    return LoadedVda(net=net, dtype=dtype, metric=path.name.startswith("metric_"), path=path)
+    # the last convolutions stay in fp32 as the authors run them (autocast off there): a depth head's final
+    # values are where half precision's range and steps show
+    net.head.scratch.output_conv2.float()
+    return LoadedVda(net=net, dtype=dtype, metric=path.name.startswith("metric_"), path=path,
+                     input_size=input_size)
+
+
+def _input_size_option(folder: Path) -> int:
+    path = folder / OPTIONS_FILE
+    if not path.is_file():
+        return INPUT_SIZE
+    try:
+        value = json.loads(path.read_text()).get("input_size", INPUT_SIZE)
+    except (ValueError, AttributeError) as exc:
+        raise WeightsError(f"{path} is not a JSON object ({exc})") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 14 <= value <= 4096:
+        raise WeightsError(f"{path}: input_size must be a whole number of pixels from 14 to 4096, not {value!r}")
+    return value
 
 
 def _as_inverse_depth(depth: torch.Tensor, metric: bool) -> torch.Tensor:
@@ -120,7 +143,7 @@ class VideoDepthAnythingDepth(DepthEstimator):
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.loaded = load_vda(weights, self.device, precision)
-        self.input_size = input_size or INPUT_SIZE
+        self.input_size = input_size or self.loaded.input_size
         self.min_span = min_span
         self.window = self.loaded.net.config.num_frames
         self._stream = StreamState(keep_first=False, window=self.window)
