@@ -150,13 +150,16 @@ def resolve(spec: str, *, download: bool = True, force: bool = False) -> Path:
 @lru_cache(maxsize=32)
 def snapshot_for_process(spec: str) -> Path:
     """``resolve`` once per process: every segment a worker converts builds an engine, and asking the hub
-    for the revision each time would cost a round trip per segment. A checkpoint whose licence forbids
-    commercial use says so here, once."""
-    path = resolve(spec)
+    for the revision each time would cost a round trip per segment."""
+    return resolve(spec)
+
+
+def announce_licence(spec: str) -> None:
+    """Print ``licence_notice`` on stderr, where there is one: called once when a conversion's choices are
+    checked (``engine.check_model_choice``), not by the workers."""
     notice = licence_notice(spec)
     if notice:
         print(notice, file=sys.stderr, flush=True)
-    return path
 
 
 def licence_notice(spec: str) -> str | None:

@@ -26,7 +26,8 @@ What each test catches (each breakage was planted; the ``planted`` tests plant t
   above is what catches that.
 * ``test_by_name_through_the_hub_and_a_non_commercial_licence_said_once`` — a name not reaching its repository
   or engine model, the licence line missing for a CC-BY-NC checkpoint, printed for an Apache-2.0 one, or printed
-  per segment instead of once.
+  by the workers instead of once before the work (it was first printed where the snapshot is resolved, in each
+  worker process; with ``--workers 2`` that line never reaches the command's own output, and the test went red).
 """
 
 from __future__ import annotations
@@ -303,6 +304,6 @@ def test_by_name_through_the_hub_and_a_non_commercial_licence_said_once(fake_hub
     assert small.exit_code == 0, small.output
     assert "non-commercial" not in small.output
     base = runner.invoke(app, ["convert", str(clip_path), "-o", str(tmp_path / "b.mp4"), "--depth-model",
-                               "video-depth-anything-base", "--segment-seconds", "0.5", "--workers", "1"])
+                               "video-depth-anything-base", "--segment-seconds", "0.5", "--workers", "2"])
     assert base.exit_code == 0, base.output
     assert base.output.count("licensed CC-BY-NC-4.0 (non-commercial use only") == 1, base.output
