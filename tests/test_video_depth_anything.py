@@ -17,7 +17,9 @@ What each test catches (each breakage was planted; the ``planted`` tests plant t
   returning its input), window overlap dropped (a window keeps its own first inputs instead of the previous
   window's keyframes), alignment skipped (scale 1, shift 0).
 * ``test_streaming_agrees_with_the_reference`` — the cached context not passed (each frame alone), the authors'
-  choice of cached frames changed (first frame not kept, no gap), the position table not applied to the cache.
+  choice of cached frames replaced by the latest 31 (2.6e-2 from frame 30 on; identical before, hence 40 frames),
+  the position table indexed from its end. (The frame about 41 back only differs from the first frame's copies
+  after 42 frames: not covered.)
 * ``test_a_warm_up_of_memory_frames_reproduces_a_continuous_run`` — the engine's stream keeping the first frame
   for ever (unbounded memory), ``memory_frames`` too short (a warm-up 4 frames shorter differs).
 * ``test_one_second_segments_match_one_run`` — the same through the CLI's parallel segments: the engine's stream
@@ -138,7 +140,9 @@ def test_a_planted_breakage_turns_the_reference_check_red(small, clip, reference
 
 
 def test_streaming_agrees_with_the_reference(small, clip):
-    count = 14  # past frame 11, where the authors start dropping the oldest cached frame but the first
+    # past frame 11, where the authors start dropping the oldest cached frame but the first, and past frame 30,
+    # from where the first frame (kept for ever) makes their cache differ from the latest 31 frames'
+    count = FRAMES
     expected = ref.streamed_depth(small[1], "vits", ref.normalise(clip[:count]))
     net = vda.load_vda(str(small[0]), torch.device("cpu")).net
     state = vda_inference.StreamState(keep_first=True)

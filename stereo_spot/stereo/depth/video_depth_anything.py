@@ -24,7 +24,8 @@ tests/vda_reference.py; each breakage was planted and turned a test red):
 * window overlap dropped (the keyframe inputs not fed into the next window) — the second window disagrees;
 * alignment skipped (scale 1, shift 0 between windows) — the second window disagrees;
 * a checkpoint key renamed or a shape changed — strict loading and the key-set test fail;
-* streaming: the cached context not passed (each frame alone), or the authors' choice of cached frames changed;
+* streaming: the cached context not passed (each frame alone), the authors' choice of cached frames replaced by
+  the latest ones, the position table indexed from its end;
 * the warm-up shorter than ``memory_frames`` — the 1-s segments differ from one run.
 """
 
