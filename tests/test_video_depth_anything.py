@@ -20,6 +20,8 @@ What each test catches (each breakage was planted; the ``planted`` tests plant t
   choice of cached frames replaced by the latest 31 (2.6e-2 from frame 30 on; identical before, hence 40 frames),
   the position table indexed from its end. (The frame about 41 back only differs from the first frame's copies
   after 42 frames: not covered.)
+* ``test_a_scene_cut_inside_a_batch_starts_the_stream_afresh`` — the stream or the range not restarted at a cut
+  in the middle of a batch.
 * ``test_a_warm_up_of_memory_frames_reproduces_a_continuous_run`` — the engine's stream keeping the first frame
   for ever (unbounded memory), ``memory_frames`` too short (a warm-up 4 frames shorter differs).
 * ``test_one_second_segments_match_one_run`` — the same through the CLI's parallel segments: the engine's stream
@@ -147,7 +149,9 @@ def test_streaming_agrees_with_the_reference(small, clip):
     net = vda.load_vda(str(small[0]), torch.device("cpu")).net
     state = vda_inference.StreamState(keep_first=True)
     inputs = vda_inference.preprocess(as_tensor(clip[:count]), (H, W))
-    got = np.stack([vda_inference.infer_stream(net, inputs[i], state, (H, W)).numpy() for i in range(count)])
+    # in batches of 7 (the encoder runs on a batch at once, the head frame after frame)
+    got = torch.cat([vda_inference.infer_stream(net, inputs[i:i + 7], state, (H, W))
+                     for i in range(0, count, 7)]).numpy()
     assert relative_difference(got, expected) < 1e-4, relative_difference(got, expected)
     alone = ref.network(small[1], ref.PUBLISHED["vits"], ref.normalise(clip[count - 1:count]))[0][0].numpy()
     assert relative_difference(alone, expected[-1]) > 1e-2  # the context matters
@@ -183,6 +187,17 @@ def test_the_engine_estimates_normalised_depth_in_batches_of_any_size(short_wind
     assert together.shape == (12, 1, H, W) and float(together.min()) >= 0 and float(together.max()) <= 1
     assert float(together.std()) > 0.05
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=0)
+
+
+def test_a_scene_cut_inside_a_batch_starts_the_stream_afresh(short_window):
+    rng = np.random.default_rng(5)
+    dark = (rng.random((6, H, W, 3)) * 80).astype(np.uint8)
+    bright = (170 + rng.random((6, H, W, 3)) * 85).astype(np.uint8)
+    across = vda.VideoDepthAnythingDepth(str(short_window), "cpu")
+    after_cut = across.estimate(as_tensor(np.concatenate([dark, bright])))[6:]
+    assert across.cuts_detected == 1
+    fresh = vda.VideoDepthAnythingDepth(str(short_window), "cpu").estimate(as_tensor(bright))
+    torch.testing.assert_close(after_cut, fresh, atol=1e-6, rtol=0)
 
 
 def test_a_warm_up_of_memory_frames_reproduces_a_continuous_run(short_window):

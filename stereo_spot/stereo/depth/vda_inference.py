@@ -171,10 +171,15 @@ class StreamState:
 
 
 @torch.inference_mode()
-def infer_stream(net: VideoDepthNet, frame: torch.Tensor, state: StreamState, size: tuple[int, int]
+def infer_stream(net: VideoDepthNet, inputs: torch.Tensor, state: StreamState, size: tuple[int, int]
                  ) -> torch.Tensor:
-    """Depth [H,W] (``size``) of one normalised input [3,h,w], continuing ``state``."""
+    """Depth [N,H,W] (``size``) of consecutive normalised inputs [N,3,h,w], continuing ``state``: the encoder
+    runs on all of them at once, the head frame after frame."""
     dtype = next(net.parameters()).dtype
-    depth, cache = net.forward_stream(frame[None, None].to(dtype), state.context())
-    state.add(cache)
-    return _upsample(depth[0].float(), size)[0]
+    tokens = net.encode(inputs.to(dtype))
+    depths = []
+    for i in range(inputs.shape[0]):
+        depth, cache = net.forward_stream([t[i:i + 1] for t in tokens], inputs.shape[-2:], state.context())
+        state.add(cache)
+        depths.append(depth.float())
+    return _upsample(torch.cat(depths), size)

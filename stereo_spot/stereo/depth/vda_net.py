@@ -12,8 +12,9 @@ plain state dicts) load with every key matched. The parameter names and shapes a
   sinusoidal position table of ``num_frames`` entries kept in the state dict as ``pos_encoder.pe``) and a GEGLU
   feed-forward, a linear out, added to its input. Attention runs along time only, per feature-map position.
 
-``forward`` takes a window [B,T,3,H,W] and returns [B,T,H,W]; ``forward_stream`` runs one frame against the
-cached inputs of the temporal attentions of earlier frames (the streaming mode) and returns that frame's cache.
+``forward`` takes a window [B,T,3,H,W] and returns [B,T,H,W]; ``forward_stream`` runs one frame's encoder tokens
+against the cached inputs of the temporal attentions of earlier frames (the streaming mode) and returns that
+frame's cache. The encoder works frame by frame, so a stream encodes a whole batch of frames in one call.
 """
 
 from __future__ import annotations
@@ -338,23 +339,30 @@ class VideoDepthNet(nn.Module):
         self.pretrained = Dinov2Encoder(config)
         self.head = DptTemporalHead(config)
 
-    def _run(self, x: torch.Tensor, cached: list[torch.Tensor] | None) -> tuple[torch.Tensor, list]:
-        b, t, _, h, w = x.shape
-        rows, cols = h // self.config.patch, w // self.config.patch
-        tokens = self.pretrained(x.flatten(0, 1))
-        depth, inputs = self.head(tokens, rows, cols, t, cached)
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's tokens for frames [N,3,H,W] (each frame on its own: frames can be batched freely)."""
+        return self.pretrained(images)
+
+    def decode(self, tokens: list[torch.Tensor], size: tuple[int, int], frames: int,
+               cached: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Depth [B*T,H,W] for the tokens of B windows of ``frames`` frames each, and the temporal attentions'
+        inputs of these frames (the streaming cache)."""
+        h, w = size
+        depth, inputs = self.head(tokens, h // self.config.patch, w // self.config.patch, frames, cached)
         depth = F.relu(F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=True))
-        return depth.squeeze(1).unflatten(0, (b, t)), inputs
+        return depth[:, 0], inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B,T,3,H,W] normalised, H and W multiples of 14 → [B,T,H,W]."""
-        return self._run(x, None)[0]
+        b, t = x.shape[:2]
+        depth, _ = self.decode(self.encode(x.flatten(0, 1)), x.shape[-2:], t)
+        return depth.unflatten(0, (b, t))
 
-    def forward_stream(self, x: torch.Tensor, cached: list[torch.Tensor] | None
+    def forward_stream(self, tokens: list[torch.Tensor], size: tuple[int, int], cached: list[torch.Tensor] | None
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One frame [1,1,3,H,W] against ``cached`` (per temporal attention, the earlier frames' inputs
-        [h*w, K, C]); returns its depth [1,1,H,W] and its own inputs, to cache."""
-        return self._run(x, cached)
+        """One frame's tokens (``encode``) against ``cached`` (per temporal attention, the earlier frames' inputs
+        [h*w, K, C]); returns its depth [1,H,W] and its own inputs, to cache."""
+        return self.decode(tokens, size, 1, cached)
 
 
 def config_for_state_dict(state: dict[str, torch.Tensor]) -> VdaConfig:

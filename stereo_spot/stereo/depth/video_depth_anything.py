@@ -183,17 +183,25 @@ class VideoDepthAnythingDepth(DepthEstimator):
         size = self._size(frames)
         inputs = preprocess(frames.to(self.device), size)
         gray = luma(frames.to(self.device, torch.float32))
+        count = frames.shape[0]
+        cuts = [self._cuts.update(gray[i]) for i in range(count)]  # in order: each compares with the one before
+        # a scene cut splits the batch: the frames from it on stream from a fresh state
+        edges = sorted({0, count, *(i for i in range(count) if cuts[i])})
+        raws = []
+        for first, end in zip(edges[:-1], edges[1:], strict=True):
+            if cuts[first]:
+                self._stream = StreamState(keep_first=False, window=self.window)
+            raws.append(infer_stream(self.loaded.net, inputs[first:end], self._stream, size))
+        raw = _as_inverse_depth(torch.cat(raws), self.loaded.metric).unsqueeze(1)
+        h, w = raw.shape[-2:]
+        scale = min(1.0, _FIT_LONG_SIDE / max(h, w))
+        small = F.interpolate(raw, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
         out = []
-        for i in range(frames.shape[0]):
-            if self._cuts.update(gray[i]):
-                self._start_shot()
-            raw = _as_inverse_depth(infer_stream(self.loaded.net, inputs[i], self._stream, size),
-                                    self.loaded.metric)[None, None]
-            h, w = raw.shape[-2:]
-            scale = min(1.0, _FIT_LONG_SIDE / max(h, w))
-            small = F.interpolate(raw, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
-            lo, hi = self._range.update(small[0, 0])
+        for i in range(count):
+            if cuts[i]:
+                self._range.reset()
+            lo, hi = self._range.update(small[i, 0])
             span = max(hi - lo, self.min_span * max(abs(hi), abs(lo), 1e-6))
-            out.append(((raw - lo) / span).clamp_(0.0, 1.0))
+            out.append(((raw[i:i + 1] - lo) / span).clamp_(0.0, 1.0))
         depth = F.interpolate(torch.cat(out), size=frames.shape[-2:], mode="bilinear", align_corners=False)
         return depth.clamp_(0.0, 1.0).to(frames.dtype)
