@@ -187,6 +187,8 @@ def test_the_engine_estimates_normalised_depth_in_batches_of_any_size(short_wind
     assert together.shape == (12, 1, H, W) and float(together.min()) >= 0 and float(together.max()) <= 1
     assert float(together.std()) > 0.05
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="the published windows are 32 frames; this checkpoint's .* is 4"):
+        whole.predict_clip(frames)
 
 
 def test_a_scene_cut_inside_a_batch_starts_the_stream_afresh(short_window):
@@ -310,6 +312,7 @@ def fake_hub(tmp_path, monkeypatch):
         hub_models.snapshot_for_process.cache_clear()
 
 
+@pytest.mark.slow
 def test_by_name_through_the_hub_and_a_non_commercial_licence_said_once(fake_hub, short_window, home, tmp_path):
     # the checkpoint file as the authors' repositories hold it (and the small input size for this machine)
     for name in ("video-depth-anything-small", "video-depth-anything-base"):

@@ -101,6 +101,9 @@ def carried_over(previous: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 def infer_windows(net: VideoDepthNet, inputs: torch.Tensor, size: tuple[int, int], metric: bool = False
                   ) -> torch.Tensor:
     """Depth [N,H,W] (``size``) for a whole clip of normalised inputs [N,3,h,w], window by window."""
+    if net.config.num_frames != WINDOW:
+        raise ValueError(f"the published windows are {WINDOW} frames; this checkpoint's temporal window is "
+                         f"{net.config.num_frames} (stream it instead)")
     count = inputs.shape[0]
     step = WINDOW - OVERLAP
     padding = (step - count % step) % step + OVERLAP
