@@ -26,7 +26,10 @@ tests/vda_reference.py; each breakage was planted and turned a test red):
 * a checkpoint key renamed or a shape changed — strict loading and the key-set test fail;
 * streaming: the cached context not passed (each frame alone), the authors' choice of cached frames replaced by
   the latest ones, the position table indexed from its end;
-* the warm-up shorter than ``memory_frames`` — the 1-s segments differ from one run.
+* ``memory_frames`` shorter than the stream's reach — a warm-up of that length no longer reproduces a continuous
+  run (the unit test; on the slow pan of the 1-s segment test it still gave 59.7 dB);
+* the engine's stream keeping the first frame for ever — the 1-s segments differ from one run (38.5 dB);
+* a scene cut inside a batch not restarting the stream or the range.
 """
 
 from __future__ import annotations
