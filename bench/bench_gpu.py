@@ -7,12 +7,18 @@ For each of
                    fusion 64), classical fill
     da-v2-base     Depth Anything V2 Base (DINOv2-B: hidden 768, 12 layers, 12 heads; neck 96/192/384/768,
                    fusion 128), classical fill
+    vda-small      Video-Depth-Anything Small (the project's own network: DINOv2-S encoder, DPT head 48/96/192/384,
+                   features 64, four temporal modules with a 32-frame window), streamed frame by frame, classical fill
+    vda-base       Video-Depth-Anything Base (DINOv2-B; head 96/192/384/768, features 128)
+    vda-large      Video-Depth-Anything Large (DINOv2-L: 1024, 24 layers, 16 heads; head 256/512/1024/1024,
+                   features 256)
     diffusion      heuristic depth + the StereoCrafter-style inpainter: Stable Video Diffusion img2vid-xt's
                    spatio-temporal UNet (its published configuration, 9 input channels: noise + warped-view latents
                    + mask), its temporal VAE and CLIP ViT-H/14 image encoder
 
 the model is built from that configuration with random weights (the timing of a network does not depend on its
-weights), saved with ``save_pretrained`` and loaded back through the project's own loading code (the
+weights), saved with ``save_pretrained`` (Video-Depth-Anything: ``torch.save`` of its state dict, the official
+checkpoint's layout) and loaded back through the project's own loading code (the
 ``--depth-weights`` / ``--inpaint-weights`` path), then a synthetic clip is converted end to end (decode → engine →
 encode) to Full SBS. Printed per model:
 
@@ -29,6 +35,10 @@ encode) to Full SBS. Printed per model:
     python bench/bench_gpu.py            # 1080p, the published configurations: the one command for a GPU machine
     python bench/bench_gpu.py --quick    # CPU, small frames and reduced diffusion networks: a smoke test (< 5 min)
     python bench/bench_gpu.py --precision bf16 --models da-v2-small   # another number format, one model
+    python bench/bench_gpu.py --models vda-small,vda-base,vda-large   # the video depth models only
+
+A Video-Depth-Anything segment warms up on up to ``memory_frames`` (202) frames of the segments before it: the
+pipeline columns include that cost, which short segments pay many times over.
 """
 
 from __future__ import annotations
@@ -82,6 +92,23 @@ def save_depth_anything(folder: Path, name: str, input_size: int = 518) -> Path:
     DepthAnythingForDepthEstimation(config).save_pretrained(folder)
     DPTImageProcessor(size={"height": input_size, "width": input_size}, keep_aspect_ratio=True,
                       ensure_multiple_of=14, do_pad=False).save_pretrained(folder)
+    return folder
+
+
+#: Video-Depth-Anything's run.py model_configs, by the encoder each row uses
+VIDEO_DEPTH_ANYTHING = {"vda-small": "vits", "vda-base": "vitb", "vda-large": "vitl"}
+
+
+def save_video_depth_anything(folder: Path, name: str, input_size: int = 518) -> Path:
+    """The published configuration with random weights, saved as the official checkpoint file (and the input
+    size beside it)."""
+    from stereo_spot.stereo.depth.vda_net import CONFIGS, VideoDepthNet
+
+    encoder = VIDEO_DEPTH_ANYTHING[name]
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(VideoDepthNet(CONFIGS[encoder]).state_dict(), folder / f"video_depth_anything_{encoder}.pth")
+    (folder / "stereo_spot_depth.json").write_text(json.dumps({"input_size": input_size}))
     return folder
 
 
@@ -160,9 +187,10 @@ def number_formats(engine: StereoEngine) -> str:
 def _forget_loaded_models() -> None:
     """Make the next engine load its weights again (the loaders keep one copy per process and device)."""
     from stereo_spot.stereo import inpaint_diffusion
-    from stereo_spot.stereo.depth import depth_anything
+    from stereo_spot.stereo.depth import depth_anything, video_depth_anything
 
     depth_anything._MODELS.clear()
+    video_depth_anything._MODELS.clear()
     inpaint_diffusion._MODELS.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -240,12 +268,16 @@ def pipeline(settings: ConversionSettings, clip: Path, work: Path, device: str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CPU, small frames, reduced diffusion networks")
-    parser.add_argument("--models", default="heuristic,da-v2-small,da-v2-base,diffusion")
+    parser.add_argument("--models", default=None, help="comma-separated rows (default: heuristic, da-v2-small, "
+                        "da-v2-base, vda-small, diffusion; without --quick also vda-base and vda-large)")
     parser.add_argument("--seconds", type=float, default=None, help="length of the test clip")
     parser.add_argument("--device", default=None, help="cpu, cuda:N (default: the first GPU, else the CPU)")
     parser.add_argument("--precision", default="auto", choices=devices.PRECISIONS,
                         help="number format of the neural models (as convert --precision)")
     args = parser.parse_args()
+    if args.models is None:
+        args.models = ("heuristic,da-v2-small,da-v2-base,vda-small,diffusion" if args.quick else
+                       "heuristic,da-v2-small,da-v2-base,vda-small,vda-base,vda-large,diffusion")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
@@ -289,6 +321,11 @@ def main() -> None:
                 settings = ConversionSettings(output_format=OutputFormat.SBS, depth_model="depth-anything",
                                               depth_weights=str(folder), precision=args.precision)
                 source, what = clip, f"published config, input {da_input}"
+            elif name in VIDEO_DEPTH_ANYTHING:
+                folder = save_video_depth_anything(work / name, name, da_input)
+                settings = ConversionSettings(output_format=OutputFormat.SBS, depth_model="video-depth-anything",
+                                              depth_weights=str(folder), precision=args.precision)
+                source, what = clip, f"published config, streamed, input {da_input}"
             elif name == "diffusion":
                 folder = save_stereo_inpainter(work / name, reduced=args.quick)
                 settings = ConversionSettings(output_format=OutputFormat.SBS, inpaint="diffusion",

@@ -30,13 +30,16 @@ def _die(exc: BaseException) -> NoReturn:
 
 @app.command("list")
 def list_models() -> None:
-    """The models known by name, their hub repository and revision, and whether the cache has them."""
+    """The models known by name: their licence, size (parameters), whether they are consistent over time by
+    training, their hub repository and revision, and whether the cache has them."""
     from stereo_spot import hub_models
 
-    table = Table("name", "repository", "revision", "cached", "about")
+    table = Table("name", "licence", "parameters", "video", "repository", "revision", "cached", "about")
     for model in hub_models.CATALOG.values():
         snapshot = hub_models.cached_snapshot(model.name)
-        table.add_row(model.name, model.repo_id, model.revision, "yes" if snapshot else "no", model.summary)
+        licence = model.licence if model.commercial_use else f"{model.licence} (non-commercial)"
+        table.add_row(model.name, licence, f"{model.parameters_m:g}M", "yes" if model.video_consistent else "no",
+                      model.repo_id, model.revision, "yes" if snapshot else "no", model.summary)
     out.print(table)
 
 

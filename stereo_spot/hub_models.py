@@ -1,7 +1,9 @@
 """Models by name: ``--depth-model depth-anything-v2-small`` resolved through the Hugging Face hub and its cache.
 
 A name stands for a repository on the hub and the engine model that loads it (the ``-hf`` checkpoints of Depth
-Anything V2 load through ``transformers``). ``NAME@REVISION`` pins a commit, branch or tag; without one the
+Anything V2 load through ``transformers``, Video-Depth-Anything's state dicts into the project's own network), and
+carries the checkpoint's licence, size and whether it is consistent over time (``models list`` shows them).
+``NAME@REVISION`` pins a commit, branch or tag; without one the
 catalog's revision is used. Files land in huggingface_hub's own cache (``HF_HUB_CACHE``, default
 ``~/.cache/huggingface/hub``), so every tool that uses the hub shares one copy, and a second run or worker does
 not download again. With ``HF_HUB_OFFLINE=1`` only the cache is read; a model that is not there is one line
@@ -15,11 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from stereo_spot.errors import UserError
+
+#: Licences that forbid commercial use: a conversion with such a checkpoint says so once (``licence_notice``).
+NON_COMMERCIAL = frozenset({"CC-BY-NC-4.0"})
 
 
 @dataclass(frozen=True)
@@ -29,15 +35,48 @@ class HubModel:
     repo_id: str
     revision: str = "main"
     summary: str = ""
+    #: the checkpoint's licence as its model card and its authors' README state it (SPDX identifier)
+    licence: str = ""
+    #: parameters, in millions, as the authors publish them
+    parameters_m: float = 0.0
+    #: consistent over time by training (a video model), rather than per frame with the project's own steadying
+    video_consistent: bool = False
+
+    @property
+    def commercial_use(self) -> bool:
+        return self.licence not in NON_COMMERCIAL
 
 
+# Licences: Depth Anything V2's README and model cards (Small Apache-2.0; Base and Large CC-BY-NC-4.0);
+# Video-Depth-Anything's README ("LICENSE": Small Apache-2.0, Base/Large CC-BY-NC-4.0) and the model cards of
+# Video-Depth-Anything-Small and Metric-Video-Depth-Anything-Small (license: apache-2.0). The metric Base and
+# Large cards were not read; they are taken to follow the README's rule for their size. Parameter counts from the
+# same READMEs.
 CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
-             summary="Depth Anything V2 Small (25M parameters): fast, fits any GPU"),
+             summary="Depth Anything V2 Small: fast, fits any GPU", licence="Apache-2.0", parameters_m=24.8),
     HubModel("depth-anything-v2-base", "depth-anything", "depth-anything/Depth-Anything-V2-Base-hf",
-             summary="Depth Anything V2 Base (98M parameters)"),
+             summary="Depth Anything V2 Base", licence="CC-BY-NC-4.0", parameters_m=97.5),
     HubModel("depth-anything-v2-large", "depth-anything", "depth-anything/Depth-Anything-V2-Large-hf",
-             summary="Depth Anything V2 Large (335M parameters): the sharpest, slowest"),
+             summary="Depth Anything V2 Large: the sharpest, slowest", licence="CC-BY-NC-4.0", parameters_m=335.3),
+    HubModel("video-depth-anything-small", "video-depth-anything", "depth-anything/Video-Depth-Anything-Small",
+             summary="Video Depth Anything Small: depth consistent over time", licence="Apache-2.0",
+             parameters_m=28.4, video_consistent=True),
+    HubModel("video-depth-anything-base", "video-depth-anything", "depth-anything/Video-Depth-Anything-Base",
+             summary="Video Depth Anything Base", licence="CC-BY-NC-4.0", parameters_m=113.1,
+             video_consistent=True),
+    HubModel("video-depth-anything-large", "video-depth-anything", "depth-anything/Video-Depth-Anything-Large",
+             summary="Video Depth Anything Large: the sharpest video model", licence="CC-BY-NC-4.0",
+             parameters_m=381.8, video_consistent=True),
+    HubModel("metric-video-depth-anything-small", "video-depth-anything",
+             "depth-anything/Metric-Video-Depth-Anything-Small", summary="Video Depth Anything Small, metric depth",
+             licence="Apache-2.0", parameters_m=28.4, video_consistent=True),
+    HubModel("metric-video-depth-anything-base", "video-depth-anything",
+             "depth-anything/Metric-Video-Depth-Anything-Base", summary="Video Depth Anything Base, metric depth",
+             licence="CC-BY-NC-4.0", parameters_m=113.1, video_consistent=True),
+    HubModel("metric-video-depth-anything-large", "video-depth-anything",
+             "depth-anything/Metric-Video-Depth-Anything-Large", summary="Video Depth Anything Large, metric depth",
+             licence="CC-BY-NC-4.0", parameters_m=381.8, video_consistent=True),
 )}
 
 
@@ -113,6 +152,23 @@ def snapshot_for_process(spec: str) -> Path:
     """``resolve`` once per process: every segment a worker converts builds an engine, and asking the hub
     for the revision each time would cost a round trip per segment."""
     return resolve(spec)
+
+
+def announce_licence(spec: str) -> None:
+    """Print ``licence_notice`` on stderr, where there is one: called once when a conversion's choices are
+    checked (``engine.check_model_choice``), not by the workers."""
+    notice = licence_notice(spec)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+
+
+def licence_notice(spec: str) -> str | None:
+    """The one line a non-commercial checkpoint prints when a conversion starts with it."""
+    model, _ = _entry(spec)
+    if model.commercial_use:
+        return None
+    return (f"note: {model.name} is licensed {model.licence} (non-commercial use only; "
+            f"https://huggingface.co/{model.repo_id})")
 
 
 def cached_snapshot(spec: str) -> Path | None:

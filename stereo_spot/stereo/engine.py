@@ -50,6 +50,7 @@ def check_model_choice(settings: ConversionSettings) -> None:
     if hub_model is not None:
         require_extra("transformers", "models", f"--depth-model {settings.depth_model}")
         hub_models.refuse_weights(settings.depth_model, settings.depth_weights)
+        hub_models.announce_licence(settings.depth_model)
         if hub_models.offline():
             hub_models.resolve(settings.depth_model, download=False)  # offline and not cached: say so now
     choices = (("--depth-model", settings.depth_model, settings.depth_weights, known_depth_estimators()),

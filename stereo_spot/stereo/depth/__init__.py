@@ -53,7 +53,15 @@ def _depth_anything_factory(weights: str | None = None, device: str | torch.devi
     return DepthAnythingDepth(weights, device, precision=precision)
 
 
+def _video_depth_anything_factory(weights: str | None = None, device: str | torch.device | None = None,
+                                  precision: str = "auto") -> DepthEstimator:
+    from stereo_spot.stereo.depth.video_depth_anything import VideoDepthAnythingDepth
+
+    return VideoDepthAnythingDepth(weights, device, precision=precision)
+
+
 register_depth_estimator("heuristic", _heuristic_factory)
 register_depth_estimator("depth-anything", _depth_anything_factory)
+register_depth_estimator("video-depth-anything", _video_depth_anything_factory)
 
 __all__ = ["DepthEstimator", "create_depth_estimator", "known_depth_estimators", "register_depth_estimator"]
