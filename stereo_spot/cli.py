@@ -497,7 +497,7 @@ def _deliver(backend, job_id: str, output: Path) -> None:
 
 
 @app.command()
-def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
+def resume(job_id: Annotated[str, typer.Argument(help="The job to finish: its id, or the first characters of it.")],
            output: Annotated[Path | None, typer.Option("-o", "--output", help="Also copy the result here.")] = None,
            workers: Annotated[int | None, typer.Option(min=1)] = None,
            device: DeviceOption = None) -> None:
@@ -508,6 +508,7 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
     _check_device(device)
     try:
         backend = build_backend()
+        job_id = steps.resolve_job_id(backend, job_id)
         steps.require_job(backend, job_id)
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
@@ -517,7 +518,8 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
 
 
 @app.command()
-def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete.", show_default=False,
+def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete: ids, or their first characters.",
+                                                        show_default=False,
                                                         metavar="JOB...")]) -> None:
     """Delete jobs and every file they have (source, segments, result); a running job is stopped first."""
     from stereo_spot import steps
@@ -528,7 +530,7 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete
     try:
         config = get_settings()
         backend = build_backend(config)
-        for job_id in job_ids:
+        for job_id in [steps.resolve_job_id(backend, text) for text in job_ids]:  # all valid before any goes
             job = steps.require_job(backend, job_id)
             if not job.status.is_terminal and config.storage_adapter == "local":
                 stop_background(job_id, config.stereo_spot_home)  # nothing more is written after the delete
