@@ -4,6 +4,7 @@ AWS, worker). Heavy imports (torch, kfp, streamlit) happen inside the commands t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -228,6 +229,8 @@ def convert(
     image = is_image(input)
     if output is None:
         output = output_path_for(input, format, ".png" if image else ".mp4", swap_eyes=swap_eyes)
+    elif not image:
+        _warn_unless_layout_named(output, format, swap_eyes)
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if report is not None:
@@ -246,6 +249,19 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report)
+
+
+def _warn_unless_layout_named(output: Path, output_format: OutputFormat, swap_eyes: bool) -> None:
+    """A name given with -o is written as given (scripts rely on that), but players find the layout only in
+    the name: say so, with the name that carries it."""
+    from stereo_spot.naming import names_layout, output_file_name
+
+    if not names_layout(output.name, output_format):
+        better = output_file_name(output.stem.removesuffix("-3d"), output_format, output.suffix or ".mp4",
+                                  swap_eyes=swap_eyes)
+        logging.getLogger(__name__).warning(
+            "players find the 3D layout in the file name, and %s has none: they may play it flat. Name it %s (the "
+            "default without -o) or set the layout in the player.", output.name, better)
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
