@@ -4,6 +4,7 @@ AWS, worker). Heavy imports (torch, kfp, streamlit) happen inside the commands t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -238,6 +239,8 @@ def convert(
         # and PNG data under a video's name would mislead every player: refuse, and say what to ask for.
         die(f"{input} is a still image (whatever its name): its 3D version is a PNG; give -o a .png name such as "
             f"{output.with_suffix('.png')}")
+    elif not image:
+        _warn_unless_layout_named(output, format, swap_eyes)
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if report is not None:
@@ -257,6 +260,19 @@ def convert(
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
         _convert_video(input, output, settings, workers, device, title or input.stem, report, fresh)
+
+
+def _warn_unless_layout_named(output: Path, output_format: OutputFormat, swap_eyes: bool) -> None:
+    """A name given with -o is written as given (scripts rely on that), but players find the layout only in
+    the name: say so, with the name that carries it."""
+    from stereo_spot.naming import names_layout, output_file_name
+
+    if not names_layout(output.name, output_format):
+        better = output_file_name(output.stem.removesuffix("-3d"), output_format, output.suffix or ".mp4",
+                                  swap_eyes=swap_eyes)
+        logging.getLogger(__name__).warning(
+            "players find the 3D layout in the file name, and %s has none: they may play it flat. Name it %s (the "
+            "default without -o) or set the layout in the player.", output.name, better)
 
 
 def _convert_many(paths: list[Path], output_dir: Path | None, settings: ConversionSettings, skip_existing: bool,
@@ -629,7 +645,7 @@ def _result_moves_out(backend, job_id: str) -> bool:
 
 
 @app.command()
-def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
+def resume(job_id: Annotated[str, typer.Argument(help="The job to finish: its id, or the first characters of it.")],
            output: Annotated[Path | None, typer.Option("-o", "--output", help="Also copy the result here.")] = None,
            workers: Annotated[int | None, typer.Option(min=1)] = None,
            device: DeviceOption = None) -> None:
@@ -640,6 +656,7 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
     _check_device(device)
     try:
         backend = build_backend()
+        job_id = steps.resolve_job_id(backend, job_id)
         steps.require_job(backend, job_id)
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
@@ -649,7 +666,8 @@ def resume(job_id: Annotated[str, typer.Argument(help="The job to finish.")],
 
 
 @app.command()
-def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete.", show_default=False,
+def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete: ids, or their first characters.",
+                                                        show_default=False,
                                                         metavar="JOB...")]) -> None:
     """Delete jobs and every file they have (source, segments, result); a running job is stopped first."""
     from stereo_spot import steps
@@ -660,7 +678,7 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete
     try:
         config = get_settings()
         backend = build_backend(config)
-        for job_id in job_ids:
+        for job_id in [steps.resolve_job_id(backend, text) for text in job_ids]:  # all valid before any goes
             job = steps.require_job(backend, job_id)
             if not job.status.is_terminal and config.storage_adapter == "local":
                 stop_background(job_id, config.stereo_spot_home)  # nothing more is written after the delete

@@ -28,19 +28,33 @@ def _die(exc: BaseException) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _require_hub() -> None:
+    from stereo_spot.errors import require_extra
+
+    require_extra("huggingface_hub", "models", "downloading and verifying models by name")
+
+
 @app.command("list")
 def list_models() -> None:
     """The models known by name: their licence, size (parameters), whether they are consistent over time by
     training, their hub repository and revision, and whether the cache has them."""
     from stereo_spot import hub_models
+    from stereo_spot.errors import require_extra
 
+    try:
+        require_extra("huggingface_hub", "models", "downloading and using models by name")
+        missing = None
+    except UserError as exc:  # the catalog is still worth showing; the cache cannot be read without the hub
+        missing = exc
     table = Table("name", "licence", "parameters", "video", "repository", "revision", "cached", "about")
     for model in hub_models.CATALOG.values():
-        snapshot = hub_models.cached_snapshot(model.name)
+        cached = "?" if missing else ("yes" if hub_models.cached_snapshot(model.name) else "no")
         licence = model.licence if model.commercial_use else f"{model.licence} (non-commercial)"
         table.add_row(model.name, licence, f"{model.parameters_m:g}M", "yes" if model.video_consistent else "no",
-                      model.repo_id, model.revision, "yes" if snapshot else "no", model.summary)
+                      model.repo_id, model.revision, cached, model.summary)
     out.print(table)
+    if missing:
+        console.print(f"note: {escape(one_line(missing))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -51,6 +65,7 @@ def download(names: NamesArgument,
 
     for name in names:
         try:
+            _require_hub()
             path = hub_models.resolve(name, force=force)
         except UserError as exc:
             _die(exc)
@@ -64,6 +79,7 @@ def verify(names: NamesArgument) -> None:
 
     for name in names:
         try:
+            _require_hub()
             files = hub_models.verify(name)
         except UserError as exc:
             _die(exc)

@@ -79,11 +79,35 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def install_hint(extra: str) -> str:
+    """How to add an optional dependency group to this installation: from a checkout set up by
+    ``scripts/setup`` (an editable install) that is the checkout's own pip, otherwise pip and the extra."""
+    import json
+    import sys
+    from importlib.metadata import distributions
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    pip = Path(sys.executable).with_name("pip")
+    # the installed record, not a build's egg-info that the working folder may put first on the path
+    records = [d.read_text("direct_url.json") for d in distributions(name="stereo-spot")]
+    try:
+        origin = json.loads(next((r for r in records if r), "{}"))
+    except ValueError:
+        origin = {}
+    if origin.get("dir_info", {}).get("editable") and origin.get("url", "").startswith("file://"):
+        checkout = Path(unquote(urlparse(origin["url"]).path))
+        if checkout == Path.cwd():
+            return f"{pip.relative_to(checkout) if pip.is_relative_to(checkout) else pip} install -e '.[{extra}]'"
+        return f"{pip} install -e '{checkout}[{extra}]'"
+    return f"{pip} install 'stereo-spot[{extra}]'"
+
+
 def require_extra(module: str, extra: str, what: str) -> None:
     """Optional dependency groups (``pipelines``, ``ui``, ``models``): say which to install instead of failing
     with an ImportError deep inside a step."""
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise UserError(f"{what} needs the optional {extra!r} dependencies: pip install 'stereo-spot[{extra}]' "
-                        f"(or scripts/setup --dev)")
+        raise UserError(f"{what} needs the optional {extra!r} dependencies: {install_hint(extra)} "
+                        f"(or scripts/setup --dev for everything)")

@@ -41,6 +41,17 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+def is_job_id(text: str) -> bool:
+    return isinstance(text, str) and _UUID.match(text) is not None
+
+
+def is_job_id_prefix(text: str) -> bool:
+    """Whether ``text`` could begin a job id (what a person types for a short id)."""
+    template = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+    return 0 < len(text) <= len(template) and all(
+        (c == "-") if t == "-" else c in "0123456789abcdef" for c, t in zip(text, template, strict=False))
+
+
 def validate_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _UUID.match(job_id):
         raise InvalidKey(f"invalid job id {job_id!r}: expected a lowercase UUID like {new_job_id()}")

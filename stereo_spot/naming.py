@@ -21,6 +21,16 @@ LAYOUT_SUFFIX = {
 }
 SWAPPED_SUFFIX = "_Swapped"
 
+# The tokens players take the layout from (DeoVR's and Skybox's naming guides, Kodi's "3D movies" page): any one
+# in a name, as a word of its own, is enough for them to show the file in 3D.
+PLAYER_TOKENS = {
+    OutputFormat.SBS: ("sbs", "lr", "lrf", "3dh"),
+    OutputFormat.HSBS: ("sbs", "hsbs", "lr", "3dh"),
+    OutputFormat.TB: ("tb", "tab", "ou", "3dv"),
+    OutputFormat.HTB: ("tb", "tab", "htab", "ou", "3dv"),
+    OutputFormat.VR180: ("180",),
+}
+
 
 _OUTPUT_NAME = re.compile(
     r"-3d(" + "|".join(re.escape(s) for s in LAYOUT_SUFFIX.values()) + r")(" + re.escape(SWAPPED_SUFFIX)
@@ -31,6 +41,16 @@ def is_output_name(name: str) -> bool:
     """Whether a file name is one the converter gives its results (``…-3d_LRF_Full_SBS.mp4``, a preview PNG), so
     a folder converted again does not convert its own 3D files."""
     return _OUTPUT_NAME.search(name) is not None
+
+
+def names_layout(name: str, output_format: OutputFormat) -> bool:
+    """Whether a player would find the layout in this file name. Anaglyph and cross-eyed files need none: they
+    play as ordinary video."""
+    tokens = PLAYER_TOKENS.get(OutputFormat(output_format))
+    if tokens is None:
+        return True
+    words = set(re.split(r"[^a-z0-9]+", Path(name).stem.lower()))
+    return not words.isdisjoint(tokens)
 
 
 def slug(title: str) -> str:

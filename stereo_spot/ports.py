@@ -67,6 +67,10 @@ class JobStore(ABC):
         """Jobs in one status, newest first. Adapters override this with an indexed query."""
         raise NotImplementedError
 
+    @abstractmethod
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix`` (a short id typed by a person), sorted."""
+
 
 class SegmentCompletionStore(ABC):
     @abstractmethod

@@ -67,6 +67,27 @@ def _fetch(backend: Backend, bucket: str, key: str, dest: Path) -> Path:
     return dest
 
 
+SHORT_ID_MIN = 4  # as git's abbreviated hashes: shorter prefixes match too much to be worth typing
+
+
+def resolve_job_id(backend: Backend, text: str) -> str:
+    """A job id from what a person typed: the whole id, or a prefix of it that names exactly one job."""
+    text = text.strip().lower()
+    if keys.is_job_id(text):
+        return text
+    if len(text) < SHORT_ID_MIN or not keys.is_job_id_prefix(text):
+        raise JobNotFound(f"{text!r} is not a job id: give the id `stereo-spot jobs` lists, or its first "
+                          f"{SHORT_ID_MIN} or more characters")
+    matches = backend.jobs.ids_starting_with(text, limit=11)
+    if not matches:
+        raise JobNotFound(f"no job id starts with {text}; `stereo-spot jobs` lists them")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:10]) + (", …" if len(matches) > 10 else "")
+        count = str(len(matches)) if len(matches) <= 10 else "more than 10"
+        raise UserError(f"{text} matches {count} jobs ({shown}): type more of the id")
+    return matches[0]
+
+
 def require_job(backend: Backend, job_id: str) -> Job:
     keys.validate_job_id(job_id)
     job = backend.jobs.get(job_id)

@@ -204,12 +204,13 @@ def test_jobs_lists_paginate_newest_first(home, backend):
     now = utcnow()
     for i in range(3):
         _put(backend, f"done {i}", JobStatus.COMPLETED, 100 + i, completed_at=now - timedelta(minutes=i),
-             uploaded_at=now - timedelta(minutes=i, seconds=90), source_file_size_bytes=3 * 1024 * 1024)
+             uploaded_at=now - timedelta(minutes=i, seconds=90), source_file_size_bytes=3 * 1024 * 1024,
+             source_duration_seconds=45.0)
     _put(backend, "broken", JobStatus.FAILED, 200, failure_reason="notes.mp4 is not a video file")
     at = open_page(new_app(), "pages/jobs.py")
     at.number_input(key="per_page").set_value(2).run()
     assert _titles(at) == ["running 0", "running 1", "done 0", "done 1", "broken"]
-    assert any("30.0 s/MB" in shown(m) for m in at.markdown)  # 90 s for 3 MB
+    assert any("0.50× real time" in shown(m) for m in at.markdown)  # 45 s of film in 90 s
     assert any("1 min 30 s" in shown(m) for m in at.markdown)
     at.button(key="older-in-progress").click().run()
     assert _titles(at)[:2] == ["running 2", "running 3"]

@@ -218,6 +218,18 @@ def test_progress_counts_segments():
     assert done.fraction == 1.0
 
 
+def test_speed_is_told_against_real_time_or_in_frames_per_second():
+    now = utcnow()
+    film = Job(job_id=keys.new_job_id(), status=JobStatus.COMPLETED, source_duration_seconds=120.0,
+               source_frames=3000, uploaded_at=now - timedelta(seconds=300), completed_at=now)
+    assert services.speed_text(film) == "0.40× real time"
+    fast = film.model_copy(update={"uploaded_at": now - timedelta(seconds=4)})
+    assert services.speed_text(fast) == "30× real time"
+    frames_only = film.model_copy(update={"source_duration_seconds": None})
+    assert services.speed_text(frames_only) == "10.0 fps"
+    assert services.speed_text(film.model_copy(update={"completed_at": None})) == "–"
+
+
 def test_seconds_per_mb_and_eta_from_recent_jobs():
     now = utcnow()
     mb = 1024 * 1024

@@ -352,6 +352,20 @@ def seconds_per_mb(job: Job) -> float | None:
     return seconds / mb
 
 
+def speed_text(job: Job) -> str:
+    """How fast a finished job converted, in words a viewer reads: against real time (the film's own length),
+    else frames per second, else nothing. Seconds per MB stays the estimator's internal yardstick."""
+    seconds = job.conversion_seconds
+    if not seconds or seconds <= 0:
+        return "–"
+    if job.source_duration_seconds:
+        factor = job.source_duration_seconds / seconds
+        return f"{factor:.2f}× real time" if factor < 10 else f"{factor:.0f}× real time"
+    if job.source_frames:
+        return f"{job.source_frames / seconds:.1f} fps"
+    return "–"
+
+
 def average_seconds_per_mb(jobs: Iterable[Job]) -> float | None:
     """Size-weighted: total seconds over total MB, so a few tiny clips (dominated by start-up) do not skew it."""
     seconds = mb = 0.0

@@ -265,6 +265,14 @@ class SQLiteJobStore(JobStore):
         return [Job.model_validate_json(r[0]) for r in rows]
 
 
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        # the job id is the primary key: a range on it is an index search, and no LIKE wildcard can sneak in
+        with self.db.transaction() as db:
+            rows = db.execute("SELECT job_id FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY job_id LIMIT ?",
+                              (prefix, prefix + "\uffff", limit)).fetchall()
+        return [r[0] for r in rows]
+
+
 class SQLiteSegmentCompletionStore(SegmentCompletionStore):
     def __init__(self, db: SQLiteDatabase):
         self.db = db

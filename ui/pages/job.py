@@ -44,6 +44,8 @@ if job is None:
     st.page_link("pages/jobs.py", label="Jobs", icon=":material/list:")
     st.stop()
 
+# the browser tab and history name the film, not the page's generic "Job" or its id
+st.set_page_config(page_title=f"{job.title or 'untitled'} · stereo-spot")
 st.title(md(job.title or "untitled"))
 details = [services.settings_summary(job), f"created {services.format_age(job.created_at)}"]
 if job.source_file_size_bytes:
@@ -172,8 +174,9 @@ def render_report(current: Job) -> None:
 if job.status == JobStatus.COMPLETED:
     file_name = output_file_name(job.title, job.output_format)
     base = context.origin()
+    speed = services.speed_text(job)
     st.progress(1.0, text=f"completed in {services.format_duration(job.conversion_seconds)}"
-                + (f" · {services.seconds_per_mb(job):.1f} s per MB" if services.seconds_per_mb(job) else ""))
+                + (f" · {speed}" if speed != "–" else ""))
     # The route streams the local file (with Range requests, for seeking) or redirects to a freshly presigned
     # S3 URL, so these links work however long the page stays open.
     st.video(base + video_path(job.job_id))

@@ -90,8 +90,7 @@ def completed_row(job: Job) -> None:
     cols[1].write(job.output_format.label)
     cols[2].write(f"{job.total_segments or '–'}")
     cols[3].write(services.format_duration(job.conversion_seconds))
-    spm = services.seconds_per_mb(job)
-    cols[4].write(f"{spm:.1f} s/MB" if spm is not None else "–")
+    cols[4].write(services.speed_text(job))
     cols[5].write(services.format_age(job.completed_at or job.created_at))
 
 

@@ -325,6 +325,19 @@ class DynamoJobStore(JobStore):
         return [Job.model_validate(deserialize_item(item)) for _, item in zip(range(limit), merged, strict=False)]
 
 
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """A scan (the table is keyed by job id alone, with no sort key to range over): fine for a person
+        typing a short id now and then, never on a request path."""
+        found: list[str] = []
+        request: dict[str, Any] = {"TableName": self.table, "ProjectionExpression": "job_id",
+                                   "FilterExpression": "begins_with(job_id, :prefix)",
+                                   "ExpressionAttributeValues": {":prefix": {"S": prefix}}}
+        with self._errors(f"looking up job ids starting with {prefix}"):
+            for page in self.clients.client("dynamodb").get_paginator("scan").paginate(**request):
+                found += [item["job_id"]["S"] for item in page.get("Items", [])]
+        return sorted(found)[:limit]
+
+
 # --- segment completions ----------------------------------------------------------------------------------
 
 
