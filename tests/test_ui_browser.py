@@ -179,7 +179,11 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     # the real thing: a 2 s 160x96 clip, dropped onto the picker this time
     clip = make_clip(tmp_path / "holiday.mp4", seconds=2, fps=24, size=(160, 96))
     _drop(page, clip)
-    expect(page.get_by_text("holiday.mp4 · ", exact=False)).to_be_visible()
+    card = page.locator(".st-key-checked-file")
+    expect(card).to_contain_text("holiday.mp4")
+    expect(card).to_contain_text("160×96")
+    expect(page.locator(".ss-upload")).to_have_count(0)  # the card takes the drop zone's place
+    expect(page.get_by_text("holiday.mp4", exact=False)).to_have_count(1)  # said once
     expect(page.get_by_role("textbox", name="Title")).to_have_value("holiday")
     _shot(page, "3-upload-ready", tmp_path)
     page.get_by_role("button", name="Convert to 3D").click()

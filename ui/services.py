@@ -99,10 +99,14 @@ class VideoSummary:
     fps: float
     has_audio: bool
 
-    def describe(self) -> str:
+    def details(self) -> str:
+        """Everything but the name: size, duration, picture, sound."""
         audio = "with audio" if self.has_audio else "no audio"
-        return (f"{self.name} · {format_bytes(self.size_bytes)} · {format_duration(self.duration_seconds)} · "
+        return (f"{format_bytes(self.size_bytes)} · {format_duration(self.duration_seconds)} · "
                 f"{self.width}×{self.height} at {self.fps:.3g} fps · {audio}")
+
+    def describe(self) -> str:
+        return f"{self.name} · {self.details()}"
 
 
 def check_video(path: Path, name: str, config: Settings | None = None) -> VideoSummary:
