@@ -481,6 +481,14 @@ def playlist_m3u(entries: Iterable[PlaylistEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def delivered_outside_store(job: Job) -> str | None:
+    """Where the command line wrote a finished job's result, when it moved it out of the store (``convert`` does
+    that for its own jobs); None for a job whose result the app serves. The app never serves such a file: it is
+    the user's, in their folder, and may have changed since (docs/app.md, "Results written by the command
+    line")."""
+    return job.delivered_to if job.status == JobStatus.COMPLETED and job.delivered_to else None
+
+
 def iter_completed(store: JobStore, limit: int, page_size: int = 50, *, owner: str | None = None) -> list[Job]:
     """The newest ``limit`` completed jobs (of ``owner``, or everyone's), page by page through the store's cursor."""
     jobs: list[Job] = []
