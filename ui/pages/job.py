@@ -156,10 +156,7 @@ def render_report(current: Job) -> None:
     if report.percentiles:
         st.markdown("**Disparity distribution** (percentile → % of the picture width; negative = in front of "
                     "the screen)")
-        frame = pd.DataFrame(report.percentiles)
-        frame.index = [f"p{p:g}" for p in frame.index]
-        frame.index.name = "percentile"
-        st.bar_chart(frame, height=240, stack=False, sort=False)  # percentile order, not alphabetical
+        st.altair_chart(report.percentile_chart(), width="stretch")
     if report.histogram:
         centres, counts = report.histogram
         st.markdown("**Disparity histogram** (% of width)")
