@@ -75,7 +75,7 @@ if staged is not None:
     summary = st.session_state[probe_key]
     # The one place the file is described: its name, then size, duration and picture.
     with st.container(border=True, key="checked-file"):
-        left, right = st.columns([4, 1], vertical_alignment="center")
+        left, right = st.columns([5, 2], vertical_alignment="center")
         left.markdown(f":material/movie: **{md(summary.name)}**  \n{md(summary.details())}")
         if right.button("Choose another file", icon=":material/swap_horiz:"):
             fresh_picker()
