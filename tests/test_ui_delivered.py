@@ -61,4 +61,6 @@ def test_the_video_route_answers_a_delivered_job_with_a_clear_404_and_leaves_the
 def test_the_playlist_leaves_out_results_the_app_does_not_serve(home, delivered_job):
     at = open_page(new_app(), "pages/how_to_watch.py")
     assert not [b for b in at.get("download_button")]
-    assert any("written outside the app" in shown(c) for c in at.caption), [shown(c) for c in at.caption]
+    said = [shown(c) for c in at.caption]
+    assert any("1 finished video was written outside the app" in c for c in said), said
+    assert not any("No finished videos yet" in c for c in said), said  # there is one; it is elsewhere

@@ -37,9 +37,9 @@ if len(jobs) < len(finished):
     elsewhere = len(finished) - len(jobs)
     st.caption(f"{elsewhere} finished video{'s were' if elsewhere != 1 else ' was'} written outside the app by "
                "the command line (each job's page says where) and not in the playlist.")
-if not jobs:
+if not finished:
     st.caption("No finished videos yet.")
-else:
+if jobs:
     base = context.origin()
     playlist = services.playlist_m3u(
         services.PlaylistEntry(job.title, base + video_path(job.job_id), job.source_duration_seconds)
