@@ -1,7 +1,8 @@
 """The app in a real browser: Debian's headless Chromium driven through Playwright's Python API (no browser
 download), against ``streamlit run ui/app.py`` on 127.0.0.1 with its own STEREO_SPOT_HOME.
 
-Set STEREO_SPOT_SCREENSHOTS=/some/folder to keep a screenshot of each page there.
+Each page is screenshotted into ``screenshot_folder``: $STEREO_SPOT_SCREENSHOTS when set, else ``screenshots/`` in
+pytest's base temporary folder (after a run, /tmp/pytest-of-$USER/pytest-current/screenshots/).
 """
 
 from __future__ import annotations
@@ -105,9 +106,17 @@ def browser():
             chromium.close()
 
 
-def _shot(page, name: str, tmp_path: Path) -> None:
-    folder = Path(os.environ.get("STEREO_SPOT_SCREENSHOTS") or tmp_path / "screenshots")
+@pytest.fixture
+def screenshot_folder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    folder = Path(os.environ.get("STEREO_SPOT_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
+    request.node.user_properties.append(("screenshots", str(folder)))  # in --junitxml reports
+    print(f"screenshots: {folder}")  # shown with -s, and with the output of a failed test
+    return folder
+
+
+def _shot(page, name: str, folder: Path) -> Path:
+    """A PNG of the whole page (not only the window), returned."""
     page.wait_for_timeout(500)  # let charts and images finish drawing
     # Streamlit scrolls inside its main area, not the document: grow the window to the content's height.
     height = page.evaluate("(() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
@@ -115,8 +124,10 @@ def _shot(page, name: str, tmp_path: Path) -> None:
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": min(max(int(height), 900), 4000)})
     page.wait_for_timeout(300)
-    page.screenshot(path=str(folder / f"{name}.png"))
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
     page.set_viewport_size(size)
+    return path
 
 
 def _settled(page) -> None:
@@ -153,7 +164,7 @@ def _drop(page, path: Path) -> None:
     page.locator(".ss-upload .ss-drop").dispatch_event("drop", {"dataTransfer": transfer})
 
 
-def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
+def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path, screenshot_folder):
     from playwright.sync_api import expect
 
     url, home = server
@@ -163,7 +174,7 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     page.goto(url)
     expect(page.get_by_role("heading", name="New conversion")).to_be_visible()
     expect(page.locator(".ss-upload input[type=file]")).to_be_attached()
-    _shot(page, "1-new-conversion", tmp_path)
+    _shot(page, "1-new-conversion", screenshot_folder)
 
     # bad input first: each gets a clear message and leaves no job
     _pick(page, make_text(tmp_path / "notes.mp4"))
@@ -172,22 +183,26 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     big.write_bytes(os.urandom(UPLOAD_LIMIT + 100_000))
     _pick(page, big)
     expect(page.get_by_text("big.mp4 is 1.5 MB; the upload limit is 1.4 MB", exact=False).first).to_be_visible()
-    _shot(page, "2-upload-refused", tmp_path)
+    _shot(page, "2-upload-refused", screenshot_folder)
     backend = local_backend(home)
     assert backend.jobs.list_in_progress() == []
 
     # the real thing: a 2 s 160x96 clip, dropped onto the picker this time
     clip = make_clip(tmp_path / "holiday.mp4", seconds=2, fps=24, size=(160, 96))
     _drop(page, clip)
-    expect(page.get_by_text("holiday.mp4 · ", exact=False)).to_be_visible()
+    card = page.locator(".st-key-checked-file")
+    expect(card).to_contain_text("holiday.mp4")
+    expect(card).to_contain_text("160×96")
+    expect(page.locator(".ss-upload")).to_have_count(0)  # the card takes the drop zone's place
+    expect(page.get_by_text("holiday.mp4", exact=False)).to_have_count(1)  # said once
     expect(page.get_by_role("textbox", name="Title")).to_have_value("holiday")
-    _shot(page, "3-upload-ready", tmp_path)
+    _shot(page, "3-upload-ready", screenshot_folder)
     page.get_by_role("button", name="Convert to 3D").click()
     page.wait_for_url("**/job?job=*")
     job_id = page.url.split("job=")[1].split("&")[0]
     keys.validate_job_id(job_id)
     expect(page.get_by_role("heading", name="holiday")).to_be_visible()
-    _shot(page, "4-job-progress", tmp_path)
+    _shot(page, "4-job-progress", screenshot_folder)
 
     # the page updates itself until the job is done
     download = page.locator("a", has_text="Download holiday-3d_LRF_Full_SBS.mp4")
@@ -197,7 +212,7 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     final = home / "objects" / backend.output_bucket / keys.final_key(job_id)
     final_bytes = final.read_bytes()
     expect(page.get_by_role("img").first).to_be_visible()
-    _shot(page, "5-job-completed", tmp_path)
+    _shot(page, "5-job-completed", screenshot_folder)
 
     # the player and the download both serve the final video
     video_src = page.locator("video").first.get_attribute("src")
@@ -228,13 +243,13 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
     page.get_by_role("tab", name="Comfort report").click()
     expect(page.get_by_text("Disparity distribution", exact=False)).to_be_visible()
     expect(page.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
-    _shot(page, "5b-comfort-report", tmp_path)
+    _shot(page, "5b-comfort-report", screenshot_folder)
 
     # the lists
     page.get_by_role("link", name="Jobs").first.click()
     expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
     expect(page.get_by_role("link", name="holiday")).to_be_visible()
-    _shot(page, "6-jobs", tmp_path)
+    _shot(page, "6-jobs", screenshot_folder)
 
     # how to watch, and the playlist
     page.get_by_role("link", name="How to watch").first.click()
@@ -243,7 +258,7 @@ def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path):
         page.get_by_role("button", name="Download playlist (1 video, M3U)").click()
     playlist = Path(caught.value.path()).read_text()
     assert playlist.startswith("#EXTM3U") and f"{url}/api/jobs/{job_id}/video" in playlist
-    _shot(page, "7-how-to-watch", tmp_path)
+    _shot(page, "7-how-to-watch", screenshot_folder)
 
     # an upload token this app never issued is refused
     refused = requests.put(f"{url}/api/uploads/{'0' * 32}", data=b"x", timeout=10)

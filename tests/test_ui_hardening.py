@@ -8,7 +8,7 @@ import pytest
 from stereo_spot import keys
 from stereo_spot.ui.uploads import StagingArea
 from tests.media_fixtures import make_clip
-from tests.test_ui_pages import all_jobs, new_app, shown, stage
+from tests.test_ui_pages import all_jobs, checked_file, new_app, shown, stage
 
 
 def _convert(at):
@@ -26,7 +26,7 @@ def test_a_second_upload_to_a_checked_token_is_refused_and_the_checked_file_is_t
     at = new_app()
     assert stage(at, small).ok
     at.run()
-    assert any("320×240" in shown(s) for s in at.success)
+    assert "320×240" in checked_file(at)
     swapped = stage(at, large)
     assert not swapped.ok and "already holds a file" in swapped.error
     _convert(at)

@@ -69,6 +69,18 @@ def stage(at: AppTest, path: Path, name: str | None = None):
     return staging_area().receive(token, name or path.name, chunks(path), declared_size=path.stat().st_size)
 
 
+def checked_file(at: AppTest) -> str:
+    """What the page says about the checked upload: the card that takes the drop zone's place."""
+    cards = [shown(m) for m in at.markdown if m.value.startswith(":material/movie:")]
+    assert len(cards) == 1, cards
+    return cards[0]
+
+
+def drop_zones(at: AppTest) -> list:
+    """The upload component (a custom component, which AppTest sees by its proto type only)."""
+    return at.get("bidi_component")
+
+
 def all_jobs(backend: Backend) -> list[Job]:
     return (backend.jobs.list_in_progress(limit=100) + backend.jobs.list_completed(limit=100).items
             + backend.jobs.list_by_status(JobStatus.FAILED, limit=100).items
@@ -89,6 +101,28 @@ def wait_terminal(backend: Backend, job_id: str, limit: float = RUNNER_LIMIT_SEC
 # --- new conversion -------------------------------------------------------------------------------------
 
 
+def test_the_checked_file_is_described_once_in_place_of_the_drop_zone(home, tmp_path):
+    """Catches the file said twice (the picker's "Uploaded …" line, then a green box repeating it): once checked,
+    the drop zone is gone and one card gives the name, size and duration; no other element names the file."""
+    clip = make_clip(tmp_path / "holiday.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    assert len(drop_zones(at)) == 1
+    stage(at, clip)
+    at.run()
+    assert not at.exception, at.exception
+    assert drop_zones(at) == []
+    card = checked_file(at)
+    assert "**holiday.mp4**" in card and "KB" in card and "1.0 s" in card and "160×96" in card
+    texts = [shown(e) for kind in ("markdown", "success", "info", "caption", "text") for e in at.get(kind)]
+    assert [t for t in texts if "holiday.mp4" in t] == [card]
+    # choosing another file brings the zone back, empty, under a new token
+    token = at.session_state["upload_token"]
+    next(b for b in at.button if b.label == "Choose another file").click()
+    at.run()
+    assert len(drop_zones(at)) == 1 and at.session_state["upload_token"] != token
+    assert not [m for m in at.markdown if m.value.startswith(":material/movie:")]
+
+
 def test_upload_creates_the_job_and_the_runner_converts_it(home, backend, tmp_path):
     clip = make_clip(tmp_path / "holiday.mp4", seconds=1, fps=12, size=SIZE)
     at = new_app()
@@ -97,7 +131,8 @@ def test_upload_creates_the_job_and_the_runner_converts_it(home, backend, tmp_pa
     staged = stage(at, clip)
     at.run()
     assert not at.exception
-    assert any("holiday.mp4 · " in shown(s) and "160×96" in shown(s) for s in at.success)
+    card = checked_file(at)
+    assert "holiday.mp4" in card and "160×96" in card
     token = at.session_state["upload_token"]
     assert at.text_input(key=f"title-{token}").value == "holiday"
     at.radio(key="output_format").set_value(OutputFormat.HSBS)
@@ -166,7 +201,8 @@ def test_upload_over_the_limit_is_refused(home, backend, tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "long.mp4", seconds=2, fps=24, size=SIZE)
     assert clip.stat().st_size > 10000
     at = new_app()
-    assert any("up to 9.8 KB" in shown(c) for c in at.caption)
+    zone = json.loads(drop_zones(at)[0].proto.json)  # what the drop zone is told to show and enforce
+    assert zone["limit_text"] == "9.8 KB" and zone["max_bytes"] == 10000
     staged = stage(at, clip)
     assert staged.too_large
     at.run()

@@ -328,6 +328,17 @@ def test_report_is_read_into_chart_data(backend):
     assert parsed.warnings == ["Disparity exceeds 3% of the width in 4% of frames."]
 
 
+def test_report_percentiles_chart_in_percentile_order_whatever_the_series_order():
+    """Catches the chart's axis in order of first appearance (p99 before p90 when only a later series has p90:
+    seen on the job page of a real command-line report) instead of in percentile order."""
+    parsed = parse_report({"disparity_percentiles": {"p1": -0.5, "p50": 0.1, "p99": 1.0},
+                           "disparity": {"crossed_percentiles": {"p5": -0.4, "p90": 0.0}}})
+    spec = parsed.percentile_chart().to_dict()
+    assert spec["encoding"]["x"]["sort"] == ["p1", "p5", "p50", "p90", "p99"]
+    values = next(iter(spec["datasets"].values()))
+    assert {"percentile": "p90", "rank": 90.0, "series": "disparity crossed", "% of width": 0.0} in values
+
+
 def test_report_list_of_percentiles():
     parsed = parse_report({"disparity_percentiles": [{"percentile": 5, "value": -0.5},
                                                      {"percentile": 95, "value": 1.5}]})

@@ -38,6 +38,25 @@ class ComfortReport:
     metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def percentile_chart(self):
+        """The percentiles as grouped bars, one colour per series, in percentile order (p1 … p90, p99) whatever
+        order the series name them in. The order is given to the chart explicitly: a chart of the table alone
+        orders the axis by first appearance in its long form, so a percentile only a later series has (p90)
+        lands after p99."""
+        import altair as alt
+        import pandas as pd
+
+        rows = [(f"p{p:g}", p, series, value) for series, points in self.percentiles.items()
+                for p, value in points.items()]
+        data = pd.DataFrame(rows, columns=["percentile", "rank", "series", "% of width"])
+        order = [f"p{p:g}" for p in sorted(set(data["rank"]))]
+        return alt.Chart(data, height=240).mark_bar().encode(
+            x=alt.X("percentile:N", sort=order, title="percentile", axis=alt.Axis(labelAngle=0)),
+            xOffset=alt.XOffset("series:N"),
+            y=alt.Y("% of width:Q"),
+            color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=["series", "percentile", "% of width"])
+
     @property
     def empty(self) -> bool:
         return not (self.percentiles or self.histogram or self.segment_timings or self.metrics or self.warnings)

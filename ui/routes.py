@@ -31,7 +31,7 @@ from stereo_spot import keys
 from stereo_spot.models import JobStatus
 from stereo_spot.naming import output_file_name
 from stereo_spot.ports import StoreError
-from stereo_spot.ui import auth
+from stereo_spot.ui import auth, services
 from stereo_spot.ui.backend import backend_for, current_settings, staging_area
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ def _video_response(job_id: str, download: bool, user: auth.Identity) -> Respons
     job = auth.visible_job(backend.jobs, job_id, user)
     if job is None or job.status != JobStatus.COMPLETED:
         return _error(404, f"job {job_id} has no finished video")
+    if (delivered := services.delivered_outside_store(job)) is not None:
+        return _error(404, f"job {job_id} was converted on the command line and its result written to "
+                           f"{delivered}; the app serves only results in its own store")
     name = output_file_name(job.title, job.output_format)
     key = keys.final_key(job_id)
     local_path = getattr(backend.objects, "local_path", None)

@@ -99,10 +99,14 @@ class VideoSummary:
     fps: float
     has_audio: bool
 
-    def describe(self) -> str:
+    def details(self) -> str:
+        """Everything but the name: size, duration, picture, sound."""
         audio = "with audio" if self.has_audio else "no audio"
-        return (f"{self.name} · {format_bytes(self.size_bytes)} · {format_duration(self.duration_seconds)} · "
+        return (f"{format_bytes(self.size_bytes)} · {format_duration(self.duration_seconds)} · "
                 f"{self.width}×{self.height} at {self.fps:.3g} fps · {audio}")
+
+    def describe(self) -> str:
+        return f"{self.name} · {self.details()}"
 
 
 def check_video(path: Path, name: str, config: Settings | None = None) -> VideoSummary:
@@ -475,6 +479,14 @@ def playlist_m3u(entries: Iterable[PlaylistEntry]) -> str:
         title = " ".join(entry.title.replace(",", " ").split()) or "untitled"
         lines += [f"#EXTINF:{duration},{title}", entry.url]
     return "\n".join(lines) + "\n"
+
+
+def delivered_outside_store(job: Job) -> str | None:
+    """Where the command line wrote a finished job's result, when it moved it out of the store (``convert`` does
+    that for its own jobs); None for a job whose result the app serves. The app never serves such a file: it is
+    the user's, in their folder, and may have changed since (docs/app.md, "Results written by the command
+    line")."""
+    return job.delivered_to if job.status == JobStatus.COMPLETED and job.delivered_to else None
 
 
 def iter_completed(store: JobStore, limit: int, page_size: int = 50, *, owner: str | None = None) -> list[Job]:

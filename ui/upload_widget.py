@@ -1,6 +1,8 @@
-"""The file picker: a small browser component that streams the chosen file to ``PUT /api/uploads/{token}``
-with a progress bar, then tells the page (a trigger value) so it reruns and picks the file up from the staging
-area. Files over the limit are refused in the browser before any byte is sent; the route enforces it again."""
+"""The file picker: a drop zone (a dashed area that takes a dropped file or a click) that streams the chosen file
+to ``PUT /api/uploads/{token}`` with a progress bar, then tells the page (a trigger value) so it reruns, picks the
+file up from the staging area and checks it. The page shows the checked file (name, size, duration) in place of
+the zone, so the file is described once. Files over the limit are refused in the browser before any byte is sent;
+the route enforces it again."""
 
 from __future__ import annotations
 
@@ -9,30 +11,46 @@ from typing import Any
 import streamlit as st
 
 from stereo_spot.ui.routes import UPLOAD_PATH
+from stereo_spot.ui.uploads import format_bytes
 
 ACCEPT = "video/*,.mp4,.m4v,.mov,.mkv,.webm,.avi,.mts,.m2ts,.ts,.wmv,.flv,.mpg,.mpeg"
 
+# The native input stays in the page (keyboard, screen readers and file dialogs use it) but is not drawn: the
+# browser's own "Choose File / No file chosen" control reads as a form field, not as a place to drop a film.
 _HTML = """
 <div class="ss-upload">
   <label class="ss-drop">
-    <input type="file" accept="{accept}">
-    <span class="ss-hint">Choose a video file (or drop it here)</span>
+    <input type="file" accept="{accept}" aria-label="Choose a video file">
+    <svg class="ss-icon" viewBox="0 0 24 24" width="40" height="40" aria-hidden="true">
+      <path fill="currentColor" d="M19.35 10.04A7.49 7.49 0 0 0 12 4C9.11 4 6.6 5.64 5.35 8.04A5.994 5.994 0 0 0 0
+      14c0 3.31 2.69 6 6 6h13c2.76 0 5-2.24 5-5 0-2.64-2.05-4.78-4.65-4.96zM14 13v4h-4v-4H7l5-5 5 5h-3z"/>
+    </svg>
+    <span class="ss-title">Drop a video here</span>
+    <span class="ss-hint">or <span class="ss-link">choose a file</span> · <span class="ss-limit"></span></span>
+    <progress max="1" value="0" hidden></progress>
+    <span class="ss-msg" role="status"></span>
   </label>
-  <progress max="1" value="0" hidden></progress>
-  <div class="ss-msg" role="status"></div>
 </div>
 """.replace("{accept}", ACCEPT)
 
 _CSS = """
 .ss-upload { font-family: inherit; }
-.ss-drop { display: block; border: 1px dashed rgba(128,128,128,.6); border-radius: .5rem; padding: 1rem;
-           cursor: pointer; }
-.ss-drop input { display: block; margin-bottom: .4rem; }
-.ss-hint { opacity: .7; font-size: .9rem; }
-.ss-upload progress { width: 100%; height: .8rem; margin-top: .6rem; }
-.ss-msg { margin-top: .3rem; font-size: .9rem; min-height: 1.2rem; }
-.ss-msg.ss-error { color: #d33; }
-.ss-drop.ss-over { border-color: #1c83e1; background: rgba(28,131,225,.06); }
+.ss-drop { position: relative; display: flex; flex-direction: column; align-items: center; gap: .25rem;
+           border: 2px dashed rgba(128,128,128,.55); border-radius: .75rem; padding: 1.6rem 1rem 1.2rem;
+           background: rgba(128,128,128,.05); cursor: pointer; text-align: center;
+           transition: border-color .15s, background-color .15s; }
+.ss-drop:hover, .ss-drop:focus-within { border-color: #1c83e1; }
+.ss-drop:focus-within { outline: 2px solid rgba(28,131,225,.35); outline-offset: 2px; }
+.ss-drop input { position: absolute; width: 1px; height: 1px; opacity: 0; overflow: hidden; }
+.ss-icon { color: rgba(128,128,128,.9); }
+.ss-title { font-weight: 600; font-size: 1.05rem; }
+.ss-hint { opacity: .75; font-size: .9rem; }
+.ss-link { color: #1c83e1; text-decoration: underline; }
+.ss-drop progress { width: min(28rem, 90%); height: .6rem; margin-top: .6rem; accent-color: #1c83e1; }
+.ss-msg { font-size: .9rem; min-height: 1.2rem; }
+.ss-msg.ss-error { color: #d33; font-weight: 600; }
+.ss-drop.ss-over { border-color: #1c83e1; background: rgba(28,131,225,.10); }
+.ss-drop.ss-busy { cursor: progress; }
 """
 
 _JS = """
@@ -42,6 +60,8 @@ export default function (component) {
   const input = root.querySelector('input[type=file]');
   const bar = root.querySelector('progress');
   const msg = root.querySelector('.ss-msg');
+  const drop = root.querySelector('.ss-drop');
+  root.querySelector('.ss-limit').textContent = 'up to ' + data.limit_text;
   const say = (text, isError) => { msg.textContent = text; msg.classList.toggle('ss-error', !!isError); };
   const mb = (n) => n < 1024 ? n + ' bytes' : n < 1048576 ? (n / 1024).toFixed(1) + ' KB' :
     n < 1073741824 ? (n / 1048576).toFixed(1) + ' MB' : (n / 1073741824).toFixed(1) + ' GB';
@@ -49,10 +69,10 @@ export default function (component) {
     root.dataset.token = data.token;
     input.value = '';
     input.disabled = false;
+    drop.classList.remove('ss-busy');
     bar.hidden = true;
     say('', false);
   }
-  const drop = root.querySelector('.ss-drop');
   drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('ss-over'); };
   drop.ondragleave = () => drop.classList.remove('ss-over');
   drop.ondrop = (e) => {
@@ -89,9 +109,10 @@ export default function (component) {
                      '(or `streamlit run ui/app.py`), not ui/streamlit_app.py.';
       }
       const ok = xhr.status >= 200 && xhr.status < 300;
-      say(ok ? 'Uploaded ' + file.name + ' (' + mb(file.size) + ')' :
-               (body.error || ('Upload failed (HTTP ' + xhr.status + ')')), !ok);
+      // on success the page checks the file and then shows it in place of this zone: said once, there
+      say(ok ? 'Checking ' + file.name + '…' : (body.error || ('Upload failed (HTTP ' + xhr.status + ')')), !ok);
       input.disabled = false;
+      drop.classList.remove('ss-busy');
       setTriggerValue('event', { kind: ok ? 'uploaded' : 'failed', token, name: file.name,
                                  error: ok ? null : (body.error || ('HTTP ' + xhr.status)) });
     };
@@ -99,9 +120,11 @@ export default function (component) {
       const text = 'The upload of ' + file.name + ' was interrupted (connection lost). Try again.';
       say(text, true);
       input.disabled = false;
+      drop.classList.remove('ss-busy');
       setTriggerValue('event', { kind: 'failed', token, name: file.name, error: text });
     };
     input.disabled = true;
+    drop.classList.add('ss-busy');
     bar.hidden = false; bar.value = 0;
     say('Uploading ' + file.name + '…', false);
     xhr.send(file);  // the browser streams the file from disk
@@ -114,7 +137,8 @@ _component = st.components.v2.component("stereo_spot_upload", html=_HTML, css=_C
 
 def upload_widget(token: str, max_bytes: int, *, key: str = "upload") -> dict[str, Any] | None:
     """Show the picker; return the browser's last event ({kind, token, name, ...}) on the run it caused."""
-    result = _component(key=key, data={"token": token, "max_bytes": int(max_bytes), "endpoint": UPLOAD_PATH},
+    result = _component(key=key, data={"token": token, "max_bytes": int(max_bytes), "endpoint": UPLOAD_PATH,
+                                       "limit_text": format_bytes(max_bytes)},
                         on_event_change=lambda: None)
     event = getattr(result, "event", None) if result is not None else None
     return event if isinstance(event, dict) else None

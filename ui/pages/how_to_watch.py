@@ -31,10 +31,15 @@ st.caption("Full formats keep each eye's full resolution (the file is twice as w
 st.subheader("Playlist")
 backend = context.backend()
 with context.store_errors():
-    jobs = services.iter_completed(backend.jobs, PLAYLIST_JOBS, owner=context.identity().owner_filter)
-if not jobs:
+    finished = services.iter_completed(backend.jobs, PLAYLIST_JOBS, owner=context.identity().owner_filter)
+jobs = [job for job in finished if services.delivered_outside_store(job) is None]
+if len(jobs) < len(finished):
+    elsewhere = len(finished) - len(jobs)
+    st.caption(f"{elsewhere} finished video{'s were' if elsewhere != 1 else ' was'} written outside the app by "
+               "the command line (each job's page says where) and not in the playlist.")
+if not finished:
     st.caption("No finished videos yet.")
-else:
+if jobs:
     base = context.origin()
     playlist = services.playlist_m3u(
         services.PlaylistEntry(job.title, base + video_path(job.job_id), job.source_duration_seconds)

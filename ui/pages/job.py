@@ -156,10 +156,7 @@ def render_report(current: Job) -> None:
     if report.percentiles:
         st.markdown("**Disparity distribution** (percentile → % of the picture width; negative = in front of "
                     "the screen)")
-        frame = pd.DataFrame(report.percentiles)
-        frame.index = [f"p{p:g}" for p in frame.index]
-        frame.index.name = "percentile"
-        st.bar_chart(frame, height=240, stack=False, sort=False)  # percentile order, not alphabetical
+        st.altair_chart(report.percentile_chart(), width="stretch")
     if report.histogram:
         centres, counts = report.histogram
         st.markdown("**Disparity histogram** (% of width)")
@@ -177,23 +174,28 @@ if job.status == JobStatus.COMPLETED:
     speed = services.speed_text(job)
     st.progress(1.0, text=f"completed in {services.format_duration(job.conversion_seconds)}"
                 + (f" · {speed}" if speed != "–" else ""))
-    # The route streams the local file (with Range requests, for seeking) or redirects to a freshly presigned
-    # S3 URL, so these links work however long the page stays open.
-    st.video(base + video_path(job.job_id))
-    st.link_button(f"Download {md(file_name)}", base + video_path(job.job_id, download=True),
-                   icon=":material/download:", type="primary")
+    delivered = services.delivered_outside_store(job)
+    if delivered is not None:  # the store holds no result to play, download or preview: say where it is
+        st.info(md(f"Converted on the command line: written to {delivered}"), icon=":material/folder:")
+        report_tab, timing_tab = st.tabs(["Comfort report", "Segments"])
+    else:
+        # The route streams the local file (with Range requests, for seeking) or redirects to a freshly
+        # presigned S3 URL, so these links work however long the page stays open.
+        st.video(base + video_path(job.job_id))
+        st.link_button(f"Download {md(file_name)}", base + video_path(job.job_id, download=True),
+                       icon=":material/download:", type="primary")
+        preview_tab, report_tab, timing_tab = st.tabs(["Still preview", "Comfort report", "Segments"])
+        with preview_tab:
+            try:
+                with context.store_errors():
+                    frame = job_preview(backend, job)
+                st.image(frame, caption=f"A frame from the middle, {job.output_format.label.lower()} "
+                                        f"({frame.shape[1]}×{frame.shape[0]} shown)")
+            except (UserError, ValueError) as exc:
+                st.warning(f"No preview: {one_line(exc)}")
+            except Exception as exc:  # noqa: BLE001 - a broken preview must not hide the player and download
+                st.warning(f"No preview: the video could not be decoded ({one_line(exc)})")
     operator_links(job)
-    preview_tab, report_tab, timing_tab = st.tabs(["Still preview", "Comfort report", "Segments"])
-    with preview_tab:
-        try:
-            with context.store_errors():
-                frame = job_preview(backend, job)
-            st.image(frame, caption=f"A frame from the middle, {job.output_format.label.lower()} "
-                                    f"({frame.shape[1]}×{frame.shape[0]} shown)")
-        except (UserError, ValueError) as exc:
-            st.warning(f"No preview: {one_line(exc)}")
-        except Exception as exc:  # noqa: BLE001 - a broken preview must not hide the player and download
-            st.warning(f"No preview: the video could not be decoded ({one_line(exc)})")
     with report_tab:
         render_report(job)
     with timing_tab:

@@ -11,7 +11,7 @@ from stereo_spot.ports import StoreError
 from stereo_spot.ui import context, services, submission
 from stereo_spot.ui.backend import staging_area
 from stereo_spot.ui.upload_widget import upload_widget
-from stereo_spot.ui.uploads import UploadError, format_bytes, too_large_message
+from stereo_spot.ui.uploads import UploadError, too_large_message
 
 config = context.settings()
 backend = context.backend()
@@ -41,18 +41,18 @@ st.caption("Upload an ordinary video; stereo-spot estimates depth and renders a 
 if message := st.session_state.pop("upload_error", None):
     st.error(md(message), icon=":material/error:")
 
-event = upload_widget(token, config.max_upload_bytes)
-st.caption(f"Video files up to {format_bytes(config.max_upload_bytes)}.")
-if event and event.get("token") == token:
-    if event.get("kind") == "too_large":
-        name = str(event.get("name") or "the file")
-        fresh_picker(too_large_message(name, event.get("size"), config.max_upload_bytes))
-        st.rerun()
-    elif event.get("kind") == "failed" and area.get(token) is None:
-        fresh_picker(str(event.get("error") or "the upload failed; try again"))
-        st.rerun()
-
 staged = area.get(token)
+if staged is None:  # the drop zone, until a file is in; then the checked file takes its place
+    event = upload_widget(token, config.max_upload_bytes)
+    if event and event.get("token") == token:
+        if event.get("kind") == "too_large":
+            name = str(event.get("name") or "the file")
+            fresh_picker(too_large_message(name, event.get("size"), config.max_upload_bytes))
+            st.rerun()
+        elif event.get("kind") == "failed" and area.get(token) is None:
+            fresh_picker(str(event.get("error") or "the upload failed; try again"))
+            st.rerun()
+
 summary: services.VideoSummary | None = None
 if staged is not None:
     area.touch(token)  # in use: the idle sweep (UPLOAD_IDLE_SECONDS) leaves it while the page is worked on
@@ -73,11 +73,13 @@ if staged is not None:
             fresh_picker(str(exc))
             st.rerun()
     summary = st.session_state[probe_key]
-    left, right = st.columns([3, 1], vertical_alignment="center")
-    left.success(md(summary.describe()), icon=":material/movie:")
-    if right.button("Choose another file"):
-        fresh_picker()
-        st.rerun()
+    # The one place the file is described: its name, then size, duration and picture.
+    with st.container(border=True, key="checked-file"):
+        left, right = st.columns([5, 2], vertical_alignment="center")
+        left.markdown(f":material/movie: **{md(summary.name)}**  \n{md(summary.details())}")
+        if right.button("Choose another file", icon=":material/swap_horiz:"):
+            fresh_picker()
+            st.rerun()
 
 st.subheader("3D settings")
 title = st.text_input("Title", key=f"title-{token}", placeholder="defaults to the file name",
