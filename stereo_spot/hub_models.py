@@ -80,6 +80,16 @@ CATALOG: dict[str, HubModel] = {m.name: m for m in (
 )}
 
 
+def docs_table() -> str:
+    """The catalog as docs/quality.md shows it (generated from :data:`CATALOG`; a test keeps them equal)."""
+    rows = ["| name | licence | parameters | video-consistent | repository |", "|---|---|---|---|---|"]
+    for model in CATALOG.values():
+        licence = model.licence if model.commercial_use else f"{model.licence} (non-commercial)"
+        rows.append(f"| `{model.name}` | {licence} | {model.parameters_m:g}M | "
+                    f"{'yes' if model.video_consistent else 'no'} | `{model.repo_id}` |")
+    return "\n".join(rows)
+
+
 class HubModelError(UserError):
     """A named model cannot be found, fetched or verified; the message says what to do."""
 
