@@ -61,11 +61,17 @@ _worker_frames: mp.Queue | None = None
 _worker_device: str | None = None
 
 
-def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int, devices: mp.Queue) -> None:
+def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int, devices: mp.Queue,
+                 log_level: int = logging.WARNING) -> None:
     """Set up one worker process. ``devices`` holds one entry per worker of the plan: each process takes its
-    own (worker i gets ``cuda:i``) and keeps it for every segment it converts."""
+    own (worker i gets ``cuda:i``) and keeps it for every segment it converts. ``log_level`` is the parent's: a
+    spawned process starts with no logging set up, and its segments' lines belong in the same story."""
     global _worker_backend, _worker_frames, _worker_device
     import torch
+
+    from stereo_spot.logs import configure_logging
+
+    configure_logging(logging.getLevelName(log_level))
 
     _worker_device = devices.get()
     if _worker_device.startswith("cuda"):
@@ -222,6 +228,9 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
     from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
 
     plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
+    log.info("job %s: converting %d segment(s) with %d worker(s) on %s", job.job_id, len(todo), plan.workers,
+             ", ".join(plan.devices[:plan.workers]))
+    log.debug("job %s: %d torch thread(s) per worker", job.job_id, plan.threads)
     if plan.workers <= 1 or backend.factory is None:
         def on_frames(n: int) -> None:
             state.frames_done += n
@@ -238,9 +247,9 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
     devices: mp.Queue = ctx.Queue()
     for worker_device in plan.devices:
         devices.put(worker_device)
-    log.info("converting %d segments with %d workers on %s", len(todo), plan.workers, ", ".join(plan.devices))
     with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(backend.factory, frames, plan.threads, devices)) as pool:
+                             initargs=(backend.factory, frames, plan.threads, devices,
+                                       logging.getLogger().getEffectiveLevel())) as pool:
         pending = {pool.submit(_convert_in_worker, job.job_id, i): i for i in todo}
         converted = 0
         try:
@@ -261,7 +270,7 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
 
 
 def _converted(job: Job, index: int, state: Progress, report: ProgressCallback) -> None:
-    log.info("job %s: converted segment %d of %d", job.job_id, index, job.total_segments or 0)
+    log.debug("job %s: segment %d of %d is done", job.job_id, index, job.total_segments or 0)
     state.segments_done += 1
     report(state)
 
@@ -340,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_id")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from stereo_spot.logs import configure_logging
+
+    configure_logging()  # the level the starting process chose (STEREO_SPOT_LOG_LEVEL), else INFO
     started = time.monotonic()
     try:
         job = run_job(build_backend(), args.job_id, workers=args.workers)
