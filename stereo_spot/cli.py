@@ -765,6 +765,7 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
     from stereo_spot import gc as collector
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
+    from stereo_spot.runner import is_interrupted
 
     try:
         config = get_settings()
@@ -783,6 +784,8 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
         done = len(backend.completions.query_by_job(job.job_id)) if job.total_segments else 0
         took = f"{job.conversion_seconds:.0f} s" if job.conversion_seconds is not None else ""
         status = job.status.value + (f": {job.failure_reason}" if job.failure_reason else "")
+        if is_interrupted(backend, job, config.stereo_spot_home):
+            status = f"interrupted (stereo-spot resume {job.job_id[:8]})"
         rows.append((job.job_id, job.title, job.settings.output_format.value, status,
                      f"{done}/{job.total_segments}" if job.total_segments else "",
                      job.created_at.strftime("%Y-%m-%d %H:%M"), took))

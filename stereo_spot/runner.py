@@ -142,6 +142,12 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
     job = steps.require_job(backend, job_id)
     if job.status == JobStatus.COMPLETED:
         return job
+    with leases.keeping(backend, leases.run_lease(job_id), leases.this_owner()):
+        return _run(backend, job_id, workers, device, progress)
+
+
+def _run(backend: Backend, job_id: str, workers: int | None, device: str | None,
+         progress: ProgressCallback | None) -> Job:
     report = progress or (lambda _p: None)
     state = Progress(job_id, "chunk")
     try:
@@ -311,22 +317,41 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
     return process
 
 
+def _background_pid(home: Path, job_id: str) -> int | None:
+    """The pid of the background run of the job started under ``home``, where it still runs."""
+    try:
+        pid = int(_pid_path(home, job_id).read_text())
+    except (OSError, ValueError):
+        return None
+    try:  # the pid may have been reused since: only our own runner of this job counts
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"stereo_spot.runner" not in command or job_id.encode() not in command:
+            return None
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return None  # not running any more
+    return pid
+
+
+def is_interrupted(backend: Backend, job: Job, home: Path) -> bool:
+    """A job in progress on this machine's storage that no process is running: every lease of it is free or
+    held by a process that is gone (``leases.is_dead_here``), and no background run of it lives. Its run was
+    killed, or the machine restarted; ``stereo-spot resume`` finishes it. A cluster's jobs are run by pods this
+    machine cannot see: never called interrupted here."""
+    if backend.name != "local" or job.status.is_terminal:
+        return False
+    if leases.anyone_alive(backend, leases.job_leases(job.job_id, job.total_segments)):
+        return False
+    return _background_pid(home, job.job_id) is None
+
+
 def stop_background(job_id: str, home: Path) -> bool:
     """Stop the background run of a job (before deleting it, so no segment lands after its files are gone).
     True where a running process was signalled."""
-    pid_file = _pid_path(home, job_id)
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
+    pid = _background_pid(home, job_id)
+    _pid_path(home, job_id).unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid_file.unlink(missing_ok=True)
-    try:  # the pid may have been reused since: only signal our own runner of this job
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"stereo_spot.runner" not in command or job_id.encode() not in command:
-            return False
-    except OSError:
-        if sys.platform.startswith("linux"):
-            return False  # not running any more
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
