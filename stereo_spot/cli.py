@@ -45,8 +45,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False,
-          verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v what the steps "
-                                               "do, -vv everything.")] = 0,
+          verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v the story of a "
+                                               "run (probe, segments and their fps, join, delivery), -vv each "
+                                               "segment's decisions too (device, encoder, batch, window, "
+                                               "convergence).")] = 0,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False) -> None:
     """Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph)."""
     _configure_logging(verbose, quiet)
