@@ -31,7 +31,7 @@ from stereo_spot.errors import UserError, failure_reason, one_line
 from stereo_spot.models import ConversionSettings, Job, JobStatus
 from stereo_spot.ports import Backend
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stereo_spot.runner")  # the same name when run as `python -m stereo_spot.runner`
 
 
 @dataclass
@@ -308,8 +308,9 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
     command = [sys.executable, "-m", "stereo_spot.runner", job_id]
     if workers:
         command += ["--workers", str(workers)]
-    # the runner inherits this process's whole environment (its settings), with the job's storage fixed
-    env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
+    # the runner inherits this process's whole environment (its settings), with the job's storage fixed; its log
+    # is read by a person (the app's job page shows its last lines), so text unless a format was chosen
+    env = {"STEREO_SPOT_LOG_FORMAT": "text", **os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     with open(path, "ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True)
