@@ -45,8 +45,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False,
-          verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v what the steps "
-                                               "do, -vv everything.")] = 0,
+          verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v the story of a "
+                                               "run (probe, segments and their fps, join, delivery), -vv each "
+                                               "segment's decisions too (device, encoder, batch, window, "
+                                               "convergence).")] = 0,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False) -> None:
     """Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph)."""
     _configure_logging(verbose, quiet)
@@ -765,6 +767,7 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
     from stereo_spot import gc as collector
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
+    from stereo_spot.runner import is_interrupted
 
     try:
         config = get_settings()
@@ -783,6 +786,8 @@ def jobs(limit: Annotated[int, typer.Option(min=1, max=1000, help="Completed job
         done = len(backend.completions.query_by_job(job.job_id)) if job.total_segments else 0
         took = f"{job.conversion_seconds:.0f} s" if job.conversion_seconds is not None else ""
         status = job.status.value + (f": {job.failure_reason}" if job.failure_reason else "")
+        if is_interrupted(backend, job, config.stereo_spot_home):
+            status = f"interrupted (stereo-spot resume {job.job_id[:8]})"
         rows.append((job.job_id, job.title, job.settings.output_format.value, status,
                      f"{done}/{job.total_segments}" if job.total_segments else "",
                      job.created_at.strftime("%Y-%m-%d %H:%M"), took))

@@ -9,6 +9,7 @@ converting again.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -19,6 +20,8 @@ from pathlib import Path
 from stereo_spot.errors import UserError
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.units import format_bytes
+
+log = logging.getLogger(__name__)
 
 # Output pixels per source pixel: a full side-by-side or top-bottom frame holds two pictures.
 _LAYOUT_FACTOR = {OutputFormat.SBS: 2.0, OutputFormat.TB: 2.0, OutputFormat.CROSS: 2.0, OutputFormat.VR180: 2.0,
@@ -131,6 +134,7 @@ def deliver(objects, bucket: str, key: str, output: Path, *, move: bool,
     if move and move_out is not None and local_path is not None:
         check(local_path(bucket, key))
         if move_out(bucket, key, output):
+            log.info("delivered %s: moved out of the store (%s)", output, format_bytes(output.stat().st_size))
             return
 
     def copy(tmp: Path) -> None:
@@ -143,4 +147,6 @@ def deliver(objects, bucket: str, key: str, output: Path, *, move: bool,
     write_atomically(output, copy)
     if move:
         objects.delete(bucket, key)
+    log.info("delivered %s: copied%s (%s)", output, ", then removed from the store" if move else "",
+             format_bytes(output.stat().st_size))
 

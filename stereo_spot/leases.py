@@ -42,6 +42,18 @@ def segment_lease(job_id: str, segment_index: int) -> str:
     return f"{job_id}/segment/{segment_index}"
 
 
+def run_lease(job_id: str) -> str:
+    """Held by one live run of the job (the command line's, the app's background runner) for as long as it runs,
+    so a job between its steps still shows as being worked on (``keeping``)."""
+    return f"{job_id}/run"
+
+
+def job_leases(job_id: str, total_segments: int | None) -> list[str]:
+    """Every lease a run of the job holds while it works on it."""
+    return [run_lease(job_id), chunk_lease(job_id), reassembly_lease(job_id),
+            *(segment_lease(job_id, index) for index in range(total_segments or 0))]
+
+
 def input_lease(fingerprint: str) -> str:
     """Held while a command looks up or creates the job for one input with one set of settings."""
     return f"input/{fingerprint}"
@@ -166,3 +178,48 @@ def holding(backend: Backend, name: str, owner: str,
             yield
     finally:
         backend.reassembly.release(name, owner)
+
+
+#: How often a run checks that its job's run lease is held by a live process: how long a job whose run was
+#: killed can go on showing as running while a second run of it lives.
+KEEPING_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def keeping(backend: Backend, name: str, owner: str,
+            ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> Iterator[None]:
+    """While the block runs, see that a live process holds the lease: take it where it is free, renew it where
+    ours, and take it over from a holder of this machine that died. Unlike ``holding``, another live holder is
+    no reason to wait: several runs may share a job, and one of them holding it is what it says. Released after,
+    where this run holds it."""
+    stop = threading.Event()
+
+    def take() -> None:
+        try:
+            try_take(backend, name, owner, ttl_seconds)
+        except Exception as exc:  # noqa: BLE001 - retried on the next tick
+            log.warning("keeping %s failed: %s", name, exc)
+
+    def keep() -> None:
+        while not stop.wait(min(KEEPING_SECONDS, ttl_seconds / 3)):
+            take()
+
+    take()  # before the work starts: the job never looks abandoned while this run lives
+    thread = threading.Thread(target=keep, name=f"lease-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        backend.reassembly.release(name, owner)
+
+
+def anyone_alive(backend: Backend, names: list[str]) -> bool:
+    """Whether a process that is not known to be dead holds one of the leases: one of this machine that still
+    runs, or one of another machine (whose life cannot be seen from here; its entry expires if it died)."""
+    for name in names:
+        holder = backend.reassembly.holder(name)
+        if holder is not None and not is_dead_here(holder.owner):
+            return True
+    return False

@@ -31,7 +31,7 @@ from stereo_spot.errors import UserError, failure_reason, one_line
 from stereo_spot.models import ConversionSettings, Job, JobStatus
 from stereo_spot.ports import Backend
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stereo_spot.runner")  # the same name when run as `python -m stereo_spot.runner`
 
 
 @dataclass
@@ -61,11 +61,17 @@ _worker_frames: mp.Queue | None = None
 _worker_device: str | None = None
 
 
-def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int, devices: mp.Queue) -> None:
+def _init_worker(factory: Callable[[], Backend], frames: mp.Queue, threads: int, devices: mp.Queue,
+                 log_level: int = logging.WARNING) -> None:
     """Set up one worker process. ``devices`` holds one entry per worker of the plan: each process takes its
-    own (worker i gets ``cuda:i``) and keeps it for every segment it converts."""
+    own (worker i gets ``cuda:i``) and keeps it for every segment it converts. ``log_level`` is the parent's: a
+    spawned process starts with no logging set up, and its segments' lines belong in the same story."""
     global _worker_backend, _worker_frames, _worker_device
     import torch
+
+    from stereo_spot.logs import configure_logging
+
+    configure_logging(logging.getLevelName(log_level))
 
     _worker_device = devices.get()
     if _worker_device.startswith("cuda"):
@@ -136,6 +142,12 @@ def run_job(backend: Backend, job_id: str, *, workers: int | None = None, device
     job = steps.require_job(backend, job_id)
     if job.status == JobStatus.COMPLETED:
         return job
+    with leases.keeping(backend, leases.run_lease(job_id), leases.this_owner()):
+        return _run(backend, job_id, workers, device, progress)
+
+
+def _run(backend: Backend, job_id: str, workers: int | None, device: str | None,
+         progress: ProgressCallback | None) -> Job:
     report = progress or (lambda _p: None)
     state = Progress(job_id, "chunk")
     try:
@@ -222,6 +234,9 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
     from stereo_spot.stereo.devices import cuda_device_count, plan_workers, resolve_devices, usable_cores
 
     plan = plan_workers(resolve_devices(device, cuda_device_count()), usable_cores(), workers, len(todo))
+    log.info("job %s: converting %d segment(s) with %d worker(s) on %s", job.job_id, len(todo), plan.workers,
+             ", ".join(plan.devices[:plan.workers]))
+    log.debug("job %s: %d torch thread(s) per worker", job.job_id, plan.threads)
     if plan.workers <= 1 or backend.factory is None:
         def on_frames(n: int) -> None:
             state.frames_done += n
@@ -238,9 +253,9 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
     devices: mp.Queue = ctx.Queue()
     for worker_device in plan.devices:
         devices.put(worker_device)
-    log.info("converting %d segments with %d workers on %s", len(todo), plan.workers, ", ".join(plan.devices))
     with ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(backend.factory, frames, plan.threads, devices)) as pool:
+                             initargs=(backend.factory, frames, plan.threads, devices,
+                                       logging.getLogger().getEffectiveLevel())) as pool:
         pending = {pool.submit(_convert_in_worker, job.job_id, i): i for i in todo}
         converted = 0
         try:
@@ -261,7 +276,7 @@ def _convert_segments(backend: Backend, job: Job, todo: list[int], workers: int 
 
 
 def _converted(job: Job, index: int, state: Progress, report: ProgressCallback) -> None:
-    log.info("job %s: converted segment %d of %d", job.job_id, index, job.total_segments or 0)
+    log.debug("job %s: segment %d of %d is done", job.job_id, index, job.total_segments or 0)
     state.segments_done += 1
     report(state)
 
@@ -293,8 +308,9 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
     command = [sys.executable, "-m", "stereo_spot.runner", job_id]
     if workers:
         command += ["--workers", str(workers)]
-    # the runner inherits this process's whole environment (its settings), with the job's storage fixed
-    env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
+    # the runner inherits this process's whole environment (its settings), with the job's storage fixed; its log
+    # is read by a person (the app's job page shows its last lines), so text unless a format was chosen
+    env = {"STEREO_SPOT_LOG_FORMAT": "text", **os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     with open(path, "ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True)
@@ -302,22 +318,41 @@ def start_background(job_id: str, home: Path, *, workers: int | None = None) -> 
     return process
 
 
+def _background_pid(home: Path, job_id: str) -> int | None:
+    """The pid of the background run of the job started under ``home``, where it still runs."""
+    try:
+        pid = int(_pid_path(home, job_id).read_text())
+    except (OSError, ValueError):
+        return None
+    try:  # the pid may have been reused since: only our own runner of this job counts
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"stereo_spot.runner" not in command or job_id.encode() not in command:
+            return None
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return None  # not running any more
+    return pid
+
+
+def is_interrupted(backend: Backend, job: Job, home: Path) -> bool:
+    """A job in progress on this machine's storage that no process is running: every lease of it is free or
+    held by a process that is gone (``leases.is_dead_here``), and no background run of it lives. Its run was
+    killed, or the machine restarted; ``stereo-spot resume`` finishes it. A cluster's jobs are run by pods this
+    machine cannot see: never called interrupted here."""
+    if backend.name != "local" or job.status.is_terminal:
+        return False
+    if leases.anyone_alive(backend, leases.job_leases(job.job_id, job.total_segments)):
+        return False
+    return _background_pid(home, job.job_id) is None
+
+
 def stop_background(job_id: str, home: Path) -> bool:
     """Stop the background run of a job (before deleting it, so no segment lands after its files are gone).
     True where a running process was signalled."""
-    pid_file = _pid_path(home, job_id)
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
+    pid = _background_pid(home, job_id)
+    _pid_path(home, job_id).unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid_file.unlink(missing_ok=True)
-    try:  # the pid may have been reused since: only signal our own runner of this job
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"stereo_spot.runner" not in command or job_id.encode() not in command:
-            return False
-    except OSError:
-        if sys.platform.startswith("linux"):
-            return False  # not running any more
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -340,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_id")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from stereo_spot.logs import configure_logging
+
+    configure_logging()  # the level the starting process chose (STEREO_SPOT_LOG_LEVEL), else INFO
     started = time.monotonic()
     try:
         job = run_job(build_backend(), args.job_id, workers=args.workers)

@@ -31,6 +31,7 @@ from stereo_spot.models import (
     utcnow,
 )
 from stereo_spot.ports import REASSEMBLY_LOCK_TTL_SECONDS, Backend, ConflictError, NotFound
+from stereo_spot.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,8 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
             frames = min(frames, max(1, round(duration * float(video.fps or 0))))
         if settings.max_fps and float(video.fps or 0) > settings.max_fps:  # frames dropped in convert
             frames = min(frames, max(1, round(duration * settings.max_fps)))
+        log.info("job %s: %s; split into %d segment(s) of about %g s", job_id, describe_source(info, frames), total,
+                 settings.segment_seconds)
         if settings.auto_divergence:
             # Chosen once for the whole job, so every segment converts with the same values.
             from stereo_spot.stereo import auto_divergence
@@ -268,6 +271,15 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
                               source_rotation=video.rotation, source_duration_seconds=duration,
                               source_frames=frames, settings=settings)
     return _chunk_result(job)
+
+
+def describe_source(info, frames: int) -> str:
+    """The probe result in one phrase: size, rate, duration, frames, codec, audio."""
+    video = info.video
+    width, height = video.display_size
+    audio = ", ".join(f"{a.codec} {a.sample_rate} Hz {a.channels} ch" for a in info.audio) or "none"
+    return (f"source {width}x{height}, {float(video.fps or 0):.3g} fps, {info.duration_seconds:.2f} s, "
+            f"{frames} frames, {video.codec}, audio {audio}")
 
 
 def job_limits(backend: Backend, job: Job):
@@ -319,12 +331,18 @@ def convert(backend: Backend, job_id: str, segment_index: int, *, device: str | 
         if done is not None and (job.status == JobStatus.COMPLETED
                                  or backend.objects.exists(backend.output_bucket, out_key)):
             return done
-    try:
-        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
-    except NotFound:  # a source segment this one reads was lost: chunk again, then convert
-        if not restore_source_segments(backend, job):
-            raise
-        stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+    from stereo_spot.logs import log_context
+
+    with log_context(job_id=job_id, segment=segment_index):  # every line about this segment says which one
+        try:
+            stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+        except NotFound:  # a source segment this one reads was lost: chunk again, then convert
+            if not restore_source_segments(backend, job):
+                raise
+            stats, written = _convert_and_store(backend, job, segment_index, out_key, device, progress)
+        log.info("job %s: segment %d of %d: %.2f-%.2f s, %d frames in %.2f s (%.1f fps)", job_id, segment_index,
+                 total, stats.start_seconds, stats.start_seconds + stats.duration_seconds, stats.frames,
+                 stats.seconds, stats.frames / stats.seconds if stats.seconds > 0 else 0.0)
     discard_if_deleted(backend, job_id, backend.output_bucket, out_key)
     completion = SegmentCompletion(job_id=job_id, segment_index=segment_index, total_segments=total,
                                    output_key=out_key, frames=stats.frames, duration_seconds=stats.duration_seconds,
@@ -450,13 +468,7 @@ def convert_shard(backend: Backend, job_id: str, shard_index: int, shard_count: 
     segments = shard_segments(job.total_segments or 0, shard_index, shard_count)
     log.info("job %s: shard %d of %d converts segments %d-%d", job_id, shard_index, shard_count,
              segments.start, segments.stop - 1)
-    from stereo_spot.logs import log_context
-
-    done = []
-    for index in segments:
-        with log_context(segment=index):  # every line about this segment says which one
-            done.append(convert(backend, job_id, index, device=device, progress=progress))
-    return done
+    return [convert(backend, job_id, index, device=device, progress=progress) for index in segments]
 
 
 # --- concat ---------------------------------------------------------------------------------------------
@@ -501,11 +513,14 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
                                           reassembly_started_at=utcnow())
                 source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
                 out = tmp / "final.mp4"
-                concat_segments(segments, source, out, job.settings.start, job.settings.duration)
+                joined = concat_segments(segments, source, out, job.settings.start, job.settings.duration)
                 _write_layout_metadata(out, job.settings)
                 final = integrity.digest(out)  # checked again before the result is delivered
                 backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
             discard_if_deleted(backend, job_id, backend.output_bucket, final_key)
+            log.info("job %s: joined %d segments into %s: %d frames, %.2f s, %d audio stream(s), %s", job_id,
+                     len(segments), final_key, joined.frames, joined.duration_seconds, joined.audio_streams,
+                     format_bytes(final.size))
             _write_report(backend, job, completions)
             job = backend.jobs.update(job_id, expected_status=JobStatus.REASSEMBLING, status=JobStatus.COMPLETED,
                                       completed_at=utcnow(), failure_reason=None, final_size_bytes=final.size,
@@ -626,6 +641,7 @@ def _write_report(backend: Backend, job: Job, completions: list[SegmentCompletio
 
     try:
         write_report(backend, job, completions)
+        log.info("job %s: comfort report written to %s", job.job_id, keys.report_key(job.job_id))
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("job %s: the comfort report could not be written", job.job_id)
 

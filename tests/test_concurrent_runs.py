@@ -52,7 +52,7 @@ def test_two_commands_started_together_share_the_job(home, clip, tmp_path):
     results = [run.communicate(timeout=600) for run in runs]
     for run, (_, stderr) in zip(runs, results, strict=True):
         assert run.returncode == 0, stderr[-3000:]
-    converted = [sorted(int(n) for n in re.findall(r"converted segment (\d+) of", stderr)) for _, stderr in results]
+    converted = [sorted(int(n) for n in re.findall(r"segment (\d+) of \d+: ", stderr)) for _, stderr in results]
     backend = local_backend(home)
     (job,) = backend.jobs.list_completed().items  # one job for both
     print(f"\nsegments converted: first process {converted[0]}, second {converted[1]}, "

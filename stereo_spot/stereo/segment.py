@@ -88,6 +88,7 @@ class SegmentStats:
     batch_size: int = 0  # frames per engine batch that converted the segment (smaller after an out-of-memory)
     encoder: str = ""  # the video encoder (libx264, h264_nvenc)
     comfort: dict | None = None  # ``ComfortStats.to_dict()``: parallax histogram, holes, borders, flicker
+    start_seconds: float = 0.0  # time of the first converted frame on the source's timeline
 
     def to_record(self) -> dict:
         """What a segment completion stores: the comfort statistics and the timings."""
@@ -281,6 +282,7 @@ def convert_segment(
     batch_size = batch_size or engine.batch_frames_for(video.width, video.height)
     codec_threads = _codec_threads()
     codec = encoder_for(engine.device, settings.codec.value)
+    _log_decisions(engine, settings, video, window, batch_size, codec)
     with _compute_threads(engine.device, compute_threads):
         while True:
             reported = 0
@@ -312,6 +314,23 @@ def convert_segment(
                             video.width, video.height, batch_size, src.name, batch_size // 2)
                 batch_size //= 2
                 _release_cached_memory(engine.device)
+
+
+def _log_decisions(engine: StereoEngine, settings: ConversionSettings, video, window, batch_size: int,
+                   codec: str) -> None:
+    """At debug level (``-vv``), what this segment's conversion chose and why it looks as it does."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    begin, end = window
+    span = "the whole segment" if begin is None and end is None else \
+        f"{begin or 0:.2f}-{'end' if end is None else f'{end:.2f}'} s"
+    convergence = f"auto (at least {settings.convergence:.2f})" if settings.auto_convergence \
+        else f"{settings.convergence:.2f}"
+    log.debug("decisions: device %s, encoder %s, batches of %d frames (%dx%d), time window %s, convergence %s, "
+              "divergence %.2f %%, floating window %s, depth %s, fill %s, precision %s", engine.device, codec,
+              batch_size, video.width, video.height, span, convergence, settings.divergence,
+              "on" if settings.floating_window else "off", settings.depth_model, settings.inpaint,
+              settings.precision.value)
 
 
 def _release_cached_memory(device: torch.device) -> None:
@@ -417,6 +436,7 @@ def finish_segment(engine: StereoEngine, encoder: _EncoderThread, src: Path, *, 
     comfort = engine.stats.to_dict() if engine.stats is not None else None
     engine.stats = None
     return SegmentStats(frames=frames, duration_seconds=duration, seconds=time.perf_counter() - started,
+                        start_seconds=float(first_pts * time_base),
                         warmup_seconds=warmup_seconds, engine_seconds=engine_seconds,
                         depth_seconds=engine.depth_seconds, comfort=comfort, batch_size=batch_size,
                         encoder=codec, warmup_frames=warmup_frames)
