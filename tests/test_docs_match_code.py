@@ -32,7 +32,7 @@ def _convert_options() -> set[str]:
 
 def _readme_table_options() -> set[str]:
     rows = re.findall(r"^\| (`-[^|]+)\|", (ROOT / "README.md").read_text(), re.M)
-    return {name for row in rows for name in re.findall(r"`(--[a-z0-9-]+)`", row)}
+    return {name for row in rows for name in re.findall(r"`(--[a-z0-9-]+)[^`]*`", row)}
 
 
 def test_the_readme_option_table_is_the_convert_commands_options():
