@@ -77,7 +77,7 @@ def resolve_job_id(backend: Backend, text: str) -> str:
     if keys.is_job_id(text):
         return text
     if len(text) < SHORT_ID_MIN or not keys.is_job_id_prefix(text):
-        raise JobNotFound(f"{text!r} is not a job id: give the id `stereo-spot jobs` lists, or its first "
+        raise JobNotFound(f"invalid job id {text!r}: give the id `stereo-spot jobs` lists, or its first "
                           f"{SHORT_ID_MIN} or more characters")
     matches = backend.jobs.ids_starting_with(text, limit=11)
     if not matches:
