@@ -147,26 +147,37 @@ def acquire(backend: Backend, name: str, owner: str, *, job_id: str, activity: s
 
 
 @contextlib.contextmanager
-def renewing(backend: Backend, name: str, owner: str,
-             ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> Iterator[None]:
-    """Renew the lease every third of its TTL while the block runs (a long join of a 3-hour film)."""
+def _every(seconds: float, name: str, tick: Callable[[], None]) -> Iterator[None]:
+    """Call ``tick`` every ``seconds`` on a background thread while the block runs."""
     stop = threading.Event()
 
-    def renew() -> None:
-        while not stop.wait(ttl_seconds / 3):
-            try:
-                if not backend.reassembly.try_acquire(name, owner, ttl_seconds=ttl_seconds):
-                    log.warning("%s was taken over; finishing anyway (the result is the same)", name)
-            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next tick
-                log.warning("renewing %s failed: %s", name, exc)
+    def loop() -> None:
+        while not stop.wait(seconds):
+            tick()
 
-    thread = threading.Thread(target=renew, name=f"lease-{name}", daemon=True)
+    thread = threading.Thread(target=loop, name=f"lease-{name}", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def renewing(backend: Backend, name: str, owner: str,
+             ttl_seconds: int = REASSEMBLY_LOCK_TTL_SECONDS) -> Iterator[None]:
+    """Renew the lease every third of its TTL while the block runs (a long join of a 3-hour film)."""
+
+    def renew() -> None:
+        try:
+            if not backend.reassembly.try_acquire(name, owner, ttl_seconds=ttl_seconds):
+                log.warning("%s was taken over; finishing anyway (the result is the same)", name)
+        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next tick
+            log.warning("renewing %s failed: %s", name, exc)
+
+    with _every(ttl_seconds / 3, name, renew):
+        yield
 
 
 @contextlib.contextmanager
@@ -192,26 +203,17 @@ def keeping(backend: Backend, name: str, owner: str,
     ours, and take it over from a holder of this machine that died. Unlike ``holding``, another live holder is
     no reason to wait: several runs may share a job, and one of them holding it is what it says. Released after,
     where this run holds it."""
-    stop = threading.Event()
-
     def take() -> None:
         try:
             try_take(backend, name, owner, ttl_seconds)
         except Exception as exc:  # noqa: BLE001 - retried on the next tick
             log.warning("keeping %s failed: %s", name, exc)
 
-    def keep() -> None:
-        while not stop.wait(min(KEEPING_SECONDS, ttl_seconds / 3)):
-            take()
-
     take()  # before the work starts: the job never looks abandoned while this run lives
-    thread = threading.Thread(target=keep, name=f"lease-{name}", daemon=True)
-    thread.start()
     try:
-        yield
+        with _every(min(KEEPING_SECONDS, ttl_seconds / 3), name, take):
+            yield
     finally:
-        stop.set()
-        thread.join()
         backend.reassembly.release(name, owner)
 
 
