@@ -19,7 +19,7 @@ from stereo_spot.cli import app
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import create_depth_estimator, known_depth_estimators
 from stereo_spot.stereo.engine import StereoEngine, check_model_choice
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, point_hub_at
 from tests.test_neural_depth import save_tiny_depth_anything
 
 pytest.importorskip("transformers")
@@ -33,22 +33,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def hub(checkpoint, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
     with FakeHub() as fake:
         fake.add_repo(SMALL.repo_id, checkpoint)
-        cache = tmp_path / "hf-cache"
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        # huggingface_hub reads these once, at import: point the already imported constants at the test's
-        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        hub_models.snapshot_for_process.cache_clear()
+        point_hub_at(fake, tmp_path / "hf-cache", monkeypatch)
         yield fake
         hub_models.snapshot_for_process.cache_clear()
 

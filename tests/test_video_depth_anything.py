@@ -291,23 +291,10 @@ def test_one_second_segments_match_one_run(home, tmp_path, monkeypatch, short_wi
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    from tests.fake_hub import FakeHub
+    from tests.fake_hub import FakeHub, point_hub_at
 
     with FakeHub() as fake:
-        cache = tmp_path / "hf-cache"
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        # huggingface_hub reads these once, at import (as tests/test_hub_models.py does)
-        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        hub_models.snapshot_for_process.cache_clear()
+        point_hub_at(fake, tmp_path / "hf-cache", monkeypatch)
         yield fake
         hub_models.snapshot_for_process.cache_clear()
 
