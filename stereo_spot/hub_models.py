@@ -52,6 +52,13 @@ class HubModel:
 # Video-Depth-Anything-Small and Metric-Video-Depth-Anything-Small (license: apache-2.0). The metric Base and
 # Large cards were not read; they are taken to follow the README's rule for their size. Parameter counts from the
 # same READMEs.
+# Distill-Any-Depth (Westlake-AGI-Lab/Distill-Any-Depth): Depth Anything V2's architecture with weights distilled
+# from several teachers. Its README links the Transformers checkpoints xingyang1/Distill-Any-Depth-{Small,Large}-hf,
+# written by transformers' convert_distill_any_depth_to_hf.py (DepthAnythingConfig on DINOv2-small / -large,
+# DPTImageProcessor at 518), so they load through the Depth Anything loader as they are; no Base is published in
+# that form. Parameters from the README's table (Dav2-small 24.8M, Dav2-large 335.3M); licence: the authors' hub
+# repository xingyang1/Distill-Any-Depth is tagged apache-2.0 (the code is MIT). iw3's README notes that the
+# Base and Large were initialised from Depth Anything V2's CC-BY-NC-4.0 weights; the summary says so.
 CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
              summary="Depth Anything V2 Small: fast, fits any GPU", licence="Apache-2.0", parameters_m=24.8),
@@ -77,6 +84,12 @@ CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("metric-video-depth-anything-large", "video-depth-anything",
              "depth-anything/Metric-Video-Depth-Anything-Large", summary="Video Depth Anything Large, metric depth",
              licence="CC-BY-NC-4.0", parameters_m=381.8, video_consistent=True),
+    HubModel("distill-any-depth-small", "depth-anything", "xingyang1/Distill-Any-Depth-Small-hf",
+             summary="Distill-Any-Depth Small: Depth Anything V2 Small's network, distilled weights",
+             licence="Apache-2.0", parameters_m=24.8),
+    HubModel("distill-any-depth-large", "depth-anything", "xingyang1/Distill-Any-Depth-Large-hf",
+             summary="Distill-Any-Depth Large (stated Apache-2.0; initialised from Depth Anything V2 Large, "
+                     "CC-BY-NC-4.0)", licence="Apache-2.0", parameters_m=335.3),
 )}
 
 
