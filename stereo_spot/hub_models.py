@@ -25,7 +25,8 @@ from pathlib import Path
 from stereo_spot.errors import UserError
 
 #: Licences that forbid commercial use: a conversion with such a checkpoint says so once (``licence_notice``).
-NON_COMMERCIAL = frozenset({"CC-BY-NC-4.0"})
+#: Apple-AMLR: the Apple Machine Learning Research Model licence, for research purposes only.
+NON_COMMERCIAL = frozenset({"CC-BY-NC-4.0", "Apple-AMLR"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class HubModel:
 # that form. Parameters from the README's table (Dav2-small 24.8M, Dav2-large 335.3M); licence: the authors' hub
 # repository xingyang1/Distill-Any-Depth is tagged apache-2.0 (the code is MIT). iw3's README notes that the
 # Base and Large were initialised from Depth Anything V2's CC-BY-NC-4.0 weights; the summary says so.
+# Depth Pro (apple/ml-depth-pro): apple/DepthPro-hf is the transformers checkpoint (DepthProForDepthEstimation,
+# loaded by the same transformers depth loader); its model card's licence is apple-amlr; no parameter count is
+# published: about 950M, its 1.9 GB of fp16 weights at two bytes each.
 CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
              summary="Depth Anything V2 Small: fast, fits any GPU", licence="Apache-2.0", parameters_m=24.8),
@@ -90,6 +94,9 @@ CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("distill-any-depth-large", "depth-anything", "xingyang1/Distill-Any-Depth-Large-hf",
              summary="Distill-Any-Depth Large (stated Apache-2.0; initialised from Depth Anything V2 Large, "
                      "CC-BY-NC-4.0)", licence="Apache-2.0", parameters_m=335.3),
+    HubModel("depth-pro", "depth-anything", "apple/DepthPro-hf",
+             summary="Apple Depth Pro: sharp edges, 1536x1536 input (slow)", licence="Apple-AMLR",
+             parameters_m=950.0),
 )}
 
 

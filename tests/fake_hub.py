@@ -117,3 +117,28 @@ class FakeHub:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def serving(repos: dict[str, Path], cache: Path, monkeypatch):
+    """A fake hub with ``repos`` (repository id → folder), huggingface_hub pointed at it with an empty cache at
+    ``cache``, for a fixture to ``yield from``."""
+    from huggingface_hub import constants
+
+    from stereo_spot import hub_models
+
+    with FakeHub() as fake:
+        for repo_id, folder in repos.items():
+            fake.add_repo(repo_id, folder)
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # huggingface_hub reads these once, at import: point the already imported constants at the test's
+        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub_models.snapshot_for_process.cache_clear()
+        yield fake
+        hub_models.snapshot_for_process.cache_clear()

@@ -24,7 +24,7 @@ from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import create_depth_estimator
 from stereo_spot.stereo.engine import StereoEngine
 from stereo_spot.stereo.synthetic import parallax_clip
-from tests.fake_hub import FakeHub
+from tests.fake_hub import serving
 from tests.test_neural_depth import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("transformers")
@@ -63,23 +63,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def hub(checkpoint, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    with FakeHub() as fake:
-        fake.add_repo("xingyang1/Distill-Any-Depth-Small-hf", checkpoint)
-        cache = tmp_path / "hf-cache"
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        hub_models.snapshot_for_process.cache_clear()
-        yield fake
-        hub_models.snapshot_for_process.cache_clear()
+    yield from serving({"xingyang1/Distill-Any-Depth-Small-hf": checkpoint}, tmp_path / "hf-cache", monkeypatch)
 
 
 def test_the_catalog_entries_say_what_the_authors_publish():

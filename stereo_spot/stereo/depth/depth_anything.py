@@ -62,6 +62,13 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     normalize: bool = True
+    #: the processor's filter: DPT's (Depth Anything, Distill-Any-Depth) is bicubic, DepthPro's bilinear
+    resample: str = "bicubic"
+
+    def antialias(self, height: int, input_height: int) -> bool:
+        """DPT's processor resizes with PIL, which filters when it shrinks; DepthPro's resizes with torch and
+        ``antialias=False`` (transformers, models/depth_pro/image_processing_depth_pro.py, ``_preprocess``)."""
+        return self.resample == "bicubic" and input_height < height
 
     def size_for(self, height: int, width: int) -> tuple[int, int]:
         """The model input size for a frame (DPT's ``get_resize_output_image_size``)."""
@@ -86,7 +93,8 @@ def preprocessing_from(folder: Path) -> Preprocessing:
 
         processor = AutoImageProcessor.from_pretrained(folder)
         settings = {name: getattr(processor, name, None) for name in (
-            "size", "keep_aspect_ratio", "ensure_multiple_of", "image_mean", "image_std", "do_normalize")}
+            "size", "keep_aspect_ratio", "ensure_multiple_of", "image_mean", "image_std", "do_normalize",
+            "resample")}
     except (OSError, ValueError, ImportError):
         path = folder / "preprocessor_config.json"
         if not path.is_file():
@@ -101,12 +109,21 @@ def preprocessing_from(folder: Path) -> Preprocessing:
     defaults = Preprocessing()
     return Preprocessing(
         height=height, width=width,
-        keep_aspect_ratio=bool(settings.get("keep_aspect_ratio", True)),
+        # absent: the processor classes' own default (DPT's False; DepthPro's has no such option)
+        keep_aspect_ratio=bool(settings.get("keep_aspect_ratio", False)),
         multiple=int(settings.get("ensure_multiple_of") or 1),
         mean=tuple(float(v) for v in (settings.get("image_mean") or defaults.mean)),
         std=tuple(float(v) for v in (settings.get("image_std") or defaults.std)),
         normalize=settings.get("do_normalize") is not False,
+        resample=_resample_mode(settings.get("resample")),
     )
+
+
+def _resample_mode(value) -> str:
+    """A processor's ``resample`` (PIL's code 2 or 3, a PILImageResampling, or torchvision's InterpolationMode)
+    as torch's interpolation mode; bicubic, DPT's, where it says nothing."""
+    name = str(getattr(value, "value", value)).lower()
+    return "bilinear" if name in ("2", "bilinear") or name.endswith(".bilinear") else "bicubic"
 
 
 @dataclass
@@ -210,8 +227,8 @@ class DepthAnythingDepth(DepthEstimator):
         outputs = []
         for start in range(0, n, self.batch_size):
             batch = frames[start:start + self.batch_size].to(self.device, torch.float32)
-            batch = F.interpolate(batch, size=size, mode="bicubic", align_corners=False,
-                                  antialias=size[0] < h).clamp_(0.0, 1.0)
+            batch = F.interpolate(batch, size=size, mode=p.resample, align_corners=False,
+                                  antialias=p.antialias(h, size[0])).clamp_(0.0, 1.0)
             if p.normalize:
                 batch = (batch - self._mean) / self._std
             predicted = self.loaded.model(pixel_values=batch.to(self.loaded.dtype)).predicted_depth
