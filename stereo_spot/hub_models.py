@@ -63,6 +63,9 @@ class HubModel:
 # Depth Pro (apple/ml-depth-pro): apple/DepthPro-hf is the transformers checkpoint (DepthProForDepthEstimation,
 # loaded by the same transformers depth loader); its model card's licence is apple-amlr; no parameter count is
 # published: about 950M, its 1.9 GB of fp16 weights at two bytes each.
+# ZoeDepth (isl-org/ZoeDepth): Intel/zoedepth-nyu-kitti is the transformers checkpoint (ZoeDepthForDepthEstimation,
+# the NYU + KITTI model that picks its indoor or outdoor head per image); model card licence mit; about 345M
+# parameters, its 1.38 GB of fp32 weights at four bytes each.
 CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
              summary="Depth Anything V2 Small: fast, fits any GPU", licence="Apache-2.0", parameters_m=24.8),
@@ -97,6 +100,8 @@ CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-pro", "depth-anything", "apple/DepthPro-hf",
              summary="Apple Depth Pro: sharp edges, 1536x1536 input (slow)", licence="Apple-AMLR",
              parameters_m=950.0),
+    HubModel("zoedepth-nyu-kitti", "depth-anything", "Intel/zoedepth-nyu-kitti",
+             summary="ZoeDepth NYU+KITTI: metric depth, indoor and outdoor", licence="MIT", parameters_m=345.0),
 )}
 
 
