@@ -1,7 +1,8 @@
 """Models by name: ``--depth-model depth-anything-v2-small`` resolved through the Hugging Face hub and its cache.
 
-A name stands for a repository on the hub and the engine model that loads it (the ``-hf`` checkpoints of Depth
-Anything V2 load through ``transformers``, Video-Depth-Anything's state dicts into the project's own network), and
+A name stands for a repository on the hub and the engine model that loads it (the ``transformers`` checkpoints of
+Depth Anything V2, Distill-Any-Depth, Depth Pro and ZoeDepth load through ``transformers``, Video-Depth-Anything's
+state dicts into the project's own network), and
 carries the checkpoint's licence, size and whether it is consistent over time (``models list`` shows them).
 ``NAME@REVISION`` pins a commit, branch or tag; without one the
 catalog's revision is used. Files land in huggingface_hub's own cache (``HF_HUB_CACHE``, default

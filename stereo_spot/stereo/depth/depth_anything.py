@@ -1,5 +1,9 @@
 """Depth Anything (V2) through ``transformers``: ``--depth-model depth-anything --depth-weights PATH|s3://…``.
 
+The same loader reads every ``transformers`` depth checkpoint the catalog names (``stereo_spot.hub_models``):
+Distill-Any-Depth (Depth Anything's classes), Depth Pro and ZoeDepth (their own classes, through
+``AutoModelForDepthEstimation``), each with its own image processor's resizing (``Preprocessing``).
+
 The weights are a folder as ``save_pretrained`` writes it — what the Hugging Face repositories
 ``depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf`` hold::
 
