@@ -195,11 +195,12 @@ def build_workflow_template(config: PipelineConfig | None = None):
     )
 
     from stereo_spot.components import chunk, concat, convert, fail
+    from stereo_spot.models import OutputFormat
 
     config = config or PipelineConfig()
     arguments = [Parameter(name="bucket", description="bucket of the uploaded source"),
                  Parameter(name="key", description="input/<job id>/source.mp4 (URL-encoded as in S3 events, or not)"),
-                 Parameter(name="format", value="", description="sbs, hsbs, tb, htb or anaglyph; empty: the job's"),
+                 Parameter(name="format", value="", description=f"{', '.join(OutputFormat)}; empty: the job's"),
                  Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
                  Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
                  Parameter(name="gpu-workers", value=str(config.gpu_workers),

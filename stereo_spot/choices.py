@@ -44,6 +44,9 @@ def conversion_settings(**choices: Any) -> ConversionSettings:
         field = str(error["loc"][0]) if error.get("loc") else "settings"
         raise InvalidChoice(f"{OPTION_NAMES.get(field, field)}: {error['msg']} "
                             f"(got {error.get('input')!r})") from None
+    if settings.swap_eyes and settings.output_format.is_rgbd:
+        raise InvalidChoice(f"--swap-eyes: --format {settings.output_format.value} is colour and depth, with no "
+                            "eyes to swap")
     from stereo_spot.stereo.engine import check_model_choice
 
     check_model_choice(settings)

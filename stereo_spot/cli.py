@@ -246,6 +246,9 @@ def convert(
     if _same_file(output, input):
         die(f"the output {output} is the input: choose another --output")
     if report is not None:
+        if settings.output_format.is_rgbd:
+            die(f"--report works with stereo layouts: --format {settings.output_format.value} is colour and depth, "
+                "with no stereo pair to measure")
         if report.is_dir():
             die(f"--report {report} is a folder: give a file name such as report.json")
         if _same_file(report, input):

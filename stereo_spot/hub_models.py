@@ -1,7 +1,8 @@
 """Models by name: ``--depth-model depth-anything-v2-small`` resolved through the Hugging Face hub and its cache.
 
-A name stands for a repository on the hub and the engine model that loads it (the ``-hf`` checkpoints of Depth
-Anything V2 load through ``transformers``, Video-Depth-Anything's state dicts into the project's own network), and
+A name stands for a repository on the hub and the engine model that loads it (the ``transformers`` checkpoints of
+Depth Anything V2, Distill-Any-Depth, Depth Pro and ZoeDepth load through ``transformers``, Video-Depth-Anything's
+state dicts into the project's own network), and
 carries the checkpoint's licence, size and whether it is consistent over time (``models list`` shows them).
 ``NAME@REVISION`` pins a commit, branch or tag; without one the
 catalog's revision is used. Files land in huggingface_hub's own cache (``HF_HUB_CACHE``, default
@@ -25,7 +26,8 @@ from pathlib import Path
 from stereo_spot.errors import UserError
 
 #: Licences that forbid commercial use: a conversion with such a checkpoint says so once (``licence_notice``).
-NON_COMMERCIAL = frozenset({"CC-BY-NC-4.0"})
+#: Apple-AMLR: the Apple Machine Learning Research Model licence, for research purposes only.
+NON_COMMERCIAL = frozenset({"CC-BY-NC-4.0", "Apple-AMLR"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,19 @@ class HubModel:
 # Video-Depth-Anything-Small and Metric-Video-Depth-Anything-Small (license: apache-2.0). The metric Base and
 # Large cards were not read; they are taken to follow the README's rule for their size. Parameter counts from the
 # same READMEs.
+# Distill-Any-Depth (Westlake-AGI-Lab/Distill-Any-Depth): Depth Anything V2's architecture with weights distilled
+# from several teachers. Its README links the Transformers checkpoints xingyang1/Distill-Any-Depth-{Small,Large}-hf,
+# written by transformers' convert_distill_any_depth_to_hf.py (DepthAnythingConfig on DINOv2-small / -large,
+# DPTImageProcessor at 518), so they load through the Depth Anything loader as they are; no Base is published in
+# that form. Parameters from the README's table (Dav2-small 24.8M, Dav2-large 335.3M); licence: the authors' hub
+# repository xingyang1/Distill-Any-Depth is tagged apache-2.0 (the code is MIT). iw3's README notes that the
+# Base and Large were initialised from Depth Anything V2's CC-BY-NC-4.0 weights; the summary says so.
+# Depth Pro (apple/ml-depth-pro): apple/DepthPro-hf is the transformers checkpoint (DepthProForDepthEstimation,
+# loaded by the same transformers depth loader); its model card's licence is apple-amlr; no parameter count is
+# published: about 950M, its 1.9 GB of fp16 weights at two bytes each.
+# ZoeDepth (isl-org/ZoeDepth): Intel/zoedepth-nyu-kitti is the transformers checkpoint (ZoeDepthForDepthEstimation,
+# the NYU + KITTI model that picks its indoor or outdoor head per image); model card licence mit; about 345M
+# parameters, its 1.38 GB of fp32 weights at four bytes each.
 CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("depth-anything-v2-small", "depth-anything", "depth-anything/Depth-Anything-V2-Small-hf",
              summary="Depth Anything V2 Small: fast, fits any GPU", licence="Apache-2.0", parameters_m=24.8),
@@ -77,6 +92,17 @@ CATALOG: dict[str, HubModel] = {m.name: m for m in (
     HubModel("metric-video-depth-anything-large", "video-depth-anything",
              "depth-anything/Metric-Video-Depth-Anything-Large", summary="Video Depth Anything Large, metric depth",
              licence="CC-BY-NC-4.0", parameters_m=381.8, video_consistent=True),
+    HubModel("distill-any-depth-small", "depth-anything", "xingyang1/Distill-Any-Depth-Small-hf",
+             summary="Distill-Any-Depth Small: Depth Anything V2 Small's network, distilled weights",
+             licence="Apache-2.0", parameters_m=24.8),
+    HubModel("distill-any-depth-large", "depth-anything", "xingyang1/Distill-Any-Depth-Large-hf",
+             summary="Distill-Any-Depth Large (stated Apache-2.0; initialised from Depth Anything V2 Large, "
+                     "CC-BY-NC-4.0)", licence="Apache-2.0", parameters_m=335.3),
+    HubModel("depth-pro", "depth-anything", "apple/DepthPro-hf",
+             summary="Apple Depth Pro: sharp edges, 1536x1536 input (slow)", licence="Apple-AMLR",
+             parameters_m=950.0),
+    HubModel("zoedepth-nyu-kitti", "depth-anything", "Intel/zoedepth-nyu-kitti",
+             summary="ZoeDepth NYU+KITTI: metric depth, indoor and outdoor", licence="MIT", parameters_m=345.0),
 )}
 
 

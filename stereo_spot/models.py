@@ -50,6 +50,10 @@ class OutputFormat(StrEnum):
     ANAGLYPH = "anaglyph"  # red-cyan, W x H
     CROSS = "cross"  # Full side-by-side with the right eye on the left (2W x H): cross-eyed free viewing
     VR180 = "vr180"  # each eye projected onto a 180 degree equirectangular half, side by side (2S x S)
+    # Colour on the left, its depth as grey on the right (near = bright), as iw3's --rgbd writes it for Looking
+    # Glass and depth-aware players: 2W x H. Not a stereo pair.
+    RGBD = "rgbd"
+    HALF_RGBD = "half-rgbd"  # the same squeezed into the source's width, as iw3's --half-rgbd: W x H
 
     @property
     def label(self) -> str:
@@ -61,7 +65,15 @@ class OutputFormat(StrEnum):
             OutputFormat.ANAGLYPH: "Anaglyph (red-cyan)",
             OutputFormat.CROSS: "Cross-eyed (right-left side-by-side)",
             OutputFormat.VR180: "VR180 (equirectangular side-by-side)",
+            OutputFormat.RGBD: "RGB-D (colour and depth side-by-side)",
+            OutputFormat.HALF_RGBD: "Half RGB-D (colour and depth squeezed side-by-side)",
         }[self]
+
+    @property
+    def is_rgbd(self) -> bool:
+        """Colour and depth rather than a stereo pair: nothing is rendered, no eye is swapped, and neither the
+        stereo signalling nor the comfort report applies."""
+        return self in (OutputFormat.RGBD, OutputFormat.HALF_RGBD)
 
 
 def left_eye_first(output_format: OutputFormat | str, swap_eyes: bool = False) -> bool:

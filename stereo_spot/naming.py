@@ -18,6 +18,9 @@ LAYOUT_SUFFIX = {
     # no SBS token: players that see one would show a cross-eyed pair with the eyes swapped
     OutputFormat.CROSS: "_Cross",
     OutputFormat.VR180: "_180_LR",  # DeoVR, Skybox, HereSphere: 180° equirectangular, left eye on the left
+    # iw3's names for colour + depth (nagadomi/nunif iw3/utils.py, RGBD_SUFFIX and HALF_RGBD_SUFFIX)
+    OutputFormat.RGBD: "_RGBD",
+    OutputFormat.HALF_RGBD: "_HRGBD",
 }
 SWAPPED_SUFFIX = "_Swapped"
 
@@ -29,6 +32,10 @@ PLAYER_TOKENS = {
     OutputFormat.TB: ("tb", "tab", "ou", "3dv"),
     OutputFormat.HTB: ("tb", "tab", "htab", "ou", "3dv"),
     OutputFormat.VR180: ("180",),
+    # No player documents a name token for colour + depth (Looking Glass Studio asks at import which half is
+    # which); iw3's names are the convention its users' tools follow.
+    OutputFormat.RGBD: ("rgbd",),
+    OutputFormat.HALF_RGBD: ("hrgbd", "rgbd"),
 }
 
 

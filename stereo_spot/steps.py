@@ -636,9 +636,11 @@ def reopen_failed(backend: Backend, job_id: str) -> Job:
 
 def _write_report(backend: Backend, job: Job, completions: list[SegmentCompletion]) -> None:
     """The comfort report (``jobs/{job}/report.json``). A report that cannot be built must not cost the user
-    the finished video: it is logged and skipped."""
+    the finished video: it is logged and skipped. Colour + depth (RGB-D) has no stereo pair to report on."""
     from stereo_spot.report import write_report
 
+    if job.settings.output_format.is_rgbd:
+        return
     try:
         write_report(backend, job, completions)
         log.info("job %s: comfort report written to %s", job.job_id, keys.report_key(job.job_id))

@@ -119,19 +119,26 @@ class FakeHub:
         self._thread.join(timeout=5)
 
 
-def point_hub_at(fake: FakeHub, cache: Path, monkeypatch) -> None:
-    """Make huggingface_hub (and the project's catalog) use ``fake`` and a cache of the test's own.
-    huggingface_hub reads its variables once, at import: the already imported constants are pointed too."""
+def serving(repos: dict[str, Path], cache: Path, monkeypatch):
+    """A fake hub with ``repos`` (repository id → folder), huggingface_hub pointed at it with an empty cache at
+    ``cache``, for a fixture to ``yield from``."""
     from huggingface_hub import constants
 
     from stereo_spot import hub_models
 
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    hub_models.snapshot_for_process.cache_clear()
+    with FakeHub() as fake:
+        for repo_id, folder in repos.items():
+            fake.add_repo(repo_id, folder)
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # huggingface_hub reads these once, at import: point the already imported constants at the test's
+        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub_models.snapshot_for_process.cache_clear()
+        yield fake
+        hub_models.snapshot_for_process.cache_clear()

@@ -19,7 +19,7 @@ from stereo_spot.cli import app
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import create_depth_estimator, known_depth_estimators
 from stereo_spot.stereo.engine import StereoEngine, check_model_choice
-from tests.fake_hub import FakeHub, point_hub_at
+from tests.fake_hub import serving
 from tests.test_neural_depth import save_tiny_depth_anything
 
 pytest.importorskip("transformers")
@@ -33,11 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def hub(checkpoint, tmp_path, monkeypatch):
-    with FakeHub() as fake:
-        fake.add_repo(SMALL.repo_id, checkpoint)
-        point_hub_at(fake, tmp_path / "hf-cache", monkeypatch)
-        yield fake
-        hub_models.snapshot_for_process.cache_clear()
+    yield from serving({SMALL.repo_id: checkpoint}, tmp_path / "hf-cache", monkeypatch)
 
 
 def _go_offline(monkeypatch):

@@ -291,12 +291,9 @@ def test_one_second_segments_match_one_run(home, tmp_path, monkeypatch, short_wi
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
-    from tests.fake_hub import FakeHub, point_hub_at
+    from tests.fake_hub import serving
 
-    with FakeHub() as fake:
-        point_hub_at(fake, tmp_path / "hf-cache", monkeypatch)
-        yield fake
-        hub_models.snapshot_for_process.cache_clear()
+    yield from serving({}, tmp_path / "hf-cache", monkeypatch)
 
 
 @pytest.mark.slow

@@ -44,6 +44,10 @@ FORMAT_HELP: dict[OutputFormat, str] = {
                         "glasses.",
     OutputFormat.VR180: "Each eye projected onto a 180° dome, side by side, with the metadata headset players read: "
                         "the video floats in front of you as a screen with depth.",
+    OutputFormat.RGBD: "The picture beside its depth map (near = bright), twice as wide: Looking Glass displays "
+                       "and depth-aware players. Not a stereo pair.",
+    OutputFormat.HALF_RGBD: "The picture and its depth map squeezed into the original width: Looking Glass and "
+                            "depth-aware players that take half-width RGB-D.",
 }
 
 ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {

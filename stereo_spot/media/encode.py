@@ -107,6 +107,8 @@ FRAME_PACKING = {
     OutputFormat.ANAGLYPH: None,
     OutputFormat.CROSS: 3,  # right eye first, so never written (see settings_for)
     OutputFormat.VR180: 3,
+    OutputFormat.RGBD: None,  # colour + depth is not a stereo pair: a frame-packing SEI would say it is
+    OutputFormat.HALF_RGBD: None,
 }
 
 

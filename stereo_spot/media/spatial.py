@@ -50,10 +50,11 @@ class SpatialMetadata:
 
 
 def metadata_for(output_format: OutputFormat | str, swap_eyes: bool = False) -> SpatialMetadata | None:
-    """What the container says about a layout; None for a 2D picture (anaglyph) or a layout st3d cannot name
+    """What the container says about a layout; None for a 2D picture (anaglyph), for colour + depth (RGB-D: not a
+    stereo pair, so an st3d box would make a headset show the depth map to one eye) or a layout st3d cannot name
     (top-bottom with the right eye on top)."""
     fmt = OutputFormat(output_format)
-    if fmt is OutputFormat.ANAGLYPH:
+    if fmt is OutputFormat.ANAGLYPH or fmt.is_rgbd:
         return None
     first_is_left = left_eye_first(fmt, swap_eyes)
     if fmt in (OutputFormat.TB, OutputFormat.HTB):

@@ -24,8 +24,8 @@ from stereo_spot.stereo.devices import DEFAULT_BATCH_FRAMES, batch_frames_for_me
 from stereo_spot.stereo.disparity import depth_to_disparity
 from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.fill import Inpainter, create_inpainter
+from stereo_spot.stereo.pack import depth_picture, pack_uint8
 from stereo_spot.stereo.pack import output_size as packed_size
-from stereo_spot.stereo.pack import pack_uint8
 from stereo_spot.stereo.screen_plane import ScreenPlane
 from stereo_spot.stereo.stats import ComfortStats
 from stereo_spot.stereo.warp import WarpWorkspace, forward_warp
@@ -312,6 +312,8 @@ class StereoEngine:
         return np.empty((n, out_h, out_w, 3), dtype=np.uint8)
 
     def _render_batch(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
+        if self.settings.output_format.is_rgbd:
+            return self._render_batch_rgbd(frames_uint8)
         if getattr(self.inpainter, "frames_per_call", 1) > 1:
             return self._render_batch_temporal(frames_uint8, observe)
         out = self._output_array(frames_uint8)
@@ -319,6 +321,17 @@ class StereoEngine:
                                                                                                   observe):
             right = self.inpainter.inpaint(warped, holes, warped_disparity, left)
             self._pack_into(out, start, stop, u8, left, right, widths)
+        return out
+
+    def _render_batch_rgbd(self, frames_uint8: np.ndarray) -> np.ndarray:
+        """Each frame beside the depth the estimator gave it: no disparity, no warp, no window, no statistics
+        (there is no stereo pair to measure)."""
+        out = self._output_array(frames_uint8)
+        for start in range(0, len(frames_uint8), self.chunk_frames):
+            stop = min(len(frames_uint8), start + self.chunk_frames)
+            u8, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
+            depth = depth_picture(self._timed_depth(left), u8.shape[-1])
+            self._pack_into(out, start, stop, u8, left, depth)
         return out
 
     def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:

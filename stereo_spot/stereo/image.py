@@ -6,6 +6,9 @@ applied. A 16-bit input gives a 16-bit PNG.
 
 With a disparity map (``.npy``, float32, H×W, pixels) the depth estimator is skipped: the right view takes each
 left pixel at column x to x − d (positive d = in front of the screen), exactly as for video.
+
+The RGB-D formats write the picture beside its estimated depth (``stereo_spot.stereo.pack``), alpha kept on the
+picture's half and the depth's half opaque; a disparity map has no place there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from stereo_spot.models import AnaglyphMethod, ConversionSettings, OutputFormat
 from stereo_spot.stereo.engine import StereoEngine
 from stereo_spot.stereo.errors import StereoInputError
-from stereo_spot.stereo.pack import anaglyph, pack
+from stereo_spot.stereo.pack import anaglyph, depth_picture, pack
 
 #: Above this many pixels the right view is rendered in horizontal bands (the warp is row-wise), so memory
 #: stays bounded for very large photos.
@@ -122,6 +125,17 @@ def convert_image(
     h, w = rgb.shape[:2]
     engine = StereoEngine(settings, device=device)
     left = torch.from_numpy(rgb).to(engine.device).permute(2, 0, 1).unsqueeze(0)
+    fmt = OutputFormat(settings.output_format)
+    if fmt.is_rgbd:
+        if disparity is not None:
+            raise StereoInputError(f"--disparity renders a stereo pair; --format {fmt.value} writes the picture "
+                                   "beside its estimated depth: leave one of them out")
+        depth01 = engine.depth.estimate(left.contiguous())
+        if alpha is not None:
+            left = torch.cat([left, torch.from_numpy(np.ascontiguousarray(alpha)).to(engine.device).view(1, 1, h, w)],
+                             dim=1)
+        packed = pack(left, depth_picture(depth01, left.shape[1]), fmt)
+        return _write_packed(dst, packed, alpha is not None, bit_depth)
     if disparity is None and settings.auto_divergence:
         from stereo_spot.stereo import auto_divergence
         from stereo_spot.stereo.disparity import depth_to_disparity
@@ -145,14 +159,18 @@ def convert_image(
         swapped = viewer_swapped(settings.output_format, settings.swap_eyes)
         left, right = mask_views(left, right, FloatingWindow().update(viewer_disparity(disp, swapped)), swapped)
 
-    fmt = OutputFormat(settings.output_format)
     if fmt is OutputFormat.ANAGLYPH:
         first, second = (right, left) if settings.swap_eyes else (left, right)
         packed_rgb = anaglyph(first[:, :3], second[:, :3], AnaglyphMethod(settings.anaglyph))
         packed_alpha = torch.maximum(left[:, 3:], right[:, 3:]) if alpha is not None else None
+        packed = torch.cat([packed_rgb, packed_alpha], dim=1) if packed_alpha is not None else packed_rgb
     else:
         packed = pack(left, right, fmt, swap_eyes=settings.swap_eyes)
-        packed_rgb, packed_alpha = packed[:, :3], (packed[:, 3:] if alpha is not None else None)
+    return _write_packed(dst, packed, alpha is not None, bit_depth)
+
+
+def _write_packed(dst: Path, packed: torch.Tensor, has_alpha: bool, bit_depth: int) -> Path:
+    packed_rgb, packed_alpha = packed[:, :3], (packed[:, 3:] if has_alpha else None)
     out_rgb = packed_rgb[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     out_alpha = packed_alpha[0, 0].clamp(0, 1).cpu().numpy() if packed_alpha is not None else None
     write_png(dst, out_rgb, out_alpha, bit_depth)

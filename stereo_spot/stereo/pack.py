@@ -1,5 +1,5 @@
 """Packing a left/right pair into one frame: side-by-side, top-bottom (full or half), cross-eyed, VR180 and
-red-cyan anaglyph.
+red-cyan anaglyph; and a frame with its depth (RGB-D).
 
 Layouts (W×H is the source frame):
 
@@ -10,6 +10,11 @@ Layouts (W×H is the source frame):
 * Half SBS: each eye squeezed to ceil(W/2) columns with an area filter, so 2·ceil(W/2) × H (W itself when W is
   even). Half TB likewise squeezes rows: W × 2·ceil(H/2). Both eyes always get the same size, which is what
   players assume when they split the frame in two.
+* RGB-D: 2W × H, the source frame on the left and its depth on the right as grey, near = bright (``depth01``
+  itself: 255 is the nearest thing in the shot, 0 the farthest), as nagadomi/nunif's iw3 writes ``--rgbd``
+  (``iw3/utils.py``, ``apply_rgbd``: the per-frame min-max normalised inverse depth repeated over the colour
+  channels, concatenated along the width). Half RGB-D squeezes both halves as Half SBS does. The colour is always
+  on the left: Looking Glass and depth-aware players read it so, and there are no eyes to swap.
 * Anaglyph: W × H. ``dubois`` applies Eric Dubois' least-squares red-cyan matrices to *linear* RGB (sRGB
   decoded, mixed, clipped, encoded again), as the method was derived on linear light; ``dubois2`` does the same
   with the revised matrices of his 2009 note "Conversion of a stereo pair to anaglyph with the least-squares
@@ -59,7 +64,8 @@ _DUBOIS_MATRICES = {
 }
 LUMA_601 = (0.299, 0.587, 0.114)
 WIMMER_RED = (0.0, 0.7, 0.3)  # the left eye's contribution to the red channel in Wimmer's optimized anaglyph
-_SIDE_BY_SIDE = (OutputFormat.SBS, OutputFormat.CROSS)
+_SIDE_BY_SIDE = (OutputFormat.SBS, OutputFormat.CROSS, OutputFormat.RGBD)
+_HALF_SIDE_BY_SIDE = (OutputFormat.HSBS, OutputFormat.HALF_RGBD)
 
 
 def half_size(n: int) -> int:
@@ -77,7 +83,7 @@ def output_size(width: int, height: int, output_format: OutputFormat | str) -> t
     if fmt is OutputFormat.VR180:
         side = equirect.eye_size(width, height)
         return 2 * side, side
-    if fmt is OutputFormat.HSBS:
+    if fmt in _HALF_SIDE_BY_SIDE:
         return 2 * half_size(width), height
     if fmt is OutputFormat.TB:
         return width, 2 * height
@@ -149,6 +155,17 @@ def _red_excess_mixed(eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return green + 0.45 * (red - green).clamp_min(0.0), blue + 0.25 * (red - blue).clamp_min(0.0)
 
 
+def depth_picture(depth01: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    """The right half of an RGB-D frame: ``depth01`` [N,1,H,W] (1 = nearest) as grey [N,channels,H,W], opaque
+    where the frame has an alpha channel (a still's fourth channel)."""
+    if depth01.dim() != 4 or depth01.shape[1] != 1:
+        raise ValueError(f"depth must be [N,1,H,W], got {tuple(depth01.shape)}")
+    grey = depth01.clamp(0.0, 1.0).expand(-1, min(channels, 3), -1, -1)
+    if channels > 3:
+        grey = torch.cat([grey, torch.ones_like(depth01).expand(-1, channels - 3, -1, -1)], dim=1)
+    return grey.contiguous()
+
+
 def pack(
     left: torch.Tensor,
     right: torch.Tensor,
@@ -157,10 +174,13 @@ def pack(
     *,
     swap_eyes: bool = False,
 ) -> torch.Tensor:
-    """Pack two float views [N,C,H,W] (0..1) into [N,C,H2,W2] with (W2, H2) = ``output_size(W, H, format)``."""
+    """Pack two float views [N,C,H,W] (0..1) into [N,C,H2,W2] with (W2, H2) = ``output_size(W, H, format)``. For
+    the RGB-D layouts ``right`` is the depth picture (``depth_picture``) and ``swap_eyes`` does not apply."""
     if left.shape != right.shape:
         raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} views differ in shape")
     fmt = OutputFormat(output_format)
+    if fmt.is_rgbd:
+        swap_eyes = False
     if fmt is OutputFormat.ANAGLYPH:
         return anaglyph(*((right, left) if swap_eyes else (left, right)), anaglyph_method)
     first, second = (left, right) if left_eye_first(fmt, swap_eyes) else (right, left)
@@ -168,7 +188,7 @@ def pack(
         return torch.cat([first, second], dim=3)
     if fmt is OutputFormat.TB:
         return torch.cat([first, second], dim=2)
-    if fmt is OutputFormat.HSBS:
+    if fmt in _HALF_SIDE_BY_SIDE:
         return torch.cat([squeeze(first, horizontal=True), squeeze(second, horizontal=True)], dim=3)
     if fmt is OutputFormat.HTB:
         return torch.cat([squeeze(first, horizontal=False), squeeze(second, horizontal=False)], dim=2)
@@ -216,9 +236,12 @@ def pack_uint8(
 
     ``left_u8`` is the source batch [N,H,W,C] uint8 and ``left`` the same frames as float NCHW. For the full
     layouts the left half is a byte copy of ``left_u8`` (bit-exact, no float round trip) and ``right`` is
-    overwritten (clamped or scaled in place: it is scratch by then) while being converted into place.
+    overwritten (clamped or scaled in place: it is scratch by then) while being converted into place. For the
+    RGB-D layouts ``right`` is the depth picture (``depth_picture``).
     """
     fmt = OutputFormat(output_format)
+    if fmt.is_rgbd:
+        swap_eyes = False
     n, h, w, c = left_u8.shape
     out_w, out_h = output_size(w, h, fmt)
     if out is None:

@@ -361,7 +361,8 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
         _warm_up(engine, sources, rotation, batch_size, codec_threads, settings.max_fps)
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
-    engine.stats = ComfortStats() if collect_stats else None
+    # colour + depth has no stereo pair to measure
+    engine.stats = ComfortStats() if collect_stats and not settings.output_format.is_rgbd else None
     engine_seconds = 0.0
 
     encode = encode_settings(settings, codec_threads, codec)

@@ -1,5 +1,9 @@
 """Depth Anything (V2) through ``transformers``: ``--depth-model depth-anything --depth-weights PATH|s3://…``.
 
+The same loader reads every ``transformers`` depth checkpoint the catalog names (``stereo_spot.hub_models``):
+Distill-Any-Depth (Depth Anything's classes), Depth Pro and ZoeDepth (their own classes, through
+``AutoModelForDepthEstimation``), each with its own image processor's resizing (``Preprocessing``).
+
 The weights are a folder as ``save_pretrained`` writes it — what the Hugging Face repositories
 ``depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf`` hold::
 
@@ -62,6 +66,20 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     normalize: bool = True
+    #: the processor's filter: DPT's (Depth Anything, Distill-Any-Depth) is bicubic, DepthPro's and ZoeDepth's
+    #: bilinear
+    resample: str = "bicubic"
+    #: ZoeDepth's processor: the frame is padded by reflection before it is resized (``reflect_padding``) and
+    #: resized with ``align_corners=True``; its post-processing crops the padding off the prediction again
+    #: (transformers, models/zoedepth/image_processing_pil_zoedepth.py: ``pad_image``, ``resize``,
+    #: ``post_process_depth_estimation``)
+    reflect_pad: bool = False
+    align_corners: bool = False
+
+    def antialias(self, height: int, input_height: int) -> bool:
+        """DPT's processor resizes with PIL, which filters when it shrinks; DepthPro's resizes with torch and
+        ``antialias=False`` (transformers, models/depth_pro/image_processing_depth_pro.py, ``_preprocess``)."""
+        return self.resample == "bicubic" and input_height < height
 
     def size_for(self, height: int, width: int) -> tuple[int, int]:
         """The model input size for a frame (DPT's ``get_resize_output_image_size``)."""
@@ -72,6 +90,11 @@ class Preprocessing:
             else:
                 scale_w = scale_h
         return _multiple(scale_h * height, self.multiple), _multiple(scale_w * width, self.multiple)
+
+
+def reflect_padding(height: int, width: int) -> tuple[int, int]:
+    """ZoeDepth's padding of a frame: int(3·√(side / 2)) rows and columns on each side (its ``pad_image``)."""
+    return int(math.sqrt(height / 2) * 3), int(math.sqrt(width / 2) * 3)
 
 
 def _multiple(value: float, multiple: int) -> int:
@@ -86,7 +109,9 @@ def preprocessing_from(folder: Path) -> Preprocessing:
 
         processor = AutoImageProcessor.from_pretrained(folder)
         settings = {name: getattr(processor, name, None) for name in (
-            "size", "keep_aspect_ratio", "ensure_multiple_of", "image_mean", "image_std", "do_normalize")}
+            "size", "keep_aspect_ratio", "ensure_multiple_of", "image_mean", "image_std", "do_normalize",
+            "resample", "do_pad")}
+        settings["image_processor_type"] = type(processor).__name__
     except (OSError, ValueError, ImportError):
         path = folder / "preprocessor_config.json"
         if not path.is_file():
@@ -99,14 +124,26 @@ def preprocessing_from(folder: Path) -> Preprocessing:
     height = int(size.get("height") or size.get("shortest_edge") or 518)
     width = int(size.get("width") or size.get("shortest_edge") or height)
     defaults = Preprocessing()
+    zoe = str(settings.get("image_processor_type") or "").startswith("ZoeDepth")
     return Preprocessing(
         height=height, width=width,
-        keep_aspect_ratio=bool(settings.get("keep_aspect_ratio", True)),
-        multiple=int(settings.get("ensure_multiple_of") or 1),
+        # absent: the processor classes' own default (DPT's False; DepthPro's has no such option)
+        keep_aspect_ratio=bool(settings.get("keep_aspect_ratio", False)),
+        multiple=max(1, int(settings.get("ensure_multiple_of") or 1)),
         mean=tuple(float(v) for v in (settings.get("image_mean") or defaults.mean)),
         std=tuple(float(v) for v in (settings.get("image_std") or defaults.std)),
         normalize=settings.get("do_normalize") is not False,
+        resample=_resample_mode(settings.get("resample")),
+        reflect_pad=zoe and settings.get("do_pad") is not False,
+        align_corners=zoe,
     )
+
+
+def _resample_mode(value) -> str:
+    """A processor's ``resample`` (PIL's code 2 or 3, a PILImageResampling, or torchvision's InterpolationMode)
+    as torch's interpolation mode; bicubic, DPT's, where it says nothing."""
+    name = str(getattr(value, "value", value)).lower()
+    return "bilinear" if name in ("2", "bilinear") or name.endswith(".bilinear") else "bicubic"
 
 
 @dataclass
@@ -158,7 +195,9 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line naming the folder
         raise loading_error("depth model", folder, exc) from exc
     model.to(device).eval()
-    metric = getattr(model.config, "depth_estimation_type", "relative") == "metric"
+    # ZoeDepth predicts metres and has no depth_estimation_type; DepthPro's raw output is inverse depth
+    metric = (getattr(model.config, "depth_estimation_type", "relative") == "metric"
+              or model.config.model_type == "zoedepth")
     return LoadedModel(model=model, preprocessing=preprocessing_from(folder), dtype=dtype, metric=metric,
                        folder=folder)
 
@@ -206,16 +245,22 @@ class DepthAnythingDepth(DepthEstimator):
         """Raw relative inverse depth [N,1,h,w] (model resolution, float32) for frames [N,3,H,W] 0..1."""
         n, _, h, w = frames.shape
         p = self.loaded.preprocessing
-        size = p.size_for(h, w)
+        pad_h, pad_w = reflect_padding(h, w) if p.reflect_pad else (0, 0)
+        size = p.size_for(h + 2 * pad_h, w + 2 * pad_w)
         outputs = []
         for start in range(0, n, self.batch_size):
             batch = frames[start:start + self.batch_size].to(self.device, torch.float32)
-            batch = F.interpolate(batch, size=size, mode="bicubic", align_corners=False,
-                                  antialias=size[0] < h).clamp_(0.0, 1.0)
+            if pad_h or pad_w:
+                batch = F.pad(batch, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
+            batch = F.interpolate(batch, size=size, mode=p.resample, align_corners=p.align_corners,
+                                  antialias=p.antialias(h, size[0])).clamp_(0.0, 1.0)
             if p.normalize:
                 batch = (batch - self._mean) / self._std
             predicted = self.loaded.model(pixel_values=batch.to(self.loaded.dtype)).predicted_depth
             predicted = predicted.float().unsqueeze(1) if predicted.dim() == 3 else predicted.float()
+            if pad_h or pad_w:  # back to the padded frame's size, the padding cropped off
+                predicted = F.interpolate(predicted, size=(h + 2 * pad_h, w + 2 * pad_w), mode="bicubic",
+                                          align_corners=False)[:, :, pad_h : pad_h + h, pad_w : pad_w + w]
             if self.loaded.metric:
                 predicted = 1.0 / predicted.clamp_min(1e-3)
             outputs.append(predicted)
