@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import ssl
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ import yaml
 from stereo_spot import argo_runs, keys
 from stereo_spot.config import Settings
 from stereo_spot.ui.submission import stop_run
+from tests.local_server import serving
 
 JOB = "0b7f3e2c-9f0e-4c3e-8c39-0d6f9c1b9a01"
 OLD_RUN = argo_runs.run_name(JOB, "0055AED6DCD90281E5")  # failed, kept by the ttlStrategy
@@ -110,19 +109,9 @@ def argo_server(cert: Path, key: Path, phases: dict[str, str]) -> Iterator[ArgoS
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    state.url = f"https://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler, tls=(cert, key)) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 class _Aws:

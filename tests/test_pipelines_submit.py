@@ -8,12 +8,11 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from typer.testing import CliRunner
 
 from stereo_spot.cli import app
 from stereo_spot.pipelines.config import template_name
+from tests.local_server import serving
 
 JOB = "0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55"
 KEY = f"input/{JOB}/source.mp4"
@@ -72,16 +72,9 @@ def http_server(route: Route) -> Iterator[Server]:
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _validate(document: dict, tmp_path: Path, name: str) -> str:
