@@ -50,6 +50,7 @@ class OutputFormat(StrEnum):
     ANAGLYPH = "anaglyph"  # red-cyan, W x H
     CROSS = "cross"  # Full side-by-side with the right eye on the left (2W x H): cross-eyed free viewing
     VR180 = "vr180"  # each eye projected onto a 180 degree equirectangular half, side by side (2S x S)
+    SPATIAL = "spatial"  # Apple's spatial video: the eyes as the two views of one MV-HEVC stream (media/mvhevc.py)
 
     @property
     def label(self) -> str:
@@ -61,6 +62,7 @@ class OutputFormat(StrEnum):
             OutputFormat.ANAGLYPH: "Anaglyph (red-cyan)",
             OutputFormat.CROSS: "Cross-eyed (right-left side-by-side)",
             OutputFormat.VR180: "VR180 (equirectangular side-by-side)",
+            OutputFormat.SPATIAL: "Spatial video (MV-HEVC, Apple Vision Pro)",
         }[self]
 
 
@@ -132,6 +134,10 @@ class ConversionSettings(BaseModel):
     inpaint_weights: str | None = None
     precision: Precision = Precision.AUTO  # of the neural depth and inpainting models
     auto_divergence: bool = False
+    # --format spatial: the distance between the eyes' cameras and the horizontal field of view its vexu/hfov
+    # boxes declare (media/vexu.py)
+    baseline_mm: float = Field(64.0, gt=0.0, le=1000.0)
+    hfov: float = Field(63.0, gt=0.0, lt=180.0)
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)

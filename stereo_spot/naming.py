@@ -18,6 +18,8 @@ LAYOUT_SUFFIX = {
     # no SBS token: players that see one would show a cross-eyed pair with the eyes swapped
     OutputFormat.CROSS: "_Cross",
     OutputFormat.VR180: "_180_LR",  # DeoVR, Skybox, HereSphere: 180° equirectangular, left eye on the left
+    # no SBS token: the file is one picture per frame for a 2D player (the left eye), two views for Apple's
+    OutputFormat.SPATIAL: "_Spatial",
 }
 SWAPPED_SUFFIX = "_Swapped"
 

@@ -22,13 +22,15 @@ import av
 import numpy as np
 import pytest
 
+from stereo_spot import keys, steps
 from stereo_spot.media import mvhevc, spatial, vexu
 from stereo_spot.media.concat import concat_segments
 from stereo_spot.media.encode import settings_for
 from stereo_spot.media.errors import MediaError
 from stereo_spot.media.frames import VideoWriter
 from stereo_spot.media.frames import _to_rgb as frame_to_rgb
-from stereo_spot.models import OutputFormat
+from stereo_spot.models import ConversionSettings, OutputFormat
+from stereo_spot.runner import run_job
 from tests.media_fixtures import make_clip
 
 pytestmark = pytest.mark.skipif(
@@ -216,16 +218,36 @@ def test_segments_joined_by_stream_copy_keep_both_views_in_every_frame(tmp_path)
 # --- errors a user can meet -----------------------------------------------------------------------------------
 
 
-def test_out_of_range_parameters_get_one_line_errors():
-    with pytest.raises(MediaError, match=r"^--baseline-mm 0 is out of range"):
-        vexu.check_spatial_parameters(0, 63)
-    with pytest.raises(MediaError, match=r"^--hfov 190 is out of range"):
-        vexu.check_spatial_parameters(64, 190)
-
-
 def test_an_eye_of_the_wrong_size_is_refused(tmp_path):
     with mvhevc.MultiviewEncoder(tmp_path / "x.hevc", EYE_W, EYE_H, FPS) as encoder:
         left, right = _eyes(1)
         encoder.write(left[0], right[0])
         with pytest.raises(MediaError, match="the stream's eyes are 192x112"):
             encoder.write(left[0][:, :10], right[0])
+
+
+# --- the whole job: --format spatial against --format sbs of the same input --------------------------------
+
+
+def _final(backend, settings: ConversionSettings, clip: Path) -> Path:
+    job = steps.create_job(backend, settings, "spatial")
+    steps.store_source(backend, job.job_id, clip)
+    run_job(backend, job.job_id, workers=1)
+    return backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+
+
+@pytest.mark.slow
+def test_a_spatial_job_carries_the_eyes_of_the_sbs_job_as_two_views_with_the_audio(backend, tmp_path):
+    """Segments of 0.5 s, so the result is a join of two MV-HEVC segments; catches a spatial job that writes
+    side-by-side frames, loses view 1 or the audio, or skips the vexu/hfov boxes."""
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, fps=24, size=(96, 64), gop=12)
+    sbs = _final(backend, ConversionSettings(segment_seconds=0.5, output_format=OutputFormat.SBS), clip)
+    out = _final(backend, ConversionSettings(segment_seconds=0.5, output_format=OutputFormat.SPATIAL,
+                                             baseline_mm=64, hfov=63), clip)
+    with av.open(str(sbs)) as container:
+        packed = [frame_to_rgb(f) for f in container.decode(video=0)]
+    with av.open(str(out)) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (96, 64)
+        assert len(container.streams.audio) == 1
+    check_spatial(out, [f[:, :96] for f in packed], [f[:, 96:] for f in packed])
+

@@ -44,6 +44,9 @@ FORMAT_HELP: dict[OutputFormat, str] = {
                         "glasses.",
     OutputFormat.VR180: "Each eye projected onto a 180° dome, side by side, with the metadata headset players read: "
                         "the video floats in front of you as a screen with depth.",
+    OutputFormat.SPATIAL: "Apple's spatial video (MV-HEVC, two views in one stream) for the Vision Pro's Photos "
+                          "and Files apps; Quest players cannot decode it. Needs x265 with multiview on the "
+                          "machine that converts.",
 }
 
 ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {

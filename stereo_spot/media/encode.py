@@ -107,6 +107,7 @@ FRAME_PACKING = {
     OutputFormat.ANAGLYPH: None,
     OutputFormat.CROSS: 3,  # right eye first, so never written (see settings_for)
     OutputFormat.VR180: 3,
+    OutputFormat.SPATIAL: None,  # two views of one MV-HEVC stream, not a packed frame
 }
 
 

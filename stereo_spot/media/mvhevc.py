@@ -58,6 +58,14 @@ def require_multiview_x265() -> Path:
     return found
 
 
+def check_spatial_choice(pix_fmt: str | None) -> None:
+    """Refuse --format spatial where it cannot be written, before any job exists: no multiview x265 here, or a
+    pixel format other than the 8-bit 4:2:0 this encoder is fed."""
+    if pix_fmt not in (None, "yuv420p"):
+        raise MediaError(f"--format spatial is written as yuv420p; --pix-fmt {pix_fmt} cannot be used with it")
+    require_multiview_x265()
+
+
 class MultiviewEncoder:
     """Encode left/right eye pairs into an MV-HEVC elementary stream at ``out`` (Annex B)."""
 
@@ -211,3 +219,57 @@ def decode_view(path: Path | str, view_id: int) -> Iterator[np.ndarray]:
         stream.codec_context.options = {"view_ids": str(view_id)}
         for frame in container.decode(stream):
             yield frame_to_rgb(frame)
+
+
+class SpatialSegmentWriter:
+    """A converted segment as spatial video, with ``frames.VideoWriter``'s interface: ``write(rgb, pts)`` takes
+    the eyes packed side by side (left first, ``stereo.pack``), ``close()`` leaves an mp4 at ``path``.
+
+    Frames are placed one period of ``fps`` apart from the first one's time (the source's, so segments join in
+    order): a variable-rate source becomes constant-rate. An odd eye size is padded by one pixel (the last
+    column or row repeated), as 4:2:0 needs."""
+
+    def __init__(self, path: Path | str, width: int, height: int, time_base: Fraction, fps: Fraction, *,
+                 crf: int, preset: str, threads: int = 0) -> None:
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.time_base, self.fps = Fraction(time_base), Fraction(fps)
+        self._eye = width // 2
+        self._pad_w, self._pad_h = self._eye % 2, height % 2
+        self._stream = self.path.with_name(f".{self.path.stem}.mvhevc")
+        self._encoder = MultiviewEncoder(self._stream, self._eye + self._pad_w, height + self._pad_h, self.fps,
+                                         crf=crf, preset=preset, threads=threads)
+        self._first_pts: int | None = None
+
+    @property
+    def frames_written(self) -> int:
+        return self._encoder.frames
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(f"expected a ({self.height}, {self.width}, 3) frame, got {rgb.shape}")
+        if self._first_pts is None:
+            self._first_pts = pts
+        pad = ((0, self._pad_h), (0, self._pad_w), (0, 0))
+        left, right = rgb[:, :self._eye], rgb[:, self._eye:2 * self._eye]
+        if self._pad_w or self._pad_h:
+            left, right = np.pad(left, pad, mode="edge"), np.pad(right, pad, mode="edge")
+        self._encoder.write(left, right)
+
+    def close(self) -> None:
+        try:
+            self._encoder.close()
+            first_frame = round(self._first_pts * self.time_base * self.fps)
+            mux_mvhevc(self._stream, self.path, self.fps, first_frame)
+        finally:
+            self._stream.unlink(missing_ok=True)
+
+    def __enter__(self) -> SpatialSegmentWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._encoder.__exit__(kind, value, traceback)
+            self._stream.unlink(missing_ok=True)

@@ -53,7 +53,7 @@ def metadata_for(output_format: OutputFormat | str, swap_eyes: bool = False) -> 
     """What the container says about a layout; None for a 2D picture (anaglyph) or a layout st3d cannot name
     (top-bottom with the right eye on top)."""
     fmt = OutputFormat(output_format)
-    if fmt is OutputFormat.ANAGLYPH:
+    if fmt in (OutputFormat.ANAGLYPH, OutputFormat.SPATIAL):  # spatial video has vexu instead (media/vexu.py)
         return None
     first_is_left = left_eye_first(fmt, swap_eyes)
     if fmt in (OutputFormat.TB, OutputFormat.HTB):
