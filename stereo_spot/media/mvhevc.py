@@ -36,10 +36,15 @@ BASE_VIEW, SECOND_VIEW = 0, 1
 _TAIL_LINES = 3
 
 
+def _configured_x265() -> Path:
+    from stereo_spot.config import get_settings
+
+    return get_settings().stereo_spot_x265_multiview or DEFAULT_X265
+
+
 def multiview_x265() -> Path | None:
     """The x265 program that encodes two views, or None where none is installed."""
-    named = os.environ.get(X265_ENV)
-    candidate = Path(named) if named else DEFAULT_X265
+    candidate = _configured_x265()
     if not candidate.is_file() or not os.access(candidate, os.X_OK):
         return None
     try:
@@ -52,8 +57,8 @@ def multiview_x265() -> Path | None:
 def require_multiview_x265() -> Path:
     found = multiview_x265()
     if found is None:
-        where = os.environ.get(X265_ENV) or DEFAULT_X265
-        raise MediaError(f"--format spatial needs x265 built with multiview encoding, not found at {where}: "
+        raise MediaError(f"--format spatial needs x265 built with multiview encoding, not found at "
+                         f"{_configured_x265()}: "
                          f"run scripts/setup --spatial (or name one in {X265_ENV})")
     return found
 
