@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stereo_spot.errors import UserError
-from stereo_spot.models import ConversionSettings
+from stereo_spot.models import ConversionSettings, OutputFormat
 
 # How a settings field is spelt on the command line (the app's labels say the same in words).
 OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "convergence": "--convergence",
@@ -17,7 +17,8 @@ OPTION_NAMES = {"output_format": "--format", "divergence": "--divergence", "conv
                 "start": "--start", "duration": "--duration", "anaglyph": "--anaglyph",
                 "swap_eyes": "--swap-eyes", "codec": "--codec", "crf": "--crf", "preset": "--preset",
                 "pix_fmt": "--pix-fmt", "max_fps": "--max-fps", "precision": "--precision",
-                "auto_convergence": "--convergence", "floating_window": "--floating-window"}
+                "auto_convergence": "--convergence", "floating_window": "--floating-window",
+                "baseline_mm": "--baseline-mm", "hfov": "--hfov"}
 
 #: ``--convergence auto``: the screen plane chosen frame by frame (``stereo/screen_plane.py``)
 AUTO = "auto"
@@ -53,4 +54,8 @@ def conversion_settings(**choices: Any) -> ConversionSettings:
     from stereo_spot.media.encode import check_encoder_choice
 
     check_encoder_choice(settings.codec.value, settings.pix_fmt.value if settings.pix_fmt else None, settings.preset)
+    if settings.output_format is OutputFormat.SPATIAL:
+        from stereo_spot.media.mvhevc import check_spatial_choice
+
+        check_spatial_choice(settings.pix_fmt.value if settings.pix_fmt else None)
     return settings

@@ -109,8 +109,13 @@ def _report_failure(exc: BaseException, job_id: str | None = None) -> NoReturn:
 # Options that `convert` and `preview` share, so a preview is converted exactly as the job would be.
 FormatOption = Annotated[OutputFormat, typer.Option(
     "--format", "-f", help="sbs, hsbs (half), tb, htb (half), anaglyph, cross (right-left, for cross-eyed "
-    "viewing) or vr180 (equirectangular, for headsets).")]
+    "viewing), vr180 (equirectangular, for headsets) or spatial (MV-HEVC for Apple Vision Pro; needs "
+    "scripts/setup --spatial).")]
 AnaglyphOption = Annotated[AnaglyphMethod, typer.Option(help="Anaglyph method (with --format anaglyph).")]
+BaselineOption = Annotated[float, typer.Option("--baseline-mm", help="--format spatial: the distance between "
+                                              "the eyes' cameras the file declares, in millimetres.")]
+HfovOption = Annotated[float, typer.Option("--hfov", help="--format spatial: the horizontal field of view the "
+                                          "file declares, in degrees.")]
 SwapEyesOption = Annotated[bool, typer.Option("--swap-eyes", help="Exchange the left and right eyes in the layout.")]
 DivergenceOption = Annotated[float, typer.Option(min=0.0, max=10.0, help="Maximum disparity in % of the image "
                                                  "width: the strength of the 3D effect.")]
@@ -180,6 +185,8 @@ def convert(
     format: FormatOption = OutputFormat.SBS,
     anaglyph: AnaglyphOption = AnaglyphMethod.DUBOIS,
     swap_eyes: SwapEyesOption = False,
+    baseline_mm: BaselineOption = 64.0,
+    hfov: HfovOption = 63.0,
     divergence: DivergenceOption = 2.0,
     convergence: ConvergenceOption = "0.5",
     floating_window: FloatingWindowOption = True,
@@ -219,7 +226,8 @@ def convert(
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration, codec=codec, crf=crf, preset=preset,
-                                 pix_fmt=pix_fmt, max_fps=max_fps, precision=precision)
+                                 pix_fmt=pix_fmt, max_fps=max_fps, precision=precision,
+                                 baseline_mm=baseline_mm, hfov=hfov)
     _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
         for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):

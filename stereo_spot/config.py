@@ -80,6 +80,8 @@ class Settings(_FromEnvironment):
     stereo_spot_model_cache: Path | None = None
     stereo_spot_crf: int | None = Field(None, ge=0, le=51)  # the encoder's quality when a job names none (18)
     stereo_spot_device: str | None = None  # the convert pod's device, e.g. cuda:0 (default: CUDA when there is one)
+    # --format spatial's encoder: x265 built with multiview (default /opt/x265-mv/bin/x265, media/mvhevc.py)
+    stereo_spot_x265_multiview: Path | None = None
     # `stereo-spot kfp-trigger`: the event and its delivery id, as the Sensor's Job passes them
     stereo_spot_event: str = ""
     stereo_spot_delivery_id: str = ""

@@ -24,7 +24,9 @@ from stereo_spot.units import format_bytes
 log = logging.getLogger(__name__)
 
 # Output pixels per source pixel: a full side-by-side or top-bottom frame holds two pictures.
+# Spatial video's second view is predicted from the first, so it is smaller; two full pictures bound it.
 _LAYOUT_FACTOR = {OutputFormat.SBS: 2.0, OutputFormat.TB: 2.0, OutputFormat.CROSS: 2.0, OutputFormat.VR180: 2.0,
+                  OutputFormat.SPATIAL: 2.0,
                   OutputFormat.HSBS: 1.0, OutputFormat.HTB: 1.0, OutputFormat.ANAGLYPH: 1.0,
                   OutputFormat.RGBD: 2.0, OutputFormat.HALF_RGBD: 1.0}
 # A re-encode at the default quality is rarely larger than this against the source's bitrate per pixel.

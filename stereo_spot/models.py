@@ -54,6 +54,7 @@ class OutputFormat(StrEnum):
     # Glass and depth-aware players: 2W x H. Not a stereo pair.
     RGBD = "rgbd"
     HALF_RGBD = "half-rgbd"  # the same squeezed into the source's width, as iw3's --half-rgbd: W x H
+    SPATIAL = "spatial"  # Apple's spatial video: the eyes as the two views of one MV-HEVC stream (media/mvhevc.py)
 
     @property
     def label(self) -> str:
@@ -67,6 +68,7 @@ class OutputFormat(StrEnum):
             OutputFormat.VR180: "VR180 (equirectangular side-by-side)",
             OutputFormat.RGBD: "RGB-D (colour and depth side-by-side)",
             OutputFormat.HALF_RGBD: "Half RGB-D (colour and depth squeezed side-by-side)",
+            OutputFormat.SPATIAL: "Spatial video (MV-HEVC, Apple Vision Pro)",
         }[self]
 
     @property
@@ -144,6 +146,10 @@ class ConversionSettings(BaseModel):
     inpaint_weights: str | None = None
     precision: Precision = Precision.AUTO  # of the neural depth and inpainting models
     auto_divergence: bool = False
+    # --format spatial: the distance between the eyes' cameras and the horizontal field of view its vexu/hfov
+    # boxes declare (media/vexu.py)
+    baseline_mm: float = Field(64.0, gt=0.0, le=1000.0)
+    hfov: float = Field(63.0, gt=0.0, lt=180.0)
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)

@@ -21,6 +21,8 @@ LAYOUT_SUFFIX = {
     # iw3's names for colour + depth (nagadomi/nunif iw3/utils.py, RGBD_SUFFIX and HALF_RGBD_SUFFIX)
     OutputFormat.RGBD: "_RGBD",
     OutputFormat.HALF_RGBD: "_HRGBD",
+    # no SBS token: the file is one picture per frame for a 2D player (the left eye), two views for Apple's
+    OutputFormat.SPATIAL: "_Spatial",
 }
 SWAPPED_SUFFIX = "_Swapped"
 

@@ -27,6 +27,7 @@ from stereo_spot.models import (
     ConversionSettings,
     Job,
     JobStatus,
+    OutputFormat,
     SegmentCompletion,
     utcnow,
 )
@@ -592,8 +593,13 @@ def verify_final(backend: Backend, job_id: str, path: Path) -> None:
 
 def _write_layout_metadata(path: Path, settings: ConversionSettings) -> None:
     """The container's stereo (and, for VR180, spherical) metadata that headset players read."""
-    from stereo_spot.media import spatial
+    from stereo_spot.media import spatial, vexu
 
+    if settings.output_format is OutputFormat.SPATIAL:
+        # view 0 is the left eye as packed (--swap-eyes already exchanged them), and the hero
+        spatial_video = vexu.SpatialVideo(baseline_mm=settings.baseline_mm, hfov_degrees=settings.hfov)
+        vexu.write_spatial_video(path, spatial_video)
+        return
     meta = spatial.metadata_for(settings.output_format, settings.swap_eyes)
     if meta is not None:
         spatial.write_metadata(path, meta)

@@ -48,6 +48,9 @@ FORMAT_HELP: dict[OutputFormat, str] = {
                        "and depth-aware players. Not a stereo pair.",
     OutputFormat.HALF_RGBD: "The picture and its depth map squeezed into the original width: Looking Glass and "
                             "depth-aware players that take half-width RGB-D.",
+    OutputFormat.SPATIAL: "Apple's spatial video (MV-HEVC, two views in one stream) for the Vision Pro's Photos "
+                          "and Files apps; Quest players cannot decode it. Needs x265 with multiview on the "
+                          "machine that converts.",
 }
 
 ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {

@@ -70,6 +70,8 @@ def concat_segments(
             options = {"movflags": "+faststart", **exact_timing_options(template.time_base)}
             output = stack.enter_context(open_output(partial, options))
             video_out = output.add_stream_from_template(template, opaque=True)
+            # an MV-HEVC stream stays marked multilayer, so the muxer writes its second layer's lhvC box
+            video_out.disposition = template.disposition
             video = _SegmentVideo(segments, first, template, video_out)
             audio = _SourceAudio(stack.enter_context(open_input(source)), output, video.offset, windowed)
             _interleave(output, video, audio)

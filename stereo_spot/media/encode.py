@@ -109,6 +109,7 @@ FRAME_PACKING = {
     OutputFormat.VR180: 3,
     OutputFormat.RGBD: None,  # colour + depth is not a stereo pair: a frame-packing SEI would say it is
     OutputFormat.HALF_RGBD: None,
+    OutputFormat.SPATIAL: None,  # two views of one MV-HEVC stream, not a packed frame
 }
 
 

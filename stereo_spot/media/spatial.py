@@ -34,8 +34,8 @@ QUARTER = 0x40000000
 METADATA_SOURCE = "stereo-spot"
 
 _VISUAL_ENTRIES = {b"avc1", b"avc3", b"hvc1", b"hev1"}
-_CODEC_CONFIGS = {b"avcC", b"hvcC"}
-_OURS = {b"st3d", b"sv3d"}
+_CODEC_CONFIGS = {b"avcC", b"hvcC", b"lhvC"}
+_OURS = frozenset({b"st3d", b"sv3d"})
 _VISUAL_ENTRY_FIELDS = 78  # VisualSampleEntry's fixed fields before its child boxes
 _COPY_CHUNK = 8 << 20
 
@@ -54,7 +54,8 @@ def metadata_for(output_format: OutputFormat | str, swap_eyes: bool = False) -> 
     stereo pair, so an st3d box would make a headset show the depth map to one eye) or a layout st3d cannot name
     (top-bottom with the right eye on top)."""
     fmt = OutputFormat(output_format)
-    if fmt is OutputFormat.ANAGLYPH or fmt.is_rgbd:
+    # anaglyph and RGB-D are no stereo pair to a player; spatial video has vexu instead (media/vexu.py)
+    if fmt in (OutputFormat.ANAGLYPH, OutputFormat.SPATIAL) or fmt.is_rgbd:
         return None
     first_is_left = left_eye_first(fmt, swap_eyes)
     if fmt in (OutputFormat.TB, OutputFormat.HTB):
@@ -142,19 +143,18 @@ def _video_entry_path(moov: bytes | bytearray) -> list[_Box]:
     raise MediaError("the mp4 file has no video track")
 
 
-def _with_metadata(moov: bytes, meta: SpatialMetadata) -> bytearray:
-    """The moov box with the video sample entry's st3d/sv3d replaced by ``meta``'s."""
+def _with_entry_boxes(moov: bytes, replaced: frozenset[bytes], payload: bytes) -> bytearray:
+    """The moov box with the video sample entry's boxes of the kinds ``replaced`` replaced by ``payload``."""
     buf = bytearray(moov)
     *parents, entry = _video_entry_path(buf)
     if entry.header != 8:
         raise MediaError("the video sample entry uses a 64-bit size; stereo metadata is not written there")
     fixed = buf[entry.body:entry.body + _VISUAL_ENTRY_FIELDS]
-    children = list(_boxes(buf, entry.body + _VISUAL_ENTRY_FIELDS, entry.end))
-    kept = [bytes(buf[c.start:c.end]) for c in children if c.kind not in _OURS]
-    # after the codec configuration (the last mandatory box), before the optional ones (pasp, btrt, clap)
-    at = next((i + 1 for i, c in enumerate(c for c in children if c.kind not in _OURS) if c.kind in _CODEC_CONFIGS),
-              len(kept))
-    body = bytes(fixed) + b"".join(kept[:at]) + _encode(meta) + b"".join(kept[at:])
+    children = [c for c in _boxes(buf, entry.body + _VISUAL_ENTRY_FIELDS, entry.end) if c.kind not in replaced]
+    kept = [bytes(buf[c.start:c.end]) for c in children]
+    # after the codec configurations (the last mandatory boxes), before the optional ones (pasp, btrt, clap)
+    at = max((i + 1 for i, c in enumerate(children) if c.kind in _CODEC_CONFIGS), default=len(kept))
+    body = bytes(fixed) + b"".join(kept[:at]) + payload + b"".join(kept[at:])
     new_entry = _box(entry.kind, body)
     delta = len(new_entry) - entry.size
     buf[entry.start:entry.end] = new_entry
@@ -222,9 +222,15 @@ def _read_moov(path: Path) -> tuple[list[_Box], _Box, bytes]:
 
 def write_metadata(path: Path | str, meta: SpatialMetadata) -> None:
     """Put ``meta``'s boxes into the video track of the mp4 file at ``path`` (replacing any there)."""
+    write_entry_boxes(path, _OURS, _encode(meta))
+
+
+def write_entry_boxes(path: Path | str, replaced: frozenset[bytes], payload: bytes) -> None:
+    """Replace the boxes of the kinds ``replaced`` in the video sample entry of the mp4 file at ``path`` by
+    ``payload`` (whole boxes, put after the codec configuration)."""
     path = Path(path)
     boxes, moov, old = _read_moov(path)
-    new = _with_metadata(old, meta)
+    new = _with_entry_boxes(old, replaced, payload)
     delta = len(new) - len(old)
     media_after_moov = any(b.kind == b"mdat" and b.start > moov.start for b in boxes)
     if media_after_moov and delta:
@@ -240,6 +246,16 @@ def write_metadata(path: Path | str, meta: SpatialMetadata) -> None:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def entry_boxes(path: Path | str) -> dict[bytes, bytes]:
+    """The boxes inside the video sample entry of the mp4 file at ``path``: kind -> whole box (first of each)."""
+    _, _, moov = _read_moov(Path(path))
+    entry = _video_entry_path(moov)[-1]
+    found: dict[bytes, bytes] = {}
+    for box in _boxes(moov, entry.body + _VISUAL_ENTRY_FIELDS, entry.end):
+        found.setdefault(box.kind, bytes(moov[box.start:box.end]))
+    return found
 
 
 def _copy(src, out, length: int) -> None:

@@ -126,7 +126,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
                     lookahead_src: Path | None, batch_size: int, progress: Callable[[int], None] | None,
                     started: float, collect_stats: bool, codec_threads: int = 0, codec: str = "libx264"):
     """``segment.convert_segment`` for an engine whose inpainter chains chunks (see the module's docstring)."""
-    from stereo_spot.media.frames import VideoWriter, read_frames
+    from stereo_spot.media.frames import VideoWriter, read_frames  # noqa: F401 (VideoWriter: the writer's type)
     from stereo_spot.stereo.segment import (
         _depth_warmup_seconds,
         _EncoderThread,
@@ -135,6 +135,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
         encode_settings,
         finish_segment,
         output_fps,
+        segment_writer,
         warmup_sources,
     )
 
@@ -155,7 +156,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
     warmup_seconds = engine_seconds = 0.0
 
     def make_writer(width: int, height: int) -> VideoWriter:
-        return VideoWriter(dst, width, height, time_base, fps, encode)
+        return segment_writer(dst, width, height, time_base, fps, encode, settings)
 
     encoder = _EncoderThread(make_writer)
     stop = threading.Event()

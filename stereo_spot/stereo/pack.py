@@ -64,7 +64,8 @@ _DUBOIS_MATRICES = {
 }
 LUMA_601 = (0.299, 0.587, 0.114)
 WIMMER_RED = (0.0, 0.7, 0.3)  # the left eye's contribution to the red channel in Wimmer's optimized anaglyph
-_SIDE_BY_SIDE = (OutputFormat.SBS, OutputFormat.CROSS, OutputFormat.RGBD)
+# spatial video is packed side by side for its writer, which encodes the halves as two views (media/mvhevc.py)
+_SIDE_BY_SIDE = (OutputFormat.SBS, OutputFormat.CROSS, OutputFormat.RGBD, OutputFormat.SPATIAL)
 _HALF_SIDE_BY_SIDE = (OutputFormat.HSBS, OutputFormat.HALF_RGBD)
 
 

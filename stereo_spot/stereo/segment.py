@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stereo_spot.models import ConversionSettings
+from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.stereo.devices import GpuMemoryError, encoder_for
 from stereo_spot.stereo.engine import StereoEngine
 from stereo_spot.stereo.errors import StereoInputError
@@ -373,7 +373,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     frames = 0
 
     def make_writer(width: int, height: int) -> VideoWriter:
-        return VideoWriter(dst, width, height, time_base, fps, encode)
+        return segment_writer(dst, width, height, time_base, fps, encode, settings)
 
     encoder = _EncoderThread(make_writer)
     stop = threading.Event()
@@ -417,6 +417,21 @@ def encode_settings(settings: ConversionSettings, codec_threads: int, codec: str
     return settings_for(settings.output_format, threads=codec_threads, codec=codec, swap_eyes=settings.swap_eyes,
                         crf=settings.crf, preset=settings.preset,
                         pix_fmt=settings.pix_fmt.value if settings.pix_fmt else None)
+
+
+def segment_writer(dst: Path, width: int, height: int, time_base: Fraction, fps: Fraction, encode,
+                   settings: ConversionSettings):
+    """The writer of a converted segment: the packed frames through the job's encoder, or for spatial video
+    the two eyes as the views of one MV-HEVC stream (x265's multiview CLI, whatever --codec says)."""
+    from stereo_spot.media.encode import X26X_PRESET, X26X_PRESETS
+    from stereo_spot.media.frames import VideoWriter
+    from stereo_spot.media.mvhevc import SpatialSegmentWriter
+
+    if settings.output_format is OutputFormat.SPATIAL:
+        preset = encode.preset if encode.preset in X26X_PRESETS else X26X_PRESET
+        return SpatialSegmentWriter(dst, width, height, time_base, fps, crf=encode.crf, preset=preset,
+                                    threads=encode.threads)
+    return VideoWriter(dst, width, height, time_base, fps, encode)
 
 
 def warmup_sources(warmup_src: Path | Sequence[Path] | None) -> list[Path]:
