@@ -73,12 +73,6 @@ def configure_logging() -> None:
     configure()
 
 
-def job_id_from_key(key: str) -> str:
-    """The job id of an uploaded source: S3 events URL-encode keys and Argo Events' templates cannot decode
-    them, so every step decodes the raw key it is given."""
-    return keys.parse_input_key(keys.normalize_event_key(key))
-
-
 def build_backend() -> Backend:
     from stereo_spot.adapters import build_backend as from_environment
 
@@ -123,7 +117,7 @@ def run_step(step: str, key: str, action: Callable[[Backend, str], T], *, segmen
     job_id: str | None = None
     try:
         with stdout_to_stderr(), log_context(step=step, segment=segment):
-            job_id = job_id_from_key(key)
+            job_id = keys.job_id_from_event_key(key)
             with log_context(job_id=job_id):
                 backend = build_backend()
                 return action(backend, job_id)

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from hera.workflows import Parameter
 
-from stereo_spot.components._common import build_backend, configure_logging, job_id_from_key, mark_failed, step_command
+from stereo_spot.components._common import build_backend, configure_logging, mark_failed, step_command
 from stereo_spot.errors import one_line
-from stereo_spot.keys import InvalidKey
+from stereo_spot.keys import InvalidKey, job_id_from_event_key
 
 log = logging.getLogger("stereo_spot.components.fail")
 
@@ -63,7 +63,7 @@ def reason_from_failures(failures: str, status: str = "Failed", workflow_name: s
 
 def _mark(key: str, reason: str) -> None:
     try:
-        job_id = job_id_from_key(key)
+        job_id = job_id_from_event_key(key)
     except InvalidKey:
         log.info("%r names no job: nothing to mark failed (%s)", key, reason)
         return

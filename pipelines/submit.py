@@ -21,8 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stereo_spot import argo_runs
-from stereo_spot.components._common import job_id_from_key
+from stereo_spot import argo_runs, keys
 from stereo_spot.config import get_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.pipelines.config import PIPELINE_NAME, PipelineConfig, template_name
@@ -70,7 +69,7 @@ def submit_run(engine: str, bucket: str | None, key: str, *, host: str | None = 
 
 def submit(engine: str, bucket: str | None, key: str, **options) -> SubmittedRun:
     try:
-        job_id = job_id_from_key(key)
+        job_id = keys.job_id_from_event_key(key)
     except ValueError as exc:
         raise SubmitError(one_line(exc)) from exc
     bucket = bucket or _default_bucket()

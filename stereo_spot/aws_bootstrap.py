@@ -50,7 +50,7 @@ def _error_code(exc: BaseException) -> str | None:
     return str(cause.response.get("Error", {}).get("Code")) if isinstance(cause, ClientError) else None
 
 
-def _call(clients: AwsClients, service: str, what: str, call: Callable[[], Any], *missing: str) -> Any:
+def aws_call(clients: AwsClients, service: str, what: str, call: Callable[[], Any], *missing: str) -> Any:
     """Run one AWS call with readable errors; None instead of an error when its code says "missing"."""
     try:
         with aws_errors(clients, service, what):
@@ -229,8 +229,8 @@ class _Bootstrapper:
     def bucket(self, name: str) -> None:
         s3 = self.clients.client("s3")
         try:
-            exists = _call(self.clients, "s3", f"looking up bucket {name}",
-                           lambda: s3.head_bucket(Bucket=name), *_NO_BUCKET) is not None
+            exists = aws_call(self.clients, "s3", f"looking up bucket {name}",
+                              lambda: s3.head_bucket(Bucket=name), *_NO_BUCKET) is not None
         except StoreError as exc:  # head_bucket answers a bare 403 for a bucket of another account
             if _error_code(exc) in ("403", "AccessDenied", "Forbidden"):
                 raise UserError(f"bucket {name} exists but belongs to another account (bucket names are global): "
@@ -250,8 +250,8 @@ class _Bootstrapper:
 
     def public_access_block(self, bucket: str) -> None:
         s3 = self.clients.client("s3")
-        found = _call(self.clients, "s3", f"reading the public access block of bucket {bucket}",
-                      lambda: s3.get_public_access_block(Bucket=bucket), "NoSuchPublicAccessBlockConfiguration")
+        found = aws_call(self.clients, "s3", f"reading the public access block of bucket {bucket}",
+                         lambda: s3.get_public_access_block(Bucket=bucket), "NoSuchPublicAccessBlockConfiguration")
         if found and found.get("PublicAccessBlockConfiguration") == BLOCK_PUBLIC_ACCESS:
             self.note("public access", f"{bucket}: blocked", EXISTS)
             return
@@ -261,9 +261,9 @@ class _Bootstrapper:
 
     def encryption(self, bucket: str) -> None:
         s3 = self.clients.client("s3")
-        found = _call(self.clients, "s3", f"reading the default encryption of bucket {bucket}",
-                      lambda: s3.get_bucket_encryption(Bucket=bucket),
-                      "ServerSideEncryptionConfigurationNotFoundError")
+        found = aws_call(self.clients, "s3", f"reading the default encryption of bucket {bucket}",
+                         lambda: s3.get_bucket_encryption(Bucket=bucket),
+                         "ServerSideEncryptionConfigurationNotFoundError")
         rules = (found or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         if any(r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") in ("AES256", "aws:kms",
                                                                                      "aws:kms:dsse")
@@ -282,8 +282,8 @@ class _Bootstrapper:
             self.note("bucket policy", f"{bucket}: TLS only", SKIPPED, "plain-http endpoint")
             return
         s3 = self.clients.client("s3")
-        found = _call(self.clients, "s3", f"reading the policy of bucket {bucket}",
-                      lambda: s3.get_bucket_policy(Bucket=bucket), "NoSuchBucketPolicy")
+        found = aws_call(self.clients, "s3", f"reading the policy of bucket {bucket}",
+                         lambda: s3.get_bucket_policy(Bucket=bucket), "NoSuchBucketPolicy")
         policy = json.loads(found["Policy"]) if found else {"Version": "2012-10-17", "Statement": []}
         statements = policy.get("Statement", [])
         desired = tls_only_statement(bucket)
@@ -300,8 +300,8 @@ class _Bootstrapper:
 
     def lifecycle(self, bucket: str) -> None:
         s3 = self.clients.client("s3")
-        found = _call(self.clients, "s3", f"reading the lifecycle rules of bucket {bucket}",
-                      lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket), "NoSuchLifecycleConfiguration")
+        found = aws_call(self.clients, "s3", f"reading the lifecycle rules of bucket {bucket}",
+                         lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket), "NoSuchLifecycleConfiguration")
         rules = found.get("Rules", []) if found else []
         desired = lifecycle_rules(bucket, self.names)
         ids = {rule["ID"] for rule in desired}
@@ -372,8 +372,8 @@ class _Bootstrapper:
 
     def _describe_table(self, name: str) -> dict[str, Any] | None:
         db = self.clients.client("dynamodb")
-        found = _call(self.clients, "dynamodb", f"looking up table {name}",
-                      lambda: db.describe_table(TableName=name), *_NO_TABLE)
+        found = aws_call(self.clients, "dynamodb", f"looking up table {name}",
+                         lambda: db.describe_table(TableName=name), *_NO_TABLE)
         return found["Table"] if found else None
 
     def _wait_table(self, name: str, index: str | None = None, timeout: float = 600) -> None:
@@ -409,8 +409,8 @@ class _Bootstrapper:
         """Create the queue, or bring the attributes we own to the desired values; return its URL. ``policy``
         builds the access policy from the queue's ARN, known once the queue exists."""
         sqs = self.clients.client("sqs")
-        found = _call(self.clients, "sqs", f"looking up queue {name}", lambda: sqs.get_queue_url(QueueName=name),
-                      *_NO_QUEUE)
+        found = aws_call(self.clients, "sqs", f"looking up queue {name}", lambda: sqs.get_queue_url(QueueName=name),
+                         *_NO_QUEUE)
         created = found is None
         if created:
             with self.errors("sqs", f"creating queue {name}"):
@@ -514,9 +514,9 @@ def destroy(settings: Settings, prefix: str | None = None, *,
 
     s3, db, sqs = clients.client("s3"), clients.client("dynamodb"), clients.client("sqs")
     for bucket in (names.input_bucket, names.output_bucket):
-        note("bucket", bucket, _call(clients, "s3", f"deleting bucket {bucket}",
-                                     lambda b=bucket: (_empty_bucket(s3, b), s3.delete_bucket(Bucket=b)),
-                                     *_NO_BUCKET))
+        note("bucket", bucket, aws_call(clients, "s3", f"deleting bucket {bucket}",
+                                        lambda b=bucket: (_empty_bucket(s3, b), s3.delete_bucket(Bucket=b)),
+                                        *_NO_BUCKET))
     def delete_table(name: str) -> Any:
         # Deletion protection guards against deleting by accident; this command is the deliberate way.
         if db.describe_table(TableName=name)["Table"].get("DeletionProtectionEnabled"):
@@ -524,15 +524,15 @@ def destroy(settings: Settings, prefix: str | None = None, *,
         return db.delete_table(TableName=name)
 
     for table in (names.jobs_table, names.completions_table, names.reassembly_table, names.dedup_table):
-        note("table", table, _call(clients, "dynamodb", f"deleting table {table}",
-                                   lambda t=table: delete_table(t), *_NO_TABLE))
+        note("table", table, aws_call(clients, "dynamodb", f"deleting table {table}",
+                                      lambda t=table: delete_table(t), *_NO_TABLE))
 
     def delete_queue(name: str) -> Any:
         return sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
 
     for queue in (names.queue, names.dead_letter_queue):
-        note("queue", queue, _call(clients, "sqs", f"deleting queue {queue}", lambda q=queue: delete_queue(q),
-                                   *_NO_QUEUE))
+        note("queue", queue, aws_call(clients, "sqs", f"deleting queue {queue}", lambda q=queue: delete_queue(q),
+                                      *_NO_QUEUE))
     return changes
 
 

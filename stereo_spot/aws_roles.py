@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from stereo_spot.adapters.aws.clients import AwsClients
-from stereo_spot.aws_bootstrap import CREATED, EXISTS, UPDATED, Change, ResourceNames, _call
+from stereo_spot.aws_bootstrap import CREATED, EXISTS, UPDATED, Change, ResourceNames, aws_call
 from stereo_spot.aws_iam import (
     KUBERNETES_IDENTITIES,
     NAMESPACE,
@@ -53,12 +53,12 @@ def ensure_roles(clients: AwsClients, names: ResourceNames, issuer: str, prefix:
                  on_change: Callable[[Change], None] | None = None) -> tuple[list[Change], dict[str, str]]:
     """Create or update the role of every Kubernetes identity; return the changes and service account → ARN."""
     iam, region = clients.client("iam"), clients.config.region
-    account = _call(clients, "sts", "reading the account id",
-                    lambda: clients.client("sts").get_caller_identity())["Account"]
+    account = aws_call(clients, "sts", "reading the account id",
+                       lambda: clients.client("sts").get_caller_identity())["Account"]
     partition = partition_of(region)
     provider = f"arn:{partition}:iam::{account}:oidc-provider/{oidc_provider(issuer)}"
-    if _call(clients, "iam", f"looking up the OIDC provider {provider}",
-             lambda: iam.get_open_id_connect_provider(OpenIDConnectProviderArn=provider), *_NO_ENTITY) is None:
+    if aws_call(clients, "iam", f"looking up the OIDC provider {provider}",
+                lambda: iam.get_open_id_connect_provider(OpenIDConnectProviderArn=provider), *_NO_ENTITY) is None:
         raise UserError(f"the cluster's OIDC issuer {issuer} has no IAM OIDC provider in account {account}: "
                         "create it (eksctl utils associate-iam-oidc-provider --cluster <name> --approve), then "
                         "run this again")
@@ -74,16 +74,16 @@ def ensure_roles(clients: AwsClients, names: ResourceNames, issuer: str, prefix:
     for identity in KUBERNETES_IDENTITIES:
         role = identity.role_name(prefix)
         trust = trust_policy(identity, account, issuer, partition, kubeflow_runners)
-        found = _call(clients, "iam", f"looking up role {role}", lambda r=role: iam.get_role(RoleName=r),
-                      *_NO_ENTITY)
+        found = aws_call(clients, "iam", f"looking up role {role}", lambda r=role: iam.get_role(RoleName=r),
+                         *_NO_ENTITY)
         if found is None:
-            _call(clients, "iam", f"creating role {role}", lambda r=role, t=trust, i=identity: iam.create_role(
+            aws_call(clients, "iam", f"creating role {role}", lambda r=role, t=trust, i=identity: iam.create_role(
                 RoleName=r, AssumeRolePolicyDocument=json.dumps(t),
                 Description=f"stereo-spot: {i.runs_as} (service account {NAMESPACE}/{i.service_account})"))
             note("role", role, CREATED)
         elif _document(found["Role"]["AssumeRolePolicyDocument"]) != trust:
-            _call(clients, "iam", f"updating the trust policy of role {role}",
-                  lambda r=role, t=trust: iam.update_assume_role_policy(RoleName=r, PolicyDocument=json.dumps(t)))
+            aws_call(clients, "iam", f"updating the trust policy of role {role}",
+                     lambda r=role, t=trust: iam.update_assume_role_policy(RoleName=r, PolicyDocument=json.dumps(t)))
             note("role", role, UPDATED)
         else:
             note("role", role, EXISTS)
@@ -95,12 +95,12 @@ def ensure_roles(clients: AwsClients, names: ResourceNames, issuer: str, prefix:
 def _ensure_policy(clients: AwsClients, role: str, document: dict[str, Any],
                    note: Callable[[str, str, str], None]) -> None:
     iam = clients.client("iam")
-    found = _call(clients, "iam", f"reading the policy of role {role}",
-                  lambda: iam.get_role_policy(RoleName=role, PolicyName=POLICY_NAME), *_NO_ENTITY)
+    found = aws_call(clients, "iam", f"reading the policy of role {role}",
+                     lambda: iam.get_role_policy(RoleName=role, PolicyName=POLICY_NAME), *_NO_ENTITY)
     if found is not None and _document(found["PolicyDocument"]) == document:
         note("role policy", f"{role}/{POLICY_NAME}", EXISTS)
         return
-    _call(clients, "iam", f"setting the policy of role {role}", lambda: iam.put_role_policy(
+    aws_call(clients, "iam", f"setting the policy of role {role}", lambda: iam.put_role_policy(
         RoleName=role, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(document)))
     note("role policy", f"{role}/{POLICY_NAME}", UPDATED if found else CREATED)
 

@@ -106,6 +106,12 @@ def parse_input_key(key: str) -> str:
     return validate_job_id(match["job_id"])
 
 
+def job_id_from_event_key(raw_key: str) -> str:
+    """The job id of an uploaded source named by a key as an event carries it: S3 events URL-encode keys and
+    Argo Events' templates cannot decode them, so every step decodes the raw key it is given."""
+    return parse_input_key(normalize_event_key(raw_key))
+
+
 def is_input_key(key: str) -> bool:
     try:
         parse_input_key(key)

@@ -95,8 +95,8 @@ def test_an_upload_without_a_job_record_gets_one(backend, tmp_path):
 
 
 def test_event_keys_are_url_decoded():
-    assert _common.job_id_from_key(f"input%2F{JOB}%2Fsource.mp4") == JOB
-    assert _common.job_id_from_key(f"input/{JOB}/source.mp4") == JOB
+    assert keys.job_id_from_event_key(f"input%2F{JOB}%2Fsource.mp4") == JOB
+    assert keys.job_id_from_event_key(f"input/{JOB}/source.mp4") == JOB
 
 
 def test_argo_failures_become_one_readable_reason():

@@ -27,8 +27,7 @@ from stereo_spot.media import mvhevc, spatial, vexu
 from stereo_spot.media.concat import concat_segments
 from stereo_spot.media.encode import settings_for
 from stereo_spot.media.errors import MediaError
-from stereo_spot.media.frames import VideoWriter
-from stereo_spot.media.frames import _to_rgb as frame_to_rgb
+from stereo_spot.media.frames import VideoWriter, frame_to_rgb
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.runner import run_job
 from tests.media_fixtures import make_clip

@@ -103,7 +103,7 @@ def read_frames(
                     break  # frames leave the decoder in display order: the rest are later still
                 if max_fps and not keeps_frame(float(pts * time_base), frame_seconds, max_fps):
                     continue
-                rgb = _to_rgb(frame)
+                rgb = frame_to_rgb(frame)
                 if quarter_turns:
                     rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
                 yield DecodedFrame(rgb=rgb, pts=pts, time_base=time_base)
@@ -231,7 +231,7 @@ def read_frame_batches(path: str | Path, batch_size: int, **kwargs) -> Iterator[
         yield batch
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     colorspace = frame.colorspace
     if colorspace in _MATRIX_FOR_COLORSPACE:
         matrix = _MATRIX_FOR_COLORSPACE[colorspace]

@@ -26,7 +26,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
 from stereo_spot.media.errors import MediaError
-from stereo_spot.media.frames import _to_rgb as frame_to_rgb
+from stereo_spot.media.frames import frame_to_rgb
 
 #: Where ``scripts/build-x265-multiview`` installs the encoder by default
 DEFAULT_X265 = Path("/opt/x265-mv/bin/x265")

@@ -39,16 +39,13 @@ import numpy as np
 import torch
 
 from stereo_spot.models import ConversionSettings
+from stereo_spot.stereo.frame_edges import EDGE_PERCENTILE, edge_strip_width
 
 UNCROSSED_TARGET_PCT = 0.9
 CROSSED_TARGET_PCT = 2.0
 MAX_DIVERGENCE_PCT = 3.0
 MIN_DIVERGENCE_PCT = 0.5
 CONVERGENCE_PERCENTILE = 75.0
-#: Depth along the frame edges (strips of this share of the width) should sit behind the screen ...
-EDGE_STRIP = 0.02
-#: ... up to this percentile of it.
-EDGE_PERCENTILE = 90.0
 #: Positions sampled over the video, and frames per run at each.
 SAMPLES = 8
 RUN_FRAMES = 6
@@ -79,7 +76,7 @@ def measure(depth_maps: list[torch.Tensor] | list[np.ndarray]) -> DepthMeasureme
         flat = values.reshape(-1)
         pooled.append(flat[:: max(1, flat.size // _POOL_PIXELS)])
         if values.ndim >= 2:
-            strip = max(1, round(EDGE_STRIP * values.shape[-1]))
+            strip = edge_strip_width(values.shape[-1])
             edges += [values[..., :strip].reshape(-1), values[..., -strip:].reshape(-1)]
     if not pooled:
         raise ValueError("no depth maps to measure")

@@ -34,6 +34,17 @@ from pathlib import Path
 
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.engine import StereoEngine
+from stereo_spot.stereo.segment_stages import (
+    EncoderThread,
+    depth_warmup_seconds,
+    encode_settings,
+    finish_segment,
+    output_fps,
+    segment_writer,
+    stack_frames,
+    threaded,
+    warmup_sources,
+)
 from stereo_spot.stereo.stats import ComfortStats
 
 # What a decoded frame is for: the depth's warm-up only; rendered as the inpainter's context before the
@@ -126,18 +137,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
                     lookahead_src: Path | None, batch_size: int, progress: Callable[[int], None] | None,
                     started: float, collect_stats: bool, codec_threads: int = 0, codec: str = "libx264"):
     """``segment.convert_segment`` for an engine whose inpainter chains chunks (see the module's docstring)."""
-    from stereo_spot.media.frames import VideoWriter, read_frames  # noqa: F401 (VideoWriter: the writer's type)
-    from stereo_spot.stereo.segment import (
-        _depth_warmup_seconds,
-        _EncoderThread,
-        _stack,
-        _threaded,
-        encode_settings,
-        finish_segment,
-        output_fps,
-        segment_writer,
-        warmup_sources,
-    )
+    from stereo_spot.media.frames import VideoWriter, read_frames
 
     chain = engine.inpainter
     engine.reset()
@@ -158,7 +158,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
     def make_writer(width: int, height: int) -> VideoWriter:
         return segment_writer(dst, width, height, time_base, fps, encode, settings)
 
-    encoder = _EncoderThread(make_writer)
+    encoder = EncoderThread(make_writer)
     stop = threading.Event()
     depth_batch: list = []
     pending: list = []  # (frame, role) of whole chunks, converted in one call
@@ -170,7 +170,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
         nonlocal warmup_seconds
         if depth_batch:
             began = time.perf_counter()
-            engine.warm_up(_stack([f for f, _ in depth_batch]), rendered=0)
+            engine.warm_up(stack_frames([f for f, _ in depth_batch]), rendered=0)
             warmup_seconds += time.perf_counter() - began
             depth_batch.clear()
 
@@ -181,7 +181,7 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
         began = time.perf_counter()
         roles = [role for _, role in pending]
         rendered_without_output += len(roles) - roles.count(OUTPUT)
-        rgb = _stack([f for f, _ in pending])
+        rgb = stack_frames([f for f, _ in pending])
         if OUTPUT not in roles:
             depth_seconds = engine.depth_seconds  # the segment's depth time counts its own frames
             engine.warm_up(rgb, rendered=len(rgb))
@@ -203,10 +203,10 @@ def convert_chained(engine: StereoEngine, src: Path, dst: Path, settings: Conver
         pending.clear()
 
     try:
-        batches = _stream(src, window, sources, lookahead_src, clock, _depth_warmup_seconds(engine, float(fps)),
+        batches = _stream(src, window, sources, lookahead_src, clock, depth_warmup_seconds(engine, float(fps)),
                           int(getattr(chain, "context_frames", 0) or 0), read, batch_size)
         done = False
-        decoded = _threaded(batches, stop, "stereo-decode")
+        decoded = threaded(batches, stop, "stereo-decode")
         for batch in decoded:
             for frame, role in batch:
                 if role == DEPTH:

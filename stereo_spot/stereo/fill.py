@@ -17,18 +17,19 @@ the mask along each row, each run picks its background column, each pixel its mi
 copies them. An optional vertical smoothing, restricted to hole pixels, breaks up the horizontal streaks of a
 row-wise copy.
 
-``Inpainter`` is the plug-in point for better fills (e.g. a video diffusion inpainter): register a factory with
-``register_inpainter`` and select it by name (``ConversionSettings.inpaint``).
+``Inpainter`` (``stereo/inpainter.py``, re-exported here) is the plug-in point for better fills (e.g. a video
+diffusion inpainter): register a factory with ``register_inpainter`` and select it by name
+(``ConversionSettings.inpaint``).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
 from stereo_spot.stereo.errors import StereoInputError
+from stereo_spot.stereo.inpainter import Inpainter
 from stereo_spot.stereo.registry import Registry
 
 #: Hole pixels are averaged with hole pixels up to this many rows above and below (0 turns it off), taking every
@@ -162,30 +163,6 @@ def fill_holes(
 
 
 # --- pluggable inpainters -------------------------------------------------------------------------------
-
-
-class Inpainter(ABC):
-    """Fills the holes of warped right views. May keep state across calls within a shot (``reset`` between)."""
-
-    name: str = "inpainter"
-    #: frames it wants per call: above 1, the engine warps a whole batch first and inpaints it in one call
-    frames_per_call: int = 1
-    #: frames of the previous segment it should see (inpainted) before the segment starts: its temporal context
-    context_frames: int = 0
-
-    def reset(self) -> None:  # noqa: B027 - stateless inpainters need nothing
-        """Forget any temporal state (a new shot or a new segment)."""
-
-    @abstractmethod
-    def inpaint(
-        self,
-        right: torch.Tensor,
-        hole_mask: torch.Tensor,
-        warped_disparity: torch.Tensor,
-        left: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``right`` [N,C,H,W] with holes (``hole_mask`` [N,1,H,W] True) filled; ``left`` is the source view.
-        May overwrite ``right`` (the engine hands over a scratch buffer)."""
 
 
 class ClassicalInpainter(Inpainter):

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from stereo_spot.stereo.devices import dtype_for
-from stereo_spot.stereo.fill import Inpainter
+from stereo_spot.stereo.inpainter import Inpainter
 from stereo_spot.stereo.loading import load_on_device, loading_error, quiet_loading, read_config
 from stereo_spot.weights import WeightsError, fetch_weights
 

@@ -2,8 +2,8 @@
 
 The frame edges are where the stereo window breaks (``stereo/window.py``): whatever the edge cuts should not
 stand in front of it. So for every frame the plane moves to the depth of what touches the left and right edges
-(the same measure ``--auto-divergence`` uses: the ``auto_divergence.EDGE_PERCENTILE``-th percentile of the
-normalised depth in strips of ``auto_divergence.EDGE_STRIP`` of the width), within bounds:
+(the same measure ``--auto-divergence`` uses: the ``frame_edges.EDGE_PERCENTILE``-th percentile of the
+normalised depth in strips of ``frame_edges.EDGE_STRIP`` of the width), within bounds:
 
 * never in front of the job's ``convergence`` (0.5 unless ``--auto-divergence`` chose one): auto only ever
   moves the plane forward, it does not pull the scene out of the screen;
@@ -22,7 +22,7 @@ from collections import deque
 
 import torch
 
-from stereo_spot.stereo.auto_divergence import EDGE_PERCENTILE, EDGE_STRIP
+from stereo_spot.stereo.frame_edges import EDGE_PERCENTILE, edge_strip_width
 from stereo_spot.stereo.window import upper_value
 
 #: the farthest the far end of the picture may sit behind the screen, % of the width (the report warns at 2)
@@ -38,7 +38,7 @@ _ROWS = 64
 def plane_target(depth01: torch.Tensor, divergence: float, floor: float) -> list[float]:
     """Per frame of ``depth01`` [N,1,H,W] (0 far .. 1 near), the screen plane the rule above asks for."""
     n, _, h, w = depth01.shape
-    strip = max(1, round(EDGE_STRIP * w))
+    strip = edge_strip_width(w)
     edges = torch.cat([depth01[:, 0, :, :strip].reshape(n, -1), depth01[:, 0, :, w - strip:].reshape(n, -1)], dim=1)
     edge = upper_value(edges.float(), 1.0 - EDGE_PERCENTILE / 100.0).tolist()
     step = max(1, h // _ROWS)
