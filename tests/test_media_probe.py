@@ -137,3 +137,26 @@ def _write_image(path: Path, rgb: np.ndarray, codec: str) -> None:
         frame.pts = 0
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def test_the_size_of_a_stream_in_an_unknown_codec_is_unknown_not_a_crash(tmp_path):
+    """A FourCC no decoder claims leaves the stream without codec parameters: the frame-size guard passes such
+    a file on to the conversion (which names the codec problem) instead of failing on it."""
+    import av
+    import numpy as np
+
+    from stereo_spot.media.errors import MediaError
+    from stereo_spot.media.probe import frame_size
+
+    mjpeg = tmp_path / "mj.avi"
+    with av.open(str(mjpeg), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode())
+    assert frame_size(mjpeg) == (64, 48)
+    unknown = tmp_path / "odd.avi"
+    unknown.write_bytes(mjpeg.read_bytes().replace(b"MJPG", b"QQQQ"))
+    assert frame_size(unknown, required=False) is None
+    with pytest.raises(MediaError, match="not one FFmpeg knows"):
+        frame_size(unknown)

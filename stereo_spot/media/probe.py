@@ -128,7 +128,12 @@ def frame_size(path: str | Path, *, required: bool = True) -> tuple[int, int] | 
             if required:
                 raise MediaError(f"{path.name} has no video stream")
             return None
-        return stream.codec_context.width, stream.codec_context.height
+        context = stream.codec_context
+        if context is None:  # a codec FFmpeg does not know has no parameters to read (probe says so in full)
+            if required:
+                raise MediaError(f"{path.name} cannot be decoded: its video codec is not one FFmpeg knows")
+            return None
+        return context.width, context.height
 
 
 def require_video(info: MediaInfo) -> VideoStreamInfo:
