@@ -84,6 +84,7 @@ def test_there_are_overlays():
     assert {p.name for p in OVERLAYS} >= {"aws", "aws-kubeflow"}
 
 
+@pytest.mark.slow  # over 10 s
 def test_each_overlay_validates(overlay, validation):
     path, docs = overlay
     lines = [line for line in validation.splitlines() if f"overlay-{path.name}.yaml:" in line]

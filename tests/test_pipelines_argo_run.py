@@ -187,6 +187,7 @@ def _upload(backend, clip: Path, **settings) -> str:
     return keys.input_key(job.job_id)
 
 
+@pytest.mark.slow  # over 10 s
 def test_the_workflow_converts_a_clip_and_a_second_run_changes_nothing(backend, clip, tmp_path):
     argo = ArgoEmulator(tmp_path)
     key = _upload(backend, clip)
@@ -228,6 +229,7 @@ def test_one_gpu_worker_converts_every_segment_in_one_pod(backend, clip, tmp_pat
     assert sorted(c.segment_index for c in backend.completions.query_by_job(job_id)) == [0, 1]
 
 
+@pytest.mark.slow  # over 10 s
 def test_workflow_parameters_choose_the_format(backend, clip, tmp_path):
     key = _upload(backend, clip)
     run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, format="htb", divergence="3")
@@ -255,6 +257,7 @@ UNREACHABLE = {"STORAGE_ADAPTER": "aws", "AWS_ENDPOINT_URL": "http://127.0.0.1:9
                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
 
 
+@pytest.mark.slow  # over 10 s
 def test_every_step_retries_a_transient_failure_and_the_job_completes(backend, clip, tmp_path):
     """Each step's first pod cannot make its scratch folder (a full or broken disk: exit 1, not a user error);
     the retry strategy runs it again and the run succeeds."""

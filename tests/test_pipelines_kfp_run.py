@@ -67,6 +67,7 @@ def _run(pipeline, **arguments):
         return pipeline(**arguments)
 
 
+@pytest.mark.slow  # over 10 s
 def test_the_kfp_pipeline_converts_a_clip_and_a_second_run_changes_nothing(local_kfp, backend, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", seconds=SECONDS, fps=FPS, size=SIZE, gop=6)
     job = steps.create_job(backend, ConversionSettings(segment_seconds=1.0), "clip")
@@ -100,6 +101,7 @@ def test_the_kfp_pipeline_converts_a_clip_and_a_second_run_changes_nothing(local
         [keys.final_key(job.job_id), keys.report_key(job.job_id)])
 
 
+@pytest.mark.slow  # over 10 s
 def test_the_exit_handler_marks_a_failed_run(local_kfp, backend, tmp_path):
     notes = tmp_path / "notes.mp4"
     notes.write_bytes(b"not a video at all " * 64)
@@ -111,6 +113,7 @@ def test_the_exit_handler_marks_a_failed_run(local_kfp, backend, tmp_path):
     assert stored.failure_reason.startswith("chunk: ")  # the step's own reason, kept by the exit task
 
 
+@pytest.mark.slow  # over 10 s
 def test_the_exit_handler_records_an_unexpected_failure(local_kfp, backend, tmp_path, monkeypatch):
     """chunk cannot make its scratch folder (not a user error): the job stays as it is until the exit task,
     which runs after the failed run and marks the job failed."""

@@ -110,6 +110,7 @@ def _argo_server(existing: dict[str, str] | None = None) -> Route:
 RUN_NAME = re.compile(rf"stereo-spot-{JOB}-[0-9a-f]{{12}}")
 
 
+@pytest.mark.slow  # over 10 s
 def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch):
     monkeypatch.setenv("ARGO_TOKEN", "secret-token")
     monkeypatch.delenv("ARGO_UI_URL", raising=False)

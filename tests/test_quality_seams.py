@@ -160,6 +160,7 @@ def _hole_pixels(frames: np.ndarray, divergence: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("noise", ["shared", "fresh"])
+@pytest.mark.slow  # over 10 s
 def test_diffusion_segments_match_one_long_run_at_every_seam(home, tmp_path, monkeypatch, noise):
     """1 s segments and one segment with the diffusion inpainter: the hole pixels agree to >= 40 dB at every
     seam (lossless encoder). Each segment re-runs the chunks from the chain's last restart before it and

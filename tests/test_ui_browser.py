@@ -164,6 +164,7 @@ def _drop(page, path: Path) -> None:
     page.locator(".ss-upload .ss-drop").dispatch_event("drop", {"dataTransfer": transfer})
 
 
+@pytest.mark.slow  # over 10 s
 def test_upload_convert_play_download_in_a_browser(server, browser, tmp_path, screenshot_folder):
     from playwright.sync_api import expect
 
@@ -295,6 +296,7 @@ def _seed_finished_job(home: Path, owner: str, title: str) -> str:
     return job.job_id
 
 
+@pytest.mark.slow  # over 10 s
 def test_two_users_never_see_each_others_jobs(header_server, browser, tmp_path):
     from playwright.sync_api import expect
 

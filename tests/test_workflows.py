@@ -241,6 +241,7 @@ def test_the_e2e_cluster_archives_logs_to_the_moto_server(e2e_manifests):
         assert s3[field]["name"] == "stereo-spot-credentials"  # the Secret the script creates
 
 
+@pytest.mark.slow  # over 10 s
 def test_the_e2e_manifests_pass_the_validator(e2e_manifests, tmp_path):
     if not VALIDATOR.is_file():
         pytest.skip("shared/tools/validate-manifests is not beside this checkout")
