@@ -20,11 +20,18 @@ actions. AWS authorizes them with the permissions its S3 documentation lists per
 and condition keys for Amazon S3"): HEAD with s3:GetObject, a listing with s3:ListBucket, each step of a multipart
 upload with s3:PutObject. The server maps them so that a policy written with real IAM actions is judged as AWS
 would judge it.
+
+With ``STEREO_SPOT_IAM_RECORD`` set to a file, every request that is allowed adds a JSON line there: the user,
+the IAM action, the resource and the ``Sid`` of each of the user's statements that allows it on its own, with the
+``s3:prefix`` condition of a listing judged here as IAM would (moto ignores it). A
+statement that is the only one allowing some request is needed: without it that request is denied. The test
+reads the file to show that every statement of every generated policy is needed by the identity's real work.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
@@ -73,6 +80,45 @@ def _s3_permission(init):
     return wrapped
 
 
+def _prefix_condition_holds(statement: dict, path: str) -> bool:
+    """The ``s3:prefix`` condition of a ListBucket statement, which moto does not evaluate
+    (moto/iam/policy_conditions.py), judged as IAM does: ``StringLike`` with ``*`` and ``?`` against the
+    listing's ``prefix`` (absent: the empty string). Other conditions are left to moto."""
+    from fnmatch import fnmatchcase
+    from urllib.parse import parse_qs, urlsplit
+
+    patterns = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+    if patterns is None:
+        return True
+    prefix = parse_qs(urlsplit(path).query).get("prefix", [""])[0]
+    return any(fnmatchcase(prefix, pattern) for pattern in ([patterns] if isinstance(patterns, str) else patterns))
+
+
+def _recording(check, record: str):
+    """``IAMRequestBase.check_action_permitted`` that writes what allowed each allowed request (see above)."""
+    import json
+    import threading
+
+    from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, PermissionResult
+
+    lock = threading.Lock()
+
+    def wrapped(self, resource: str) -> None:
+        check(self, resource)  # raises AccessDenied where the request is refused: nothing to record then
+        allowing = []
+        for policy in self._access_key.collect_policies():
+            statements = IAMPolicy(policy)._policy_json["Statement"]  # moto's own reading of the document
+            for statement in statements if isinstance(statements, list) else [statements]:
+                if IAMPolicyStatement(statement).is_action_permitted(self._action, resource) \
+                        == PermissionResult.PERMITTED and _prefix_condition_holds(statement, self._path):
+                    allowing.append(statement.get("Sid", "?"))
+        line = {"user": getattr(self._access_key, "_owner_user_name", None), "action": self._action,
+                "resource": resource, "allowed_by": allowing}
+        with lock, open(record, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+    return wrapped
+
+
 def main() -> None:
     from moto.dynamodb.responses import DynamoHandler
     from moto.iam.access_control import S3IAMRequest
@@ -82,6 +128,11 @@ def main() -> None:
     DynamoHandler._determine_resource = _dynamodb_resource
     SQSResponse._determine_resource = _sqs_resource(SQSResponse._determine_resource)
     S3IAMRequest.__init__ = _s3_permission(S3IAMRequest.__init__)
+    record = os.environ.get("STEREO_SPOT_IAM_RECORD")
+    if record:
+        from moto.iam.access_control import IAMRequestBase
+
+        IAMRequestBase.check_action_permitted = _recording(IAMRequestBase.check_action_permitted, record)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

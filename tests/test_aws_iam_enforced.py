@@ -1,8 +1,10 @@
 """Each identity's real work against a moto server that enforces IAM, with credentials that carry exactly the
 policy ``stereo-spot aws policies`` generates for it; and for each one an action a neighbouring identity may do,
-which must be refused. A policy that lost a statement turns this red (dropping the workflow's ``ArgoArchive``
-statement, or the reconcile role's ``ClaimRedrives``, was tried: AccessDenied), and so does a policy that grants
-too much (the denied checks).
+which must be refused. A policy that lost a statement turns this red: every statement of every policy is shown to
+be the only one of its policy allowing some request the identity's work makes (the last test, from what the
+server records), and dropping the workflow's ``ArgoArchive`` or the reconcile role's ``ClaimRedrives`` was also
+tried by hand: AccessDenied. A policy that grants too much turns it red too: the denied checks, and a statement
+that no request needs (an ``Extra`` statement added to the worker's policy was tried).
 
 What moto cannot evaluate, and so what this test does not prove (the static checks in test_aws_iam.py and IAM do):
   - conditions other than ``StringEquals`` (moto/iam/policy_conditions.py, ``CONDITION_OPERATIONS``): the
@@ -56,8 +58,15 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
 
 
 @pytest.fixture(scope="module")
-def iam_endpoint() -> Iterator[str]:
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(ADMIN_SETUP_REQUESTS))
+def iam_record(tmp_path_factory) -> Path:
+    """Where the server writes what allowed each allowed request (tests/moto_iam_server.py)."""
+    return tmp_path_factory.mktemp("iam") / "allowed.jsonl"
+
+
+@pytest.fixture(scope="module")
+def iam_endpoint(iam_record) -> Iterator[str]:
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(ADMIN_SETUP_REQUESTS),
+               STEREO_SPOT_IAM_RECORD=str(iam_record))
     proc = subprocess.Popen([sys.executable, "-m", "tests.moto_iam_server"], cwd=ROOT, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
@@ -112,7 +121,7 @@ def world(iam_endpoint, tmp_path_factory):
 
     clip = write_sample(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=1.0, size=(96, 64), fps=12, gop=6)
     return {"endpoint": iam_endpoint, "settings": settings, "admin": admin, "users": users, "clip": clip,
-            "state": {}}
+            "state": {}, "prefix": prefix, "policies": documents}
 
 
 @contextmanager
@@ -329,6 +338,27 @@ def test_reconcile_scans_redrives_fails_and_archives_its_log(world):
                                                                 Key=keys.input_key(job_id)))
 
 
+def test_reconcile_redrives_a_job_stuck_since_its_last_completion(world):
+    """A job that chunked and converted a segment, then stopped moving: reconcile reads its completions for the
+    last sign of progress (the Completions statement), and re-drives it."""
+    from stereo_spot.models import SegmentCompletion
+    from stereo_spot.reconcile import Action, Problem, Reconciler
+
+    job_id = _upload(world, "stuck")
+    _event_source_drain(world)
+    with _credentials(world["admin"]):  # the run that got this far and then died
+        backend = aws_backend(world["settings"])
+        backend.jobs.update(job_id, status=JobStatus.CHUNKING_COMPLETE, total_segments=2,
+                            chunking_started_at=utcnow())
+        backend.completions.put(SegmentCompletion(job_id=job_id, segment_index=0, total_segments=2,
+                                                  output_key=keys.output_segment_key(job_id, 0), frames=6))
+    with _as(world, "reconcile") as (backend, queue):
+        found = [f for f in Reconciler(backend, queue, now=utcnow() + timedelta(hours=3)).run()
+                 if f.job_id == job_id]
+        assert [(f.problem, f.action) for f in found] == [(Problem.STUCK, Action.REDRIVE)]
+    assert any(job_id in body for body in _event_source_drain(world))
+
+
 def test_kfp_trigger_claims_the_upload_and_starts_one_run(world):
     from stereo_spot.kfp_trigger import KfpApi, KfpSettings, Outcome, trigger
     from tests.fake_kfp import FakeKfp, serve
@@ -361,3 +391,23 @@ def test_the_sqs_worker_converts_an_upload(world, tmp_path, monkeypatch):
                                                            Key=f"{keys.ARGO_ARTIFACTS_PREFIX}x/y/main.log",
                                                            Body=b"x"))
 
+
+
+def test_every_statement_of_every_policy_is_needed_by_its_identitys_work(world, iam_record):
+    """Last in the file, after every identity's work: each statement of each generated policy was the only one
+    of its policy to allow some request that work made, so a policy that loses any statement is refused that
+    request and its identity's test above goes red. A statement no real call needs would be a grant too many.
+    Breakage caught: a statement added that nothing uses, or one whose resources another statement also covers."""
+    records = [json.loads(line) for line in iam_record.read_text().splitlines()]
+    users = {identity.role_name(world["prefix"]) for identity in IDENTITIES}
+    # what moto let through but IAM would refuse (a listing outside its statement's s3:prefix condition)
+    refused_by_iam = [r for r in records if r["user"] in users and not r["allowed_by"]]
+    assert refused_by_iam == []
+    unneeded = []
+    for identity in IDENTITIES:
+        user = identity.role_name(world["prefix"])
+        sids = [statement["Sid"] for statement in world["policies"][identity.name]["Statement"]]
+        assert len(set(sids)) == len(sids), f"{identity.name}: statements must have distinct Sids"
+        needed = {r["allowed_by"][0] for r in records if r["user"] == user and len(r["allowed_by"]) == 1}
+        unneeded += [f"{identity.name}:{sid}" for sid in sids if sid not in needed]
+    assert unneeded == [], f"statements no request of the identity's real work needed alone: {unneeded}"
