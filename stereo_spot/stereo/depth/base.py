@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from stereo_spot.stereo.depth.cuts import SceneCuts
+
 
 class DepthEstimator(ABC):
     """Relative inverse depth for batches of consecutive frames of one shot.
@@ -28,3 +30,23 @@ class DepthEstimator(ABC):
     @abstractmethod
     def estimate(self, frames: torch.Tensor) -> torch.Tensor:
         """[N,3,H,W] float 0..1 → [N,1,H,W] normalised inverse depth (0 far … 1 near)."""
+
+
+class ShotEstimator(DepthEstimator):
+    """An estimator that finds scene cuts itself (``self._cuts``, a ``SceneCuts`` the subclass makes) and
+    starts its temporal state over at each: ``reset`` forgets the cut detector and the shot alike."""
+
+    _cuts: SceneCuts
+
+    @property
+    def cuts_detected(self) -> int:
+        return self._cuts.count
+
+    def reset(self) -> None:
+        self._cuts.reset()
+        self._start_shot()
+
+    @abstractmethod
+    def _start_shot(self) -> None:
+        """Forget what the previous shot left (its depth range, flow history, steadying, stream)."""
+

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from stereo_spot.stereo.depth import steady
-from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.base import DepthEstimator, ShotEstimator
 from stereo_spot.stereo.depth.cuts import SceneCuts
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.devices import dtype_for
@@ -202,7 +202,7 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel
                        folder=folder)
 
 
-class DepthAnythingDepth(DepthEstimator):
+class DepthAnythingDepth(ShotEstimator):
     name = "depth-anything"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None, *,
@@ -227,14 +227,6 @@ class DepthAnythingDepth(DepthEstimator):
         p = self.loaded.preprocessing
         self._mean = torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(p.std, device=self.device).view(1, 3, 1, 1)
-
-    @property
-    def cuts_detected(self) -> int:
-        return self._cuts.count
-
-    def reset(self) -> None:
-        self._cuts.reset()
-        self._start_shot()
 
     def _start_shot(self) -> None:
         self._range.reset()

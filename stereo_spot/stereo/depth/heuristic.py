@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from stereo_spot.stereo.depth import steady
-from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.base import ShotEstimator
 from stereo_spot.stereo.depth.cuts import SceneCuts
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.guided import box_filter, fast_guided_upsample, luma
@@ -111,7 +111,7 @@ def _percentiles(x: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
     return float(q[0]), float(q[1])
 
 
-class HeuristicDepth(DepthEstimator):
+class HeuristicDepth(ShotEstimator):
     name = "heuristic"
 
     def __init__(self, device: str | torch.device | None = None, params: HeuristicParams | None = None) -> None:
@@ -122,14 +122,6 @@ class HeuristicDepth(DepthEstimator):
         self._dis = None
         self._grid_key: tuple | None = None
         self.reset()
-
-    @property
-    def cuts_detected(self) -> int:
-        return self._cuts.count
-
-    def reset(self) -> None:
-        self._cuts.reset()
-        self._start_shot()
 
     def _start_shot(self) -> None:
         """Forget what the previous shot left: flow history, the pooled range, the steadying filter."""

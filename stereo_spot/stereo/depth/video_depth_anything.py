@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stereo_spot.stereo.depth.base import DepthEstimator
+from stereo_spot.stereo.depth.base import ShotEstimator
 from stereo_spot.stereo.depth.cuts import SceneCuts
 from stereo_spot.stereo.depth.temporal import TemporalRange
 from stereo_spot.stereo.depth.vda_inference import (
@@ -135,7 +135,7 @@ def _as_inverse_depth(depth: torch.Tensor, metric: bool) -> torch.Tensor:
     return 1.0 / depth.clamp_min(1e-3) if metric else depth
 
 
-class VideoDepthAnythingDepth(DepthEstimator):
+class VideoDepthAnythingDepth(ShotEstimator):
     name = "video-depth-anything"
 
     def __init__(self, weights: str | None, device: str | torch.device | None = None, *, memory: int = 16,
@@ -155,14 +155,6 @@ class VideoDepthAnythingDepth(DepthEstimator):
         self._cuts = SceneCuts()
         #: the stream's reach back, then the pooled range's frames (each with its own reach)
         self.memory_frames = memory_frames(self.window) + memory
-
-    @property
-    def cuts_detected(self) -> int:
-        return self._cuts.count
-
-    def reset(self) -> None:
-        self._cuts.reset()
-        self._start_shot()
 
     def _start_shot(self) -> None:
         self._stream = StreamState(keep_first=False, window=self.window)
