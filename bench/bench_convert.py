@@ -146,7 +146,7 @@ def _cli(args: list[str], home: Path, cores: set[int] | None = None) -> tuple[fl
     env = {**os.environ, "STEREO_SPOT_HOME": str(home), "STORAGE_ADAPTER": "local"}
     code = (
         "import sys\n"
-        "from stereo_spot.cli import app\n"
+        "from stereo_spot.cli.main import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print('PEAK', hwm, file=sys.stderr)\n"

@@ -3,7 +3,7 @@ image (its own console entry point, no kfp inside). Each command calls the same 
 and writes its result to the output file the component names (``--<output>-path``), which the KFP launcher reads;
 the exit code is the step's (0 done, 2 a user error, 1 retryable).
 
-Registered on the main app by ``stereo_spot.cli``; the step modules are imported inside the commands."""
+Registered on the main app by ``stereo_spot.cli.main``; the step modules are imported inside the commands."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``stereo-spot compile`` and ``stereo-spot submit``. Registered on the main app by ``stereo_spot.cli``; Hera and
+"""``stereo-spot compile`` and ``stereo-spot submit``. Registered on the main app by ``stereo_spot.cli.main``; Hera and
 kfp are imported inside the commands, so the rest of the CLI starts without them."""
 
 from __future__ import annotations

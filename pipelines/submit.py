@@ -6,11 +6,11 @@ API), Kubeflow through ``kfp.Client`` (the KFP API). Used by ``stereo-spot submi
     Kubeflow KFP_HOST (https://kubeflow.example.com/pipeline), KFP_TOKEN, KFP_NAMESPACE (multi-user profiles),
              KFP_UI_URL for the printed link (default: the host)
 
-An Argo run is named ``stereo-spot-{job_id}-{token}`` and labelled with the job id (stereo_spot.argo_runs): a job
-may have older runs that failed or were stopped, and a new run resumes it. A job whose run is still pending or
-running is refused (found by the label), so it is not converted twice; two submits racing past that check
-still run one after the other, under the WorkflowTemplate's per-job mutex. ARGO_CA_FILE or
-ARGO_INSECURE_SKIP_VERIFY say how to trust the server's certificate (argo_runs.tls_verify).
+An Argo run is named ``stereo-spot-{job_id}-{token}`` and labelled with the job id (stereo_spot.adapters.argo_runs):
+a job may have older runs that failed or were stopped, and a new run resumes it. A job whose run is still pending or
+running is refused (found by the label), so it is not converted twice; two submits racing past that check still run
+one after the other, under the WorkflowTemplate's per-job mutex. ARGO_CA_FILE or ARGO_INSECURE_SKIP_VERIFY say how
+to trust the server's certificate (argo_runs.tls_verify).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stereo_spot import argo_runs, keys
+from stereo_spot import keys
+from stereo_spot.adapters import argo_runs
 from stereo_spot.config import get_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.pipelines.config import PIPELINE_NAME, PipelineConfig, template_name

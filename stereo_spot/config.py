@@ -86,7 +86,7 @@ class Settings(_FromEnvironment):
     stereo_spot_event: str = ""
     stereo_spot_delivery_id: str = ""
 
-    # links for operators, e.g. https://argo.example.com (the job's runs: stereo_spot.argo_runs.ui_link)
+    # links for operators, e.g. https://argo.example.com (the job's runs: stereo_spot.adapters.argo_runs.ui_link)
     argo_ui_url: str | None = None
     argo_namespace: str = "stereo-spot"
     # The Argo server's API: the app stops a deleted job's workflow there. Without ARGO_TOKEN the app uses its
@@ -94,7 +94,7 @@ class Settings(_FromEnvironment):
     argo_server_url: str | None = None
     argo_token: str | None = None
     # argo-server serves https with a self-signed certificate by default: trust its CA bundle (a PEM file), or
-    # skip the check explicitly (the Argo CLI's ARGO_INSECURE_SKIP_VERIFY). stereo_spot.argo_runs.tls_verify
+    # skip the check explicitly (the Argo CLI's ARGO_INSECURE_SKIP_VERIFY). stereo_spot.adapters.argo_runs.tls_verify
     # decides from these two.
     argo_ca_file: str | None = None
     argo_insecure_skip_verify: bool = False

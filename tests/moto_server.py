@@ -50,7 +50,7 @@ def moto_endpoint() -> Iterator[str]:
 
 def settings_for(endpoint: str, prefix: str, **overrides) -> Settings:
     """Settings naming the resources ``aws bootstrap --prefix {prefix}`` creates."""
-    from stereo_spot.aws_bootstrap import ResourceNames
+    from stereo_spot.aws.bootstrap import ResourceNames
 
     names = ResourceNames.from_settings(Settings(), prefix)
     values = dict(
@@ -70,7 +70,7 @@ def new_prefix() -> str:
 @pytest.fixture
 def aws_settings(moto_endpoint: str) -> Settings:
     """Fresh, bootstrapped resources for one test; the settings point at them (queue URL as bootstrap says)."""
-    from stereo_spot.aws_bootstrap import bootstrap
+    from stereo_spot.aws.bootstrap import bootstrap
 
     prefix = new_prefix()
     settings = settings_for(moto_endpoint, prefix)

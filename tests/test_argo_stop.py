@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stereo_spot import argo_runs, keys
+from stereo_spot import keys
+from stereo_spot.adapters import argo_runs
 from stereo_spot.config import Settings
 from stereo_spot.ui.submission import stop_run
 from tests.local_server import serving

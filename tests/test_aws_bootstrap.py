@@ -10,7 +10,7 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.aws_bootstrap import (
+from stereo_spot.aws.bootstrap import (
     ABSENT,
     CREATED,
     DELETED,
@@ -152,8 +152,8 @@ def _cli_env(moto_endpoint: str) -> dict[str, str]:  # noqa: F811
 
 
 def test_cli_bootstrap_prints_the_environment_block_and_destroy_asks_first(moto_endpoint):  # noqa: F811
-    from stereo_spot.cli import app as main_app
-    from stereo_spot.cli_aws import app
+    from stereo_spot.cli.aws import app
+    from stereo_spot.cli.main import app as main_app
 
     prefix = new_prefix()
     runner = CliRunner()
@@ -178,7 +178,7 @@ def test_cli_bootstrap_prints_the_environment_block_and_destroy_asks_first(moto_
 
 
 def test_cli_reports_an_unreachable_endpoint_in_one_line():
-    from stereo_spot.cli_aws import app
+    from stereo_spot.cli.aws import app
 
     result = CliRunner().invoke(app, ["bootstrap", "--prefix", "unreachable"],
                                 env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": REGION})
@@ -230,7 +230,7 @@ ISSUER = "https://oidc.eks.us-east-1.amazonaws.com/id/5C1B0D2E3F4A5B6C7D8E9F0A1B
 
 
 def _bootstrap_roles(endpoint: str, prefix: str, *extra: str):
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     settings = settings_for(endpoint, prefix)
     env = {name.upper(): str(getattr(settings, name)) for name in ("storage_adapter", "aws_region",
@@ -250,7 +250,7 @@ def test_bootstrap_creates_the_irsa_roles_idempotently_and_writes_the_overlay_pa
     import subprocess
     import sys
 
-    from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, policies, trust_policy
+    from stereo_spot.aws.iam import KUBERNETES_IDENTITIES, policies, trust_policy
     from tests.test_manifests_validate import MANIFESTS, _kubectl, _validator
 
     iam = _client("iam", moto_endpoint)
@@ -318,8 +318,8 @@ def test_the_committed_irsa_patches_are_what_bootstrap_writes():
     role names (the manifests' role ARNs and the generated identities cannot drift apart)."""
     from pathlib import Path
 
-    from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, role_arn
-    from stereo_spot.aws_roles import irsa_patch
+    from stereo_spot.aws.iam import KUBERNETES_IDENTITIES, role_arn
+    from stereo_spot.aws.roles import irsa_patch
 
     overlays = Path(__file__).resolve().parent.parent / "manifests" / "overlays"
     arns = {i.service_account: role_arn(i, "123456789012") for i in KUBERNETES_IDENTITIES}
@@ -328,7 +328,7 @@ def test_the_committed_irsa_patches_are_what_bootstrap_writes():
 
 
 def test_irsa_patches_without_an_issuer_are_a_one_line_error(moto_endpoint, tmp_path):  # noqa: F811
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     result = CliRunner().invoke(app, ["aws", "bootstrap", "--prefix", new_prefix(), "--irsa-patch",
                                       str(tmp_path / "irsa.yaml")])

@@ -39,8 +39,8 @@ from botocore.exceptions import ClientError
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters.aws import aws_backend, events_queue
-from stereo_spot.aws_bootstrap import ResourceNames, bootstrap
-from stereo_spot.aws_iam import IDENTITIES, policies
+from stereo_spot.aws.bootstrap import ResourceNames, bootstrap
+from stereo_spot.aws.iam import IDENTITIES, policies
 from stereo_spot.models import ConversionSettings, JobStatus, utcnow
 from tests.moto_server import REGION, new_prefix, settings_for
 
@@ -320,7 +320,7 @@ def test_ui_uploads_a_large_source_in_parts(world, tmp_path):
 
 
 def test_reconcile_scans_redrives_fails_and_archives_its_log(world):
-    from stereo_spot.reconcile import Action, Problem, Reconciler
+    from stereo_spot.cluster.reconcile import Action, Problem, Reconciler
 
     job_id = _upload(world, "lost")
     _event_source_drain(world)  # the EventSource took the event; its trigger failed: the upload is lost
@@ -341,8 +341,8 @@ def test_reconcile_scans_redrives_fails_and_archives_its_log(world):
 def test_reconcile_redrives_a_job_stuck_since_its_last_completion(world):
     """A job that chunked and converted a segment, then stopped moving: reconcile reads its completions for the
     last sign of progress (the Completions statement), and re-drives it."""
+    from stereo_spot.cluster.reconcile import Action, Problem, Reconciler
     from stereo_spot.models import SegmentCompletion
-    from stereo_spot.reconcile import Action, Problem, Reconciler
 
     job_id = _upload(world, "stuck")
     _event_source_drain(world)
@@ -360,7 +360,7 @@ def test_reconcile_redrives_a_job_stuck_since_its_last_completion(world):
 
 
 def test_kfp_trigger_claims_the_upload_and_starts_one_run(world):
-    from stereo_spot.kfp_trigger import KfpApi, KfpSettings, Outcome, trigger
+    from stereo_spot.cluster.kfp_trigger import KfpApi, KfpSettings, Outcome, trigger
     from tests.fake_kfp import FakeKfp, serve
 
     job_id = _upload(world, "kubeflow")
@@ -377,7 +377,7 @@ def test_kfp_trigger_claims_the_upload_and_starts_one_run(world):
 
 
 def test_the_sqs_worker_converts_an_upload(world, tmp_path, monkeypatch):
-    from stereo_spot.worker import Outcome, run_worker
+    from stereo_spot.cluster.worker import Outcome, run_worker
 
     monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
     job_id = _upload(world, "worker")

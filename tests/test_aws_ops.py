@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters.aws import aws_backend, events_queue
-from stereo_spot.aws_ops import recover_chunking
+from stereo_spot.adapters.operator_links import EnvOperatorLinks, links_from_settings
+from stereo_spot.aws.ops import recover_chunking
+from stereo_spot.cluster.worker import Outcome, parse_event, run_worker
 from stereo_spot.errors import StepError
 from stereo_spot.models import ConversionSettings, Job, JobStatus
-from stereo_spot.operator_links import EnvOperatorLinks, links_from_settings
-from stereo_spot.worker import Outcome, parse_event, run_worker
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401
 
 
@@ -65,7 +65,7 @@ def _cli_env(settings) -> dict[str, str]:
 
 
 def test_dead_letters_are_shown_and_replayed_then_the_job_completes(aws_settings, tmp_path, monkeypatch):  # noqa: F811
-    from stereo_spot.cli_aws import app
+    from stereo_spot.cli.aws import app
     from stereo_spot.sample import write_sample
 
     monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
@@ -114,7 +114,7 @@ def test_dead_letters_are_shown_and_replayed_then_the_job_completes(aws_settings
 
 
 def test_replay_drops_letters_that_cannot_start_a_run(aws_settings):  # noqa: F811
-    from stereo_spot.aws_ops import dead_letter_queue, replay_dead_letters
+    from stereo_spot.aws.ops import dead_letter_queue, replay_dead_letters
 
     backend = aws_backend(aws_settings)
     dlq = dead_letter_queue(aws_settings)
@@ -126,7 +126,7 @@ def test_replay_drops_letters_that_cannot_start_a_run(aws_settings):  # noqa: F8
 
 
 def test_recover_chunking_command(aws_settings):  # noqa: F811
-    from stereo_spot.cli_aws import app
+    from stereo_spot.cli.aws import app
 
     backend = aws_backend(aws_settings)
     job_id = _stuck_job(backend, 2, [0, 1])

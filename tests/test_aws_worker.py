@@ -17,8 +17,8 @@ import pytest
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters.aws import AwsClients, AwsConfig, SqsQueue, aws_backend, events_queue
+from stereo_spot.cluster.worker import MalformedEvent, Outcome, Worker, event_id, parse_event, run_worker
 from stereo_spot.models import ConversionSettings, JobStatus, ObjectCreated
-from stereo_spot.worker import MalformedEvent, Outcome, Worker, event_id, parse_event, run_worker
 from tests.moto_server import REGION, aws_settings, moto_endpoint  # noqa: F401
 
 SIZE, FPS = (160, 96), 24
@@ -274,7 +274,7 @@ def test_worker_survives_an_unreachable_queue_until_stopped(moto_endpoint, caplo
     from stereo_spot.config import Settings
 
     backend = build(Settings(aws_endpoint_url="http://127.0.0.1:9"))
-    with caplog.at_level("WARNING", logger="stereo_spot.worker"):
+    with caplog.at_level("WARNING", logger="stereo_spot.cluster.worker"):
         stats = run_worker(backend, queue, stop_event=stop, wait_seconds=1)
     timer.join()
     assert stats.handled == []
@@ -288,7 +288,7 @@ def test_sigterm_stops_the_worker_process_cleanly(aws):
     import os
 
     env = {**os.environ, **env}
-    code = "import typer; from stereo_spot.cli_aws import worker_command; typer.run(worker_command)"
+    code = "import typer; from stereo_spot.cli.aws import worker_command; typer.run(worker_command)"
     process = subprocess.Popen([sys.executable, "-c", code, "--wait-seconds", "1"], env=env,
                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
@@ -311,7 +311,7 @@ def test_sigterm_stops_the_worker_process_cleanly(aws):
 def test_heartbeat_keeps_a_long_job_message_hidden(aws):
     import time
 
-    from stereo_spot.worker import _Heartbeat
+    from stereo_spot.cluster.worker import _Heartbeat
 
     _, queue, settings = aws
     queue.send("long job")
@@ -341,8 +341,8 @@ def test_a_job_past_its_maximum_runtime_is_failed_and_not_retried(aws, clip):
 def test_the_heartbeat_stops_at_the_runtime_deadline():
     import time
 
+    from stereo_spot.cluster.worker import _Heartbeat
     from stereo_spot.ports import QueueMessage
-    from stereo_spot.worker import _Heartbeat
 
     class Counting:
         beats = 0

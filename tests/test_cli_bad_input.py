@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot.adapters.local import local_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import JobStatus
 from stereo_spot.sample import write_sample
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from tests.base_install import base_distributions, base_environment
 
 pytestmark = pytest.mark.slow  # ~40 interpreter starts

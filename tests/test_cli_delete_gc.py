@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import gc, keys, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus, utcnow
 from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample

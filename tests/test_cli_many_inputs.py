@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stereo_spot import steps
 from stereo_spot.adapters import build_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.inputs import plan
 from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
 from stereo_spot.sample import write_sample

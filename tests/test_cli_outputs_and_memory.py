@@ -6,7 +6,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from stereo_spot.adapters import build_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import JobStatus
 from stereo_spot.sample import write_sample
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from stereo_spot import steps
 from stereo_spot.adapters.aws import aws_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.errors import JobNotFound, UserError
 from stereo_spot.models import ConversionSettings, Job, JobStatus
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401

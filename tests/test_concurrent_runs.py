@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from stereo_spot import integrity, keys, leases, steps
 from stereo_spot.adapters.local import local_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus
 from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample

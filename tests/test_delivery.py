@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import stereo_spot.runner as runner
 from stereo_spot import delivery, keys
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
 from stereo_spot.sample import write_sample
 

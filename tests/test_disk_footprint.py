@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus
 from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample

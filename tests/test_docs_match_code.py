@@ -17,7 +17,7 @@ import pytest
 import typer.main
 
 from stereo_spot import hub_models
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

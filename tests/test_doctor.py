@@ -12,9 +12,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
-from stereo_spot.doctor import OPTIONAL_CRDS, REQUIRED_CRDS, SERVICE_ACCOUNTS, kube_endpoint, parse_version, run_checks
-from stereo_spot.httpjson import Endpoint
+from stereo_spot.adapters.httpjson import Endpoint
+from stereo_spot.cli.main import app
+from stereo_spot.cluster.doctor import (
+    OPTIONAL_CRDS,
+    REQUIRED_CRDS,
+    SERVICE_ACCOUNTS,
+    kube_endpoint,
+    parse_version,
+    run_checks,
+)
 
 TOKEN = "kube-token-123"
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
 from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample
@@ -140,7 +140,7 @@ def test_jobs_command_lists_the_local_store(home, clip, backend):
 
 
 def test_the_progress_total_is_never_below_the_frames_done():
-    from stereo_spot.cli import progress_total
+    from stereo_spot.cli.main import progress_total
 
     assert progress_total(None, 0) is None  # unknown until chunk has probed the video
     assert progress_total(80, 40) == 80

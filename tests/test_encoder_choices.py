@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters import build_backend
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media import spatial
 from stereo_spot.media.encode import settings_for
 from stereo_spot.media.frames import keeps_frame, stereo_layout

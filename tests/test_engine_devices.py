@@ -60,7 +60,7 @@ def test_one_worker_per_gpu_and_one_per_core_on_the_cpu() -> None:
 
 def test_cli_refuses_a_device_this_machine_does_not_have(tmp_path: Path, home: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
     from stereo_spot.sample import write_sample
 
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)

@@ -161,7 +161,7 @@ def test_precision_travels_with_the_job_to_the_models(backend, depth_weights: Pa
 
 def test_the_cli_takes_the_choice_and_refuses_an_unknown_one(home, tmp_path: Path) -> None:
     from stereo_spot.choices import InvalidChoice, conversion_settings
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     assert conversion_settings(precision="fp16").precision is Precision.FP16
     with pytest.raises(InvalidChoice, match="--precision"):

@@ -64,6 +64,7 @@ def test_no_caller_keeps_its_own_list_of_user_errors():
     """The CLI, the components, the runner and the worker ask stereo_spot.errors; none lists exception types
     of its own to decide between a user error and a retry."""
     pattern = re.compile(r"isinstance\(exc, \((?:[\w.]+, )*(?:UserError|StoreError|InvalidKey)")
-    for path in ["stereo_spot/cli.py", "stereo_spot/cli_aws.py", "stereo_spot/runner.py", "stereo_spot/worker.py",
+    for path in ["stereo_spot/cli/main.py", "stereo_spot/cli/aws.py", "stereo_spot/runner.py",
+                 "stereo_spot/cluster/worker.py",
                  *[str(p.relative_to(ROOT)) for p in (ROOT / "components").glob("*.py")]]:
         assert not pattern.search((ROOT / path).read_text()), path

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.sample import write_sample
 from stereo_spot.stereo.depth import DepthEstimator

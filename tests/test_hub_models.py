@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import hub_models
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import create_depth_estimator, known_depth_estimators
 from stereo_spot.stereo.engine import StereoEngine, check_model_choice

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.config import Settings
 from stereo_spot.limits import LimitExceeded, check_media_limits
 from stereo_spot.media.errors import MediaError

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import leases, runner, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import ConversionSettings, JobStatus
 from stereo_spot.sample import write_sample
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot.adapters.local import local_backend
-from stereo_spot.kfp_trigger import (
+from stereo_spot.cluster.kfp_trigger import (
     KfpApi,
     KfpSettings,
     KfpUnavailable,
@@ -180,7 +180,7 @@ def test_the_claim_uses_dynamodb(aws_settings, multi_user, token_file, monkeypat
 
 
 def test_the_command_exit_codes(tmp_path, multi_user, token_file, monkeypatch):
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     home = tmp_path / "home"
     backend = local_backend(home)
@@ -237,7 +237,7 @@ def test_a_reconcile_redrive_of_a_job_whose_run_failed_starts_a_new_run(backend,
     re-drive event must start a new run, not find the failed one."""
     from datetime import UTC, datetime
 
-    from stereo_spot.reconcile import redrive_event
+    from stereo_spot.cluster.reconcile import redrive_event
 
     key = f"input/{job.job_id}/source.mp4"
     api = _api(multi_user, token_file)

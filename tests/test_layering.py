@@ -1,13 +1,14 @@
 """The package's import graph, read from the source with ``ast``: no cycles, no borrowed private names, and
-neither the domain core nor the services reaching up into the commands.
+no layer reaching up: the core and the services never import the operations or the interfaces, and the
+operations never import an interface.
 
-The layers are the table below; a later package move changes only that table. A module belongs to the layer
-with the longest prefix that names it or a package above it.
+The layers are the table below (the README's Architecture section draws it); moving a package changes only that
+table. A module belongs to the layer with the longest prefix that names it or a package above it.
 
 Seen red: on the code before ``stereo/segment_stages.py``, ``inpainter.py`` and ``frame_edges.py`` (the three
 circles, ``chunk_chain`` taking ``segment``'s private names); with ``from .. import cli`` planted in a function of
-``stereo/warp.py`` (a relative import, core -> command); with ``from stereo_spot import worker`` planted in
-``delivery.py`` (service -> command).
+``stereo/warp.py`` (a relative import, core -> interface); with ``from stereo_spot.cluster import worker``
+planted in ``delivery.py`` (service -> operation).
 """
 
 import ast
@@ -28,31 +29,24 @@ PACKAGE_DIRS = {
 
 # Layers from the top down. Imports point down: FORBIDDEN below lists the upward ones the test refuses.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    # What a person or a pipeline starts: the command line, the app, the pipelines and their steps' entry points.
     (
-        "commands",
+        "interfaces",
         (
             "stereo_spot.__main__",
             "stereo_spot.cli",
-            "stereo_spot.cli_aws",
-            "stereo_spot.cli_models",
-            "stereo_spot.cli_ops",
             "stereo_spot.ui",
             "stereo_spot.pipelines",
             "stereo_spot.components",
-            "stereo_spot.doctor",
-            "stereo_spot.reconcile",
-            "stereo_spot.kfp_trigger",
-            "stereo_spot.worker",
-            "stereo_spot.aws_bootstrap",
-            "stereo_spot.aws_iam",
-            "stereo_spot.aws_ops",
-            "stereo_spot.aws_roles",
         ),
     ),
-    # Everything not named elsewhere: the runner, delivery, reports, leases, garbage collection, the links to a
-    # job's run and logs (operator_links implements ports.OperatorLinks and every backend the adapters build
-    # carries one, so it is an adapter's part, not a command), ...
+    # What runs beside a deployment (the SQS worker, reconcile, kfp-trigger, doctor) and the AWS account tooling.
+    # The interfaces start them; they never reach back into an interface.
+    ("operations", ("stereo_spot.cluster", "stereo_spot.aws")),
+    # Everything not named elsewhere: the runner, delivery, reports, leases, garbage collection, ...
     ("services", ("stereo_spot",)),
+    # The domain every engine meets, and the adapters that implement its ports (including the links to a job's
+    # Argo or Kubeflow run and logs: every backend the adapters build carries one).
     (
         "core",
         (
@@ -71,7 +65,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 # Pairs (importer layer, imported layer) that the import graph must never contain. The core does import a few
 # services (steps reads report and leases, stereo/ reads weights and hub_models), so that pair is not here yet.
-FORBIDDEN = {("core", "commands"), ("services", "commands")}
+FORBIDDEN = {
+    ("operations", "interfaces"),
+    ("services", "interfaces"),
+    ("services", "operations"),
+    ("core", "interfaces"),
+    ("core", "operations"),
+}
 
 
 def _source_modules() -> dict[str, tuple[pathlib.Path, bool]]:
@@ -242,8 +242,9 @@ def test_no_module_imports_another_modules_private_name():
 
 @pytest.mark.parametrize("importer_layer,imported_layer", sorted(FORBIDDEN))
 def test_layers_point_down(importer_layer, imported_layer):
-    """Catches a core module (models, stereo/, media/, ...) or a service (runner, delivery, ...) importing a
-    command (cli, ui, worker, ...)."""
+    """Catches a core module (models, stereo/, media/, ...) or a service (runner, delivery, ...) importing an
+    operation (cluster/, aws/) or an interface (cli/, ui, pipelines, ...), and an operation importing an
+    interface."""
     wrong = []
     for name in MODULES:
         if _layer(name) != importer_layer:

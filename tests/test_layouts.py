@@ -269,7 +269,7 @@ def test_the_cli_converts_a_photo_cross_eyed_with_the_eyes_swapped_back(home, tm
     import cv2
     from typer.testing import CliRunner
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     rng = np.random.default_rng(0)
     photo = tmp_path / "photo.png"
@@ -289,7 +289,7 @@ def test_the_cli_converts_a_photo_cross_eyed_with_the_eyes_swapped_back(home, tm
 def test_the_cli_refuses_an_unknown_layout(home, tmp_path):
     from typer.testing import CliRunner
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "x.mp4"), "--format", "vr360"])
     assert result.exit_code == 2 and "vr180" in result.output

@@ -86,7 +86,7 @@ def test_every_kfp_executor_runs_an_existing_step_command():
     the compiled spec passes is one of its options (a renamed option fails here, not in a pod)."""
     from typer.main import get_command
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     spec = _yaml_docs(MANIFESTS / "generated" / "kfp-pipeline.yaml")[0]
     commands = get_command(app).commands
@@ -105,7 +105,7 @@ def test_every_kfp_executor_runs_an_existing_step_command():
 def test_the_ui_deployment_runs_an_existing_command():
     from typer.main import get_command
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     deployment = next(d for d in _yaml_docs(MANIFESTS / "base" / "ui.yaml") if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]

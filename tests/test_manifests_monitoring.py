@@ -82,7 +82,7 @@ def _controller_series() -> set[str]:
 
 def _worker_series() -> set[str]:
     pytest.importorskip("prometheus_client")
-    from stereo_spot.metrics import WorkerMetrics
+    from stereo_spot.cluster.metrics import WorkerMetrics
 
     return {sample.name for family in WorkerMetrics().registry.collect() for sample in family.samples}
 

@@ -216,7 +216,7 @@ def test_kubeflow_trigger_uses_a_projected_token_and_no_secret():
 def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     """Apply the Sensor's parameters to a real S3 event shape the way Argo Events does and check the command
     reads what it gets: the notification (parsed as the worker parses it) and a per-delivery id."""
-    from stereo_spot.worker import parse_event
+    from stereo_spot.cluster.worker import parse_event
     from tests.go_template import sensor_template_value
 
     trigger, _ = _kubeflow_trigger()
@@ -241,7 +241,7 @@ def test_kubeflow_trigger_parameters_hand_the_event_to_the_command():
     assert values["metadata.labels.stereo-spot\\.io/job-id"] == JOB
     from typer.testing import CliRunner
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     assert CliRunner().invoke(app, ["kfp-trigger", "--help"]).exit_code == 0
 
@@ -265,7 +265,7 @@ def test_the_reconcile_cron_workflow_runs_the_command(overlay):
     """The backstop for lost uploads runs in every overlay, one pass at a time, with options the command has."""
     import typer.main
 
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     _, docs = overlay
     cron = _find(docs, "CronWorkflow", "stereo-spot-reconcile")
@@ -422,7 +422,7 @@ def test_argo_sensor_names_the_workflow_after_the_job_and_the_upload():
     assert _get(event, params["spec.arguments.parameters.1.value"]["dataKey"]) == f"input/{JOB}/source.mp4"
     assert [p["name"] for p in workflow["spec"]["arguments"]["parameters"]] == ["bucket", "key"]
     assert _get(event, params["spec.arguments.parameters.0.value"]["dataKey"]) == "stereo-spot-input"
-    from stereo_spot.argo_runs import run_name
+    from stereo_spot.adapters.argo_runs import run_name
     from tests.go_template import sensor_template_value
 
     name = sensor_template_value(params["metadata.name"]["dataTemplate"], event)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.chunk import chunk_video, segment_copies
 from stereo_spot.media.frames import read_frames
 from tests.media_fixtures import make_avi, make_clip, make_decode_time_labelled_clip

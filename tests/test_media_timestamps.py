@@ -15,7 +15,7 @@ import av
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.chunk import chunk_video
 from stereo_spot.media.frames import RetimeCount, retime_repeats
 from tests.media_fixtures import synthetic_frame

@@ -30,7 +30,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.frames import read_frames
 from stereo_spot.models import ConversionSettings
 from stereo_spot.sample import write_sample

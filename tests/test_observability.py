@@ -107,9 +107,9 @@ def test_the_worker_serves_metrics_of_a_real_run(aws_settings, clip, tmp_path, m
     pytest.importorskip("prometheus_client")
     from stereo_spot import steps
     from stereo_spot.adapters.aws import aws_backend, events_queue
-    from stereo_spot.metrics import WorkerMetrics, serve
+    from stereo_spot.cluster.metrics import WorkerMetrics, serve
+    from stereo_spot.cluster.worker import run_worker
     from stereo_spot.models import ConversionSettings
-    from stereo_spot.worker import run_worker
 
     monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
     backend, queue = aws_backend(aws_settings), events_queue(aws_settings)

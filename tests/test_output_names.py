@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.models import OutputFormat
 from stereo_spot.naming import names_layout, output_file_name
 from stereo_spot.sample import write_sample

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.pipelines.compile import (
     GENERATED_FILES,
     KFP_PIPELINE_FILE,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.pipelines.config import template_name
 from tests.local_server import serving
 

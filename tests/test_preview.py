@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.frames import read_frames
 from stereo_spot.models import ConversionSettings, OutputFormat
 from stereo_spot.stereo.engine import StereoEngine

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.frames import read_frames, stereo_layout
 from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat, SegmentCompletion
 from stereo_spot.naming import output_file_name

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

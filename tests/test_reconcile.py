@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters.aws import aws_backend, events_queue
+from stereo_spot.cluster.reconcile import Action, Problem, Reconciler, ReconcileSettings
+from stereo_spot.cluster.worker import Outcome, event_id, parse_event, run_worker
 from stereo_spot.models import ConversionSettings, JobStatus, SegmentCompletion, utcnow
-from stereo_spot.reconcile import Action, Problem, Reconciler, ReconcileSettings
-from stereo_spot.worker import Outcome, event_id, parse_event, run_worker
 from tests.moto_server import aws_settings, moto_endpoint  # noqa: F401
 
 LATER = timedelta(minutes=30)  # past the default 15-minute grace
@@ -163,7 +163,7 @@ def test_limit_and_the_command(aws, monkeypatch):
     for name, value in settings.model_dump().items():
         if value is not None and name not in ("stereo_spot_home",):
             monkeypatch.setenv(name.upper(), str(value))
-    from stereo_spot.cli import app
+    from stereo_spot.cli.main import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["reconcile", "--dry-run"])
@@ -182,7 +182,7 @@ def test_an_upload_whose_kubeflow_trigger_gave_up_gets_its_run(aws, tmp_path):
     """The backstop for the Kubeflow path: the trigger Job exhausted its retries while KFP was down, the
     EventSource had already deleted the message. reconcile's re-drive reaches the trigger as a new delivery and
     the run is created once; a second re-drive finds it."""
-    from stereo_spot.kfp_trigger import KfpApi, KfpSettings, KfpUnavailable, Outcome, trigger
+    from stereo_spot.cluster.kfp_trigger import KfpApi, KfpSettings, KfpUnavailable, Outcome, trigger
     from tests.fake_kfp import FakeKfp, make_token, serve
 
     backend, queue, _ = aws

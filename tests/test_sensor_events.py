@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stereo_spot import argo_runs, keys
+from stereo_spot import keys
+from stereo_spot.adapters import argo_runs
+from stereo_spot.cluster.reconcile import redrive_event
 from stereo_spot.ports import ObjectInfo
-from stereo_spot.reconcile import redrive_event
 from tests.go_template import (
     TemplateError,
     check_common_regex,

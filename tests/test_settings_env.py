@@ -23,7 +23,7 @@ ALLOWED = {
         "hands its whole environment on to the detached runner process; reads no variable",
     ("ui/local_queue.py", "ensure_dispatcher"):
         "hands its whole environment on to the dispatcher process; reads no variable",
-    ("stereo_spot/doctor.py", "_exec_token"):
+    ("stereo_spot/cluster/doctor.py", "_exec_token"):
         "a kubeconfig credential plugin runs with the whole environment, as kubectl runs it",
 }
 

@@ -13,7 +13,7 @@ import urllib.request
 
 from typer.testing import CliRunner
 
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 
 
 def test_no_sign_in_is_refused_on_a_public_address(home, monkeypatch):
@@ -32,7 +32,7 @@ def _free_port() -> int:
 def test_sigterm_reaches_the_server(home, tmp_path):
     port = _free_port()
     env = {**os.environ, "STEREO_SPOT_HOME": str(home)}
-    process = subprocess.Popen([sys.executable, "-m", "stereo_spot.cli", "ui", "--port", str(port)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "stereo_spot.cli.main", "ui", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60

@@ -162,7 +162,7 @@ def _serve(monkeypatch, *args: str):
     """``stereo-spot ui`` up to the moment it would become the server (os.execv is replaced by an exit)."""
     from typer.testing import CliRunner
 
-    from stereo_spot import cli
+    from stereo_spot.cli import main as cli
 
     def would_serve(executable, command):
         raise SystemExit(42)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from stereo_spot import steps
 from stereo_spot.adapters.local import local_backend
-from stereo_spot.cli import app as cli
+from stereo_spot.cli.main import app as cli
 from stereo_spot.models import ConversionSettings, JobStatus
 from stereo_spot.runner import run_job
 from stereo_spot.sample import write_sample

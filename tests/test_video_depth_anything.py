@@ -44,7 +44,7 @@ import torch
 from typer.testing import CliRunner
 
 from stereo_spot import hub_models
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.frames import read_frames
 from stereo_spot.sample import write_sample
 from stereo_spot.stereo.depth import create_depth_estimator, vda_inference, vda_net

@@ -94,7 +94,7 @@ def stop_run(backend: Backend, settings: Settings, job_id: str) -> str | None:
 
 
 def stop_argo_workflows(settings: Settings, job_id: str, timeout: float = 15.0) -> str | None:
-    from stereo_spot import argo_runs
+    from stereo_spot.adapters import argo_runs
 
     try:
         api = argo_runs.endpoint(settings, timeout=timeout)

@@ -13,7 +13,7 @@ def build_backend(settings: Settings | None = None) -> Backend:
 
         return aws_backend(settings)
     from stereo_spot.adapters.local import local_backend
-    from stereo_spot.operator_links import links_from_settings
+    from stereo_spot.adapters.operator_links import links_from_settings
 
     backend = local_backend(settings.stereo_spot_home, settings.input_bucket_name, settings.output_bucket_name)
     backend.links = links_from_settings(settings)

@@ -20,9 +20,9 @@ from stereo_spot.adapters.aws.dynamodb import (
 )
 from stereo_spot.adapters.aws.s3 import DEFAULT_PART_SIZE, S3ObjectStorage, content_disposition
 from stereo_spot.adapters.aws.sqs import SqsQueue
+from stereo_spot.adapters.operator_links import links_from_settings
 from stereo_spot.config import Settings
 from stereo_spot.errors import UserError
-from stereo_spot.operator_links import links_from_settings
 from stereo_spot.ports import Backend
 
 __all__ = [

@@ -1,6 +1,6 @@
 """``stereo-spot models list|download|verify``: the depth models known by name, and their cache.
 
-Registered by ``stereo_spot.cli`` as ``app.add_typer(cli_models.app, name="models")``.
+Registered by ``stereo_spot.cli.main`` as ``app.add_typer(cli_models.app, name="models")``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ every link is absent (None) when its setting is unset.
 
     ARGO_UI_URL        https://argo.example.com  -> the job's workflows in the Argo UI, listed by their label:
                        {ARGO_UI_URL}/workflows/{ARGO_NAMESPACE}?label=stereo-spot.io/job-id%3D{job_id} (a job may
-                       have several runs: stereo_spot.argo_runs), or a template with {job_id} / {namespace} /
+                       have several runs: stereo_spot.adapters.argo_runs), or a template with {job_id} / {namespace} /
                        {workflow} ({workflow}: stereo-spot-{job_id}, how each of its runs' names starts)
     KFP_UI_URL         https://kubeflow.example.com/pipeline -> {KFP_UI_URL}/#/runs (KFP run ids are not derivable
                        from the job id), or a template with {job_id}
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stereo_spot.argo_runs import job_run_prefix, ui_link
+from stereo_spot.adapters.argo_runs import job_run_prefix, ui_link
 from stereo_spot.keys import validate_job_id
 from stereo_spot.ports import OperatorLinks
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from stereo_spot import keys
 from stereo_spot.adapters.aws import AwsClients, AwsConfig, DynamoEventDedup, SqsQueue, aws_errors
+from stereo_spot.cluster.worker import MalformedEvent, event_id, parse_event
 from stereo_spot.config import Settings
 from stereo_spot.errors import StepError, UserError
 from stereo_spot.models import Job, JobStatus
 from stereo_spot.ports import Backend, QueueMessage
-from stereo_spot.worker import MalformedEvent, event_id, parse_event
 
 # --- a job stuck in chunking ----------------------------------------------------------------------------
 

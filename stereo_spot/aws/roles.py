@@ -1,7 +1,7 @@
 """The IAM roles of the Kubernetes identities (``stereo-spot aws bootstrap --oidc-issuer``), created or brought
 back to the generated trust and permission policies, and the overlays' IRSA patches that name them.
 
-A sibling of ``aws_bootstrap`` (and called by the same command) because the roles need what the data resources do
+A sibling of ``bootstrap`` (and called by the same command) because the roles need what the data resources do
 not: the cluster's OIDC issuer, and IAM rights an operator may hold only for this step. Like the rest of bootstrap,
 each role and policy is read first and only a difference is written: "exists", "created" or "updated".
 """
@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from stereo_spot.adapters.aws.clients import AwsClients
-from stereo_spot.aws_bootstrap import CREATED, EXISTS, UPDATED, Change, ResourceNames, aws_call
-from stereo_spot.aws_iam import (
+from stereo_spot.aws.bootstrap import CREATED, EXISTS, UPDATED, Change, ResourceNames, aws_call
+from stereo_spot.aws.iam import (
     KUBERNETES_IDENTITIES,
     NAMESPACE,
     POLICY_NAME,
@@ -33,7 +33,7 @@ _NO_ENTITY = ("NoSuchEntity",)
 OVERLAY_PATCH_HEADER = {
     "aws": "# IRSA: each service account assumes its own IAM role; no access keys anywhere. Written by\n"
            "# `stereo-spot aws bootstrap --oidc-issuer URL --irsa-patch PATH` with the real role ARNs\n"
-           "# (stereo_spot/aws_iam.py lists the roles and their policies).\n",
+           "# (stereo_spot/aws/iam.py lists the roles and their policies).\n",
     "aws-kubeflow": "# IRSA for the Kubeflow trigger Job's service account. Written by\n"
                     "# `stereo-spot aws bootstrap --oidc-issuer URL --kubeflow-irsa-patch PATH`.\n",
 }

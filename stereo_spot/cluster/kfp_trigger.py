@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from stereo_spot import keys, steps
-from stereo_spot.argo_runs import job_run_prefix
+from stereo_spot.adapters.argo_runs import job_run_prefix
+from stereo_spot.adapters.httpjson import ApiError, ApiUnreachable, Endpoint
+from stereo_spot.cluster.worker import MalformedEvent, event_id, parse_event
 from stereo_spot.errors import UserError, one_line
-from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
 from stereo_spot.models import ObjectCreated
 from stereo_spot.ports import Backend
-from stereo_spot.worker import MalformedEvent, event_id, parse_event
 
 log = logging.getLogger(__name__)
 

@@ -178,7 +178,7 @@ class Worker:
                  progress: Callable[[Any], None] | None = None, metrics: Any = None,
                  max_runtime_seconds: int | None = None):
         self.backend, self.receiver = backend, receiver
-        self.metrics = metrics  # a stereo_spot.metrics.WorkerMetrics, or None
+        self.metrics = metrics  # a stereo_spot.cluster.metrics.WorkerMetrics, or None
         self.abort_event, self.workers, self.device = abort_event, workers, device
         self.visibility_timeout, self.progress = visibility_timeout, progress
         self.max_runtime_seconds = max_runtime_seconds

@@ -1,6 +1,6 @@
 """``stereo-spot aws ...`` (create and remove the AWS resources, runbook actions) and ``stereo-spot worker``.
 
-Registered by ``stereo_spot.cli``: ``app.add_typer(cli_aws.app, name="aws")`` and
+Registered by ``stereo_spot.cli.main``: ``app.add_typer(cli_aws.app, name="aws")`` and
 ``app.command("worker")(cli_aws.worker_command)``.
 """
 
@@ -80,8 +80,8 @@ def bootstrap(prefix: PrefixOption = None,
     environment block (KEY=value lines) for the ConfigMap or the worker's environment. With --oidc-issuer, also
     the IAM role of each service account (IRSA trust policy and permissions), and the overlays' IRSA patches."""
     from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
-    from stereo_spot.aws_bootstrap import bootstrap as run_bootstrap
-    from stereo_spot.aws_roles import ensure_roles, write_irsa_patch
+    from stereo_spot.aws.bootstrap import bootstrap as run_bootstrap
+    from stereo_spot.aws.roles import ensure_roles, write_irsa_patch
     from stereo_spot.config import get_settings
     from stereo_spot.errors import UserError
 
@@ -122,9 +122,9 @@ def policies(prefix: PrefixOption = None,
     import json
 
     from stereo_spot.adapters.aws.clients import AwsClients, AwsConfig
-    from stereo_spot.aws_bootstrap import ResourceNames
-    from stereo_spot.aws_iam import IDENTITIES, trust_policy
-    from stereo_spot.aws_iam import policies as build_policies
+    from stereo_spot.aws.bootstrap import ResourceNames
+    from stereo_spot.aws.iam import IDENTITIES, trust_policy
+    from stereo_spot.aws.iam import policies as build_policies
     from stereo_spot.config import get_settings
 
     try:
@@ -158,8 +158,8 @@ def policies(prefix: PrefixOption = None,
 def destroy(prefix: PrefixOption = None,
             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
     """Delete the buckets (with every object in them), tables and queues."""
-    from stereo_spot.aws_bootstrap import ResourceNames
-    from stereo_spot.aws_bootstrap import destroy as run_destroy
+    from stereo_spot.aws.bootstrap import ResourceNames
+    from stereo_spot.aws.bootstrap import destroy as run_destroy
     from stereo_spot.config import get_settings
 
     try:
@@ -189,7 +189,7 @@ def recover_chunking_command(job_id: Annotated[str, typer.Argument(help="A job s
                              ) -> None:
     """Mark a job whose segments are all stored as chunked: total_segments from the segment keys, one update."""
     from stereo_spot.adapters import build_backend
-    from stereo_spot.aws_ops import recover_chunking
+    from stereo_spot.aws.ops import recover_chunking
 
     try:
         job = recover_chunking(build_backend(), job_id)
@@ -202,7 +202,7 @@ def recover_chunking_command(job_id: Annotated[str, typer.Argument(help="A job s
 @app.command()
 def queues() -> None:
     """Messages waiting and in flight on the events queue and its dead-letter queue."""
-    from stereo_spot.aws_ops import queue_depths
+    from stereo_spot.aws.ops import queue_depths
     from stereo_spot.config import get_settings
 
     try:
@@ -234,7 +234,7 @@ def _print_letters(letters) -> None:
 def dlq_show(limit: Annotated[int, typer.Option(min=1, max=1000)] = 10) -> None:
     """List dead letters with their job and its status (they stay in the queue)."""
     from stereo_spot.adapters import build_backend
-    from stereo_spot.aws_ops import peek_dead_letters
+    from stereo_spot.aws.ops import peek_dead_letters
     from stereo_spot.config import get_settings
 
     try:
@@ -253,7 +253,7 @@ def dlq_replay(limit: Annotated[int | None, typer.Option(min=1, help="At most th
                ) -> None:
     """Send dead letters back to the events queue (their uploads start a run again); unusable ones are dropped."""
     from stereo_spot.adapters import build_backend
-    from stereo_spot.aws_ops import replay_dead_letters
+    from stereo_spot.aws.ops import replay_dead_letters
     from stereo_spot.config import get_settings
 
     if not yes and not typer.confirm("Replay the dead-letter queue into the events queue?", default=False,
@@ -296,9 +296,9 @@ def worker_command(
     released for another worker.
     """
     from stereo_spot.adapters.aws import aws_backend, events_queue
+    from stereo_spot.cluster.worker import run_worker
     from stereo_spot.config import get_settings
     from stereo_spot.logs import configure_logging
-    from stereo_spot.worker import run_worker
 
     configure_logging()  # one JSON line per event (text at a terminal), with the job id
     metrics = None
@@ -310,7 +310,7 @@ def worker_command(
             from stereo_spot.errors import require_extra
 
             require_extra("prometheus_client", "metrics", "serving metrics (--metrics-port)")
-            from stereo_spot.metrics import WorkerMetrics, serve
+            from stereo_spot.cluster.metrics import WorkerMetrics, serve
 
             metrics = WorkerMetrics()
             serve(metrics, metrics_port)
@@ -330,7 +330,7 @@ def worker_command(
 def install_signal_handlers(stop: threading.Event, abort: threading.Event, grace: float) -> None:
     """First SIGTERM/SIGINT: take no new messages and give the current job ``grace`` seconds; then (or at a
     second signal) give the job up at its next progress report and release its message."""
-    log = logging.getLogger("stereo_spot.worker")
+    log = logging.getLogger("stereo_spot.cluster.worker")
 
     def on_signal(signum: int, _frame) -> None:
         name = signal.Signals(signum).name

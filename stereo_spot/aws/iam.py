@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stereo_spot import keys
-from stereo_spot.aws_bootstrap import ResourceNames
+from stereo_spot.aws.bootstrap import ResourceNames
 
 NAMESPACE = "stereo-spot"  # the namespace of every service account (manifests/base/kustomization.yaml)
 DEFAULT_ROLE_PREFIX = "stereo-spot"  # role names the manifests use: stereo-spot-<identity>

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
+from stereo_spot.adapters.httpjson import ApiError, ApiUnreachable, Endpoint
 from stereo_spot.keys import validate_job_id
 
 RUN_PREFIX = "stereo-spot-"

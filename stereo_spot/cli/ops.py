@@ -1,6 +1,6 @@
 """Operator commands for the cluster: ``stereo-spot kfp-trigger`` (run by the Kubeflow Sensor's Job),
 ``stereo-spot reconcile`` (the backstop for lost uploads and stuck jobs) and ``stereo-spot doctor`` (checks a
-cluster before a deploy). Registered on the main app by ``stereo_spot.cli`` with ``cli_ops.register(app)``."""
+cluster before a deploy). Registered on the main app by ``stereo_spot.cli.main`` with ``cli_ops.register(app)``."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def kfp_trigger_command(
 ) -> None:
     """Start the Kubeflow run for one upload event, once: claim the event, then create the run."""
     from stereo_spot.adapters import build_backend
-    from stereo_spot.kfp_trigger import KfpApi, KfpSettings, KfpUnavailable, trigger
+    from stereo_spot.cluster.kfp_trigger import KfpApi, KfpSettings, KfpUnavailable, trigger
     from stereo_spot.logs import configure_logging
     from stereo_spot.ports import StoreError
 
@@ -94,10 +94,10 @@ def reconcile_command(
     Kubeflow trigger or the SQS worker handle like the upload itself: what is done is skipped.
     """
     from stereo_spot.adapters import build_backend
+    from stereo_spot.cluster.reconcile import Reconciler, ReconcileSettings
     from stereo_spot.config import get_settings
     from stereo_spot.logs import configure_logging
     from stereo_spot.ports import StoreError
-    from stereo_spot.reconcile import Reconciler, ReconcileSettings
 
     configure_logging()
     options = ReconcileSettings(grace=_duration(grace), stuck_after=_duration(stuck_after),
@@ -148,7 +148,7 @@ def doctor_command(
     insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify TLS certificates.")] = False,
 ) -> None:
     """Check that the cluster can run stereo-spot: Argo Workflows 3.6+, the CRDs, the service accounts."""
-    from stereo_spot.doctor import kube_endpoint, run_checks
+    from stereo_spot.cluster.doctor import kube_endpoint, run_checks
 
     try:
         kube = kube_endpoint(kube_api, kube_token, kubeconfig, context, verify=not insecure)
@@ -156,7 +156,7 @@ def doctor_command(
         _die(one_line(exc), EXIT_USER_ERROR)
     argo = None
     if argo_server:
-        from stereo_spot.argo_runs import endpoint
+        from stereo_spot.adapters.argo_runs import endpoint
         from stereo_spot.config import get_settings
 
         token = (argo_token or "").removeprefix("Bearer ").strip() or None  # `argo auth token` prints "Bearer …"

@@ -28,9 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stereo_spot.aws_iam import KUBERNETES_IDENTITIES, ROLE_ANNOTATION
+from stereo_spot.adapters.httpjson import ApiError, ApiUnreachable, Endpoint
+from stereo_spot.aws.iam import KUBERNETES_IDENTITIES, ROLE_ANNOTATION
 from stereo_spot.errors import UserError
-from stereo_spot.httpjson import ApiError, ApiUnreachable, Endpoint
 
 MIN_ARGO = (3, 6)  # synchronization.mutexes (the per-job mutex)
 IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")

@@ -867,13 +867,14 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
 
 def _register_optional_commands() -> None:
     """Commands owned by the engine and cloud modules; each module keeps its heavy imports inside."""
-    from stereo_spot import cli_aws, cli_models
+    from stereo_spot.cli import aws as cli_aws
+    from stereo_spot.cli import models as cli_models
 
     app.add_typer(cli_models.app, name="models", help="Depth models by name: list, download, verify.")
     app.add_typer(cli_aws.app, name="aws",
                   help="AWS resources and runbooks: bootstrap, destroy, recover-chunking, queues, dlq.")
     app.command("worker")(cli_aws.worker_command)
-    from stereo_spot import cli_ops
+    from stereo_spot.cli import ops as cli_ops
 
     cli_ops.register(app)
     try:

@@ -17,7 +17,7 @@ What it does, idempotently, through the path the engines already use: it sends a
 for the source to the events queue (``CHUNKING_QUEUE_URL``). The Argo Sensor, the Kubeflow trigger and the SQS
 worker then treat it like a new upload. Each event carries a new ``sequencer``, so the event-dedup table sees a
 new delivery rather than a duplicate, and the Argo Sensor names the Workflow after it
-(``stereo_spot.argo_runs.run_name``): the re-drive starts a new run even while the run that failed or stopped
+(``stereo_spot.adapters.argo_runs.run_name``): the re-drive starts a new run even while the run that failed or stopped
 without recording it is still kept on the cluster (7 days), or after it was deleted, and the new run resumes
 the job (the steps skip the segments already done). A run still going meanwhile only delays the new one (the
 per-job mutex), which then finds the work done. The Kubeflow trigger does the same: a run that failed, was
