@@ -243,7 +243,7 @@ def test_a_segment_warms_up_from_the_chains_last_restart_on_the_timeline():
     from fractions import Fraction
 
     from stereo_spot.media.frames import DecodedFrame
-    from stereo_spot.stereo.chunk_chain import CONTEXT, DEPTH, RestartClock, _warmup_items
+    from stereo_spot.stereo.chunk_chain import CONTEXT, DEPTH, RestartClock, warmup_items
 
     base = Fraction(1, 12 * 256)
     frames = [DecodedFrame(rgb=np.zeros((1, 1, 3), np.uint8), pts=i * 256, time_base=base) for i in range(60)]
@@ -252,8 +252,8 @@ def test_a_segment_warms_up_from_the_chains_last_restart_on_the_timeline():
         return iter(frames)
 
     def roles(origin, restart, first, depth_seconds=1.0, context=2):
-        items = list(_warmup_items(["previous"], frames[first], RestartClock(origin, restart), depth_seconds,
-                                   context, read))
+        items = list(warmup_items(["previous"], frames[first], RestartClock(origin, restart), depth_seconds,
+                                  context, read))
         return {role: [int(f.pts // 256) for f, r in items if r == role] for role in (DEPTH, CONTEXT)}
 
     by_role = roles(None, 2.0, 40)  # frame 40 is at 3.33 s: the chain restarted at 2 s (frame 24)

@@ -74,8 +74,8 @@ def _time(frame) -> Fraction:
     return frame.pts * frame.time_base
 
 
-def _warmup_items(sources: Sequence[Path], first, clock: RestartClock, depth_seconds: float, context_frames: int,
-                  read: Callable[..., Iterator]) -> Iterator[tuple[object, str]]:
+def warmup_items(sources: Sequence[Path], first, clock: RestartClock, depth_seconds: float, context_frames: int,
+                 read: Callable[..., Iterator]) -> Iterator[tuple[object, str]]:
     """The frames before the segment's first frame ``first``, with their role: from the chain's last restart
     (``CONTEXT``), and the depth estimator's history before that (``DEPTH``); never before the window's start.
     Without restarts, the last ``context_frames`` frames are the context."""
@@ -115,7 +115,7 @@ def _stream(src: Path, window, warmup_sources: Sequence[Path], lookahead_src: Pa
     def items():
         if head is None:
             return
-        yield from _warmup_items(warmup_sources, head, clock, depth_seconds, context_frames, read)
+        yield from warmup_items(warmup_sources, head, clock, depth_seconds, context_frames, read)
         for frame in read(src, window):
             yield frame, OUTPUT
         if lookahead_src is not None:
