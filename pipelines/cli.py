@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from stereo_spot.cli.console import console, out, print_error
 from stereo_spot.models import OutputFormat
 from stereo_spot.pipelines.config import DEFAULT_REGISTRY
-
-_err = Console(stderr=True)
-_out = Console()
 
 
 class Engine(StrEnum):
@@ -24,7 +20,7 @@ class Engine(StrEnum):
 
 
 def _die(message: str, code: int = 1) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -68,7 +64,7 @@ def compile_command(
         _die(f"cannot compile: {exc}")
     for result in results:
         state = ("differs" if check else "written") if result.changed else "unchanged"
-        _out.print(f"{result.path}  {state}", highlight=False)
+        out.print(f"{result.path}  {state}", highlight=False)
     if check and any(r.changed for r in results):
         _die("the compiled pipelines are out of date: run `stereo-spot compile` and commit manifests/generated")
 
@@ -114,5 +110,5 @@ def submit_command(
                      experiment=experiment, gpu_workers=gpu_workers)
     except UserError as exc:
         _die(one_line(exc))
-    _err.print(f"started {run.engine} run {run.run_id}", highlight=False)
-    _out.print(run.link, highlight=False, soft_wrap=True)
+    console.print(f"started {run.engine} run {run.run_id}", highlight=False)
+    out.print(run.link, highlight=False, soft_wrap=True)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from stereo_spot.cli.console import console, out, print_error
 from stereo_spot.config import reporting_settings
 from stereo_spot.errors import one_line
 
@@ -27,8 +26,6 @@ dlq_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_excepti
                       help="Inspect and replay the dead-letter queue of the events queue.")
 app.add_typer(dlq_app, name="dlq")
 
-console = Console(stderr=True)
-out = Console()
 
 PrefixOption = Annotated[str | None, typer.Option(
     "--prefix", help="Derive every resource name from this prefix ({prefix}-input, {prefix}-jobs, ...). "
@@ -44,7 +41,7 @@ def _fail(exc: BaseException) -> NoReturn:
         message = f"internal error: {one_line(exc)}; set STEREO_SPOT_DEBUG=1 for the traceback"
     else:
         message = one_line(exc)
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
+    print_error(message)
     raise typer.Exit(1)
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stereo_spot.cli.console import console, out, print_error
 from stereo_spot.config import SettingsError, reporting_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import (
@@ -30,8 +30,6 @@ from stereo_spot.models import (
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn 2D video into stereoscopic 3D (side-by-side, top-bottom, anaglyph).")
-console = Console(stderr=True)
-out = Console()
 
 
 def _version(value: bool) -> None:
@@ -83,7 +81,7 @@ INTERRUPTED = 130
 
 
 def die(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages may hold [brackets]
+    print_error(message)
     raise CommandError(message, code)
 
 
@@ -899,7 +897,7 @@ def main() -> None:
     except SettingsError as exc:  # a bad variable, whichever command read it first: one line, no traceback
         if reporting_settings().stereo_spot_debug:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        print_error(str(exc))
         raise SystemExit(1) from None
     finally:
         if reporting_settings().stereo_spot_debug:

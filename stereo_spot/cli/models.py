@@ -8,23 +8,21 @@ from __future__ import annotations
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stereo_spot.cli.console import console, out, print_error
 from stereo_spot.errors import UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Depth models by name: list them, download them into the cache, verify the cache.")
-console = Console(stderr=True)
-out = Console()
 
 NamesArgument = Annotated[list[str], typer.Argument(help="Model names (NAME or NAME@REVISION); see `models list`.",
                                                      show_default=False)]
 
 
 def _die(exc: BaseException) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False)
+    print_error(one_line(exc))
     raise typer.Exit(1)
 
 

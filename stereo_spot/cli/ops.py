@@ -9,21 +9,18 @@ from datetime import timedelta
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from stereo_spot.cli.console import console, out, print_error
 from stereo_spot.config import get_settings, reporting_settings
 from stereo_spot.errors import UserError, one_line
-
-console = Console(stderr=True)
-out = Console()
 
 EXIT_RETRY = 1  # a retry may help (Kubernetes Job backoff, the CronWorkflow's next run)
 EXIT_USER_ERROR = 2  # a retry cannot help: the message says what to fix
 
 
 def _die(message: str, code: int) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 
