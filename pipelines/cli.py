@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from stereo_spot.cli.console import console, out, print_error
+from stereo_spot.cli.console import console, out, print_error, print_result
 from stereo_spot.models import OutputFormat
 from stereo_spot.pipelines.config import DEFAULT_REGISTRY
 
@@ -64,7 +64,7 @@ def compile_command(
         _die(f"cannot compile: {exc}")
     for result in results:
         state = ("differs" if check else "written") if result.changed else "unchanged"
-        out.print(f"{result.path}  {state}", highlight=False)
+        print_result(f"{result.path}  {state}")
     if check and any(r.changed for r in results):
         _die("the compiled pipelines are out of date: run `stereo-spot compile` and commit manifests/generated")
 

@@ -88,3 +88,14 @@ def test_a_video_frame_larger_than_the_memory_is_refused_and_the_option_raises_t
     converted = _run(clip, "--max-frame-pixels", "600000")
     assert converted.exit_code == 0, converted.output
     assert (tmp_path / "wide-3d_LRF_Full_SBS.mp4").is_file()
+
+
+def test_a_written_path_is_printed_whole_on_stdout_for_scripts(tmp_path):
+    """``path=$(stereo-spot sample …)`` must be the path, however long: with no terminal the console is 80 columns
+    wide and it broke a longer path over two lines. Catches a result printed with wrapping (or rich markup)."""
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / "holiday [1080p] with a long title.mp4"
+    deep.parent.mkdir(parents=True)
+    result = CliRunner().invoke(app, ["sample", str(deep), "--seconds", "0.5", "--width", "64", "--height", "48"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert len(str(deep)) > 80 and result.stdout == f"{deep}\n"

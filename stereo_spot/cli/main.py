@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stereo_spot.cli.console import console, out, print_error
+from stereo_spot.cli.console import console, out, print_error, print_result
 from stereo_spot.config import SettingsError, reporting_settings
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import (
@@ -36,7 +36,7 @@ def _version(value: bool) -> None:
     if value:
         from stereo_spot import __version__
 
-        out.print(f"stereo-spot {__version__}")
+        print_result(f"stereo-spot {__version__}")
         raise typer.Exit()
 
 
@@ -413,7 +413,7 @@ def preview(
         written = write_png(output, preview_frame(input, at, settings, device=device))
     except Exception as exc:  # noqa: BLE001 - reported as one line
         _report_failure(exc)
-    out.print(str(written))
+    print_result(str(written))
 
 
 def _convert_image(input: Path, output: Path, settings: ConversionSettings, disparity: Path | None) -> None:
@@ -431,7 +431,7 @@ def _convert_image(input: Path, output: Path, settings: ConversionSettings, disp
         written = convert_image(input, output, settings, disparity=values)
     except Exception as exc:  # noqa: BLE001 - reported as one line
         _report_failure(exc)
-    out.print(str(written))
+    print_result(str(written))
 
 
 def _convert_video(input: Path, output: Path, settings: ConversionSettings, workers: int | None,
@@ -617,7 +617,7 @@ def _deliver(backend, job_id: str, output: Path) -> None:
     except OSError as exc:  # full, read-only, gone: the store's copy is only removed once the output is whole
         die(f"cannot write {output}: {exc.strerror or exc}; job {job_id} keeps its result: make room (or make "
             f"the folder writable) and run the same command again")
-    out.print(str(output))
+    print_result(str(output))
 
 
 def _deliver_again(backend, job_id: str, output: Path, check) -> None:
@@ -643,7 +643,7 @@ def _deliver_again(backend, job_id: str, output: Path, check) -> None:
             delivery.write_atomically(output, lambda tmp: shutil.copyfile(delivered, tmp))
         except OSError as exc:
             die(f"cannot write {output}: {exc.strerror or exc}; the result stays at {delivered}")
-    out.print(str(output))
+    print_result(str(output))
 
 
 def _result_moves_out(backend, job_id: str) -> bool:
@@ -694,7 +694,7 @@ def delete(job_ids: Annotated[list[str], typer.Argument(help="The jobs to delete
             if not job.status.is_terminal and config.storage_adapter == "local":
                 stop_background(job_id, config.stereo_spot_home)  # nothing more is written after the delete
             steps.delete_job(backend, job_id)
-            out.print(f"deleted {job_id}", highlight=False)
+            print_result(f"deleted {job_id}")
     except Exception as exc:  # noqa: BLE001
         _report_failure(exc)
 
@@ -824,7 +824,7 @@ def sample(path: Annotated[Path, typer.Argument(help="Where to write the clip.")
     """Write a synthetic test clip (layered scene with known depth, with audio) to try the converter on."""
     from stereo_spot.sample import write_sample
 
-    out.print(str(write_sample(path, seconds, (width, height), fps)))
+    print_result(str(write_sample(path, seconds, (width, height), fps)))
 
 
 @app.command()
