@@ -267,3 +267,55 @@ def test_segments_read_the_depth_frame_of_their_own_time(tmp_path, clip) -> None
     assert int(far[0][0, 0]) == 49000
     with DepthFrames(path, origin) as reader, pytest.raises(MediaError, match="has no frame at 2.500 s"):
         reader.frames_at([2.5])
+
+
+# --- on the cluster ------------------------------------------------------------------------------------------
+
+
+def test_the_chunk_component_takes_the_depth_video_parameter_into_the_job(clip, backend, exported) -> None:
+    """The workflow's depth-video parameter reaches the job's settings, and chunk checks the depth video and
+    records where its first frame lies for the convert pods."""
+    from stereo_spot.components import chunk
+
+    job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "cluster")
+    steps.store_depth_video(backend, job.job_id, exported)
+    steps.store_source(backend, job.job_id, clip)
+    shards = chunk.chunk(backend.input_bucket, keys.input_key(job.job_id),
+                         depth_video=f"s3://{backend.input_bucket}/{keys.depth_video_key(job.job_id)}")
+    assert shards
+    stored = backend.jobs.get(job.job_id)
+    assert stored.settings.depth_video and stored.depth_origin_seconds == 0.0
+
+
+@pytest.mark.parametrize("given", ["input/0b9f3c4e-6f1a-4c6e-9a51-2f7d8e3b1c55/depth.mkv", "depth.mkv",
+                                   "s3://another-bucket/input/{job}/depth.mkv", "input/{job}/source.mp4"])
+def test_a_depth_video_parameter_outside_the_jobs_input_prefix_is_refused(given) -> None:
+    from stereo_spot.components.chunk import depth_video_override
+    from stereo_spot.errors import UserError
+
+    job_id = "5d1c4b2a-0e9f-4a8b-9c7d-6e5f4a3b2c1d"
+    with pytest.raises(UserError, match=f"depth-video=.*input/{job_id}/depth.mkv"):
+        depth_video_override(given.format(job=job_id), "stereo-spot-input", job_id)
+    assert depth_video_override(f"input/{job_id}/depth.mkv", "stereo-spot-input", job_id) == {"depth_video": True}
+    assert depth_video_override("", "stereo-spot-input", job_id) == {}
+
+
+def test_both_pipelines_hand_the_depth_video_parameter_to_chunk() -> None:
+    import yaml
+
+    from stereo_spot.pipelines.compile import render_kfp_pipeline, render_workflow_template
+
+    template = yaml.safe_load(render_workflow_template())
+    parameters = {p["name"]: p for p in template["spec"]["arguments"]["parameters"]}
+    assert parameters["depth-video"]["value"] == ""
+    main = next(t for t in template["spec"]["templates"] if t["name"] == "main")
+    chunk_task = next(t for t in main["dag"]["tasks"] if t["name"] == "chunk")
+    arguments = {p["name"]: p["value"] for p in chunk_task["arguments"]["parameters"]}
+    assert arguments["depth_video"] == "{{workflow.parameters.depth-video}}"
+    pipeline = list(yaml.safe_load_all(render_kfp_pipeline()))[0]
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["depth_video"]["defaultValue"] == ""
+    tasks = pipeline["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    chunk_inputs = pipeline["components"][tasks]["dag"]["tasks"]["chunk"]["inputs"]["parameters"]
+    assert chunk_inputs["depth_video"]["componentInputParameter"] == "pipelinechannel--depth_video"
+    executor = pipeline["deploymentSpec"]["executors"]["exec-chunk"]["container"]
+    assert "--depth-video" in executor["args"]
