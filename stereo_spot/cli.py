@@ -493,7 +493,9 @@ def depth(
 
     if is_image(input):
         die(f"{input} is a still image: `stereo-spot depth` writes the depth of a video")
-    output = output or input.with_name(f"{input.stem}-depth.mkv")
+    from stereo_spot.naming import depth_path_for
+
+    output = output or depth_path_for(input)
     if output.suffix.lower() != ".mkv":
         die(f"the depth video is Matroska (FFV1): give -o a .mkv name such as {output.with_suffix('.mkv')}")
     if _same_file(output, input):

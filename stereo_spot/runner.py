@@ -124,7 +124,7 @@ def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, 
             job = steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
         if job.uploaded_at is None:  # new, or created by a run stopped before the source was stored
             if depth_video is not None:
-                steps.store_depth_video(backend, job.job_id, depth_video)
+                steps.store_depth_video(backend, job.job_id, depth_video, by_reference=True)
             job = steps.reference_source(backend, job.job_id, source)
         return job, existed
 

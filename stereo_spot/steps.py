@@ -179,14 +179,16 @@ def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -
     return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
 
 
-def store_depth_video(backend: Backend, job_id: str, depth: Path | str | BinaryIO) -> None:
-    """Put the depth video a job renders from at ``input/{job}/depth.mkv`` (``keys.depth_video_key``): by
-    reference where the storage is this machine's and ``depth`` a file (the user's own, as the source), else
-    as an upload. Under the job's input prefix, so every engine that may read the source may read it."""
+def store_depth_video(backend: Backend, job_id: str, depth: Path | str | BinaryIO, *,
+                      by_reference: bool = False) -> None:
+    """Put the depth video a job renders from at ``input/{job}/depth.mkv`` (``keys.depth_video_key``), under the
+    job's input prefix, so every engine that may read the source may read it. ``by_reference``: the command
+    line's own file stays where it is where the storage is this machine's (as ``reference_source`` keeps the
+    source); an app upload is copied, its staged file goes away."""
     key = keys.depth_video_key(job_id)
     reference_file = getattr(backend.objects, "reference_file", None)
     if isinstance(depth, (str, Path)):
-        if reference_file is not None:
+        if by_reference and reference_file is not None:
             reference_file(backend.input_bucket, key, depth)
         else:
             backend.objects.upload_file(backend.input_bucket, key, depth, content_type="video/x-matroska")
@@ -588,6 +590,7 @@ def _join(backend: Backend, job: Job, segments: list[Path], tmp: Path):
     source's audio and the layout's metadata; a depth video (``depth_output``) is Matroska with its tags and no
     audio, stored under the same final key."""
     from stereo_spot.media.concat import concat_segments
+    from stereo_spot.naming import result_media_type
 
     settings = job.settings
     if settings.depth_output:
@@ -595,12 +598,12 @@ def _join(backend: Backend, job: Job, segments: list[Path], tmp: Path):
 
         out = tmp / "final.mkv"
         joined = concat_segments(segments, None, out, settings.start, settings.duration, metadata=depth_tags())
-        return out, "video/x-matroska", joined
+        return out, result_media_type(settings), joined
     source = _fetch(backend, backend.input_bucket, keys.input_key(job.job_id), tmp / "source.mp4")
     out = tmp / "final.mp4"
     joined = concat_segments(segments, source, out, settings.start, settings.duration)
     _write_layout_metadata(out, settings)
-    return out, "video/mp4", joined
+    return out, result_media_type(settings), joined
 
 
 def _joined(backend: Backend, job: Job) -> bool:
