@@ -5,8 +5,8 @@ What each test is there to catch (each was seen red with the breakage planted):
   convention flipped (far = bright), a segment's warm-up dropped (its first frames differ from one pass);
 - frames or times lost on the way out: a segment's frames dropped, the times not the source's, audio kept;
 - the round trip (export, then convert from it) not giving a plain convert's output (>= 50 dB): the depth read
-  one frame late (``DepthFrames.index_for`` + 1), the convention flipped on the way in, 8-bit quantisation,
-  the estimator run instead of the given depth;
+  one frame late (``DepthFrames.index_for`` + 1), the convention flipped on the way in, 8-bit quantisation;
+  for a part of the video (--start), a segment's warm-up asking for depth before the part (``covers`` dropped);
 - an edited depth not acting as depth: a flat depth at the convergence must leave both eyes equal, a flat near
   depth must shift the right eye by the disparity that depth asks for;
 - a depth video that does not fit being rendered from: another frame count, another frame rate, 8-bit grey,
@@ -150,6 +150,27 @@ def test_a_conversion_from_the_exported_depth_is_the_plain_conversion(clip, expo
     assert _times(rendered) == _times(plain)
     worst = min(_psnr(x, y) for x, y in zip(a, b, strict=True))
     assert worst >= 50.0, worst
+
+
+def test_a_part_of_the_video_round_trips_though_its_segments_warm_up_before_the_part(clip, tmp_path,
+                                                                                     monkeypatch) -> None:
+    """--start/--duration: the depth video holds the part only (its first frame at 0), and a segment's warm-up,
+    which reaches back before --start, takes only the frames the depth video has."""
+    monkeypatch.setenv("STEREO_SPOT_HOME", str(tmp_path / "home"))
+    part = ("--start", "0.5", "--duration", "1.0")
+    depth = tmp_path / "part-depth.mkv"
+    result = CliRunner().invoke(app, ["depth", str(clip), "-o", str(depth), "--segment-seconds", "0.5",
+                                      "--workers", "1", *part])
+    assert result.exit_code == 0, result.output
+    assert _times(depth)[0] == 0.0 and len(_times(depth)) == 25  # 0.52 .. 1.48 s of the clip
+    plain, rendered = tmp_path / "plain_LRF_Full_SBS.mp4", tmp_path / "rendered_LRF_Full_SBS.mp4"
+    assert _convert(clip, plain, *part).exit_code == 0
+    result = _convert(clip, rendered, *part, "--depth-video", str(depth))
+    assert result.exit_code == 0, result.output
+    worst = min(_psnr(x, y) for x, y in zip(_decoded(plain, "rgb24"), _decoded(rendered, "rgb24"), strict=True))
+    assert worst >= 50.0, worst
+    whole = _convert(clip, tmp_path / "whole_LRF_Full_SBS.mp4", "--depth-video", str(depth))
+    assert "has 25 frames, the source has 50" in " ".join(whole.output.split())
 
 
 def test_no_depth_model_is_loaded_to_render_from_a_depth_video() -> None:

@@ -250,6 +250,12 @@ class DepthFrames:
         self._position = -1  # index of the last frame decoded
         self._last: np.ndarray | None = None
 
+    def covers(self, seconds: float) -> bool:
+        """Whether the source frame at ``seconds`` lies within the depth video's span (a segment's warm-up may
+        reach back before the converted part, where the depth video has nothing)."""
+        wanted = seconds - self.origin
+        return -TIME_TOLERANCE_SECONDS <= wanted <= self._times[-1] + TIME_TOLERANCE_SECONDS
+
     def index_for(self, seconds: float) -> int:
         """The index of the depth frame for the source frame at ``seconds`` (source timeline)."""
         wanted = seconds - self.origin

@@ -124,6 +124,11 @@ def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_siz
     for source, start in reversed(plan):
         for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None),
                                         threads=codec_threads, max_fps=max_fps):
+            if depth_frames is not None:
+                # before the converted part (--start) there is no depth to give: the warm-up begins with it
+                batch = [frame for frame in batch if depth_frames.covers(frame.seconds)]
+                if not batch:
+                    continue
             engine.warm_up(stack_frames(batch), depth=_depth_of(depth_frames, batch))
             fed += len(batch)
     return fed
