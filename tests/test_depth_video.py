@@ -340,3 +340,18 @@ def test_both_pipelines_hand_the_depth_video_parameter_to_chunk() -> None:
     assert chunk_inputs["depth_video"]["componentInputParameter"] == "pipelinechannel--depth_video"
     executor = pipeline["deploymentSpec"]["executors"]["exec-chunk"]["container"]
     assert "--depth-video" in executor["args"]
+
+
+def test_an_edited_depth_video_is_another_job_and_the_same_one_resumes(clip, tmp_path, flat) -> None:
+    """The job's fingerprint counts the depth video (path, size, time): the same command resumes its job, a
+    depth video edited since starts a new one rather than resuming segments rendered from the old depth."""
+    import os
+
+    settings = ConversionSettings(depth_video=True)
+    depth = _write_depth(tmp_path / "edited.mkv", flat)
+    first = steps.fingerprint(clip, settings, depth)
+    assert steps.fingerprint(clip, settings, depth) == first
+    assert steps.fingerprint(clip, settings) != first
+    _write_depth(depth, [np.full((H, W), 1000, np.uint16)] * FRAMES)
+    os.utime(depth, ns=(1, 2))
+    assert steps.fingerprint(clip, settings, depth) != first
