@@ -2,9 +2,9 @@
 uploaded depth video (its own drop zone, checked against the video before any job exists).
 
 Seen red: the depth video stored by reference to the staged file (the background run then finds it gone), the
-depth video stored after the source (checked: present before the source), the job page offering the player and
-a still of a file no browser plays, the download named .mp4 or served as video/mp4, a misfit depth video
-creating a job.
+job page offering the player of a file no browser plays, the download served as video/mp4, a misfit depth video
+creating a job, the jobs list calling a depth job by the format it never made, the playlist listing a depth
+video.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def test_a_depth_job_makes_the_depth_video_and_its_page_offers_the_mkv(home, bac
     [download] = page.link_button
     assert shown(download) == "Download holiday-depth.mkv"
     assert download.proto.url.endswith(video_path(job_id, download=True))
+    listing = open_page(new_app(), "pages/jobs.py")
+    assert any("Depth video (16-bit, to edit)" in shown(m) for m in listing.markdown), \
+        [shown(m) for m in listing.markdown]
+    watch = open_page(new_app(), "pages/how_to_watch.py")
+    assert not watch.get("download_button")  # no playlist of a file no player shows as a video
     response = _video_response(job_id, True, local_identity())  # what that link answers
     assert response.status_code == 200 and response.media_type == "video/x-matroska"
     assert 'filename="holiday-depth.mkv"' in response.headers["content-disposition"]

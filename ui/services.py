@@ -484,9 +484,18 @@ def format_age(when: datetime, now: datetime | None = None) -> str:
     raise AssertionError("unreachable")
 
 
+def product_label(job: Job) -> str:
+    """What the job makes, as the lists show it: its 3D format, or the depth video."""
+    if job.settings.depth_output:
+        return "Depth video (16-bit, to edit)"
+    return job.output_format.label + (" from a depth video" if job.settings.depth_video else "")
+
+
 def settings_summary(job: Job) -> str:
     s = job.settings
-    name = s.output_format.label
+    if s.depth_output:
+        return f"{product_label(job)} · depth model {s.depth_model}"
+    name = product_label(job)
     if s.output_format == OutputFormat.ANAGLYPH:
         name += f" ({s.anaglyph.value})"
     return f"{name} · divergence {s.divergence:g}% · convergence {s.convergence:g}"
