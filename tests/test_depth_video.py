@@ -3,7 +3,7 @@
 What each test is there to catch (each was seen red with the breakage planted):
 - the export not being the depth the warp uses: the depth quantised to 8 bits (x257 / 256 steps), the
   convention flipped (far = bright), a segment's warm-up dropped (its first frames differ from one pass);
-- frames or times lost on the way out: a segment's frames dropped, the times not the source's, audio kept;
+- the depth video carrying the source's audio (the join given the source);
 - the round trip (export, then convert from it) not giving a plain convert's output (>= 50 dB): the depth read
   one frame late (``DepthFrames.index_for`` + 1), the convention flipped on the way in, 8-bit quantisation;
   for a part of the video (--start), a segment's warm-up asking for depth before the part (``covers`` dropped);
