@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from hera.workflows import Parameter
 from pydantic import ValidationError
 
-from stereo_spot import steps
+from stereo_spot import keys, steps
 from stereo_spot.choices import AUTO
 from stereo_spot.components._common import run_step, step_command
 from stereo_spot.errors import UserError
@@ -32,17 +32,22 @@ def chunk(
     convergence: Annotated[str, Parameter(description="override of the job's convergence; empty: keep it")] = "",
     gpu_workers: Annotated[str, Parameter(description="most convert pods (shards) for this job")]
     = str(steps.DEFAULT_GPU_WORKERS),
+    depth_video: Annotated[str, Parameter(description="the depth video to render from: input/<job id>/depth.mkv "
+                                                      "in the same bucket (its key or s3:// URI); empty: estimate "
+                                                      "the depth")] = "",
 ) -> Annotated[list[int], Parameter(name=SHARDS_OUTPUT, description="one index per convert pod (GPU worker)")]:
     """Chunk the source at ``bucket``/``key`` (``input/{job_id}/source.mp4``, URL-encoded or not) and return the
     shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
     wrong value is reported as this step's user error rather than failing the runner's parsing).
 
     ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
-    before chunking. A source uploaded without a job record gets one (``steps.job_for_upload``).
+    before chunking. ``depth_video`` names the job's depth video to render from (``depth_video_override``). A
+    source uploaded without a job record gets one (``steps.job_for_upload``).
     """
 
     def action(backend: Backend, job_id: str) -> list[int]:
         overrides = settings_overrides(output_format, divergence, convergence)
+        overrides.update(depth_video_override(depth_video, bucket, job_id))
         workers = gpu_workers_parameter(gpu_workers)
         steps.job_for_upload(backend, bucket, key, overrides)
         return list(range(steps.shard_count(steps.chunk(backend, bucket, key).total_segments, workers)))
@@ -65,6 +70,26 @@ def settings_overrides(output_format: str, divergence: str, convergence: str) ->
     return overrides
 
 
+def depth_video_override(value: str, bucket: str, job_id: str) -> dict[str, Any]:
+    """The settings a ``depth-video`` parameter asks for: none when empty; otherwise it must name the job's own
+    ``input/<job id>/depth.mkv`` (``keys.depth_video_key``) in the source's bucket, by key or ``s3://`` URI:
+    the convert pods may read only under the job's input prefix, and the upload there starts no run."""
+    given = str(value).strip()
+    if not given:
+        return {}
+    expected = keys.depth_video_key(job_id)
+    key = given
+    if given.startswith("s3://"):
+        named_bucket, _, key = given[len("s3://"):].partition("/")
+        if named_bucket != bucket:
+            raise UserError(f"invalid workflow parameter depth-video={given!r}: the depth video belongs in the "
+                            f"source's bucket, at s3://{bucket}/{expected}")
+    if keys.normalize_event_key(key) != expected:
+        raise UserError(f"invalid workflow parameter depth-video={given!r}: upload the depth video to {expected} "
+                        "(the job's own input prefix) and name that")
+    return {"depth_video": True}
+
+
 def gpu_workers_parameter(value: Any) -> int:
     try:
         workers = int(str(value).strip())
@@ -82,10 +107,11 @@ def kfp_component(image: str):
 
     @dsl.container_component
     def chunk(bucket: str, key: str, shards: dsl.OutputPath(list[int]), output_format: str = "", divergence: str = "",
-              convergence: str = "", gpu_workers: int = steps.DEFAULT_GPU_WORKERS):
+              convergence: str = "", gpu_workers: int = steps.DEFAULT_GPU_WORKERS, depth_video: str = ""):
         return dsl.ContainerSpec(image=image, command=step_command("chunk"), args=[
             "--bucket", bucket, "--key", key, "--output-format", output_format, "--divergence", divergence,
-            "--convergence", convergence, "--gpu-workers", gpu_workers, "--shards-path", shards])
+            "--convergence", convergence, "--gpu-workers", gpu_workers, "--depth-video", depth_video,
+            "--shards-path", shards])
 
     return chunk
 

@@ -28,12 +28,14 @@ def chunk_command(
     divergence: Annotated[str, typer.Option(help="Override the job's divergence; empty: keep it.")] = "",
     convergence: Annotated[str, typer.Option(help="Override the job's convergence; empty: keep it.")] = "",
     gpu_workers: Annotated[str, typer.Option(help="Most convert pods (shards) for this job.")] = "8",
+    depth_video: Annotated[str, typer.Option(help="The depth video to render from (input/<job id>/depth.mkv); "
+                                             "empty: estimate the depth.")] = "",
 ) -> None:
     """Split the source into segments; write one shard index per GPU worker."""
     from stereo_spot.components._common import write_output
     from stereo_spot.components.chunk import chunk
 
-    write_output(shards_path, chunk(bucket, key, output_format, divergence, convergence, gpu_workers))
+    write_output(shards_path, chunk(bucket, key, output_format, divergence, convergence, gpu_workers, depth_video))
 
 
 @app.command("convert")

@@ -50,7 +50,7 @@ from stereo_spot.pipelines.config import (
 # by side.
 _JOB_ID = "sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)"
 JOB_ID_EXPRESSION = "{{=" + _JOB_ID + "}}"
-OPTIONAL_PARAMETERS = ("format", "divergence", "convergence")
+OPTIONAL_PARAMETERS = ("format", "divergence", "convergence", "depth-video")
 # What the Argo UI shows of a run. The controller substitutes the workflow's parameters (and evaluates `{{=...}}`)
 # in spec.workflowMetadata before it copies its annotations onto the Workflow (workflow/controller/operator.go:
 # setGlobalParameters, substituteGlobalVariables, then updateWorkflowMetadata). The UI lists a run under its
@@ -203,6 +203,9 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="format", value="", description=f"{', '.join(OutputFormat)}; empty: the job's"),
                  Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
                  Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
+                 Parameter(name="depth-video", value="", description="render from this depth video: "
+                           "input/<job id>/depth.mkv in the source's bucket (key or s3:// URI), uploaded before the "
+                           "source; empty: estimate the depth"),
                  Parameter(name="gpu-workers", value=str(config.gpu_workers),
                            description="most convert pods (GPU workers) for this job; each converts a shard of "
                                        "contiguous segments"),
@@ -261,7 +264,8 @@ def build_workflow_template(config: PipelineConfig | None = None):
                 "output_format": "{{workflow.parameters.format}}",
                 "divergence": "{{workflow.parameters.divergence}}",
                 "convergence": "{{workflow.parameters.convergence}}",
-                "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
+                "gpu_workers": "{{workflow.parameters.gpu-workers}}",
+                "depth_video": "{{workflow.parameters.depth-video}}"})
             converted = convert_step(name="convert", with_param=chunked.get_parameter("shards"), arguments={
                 "key": key, "shard_index": "{{item}}", "gpu_workers": "{{workflow.parameters.gpu-workers}}"})
             assembled = concat_step(name="concat", arguments={"key": key})

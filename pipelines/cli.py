@@ -92,6 +92,9 @@ def submit_command(
                                                    show_default=False)] = None,
     gpu_workers: Annotated[int | None, typer.Option(min=1, show_default=False,
                                                     help="Most convert pods (GPU workers) for this run.")] = None,
+    depth_video: Annotated[str | None, typer.Option(help="Render from the depth video uploaded to "
+                                                    "input/<job id>/depth.mkv (its key).", show_default=False)]
+    = None,
     registry: Annotated[str, typer.Option(help="Kubeflow: registry of the images the run uses.")] = DEFAULT_REGISTRY,
     tag: Annotated[str | None, typer.Option(help="Kubeflow: image tag (default: the project's version).",
                                             show_default=False)] = None,
@@ -107,7 +110,7 @@ def submit_command(
         run = submit(engine.value, bucket, key, host=host, token=token, namespace=namespace,
                      output_format=format.value if format else None, divergence=divergence,
                      convergence=convergence, verify_ssl=not insecure, config=_config(registry, tag),
-                     experiment=experiment, gpu_workers=gpu_workers)
+                     experiment=experiment, gpu_workers=gpu_workers, depth_video=depth_video)
     except UserError as exc:
         _die(one_line(exc))
     console.print(f"started {run.engine} run {run.run_id}", highlight=False)

@@ -48,6 +48,8 @@ def conversion_settings(**choices: Any) -> ConversionSettings:
     if settings.swap_eyes and settings.output_format.is_rgbd:
         raise InvalidChoice(f"--swap-eyes: --format {settings.output_format.value} is colour and depth, with no "
                             "eyes to swap")
+    if settings.depth_video and settings.depth_output:
+        raise InvalidChoice("--depth-video: a depth video is rendered from, not written again")
     from stereo_spot.stereo.engine import check_model_choice
 
     check_model_choice(settings)

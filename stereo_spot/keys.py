@@ -1,6 +1,7 @@
 """Object-key conventions. Every key the project reads or writes is built and parsed here, nowhere else.
 
     input/{job_id}/source.mp4                                         input bucket
+    input/{job_id}/depth.mkv                                          input bucket (a depth video to render from)
     segments/{job_id}/{segment_index:05d}_{total_segments:05d}_{mode}.mp4   input bucket (chunk output)
     jobs/{job_id}/segments/{segment_index}.mp4                         output bucket (convert output)
     jobs/{job_id}/final.mp4                                            output bucket
@@ -60,6 +61,12 @@ def validate_job_id(job_id: str) -> str:
 
 def input_key(job_id: str) -> str:
     return f"input/{validate_job_id(job_id)}/source.mp4"
+
+
+def depth_video_key(job_id: str) -> str:
+    """Where a job's depth video to render from is stored: under the job's own input prefix, so whatever may
+    read the job's source may read it, and not ending in .mp4, so its upload starts no run."""
+    return f"input/{validate_job_id(job_id)}/depth.mkv"
 
 
 def segment_key(job_id: str, segment_index: int, total_segments: int, mode: str) -> str:

@@ -150,6 +150,10 @@ class ConversionSettings(BaseModel):
     # boxes declare (media/vexu.py)
     baseline_mm: float = Field(64.0, gt=0.0, le=1000.0)
     hfov: float = Field(63.0, gt=0.0, lt=180.0)
+    # `stereo-spot depth`: the job's result is its depth video (media/depth_video.py) instead of a 3D video
+    depth_output: bool = False
+    # render from the job's depth video (keys.depth_video_key: input/{job}/depth.mkv) instead of estimating depth
+    depth_video: bool = False
     segment_seconds: float = Field(10.0, gt=0.0, le=3600.0)
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)
@@ -174,6 +178,9 @@ class Job(BaseModel):
     source_rotation: int = 0
     source_duration_seconds: float | None = None
     source_frames: int | None = None  # frames to convert (within --start/--duration): the progress total
+    # With a depth video (settings.depth_video): the source time of its first frame, found by chunk
+    # (media.depth_video.check_fits); each segment reads the depth frame at the same time from there.
+    depth_origin_seconds: float | None = None
     # Identifies "the same input with the same settings" so re-running an interrupted command resumes its job.
     source_fingerprint: str | None = None
     chunking_started_at: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stereo_spot.models import OutputFormat
+from stereo_spot.models import ConversionSettings, OutputFormat
 
 # Players pick the stereo layout from conventional file-name tokens: VR players (DeoVR, Skybox, 4XVR) look for
 # SBS/TB, Kodi for a "3d" token plus SBS/HSBS/TAB. Output names are "{title}-3d{suffix}" so both are present.
@@ -41,14 +41,17 @@ PLAYER_TOKENS = {
 }
 
 
+#: The depth video's name beside its source (``stereo-spot depth``): ``holiday.mp4`` → ``holiday-depth.mkv``
+DEPTH_SUFFIX = "-depth.mkv"
+
 _OUTPUT_NAME = re.compile(
     r"-3d(" + "|".join(re.escape(s) for s in LAYOUT_SUFFIX.values()) + r")(" + re.escape(SWAPPED_SUFFIX)
-    + r")?\.\w+$|-preview-[\d.]+s\.png$", re.IGNORECASE)
+    + r")?\.\w+$|-preview-[\d.]+s\.png$|" + re.escape(DEPTH_SUFFIX) + "$", re.IGNORECASE)
 
 
 def is_output_name(name: str) -> bool:
-    """Whether a file name is one the converter gives its results (``…-3d_LRF_Full_SBS.mp4``, a preview PNG), so
-    a folder converted again does not convert its own 3D files."""
+    """Whether a file name is one the converter gives its results (``…-3d_LRF_Full_SBS.mp4``, a preview PNG, a
+    depth video), so a folder converted again does not convert its own files."""
     return _OUTPUT_NAME.search(name) is not None
 
 
@@ -78,3 +81,23 @@ def output_file_name(title: str, output_format: OutputFormat, extension: str = "
                      swap_eyes: bool = False) -> str:
     swapped = SWAPPED_SUFFIX if swap_eyes else ""
     return f"{slug(title)}-3d{LAYOUT_SUFFIX[OutputFormat(output_format)]}{swapped}{extension}"
+
+
+def depth_path_for(source: Path) -> Path:
+    """The default depth video next to a source: ``holiday.mp4`` → ``holiday-depth.mkv``."""
+    return source.with_name(depth_file_name(source.stem))
+
+
+def depth_file_name(title: str) -> str:
+    return f"{slug(title)}{DEPTH_SUFFIX}"
+
+
+def result_file_name(title: str, settings: ConversionSettings) -> str:
+    """The download name of a job's result: its depth video for a depth job, else the 3D file's name."""
+    if settings.depth_output:
+        return depth_file_name(title)
+    return output_file_name(title, settings.output_format)
+
+
+def result_media_type(settings: ConversionSettings) -> str:
+    return "video/x-matroska" if settings.depth_output else "video/mp4"

@@ -101,7 +101,8 @@ _FAILED_SEARCHED = 200
 
 
 def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, title: str, *,
-                  fresh: bool = False, before_new: Callable[[], None] | None = None) -> tuple[Job, bool]:
+                  fresh: bool = False, before_new: Callable[[], None] | None = None,
+                  depth_video: Path | None = None) -> tuple[Job, bool]:
     """The job that converts ``source`` with ``settings``, and whether it existed: the newest unfinished or
     failed job of the same input and settings (an interrupted run, a crash, a full disk, or another command
     converting it right now) is resumed, its converted segments kept; ``fresh`` starts a new job regardless.
@@ -109,8 +110,9 @@ def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, 
     Two commands started together on one input hold the input's lease in turn, so the second finds the job
     the first created instead of making its own. ``before_new`` runs before a new job is made (the command
     line's check for room), and may raise to stop. The source is referenced, not copied, where the storage
-    allows (``steps.reference_source``): it is the user's own file."""
-    fingerprint = steps.fingerprint(source, settings)
+    allows (``steps.reference_source``): it is the user's own file; so is ``depth_video``, the depth video the
+    job renders from (``steps.store_depth_video``), stored before the source."""
+    fingerprint = steps.fingerprint(source, settings, depth_video)
     name, owner = leases.input_lease(fingerprint), leases.this_owner()
     leases.acquire(backend, name, owner, job_id=f"of {source.name}", activity="looking it up or creating it")
     with leases.holding(backend, name, owner):
@@ -121,6 +123,8 @@ def job_for_input(backend: Backend, source: Path, settings: ConversionSettings, 
         if job is None:
             job = steps.create_job(backend, settings, title, source_fingerprint=fingerprint)
         if job.uploaded_at is None:  # new, or created by a run stopped before the source was stored
+            if depth_video is not None:
+                steps.store_depth_video(backend, job.job_id, depth_video, by_reference=True)
             job = steps.reference_source(backend, job.job_id, source)
         return job, existed
 

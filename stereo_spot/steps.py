@@ -107,10 +107,14 @@ def window(settings: ConversionSettings) -> tuple[float | None, float | None]:
     return start, end
 
 
-def fingerprint(path: Path, settings: ConversionSettings) -> str:
-    """Same file (path, size, mtime) with the same settings: re-running the command resumes the job."""
+def fingerprint(path: Path, settings: ConversionSettings, depth_video: Path | None = None) -> str:
+    """Same file (path, size, mtime) with the same settings, and the same depth video to render from (an edited
+    one is another job): re-running the command resumes the job."""
     stat = path.stat()
     raw = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings.model_dump_json()}"
+    if depth_video is not None:
+        depth = depth_video.stat()
+        raw += f"|{depth_video.resolve()}|{depth.st_size}|{depth.st_mtime_ns}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -175,6 +179,23 @@ def store_source(backend: Backend, job_id: str, source: Path | str | BinaryIO) -
     return backend.jobs.update(job_id, uploaded_at=utcnow(), source_file_size_bytes=size)
 
 
+def store_depth_video(backend: Backend, job_id: str, depth: Path | str | BinaryIO, *,
+                      by_reference: bool = False) -> None:
+    """Put the depth video a job renders from at ``input/{job}/depth.mkv`` (``keys.depth_video_key``), under the
+    job's input prefix, so every engine that may read the source may read it. ``by_reference``: the command
+    line's own file stays where it is where the storage is this machine's (as ``reference_source`` keeps the
+    source); an app upload is copied, its staged file goes away."""
+    key = keys.depth_video_key(job_id)
+    reference_file = getattr(backend.objects, "reference_file", None)
+    if isinstance(depth, (str, Path)):
+        if by_reference and reference_file is not None:
+            reference_file(backend.input_bucket, key, depth)
+        else:
+            backend.objects.upload_file(backend.input_bucket, key, depth, content_type="video/x-matroska")
+    else:
+        backend.objects.upload_fileobj(backend.input_bucket, key, depth, content_type="video/x-matroska")
+
+
 def reference_source(backend: Backend, job_id: str, source: Path) -> Job:
     """The command line's source: the user's own file, which stays where it is. A storage on this machine
     records a reference to it (path, size, time, SHA-256; checked whenever it is read) rather than a second
@@ -235,11 +256,15 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
         video = require_video(info)
         if limits:
             _check_limits(name, info, video, settings, limits)
+        start, end = window(settings)
+        depth_origin = None
+        if settings.depth_video:  # refused before any segment exists when it does not fit
+            depth_origin = _fit_depth_video(backend, job_id, source, video.display_size, (start, end),
+                                            settings.max_fps, tmp)
         paths = chunk_video(source, tmp / "segments", settings.segment_seconds, settings.start, settings.duration)
         if not paths:
             raise StepError("the source has no video frames in the requested time window")
         total = len(paths)
-        start, end = window(settings)
         frames = 0
         for path in paths:  # counted before any segment is stored: a limit refuses the job with nothing uploaded
             if limits:  # the picture size first: counting frames opens the segment, which decodes its start
@@ -270,8 +295,22 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
     job = backend.jobs.update(job_id, expected_status=JobStatus.CHUNKING_IN_PROGRESS,
                               status=JobStatus.CHUNKING_COMPLETE, total_segments=total,
                               source_rotation=video.rotation, source_duration_seconds=duration,
-                              source_frames=frames, settings=settings)
+                              source_frames=frames, settings=settings, depth_origin_seconds=depth_origin)
     return _chunk_result(job)
+
+
+def _fit_depth_video(backend: Backend, job_id: str, source: Path, size: tuple[int, int],
+                     span: tuple[float | None, float | None], max_fps: float | None, tmp: Path) -> float:
+    """The job's depth video checked against its source (``media.depth_video.check_fits``, the rule the command
+    line applies too): the source time of its first frame, or a MediaError saying how they differ."""
+    from stereo_spot.media.depth_video import check_fits
+
+    try:
+        depth = _fetch(backend, backend.input_bucket, keys.depth_video_key(job_id), tmp / "depth.mkv")
+    except NotFound as exc:
+        raise StepError(f"job {job_id} renders from a depth video, and there is none at "
+                        f"{keys.depth_video_key(job_id)}: upload it there before the source") from exc
+    return check_fits(depth, source, size=size, window=span, max_fps=max_fps)
 
 
 def describe_source(info, frames: int) -> str:
@@ -383,13 +422,31 @@ def _convert_and_store(backend: Backend, job: Job, segment_index: int, out_key: 
         if needs_lookahead(engine) and segment_index + 1 < total:
             lookahead = _fetch(backend, backend.input_bucket,
                                keys.segment_key(job_id, segment_index + 1, total, job.mode), tmp / "next.mp4")
-        out = tmp / "converted.mp4"
-        stats = convert_segment(source, out, job.settings, rotation=job.source_rotation, window=window(job.settings),
-                                warmup_src=warmup, device=device, progress=progress, engine=engine,
-                                lookahead_src=lookahead)
+        out = tmp / ("converted.mkv" if job.settings.depth_output else "converted.mp4")
+        with _depth_frames(backend, job, tmp) as depth_frames:
+            stats = convert_segment(source, out, job.settings, rotation=job.source_rotation,
+                                    window=window(job.settings), warmup_src=warmup, device=device,
+                                    progress=progress, engine=engine, lookahead_src=lookahead,
+                                    depth_frames=depth_frames)
         written = integrity.digest(out)  # of what was encoded: concat checks the stored copy against it
         backend.objects.upload_file(backend.output_bucket, out_key, out, content_type="video/mp4")
     return stats, written
+
+
+@contextlib.contextmanager
+def _depth_frames(backend: Backend, job: Job, tmp: Path):
+    """The job's depth video to render from, opened for reading (None when the job estimates depth)."""
+    if not job.settings.depth_video:
+        yield None
+        return
+    from stereo_spot.media.depth_video import DepthFrames
+
+    if job.depth_origin_seconds is None:
+        raise StepError(f"job {job.job_id} renders from a depth video that chunking did not check; convert it "
+                        "again with --fresh")
+    path = _fetch(backend, backend.input_bucket, keys.depth_video_key(job.job_id), tmp / "depth.mkv")
+    with DepthFrames(path, job.depth_origin_seconds) as frames:
+        yield frames
 
 
 def restore_source_segments(backend: Backend, job: Job) -> list[int]:
@@ -482,8 +539,6 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
 
     The holder renews its short-lived lock while it works. After a successful join the intermediates (source
     segments, converted segments) are removed; the final video and the report stay."""
-    from stereo_spot.media.concat import concat_segments
-
     job = require_job(backend, job_id)
     final_key = keys.final_key(job_id)
     if _joined(backend, job):
@@ -512,12 +567,9 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
                 segments = _verified_segments(backend, job, completions, tmp)
                 job = backend.jobs.update(job_id, expected_status=_CONVERTIBLE, status=JobStatus.REASSEMBLING,
                                           reassembly_started_at=utcnow())
-                source = _fetch(backend, backend.input_bucket, keys.input_key(job_id), tmp / "source.mp4")
-                out = tmp / "final.mp4"
-                joined = concat_segments(segments, source, out, job.settings.start, job.settings.duration)
-                _write_layout_metadata(out, job.settings)
+                out, content_type, joined = _join(backend, job, segments, tmp)
                 final = integrity.digest(out)  # checked again before the result is delivered
-                backend.objects.upload_file(backend.output_bucket, final_key, out, content_type="video/mp4")
+                backend.objects.upload_file(backend.output_bucket, final_key, out, content_type=content_type)
             discard_if_deleted(backend, job_id, backend.output_bucket, final_key)
             log.info("job %s: joined %d segments into %s: %d frames, %.2f s, %d audio stream(s), %s", job_id,
                      len(segments), final_key, joined.frames, joined.duration_seconds, joined.audio_streams,
@@ -531,6 +583,27 @@ def concat(backend: Backend, job_id: str, *, owner: str | None = None, wait_seco
     except BaseException:
         backend.reassembly.release(lock, owner)
         raise
+
+
+def _join(backend: Backend, job: Job, segments: list[Path], tmp: Path):
+    """The joined result in ``tmp``: (its path, its content type, the ``ConcatResult``). A 3D video gets the
+    source's audio and the layout's metadata; a depth video (``depth_output``) is Matroska with its tags and no
+    audio, stored under the same final key."""
+    from stereo_spot.media.concat import concat_segments
+    from stereo_spot.naming import result_media_type
+
+    settings = job.settings
+    if settings.depth_output:
+        from stereo_spot.media.depth_video import depth_tags
+
+        out = tmp / "final.mkv"
+        joined = concat_segments(segments, None, out, settings.start, settings.duration, metadata=depth_tags())
+        return out, result_media_type(settings), joined
+    source = _fetch(backend, backend.input_bucket, keys.input_key(job.job_id), tmp / "source.mp4")
+    out = tmp / "final.mp4"
+    joined = concat_segments(segments, source, out, settings.start, settings.duration)
+    _write_layout_metadata(out, settings)
+    return out, result_media_type(settings), joined
 
 
 def _joined(backend: Backend, job: Job) -> bool:
@@ -642,10 +715,11 @@ def reopen_failed(backend: Backend, job_id: str) -> Job:
 
 def _write_report(backend: Backend, job: Job, completions: list[SegmentCompletion]) -> None:
     """The comfort report (``jobs/{job}/report.json``). A report that cannot be built must not cost the user
-    the finished video: it is logged and skipped. Colour + depth (RGB-D) has no stereo pair to report on."""
+    the finished video: it is logged and skipped. Colour + depth (RGB-D) and the depth video have no stereo pair
+    to report on."""
     from stereo_spot.report import write_report
 
-    if job.settings.output_format.is_rgbd:
+    if job.settings.output_format.is_rgbd or job.settings.depth_output:
         return
     try:
         write_report(backend, job, completions)

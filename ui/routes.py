@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from stereo_spot import keys
 from stereo_spot.models import JobStatus
-from stereo_spot.naming import output_file_name
+from stereo_spot.naming import result_file_name, result_media_type
 from stereo_spot.ports import StoreError
 from stereo_spot.ui import auth, services
 from stereo_spot.ui.backend import backend_for, current_settings, staging_area
@@ -91,14 +91,14 @@ def _video_response(job_id: str, download: bool, user: auth.Identity) -> Respons
     if (delivered := services.delivered_outside_store(job)) is not None:
         return _error(404, f"job {job_id} was converted on the command line and its result written to "
                            f"{delivered}; the app serves only results in its own store")
-    name = output_file_name(job.title, job.output_format)
+    name = result_file_name(job.title, job.settings)
     key = keys.final_key(job_id)
     local_path = getattr(backend.objects, "local_path", None)
     if local_path is not None:
         path = local_path(backend.output_bucket, key)
         if not path.is_file():
             return _error(404, f"the video of job {job_id} is missing from storage")
-        return FileResponse(path, media_type="video/mp4", filename=name,
+        return FileResponse(path, media_type=result_media_type(job.settings), filename=name,
                             content_disposition_type="attachment" if download else "inline")
     url = backend.objects.presign_download(backend.output_bucket, key, expires_seconds=PRESIGN_SECONDS,
                                            download_name=name if download else None)

@@ -146,6 +146,30 @@ def check_video(path: Path, name: str, config: Settings | None = None) -> VideoS
                         height=height, fps=float(video.fps or 0), has_audio=info.has_audio)
 
 
+DEPTH_OUTPUT_HELP = ("The depth video: the depth this job would render from, as 16-bit grey (near is bright), "
+                     "lossless FFV1 in Matroska, frame for frame with the video. Edit it, then start a new "
+                     "conversion of the same video that renders from it.")
+DEPTH_VIDEO_HELP = ("Render from a depth video made here or by `stereo-spot depth` (edited or not) instead of "
+                    "estimating depth: it must keep the video's frames, times and picture size, 16-bit grey and "
+                    "its tags.")
+
+
+def check_depth_video(path: Path, name: str, source: Path, settings: ConversionSettings) -> None:
+    """Whether a staged depth video fits the staged source (``media.depth_video.check_fits``, the rule every
+    engine applies): UploadError with one line saying how they differ, naming the user's file."""
+    from stereo_spot.errors import UserError
+    from stereo_spot.media.depth_video import check_fits
+    from stereo_spot.media.probe import probe, require_video
+    from stereo_spot.steps import window
+
+    try:
+        size = require_video(probe(source)).display_size
+        check_fits(path, source, size=size, window=window(settings), max_fps=settings.max_fps)
+    except UserError as exc:
+        message = str(exc).replace(path.name, name)
+        raise UploadError(message) from exc
+
+
 DEPTH_MODEL_HELP = ("heuristic needs no weights and runs anywhere; a neural model estimates depth better and "
                     "needs its weights.")
 INPAINT_HELP = "classical fills the holes beside near objects quickly; diffusion paints them, from its weights."
@@ -460,9 +484,18 @@ def format_age(when: datetime, now: datetime | None = None) -> str:
     raise AssertionError("unreachable")
 
 
+def product_label(job: Job) -> str:
+    """What the job makes, as the lists show it: its 3D format, or the depth video."""
+    if job.settings.depth_output:
+        return "Depth video (16-bit, to edit)"
+    return job.output_format.label + (" from a depth video" if job.settings.depth_video else "")
+
+
 def settings_summary(job: Job) -> str:
     s = job.settings
-    name = s.output_format.label
+    if s.depth_output:
+        return f"{product_label(job)} · depth model {s.depth_model}"
+    name = product_label(job)
     if s.output_format == OutputFormat.ANAGLYPH:
         name += f" ({s.anaglyph.value})"
     return f"{name} · divergence {s.divergence:g}% · convergence {s.convergence:g}"

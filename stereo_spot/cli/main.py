@@ -216,11 +216,14 @@ def convert(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start a new job even where an interrupted or failed "
                                         "one of the same input and settings could be resumed.")] = False,
     max_frame_pixels: MaxFramePixelsOption = None,
+    depth_video: Annotated[Path | None, typer.Option("--depth-video", help="Render from this depth video (as "
+                                                     "`stereo-spot depth` writes it, edited or not) instead of "
+                                                     "estimating depth.")] = None,
 ) -> None:
     """Convert videos (or still images, or whole folders of them) to 3D on this machine."""
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
                                  divergence=divergence, convergence=convergence, floating_window=floating_window,
-                                 depth_model=depth_model,
+                                 depth_model=depth_model, depth_video=depth_video is not None,
                                  depth_weights=depth_weights, inpaint=inpaint, inpaint_weights=inpaint_weights,
                                  auto_divergence=auto_divergence, segment_seconds=segment_seconds,
                                  start=start, duration=duration, codec=codec, crf=crf, preset=preset,
@@ -228,7 +231,8 @@ def convert(
                                  baseline_mm=baseline_mm, hfov=hfov)
     _check_device(device)
     if len(inputs) > 1 or inputs[0].is_dir():
-        for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity)):
+        for flag, value in (("--report", report), ("--title", title), ("--disparity", disparity),
+                            ("--depth-video", depth_video)):
             if value is not None:
                 die(f"{flag} works with one input file; convert the files one by one to use it")
         _convert_many(inputs, output, settings, skip_existing, workers, device, fresh, max_frame_pixels)
@@ -264,13 +268,18 @@ def convert(
             die(f"--report {report} is the output video: give the report a file name of its own")
     _refuse_oversized_frame(input, max_frame_pixels)
     if image:
+        if depth_video is not None:
+            die("--depth-video works with videos; a still image takes its depth with --disparity")
         if report is not None:
             die("--report works with videos: a still image has no comfort report")
         _convert_image(input, output, settings, disparity)
     else:
         if disparity is not None:
             die("--disparity works with still images only; for video the depth is estimated per frame")
-        _convert_video(input, output, settings, workers, device, title or input.stem, report, fresh)
+        if depth_video is not None:
+            _check_depth_video(depth_video, input, settings)
+        _convert_video(input, output, settings, workers, device, title or input.stem, report, fresh,
+                       depth_video=depth_video)
 
 
 def _warn_unless_layout_named(output: Path, output_format: OutputFormat, swap_eyes: bool) -> None:
@@ -434,8 +443,68 @@ def _convert_image(input: Path, output: Path, settings: ConversionSettings, disp
     print_result(str(written))
 
 
+def _check_depth_video(depth_video: Path, input: Path, settings: ConversionSettings) -> None:
+    """The depth video fits the input (``media.depth_video.check_fits``, the rule the chunk step applies too),
+    or one line saying how they differ, before any job exists."""
+    from stereo_spot.media.depth_video import check_fits
+    from stereo_spot.media.probe import probe, require_video
+
+    if not depth_video.is_file():
+        die(f"--depth-video {depth_video} does not exist or is not a file")
+    try:
+        size = require_video(probe(input)).display_size
+        end = (settings.start or 0.0) + settings.duration if settings.duration is not None else None
+        check_fits(depth_video, input, size=size, window=(settings.start, end), max_fps=settings.max_fps)
+    except UserError as exc:
+        die(one_line(exc))
+
+
+@app.command()
+def depth(
+    input: Annotated[Path, typer.Argument(help="A video.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the depth video (default: "
+                                                "next to the input, named NAME-depth.mkv).")] = None,
+    depth_model: DepthModelOption = "heuristic",
+    depth_weights: DepthWeightsOption = None,
+    precision: PrecisionOption = Precision.AUTO,
+    segment_seconds: Annotated[float, typer.Option(min=0.1, help="Target segment length for parallel "
+                                                   "work.")] = 10.0,
+    workers: Annotated[int | None, typer.Option(min=1, help="Segments worked on at once, one process each "
+                                                "(default: one per GPU, else one per CPU core).")] = None,
+    start: Annotated[float | None, typer.Option(min=0.0, help="From this time (seconds).")] = None,
+    duration: Annotated[float | None, typer.Option(min=0.001, help="This many seconds.")] = None,
+    max_fps: MaxFpsOption = None,
+    device: DeviceOption = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new job even where an interrupted one of the "
+                                        "same input and settings could be resumed.")] = False,
+    max_frame_pixels: MaxFramePixelsOption = None,
+) -> None:
+    """Write the depth video of a video: 16-bit grey, lossless (FFV1 in Matroska), frame for frame with the
+    source, near = bright; edit it and render from it with `convert --depth-video`."""
+    settings = _checked_settings(depth_output=True, depth_model=depth_model, depth_weights=depth_weights,
+                                 precision=precision, segment_seconds=segment_seconds, start=start,
+                                 duration=duration, max_fps=max_fps)
+    _check_device(device)
+    if not input.is_file():
+        die(f"{input} does not exist or is not a file")
+    from stereo_spot.media.probe import is_image
+
+    if is_image(input):
+        die(f"{input} is a still image: `stereo-spot depth` writes the depth of a video")
+    from stereo_spot.naming import depth_path_for
+
+    output = output or depth_path_for(input)
+    if output.suffix.lower() != ".mkv":
+        die(f"the depth video is Matroska (FFV1): give -o a .mkv name such as {output.with_suffix('.mkv')}")
+    if _same_file(output, input):
+        die(f"the output {output} is the input: choose another --output")
+    _refuse_oversized_frame(input, max_frame_pixels)
+    _convert_video(input, output, settings, workers, device, input.stem, None, fresh)
+
+
 def _convert_video(input: Path, output: Path, settings: ConversionSettings, workers: int | None,
-                   device: str | None, title: str, report: Path | None = None, fresh: bool = False) -> None:
+                   device: str | None, title: str, report: Path | None = None, fresh: bool = False,
+                   depth_video: Path | None = None) -> None:
     from stereo_spot.adapters import build_backend
     from stereo_spot.config import get_settings
 
@@ -448,7 +517,7 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
     job = None
     try:
         backend = build_backend(config)
-        undelivered = None if fresh else _undelivered_job(backend, steps.fingerprint(input, settings))
+        undelivered = None if fresh else _undelivered_job(backend, steps.fingerprint(input, settings, depth_video))
         if undelivered is not None:  # converted before, but its delivery failed: deliver it, convert nothing
             console.print(f"job {undelivered.job_id} is converted already: writing its result", highlight=False)
             _deliver(backend, undelivered.job_id, output)
@@ -456,7 +525,8 @@ def _convert_video(input: Path, output: Path, settings: ConversionSettings, work
             return
         job, resumed = job_for_input(
             backend, input, settings, title, fresh=fresh,
-            before_new=lambda: _check_room(input, output, settings, config.stereo_spot_home))
+            before_new=lambda: _check_room(input, output, settings, config.stereo_spot_home),
+            depth_video=depth_video)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -42,10 +42,11 @@ class ConcatResult:
 
 def concat_segments(
     segments: list[Path],
-    source: Path,
+    source: Path | None,
     out: Path,
     start: float | None = None,
     duration: float | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> ConcatResult:
     """Join ``segments`` (same codec parameters) into ``out`` by stream copy, with every audio stream of ``source``.
 
@@ -55,6 +56,8 @@ def concat_segments(
     video so the two stay in sync. With ``start``/``duration`` the audio is trimmed to the video's span.
     Video and audio packets are written interleaved by time, and the index is moved to the front
     (``+faststart``), so the file plays while it downloads. The output appears atomically at ``out``.
+
+    ``source`` None: no audio (the depth video). A ``.mkv`` ``out`` is Matroska, with ``metadata`` as its tags.
     """
     segments = [Path(s) for s in segments]
     if not segments:
@@ -67,13 +70,16 @@ def concat_segments(
         with ExitStack() as stack:
             first = stack.enter_context(open_input(segments[0]))
             template = require_video_stream(first, segments[0])
-            options = {"movflags": "+faststart", **exact_timing_options(template.time_base)}
+            matroska = out.suffix.lower() == ".mkv"
+            options = {} if matroska else {"movflags": "+faststart", **exact_timing_options(template.time_base)}
             output = stack.enter_context(open_output(partial, options))
+            output.metadata.update(metadata or {})
             video_out = output.add_stream_from_template(template, opaque=True)
             # an MV-HEVC stream stays marked multilayer, so the muxer writes its second layer's lhvC box
             video_out.disposition = template.disposition
             video = _SegmentVideo(segments, first, template, video_out)
-            audio = _SourceAudio(stack.enter_context(open_input(source)), output, video.offset, windowed)
+            audio = _NoAudio() if source is None else \
+                _SourceAudio(stack.enter_context(open_input(source)), output, video.offset, windowed)
             _interleave(output, video, audio)
         os.replace(partial, out)
     except BaseException:
@@ -82,7 +88,7 @@ def concat_segments(
     return ConcatResult(frames=video.frames, duration_seconds=video.duration_seconds, audio_streams=audio.count)
 
 
-def _interleave(output: OutputContainer, video: _SegmentVideo, audio: _SourceAudio) -> None:
+def _interleave(output: OutputContainer, video: _SegmentVideo, audio: _SourceAudio | _NoAudio) -> None:
     """Write video and audio in time order, so the muxer never buffers more than a moment of either."""
     audio_packets = audio.packets()
     pending = next(audio_packets, None)
@@ -240,6 +246,17 @@ def _aac_layout(name: str, channels: int) -> str:
     if name.endswith("channels"):
         return _DEFAULT_LAYOUTS.get(channels, "stereo")
     return name
+
+
+class _NoAudio:
+    """A join without audio."""
+
+    windowed = False
+    end_seconds = None
+    count = 0
+
+    def packets(self) -> Iterator[tuple[float, Packet]]:
+        return iter(())
 
 
 class _SourceAudio:

@@ -155,9 +155,9 @@ def exact_timing_options(time_base: Fraction) -> dict[str, str]:
     return {"movie_timescale": timescale, "video_track_timescale": timescale}
 
 
-def open_output(path: Path, options: dict[str, str] | None = None) -> OutputContainer:
-    """Open an mp4 (or mov/mkv by suffix) for writing."""
-    fmt = {".mov": "mov", ".mkv": "matroska"}.get(path.suffix.lower(), "mp4")
+def open_output(path: Path, options: dict[str, str] | None = None, fmt: str | None = None) -> OutputContainer:
+    """Open an mp4 (or mov/mkv by suffix, or the muxer ``fmt`` names) for writing."""
+    fmt = fmt or {".mov": "mov", ".mkv": "matroska"}.get(path.suffix.lower(), "mp4")
     try:
         return av.open(str(path), "w", format=fmt, container_options=options or {})
     except OSError as exc:

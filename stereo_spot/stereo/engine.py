@@ -13,13 +13,16 @@ each of its worker processes a share of the cores).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
 import torch
 
+from stereo_spot.media.depth_video import FULL_SCALE as DEPTH_FULL_SCALE
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import DepthEstimator, create_depth_estimator
+from stereo_spot.stereo.depth.given import GivenDepth
 from stereo_spot.stereo.devices import DEFAULT_BATCH_FRAMES, batch_frames_for_memory, default_device, free_memory
 from stereo_spot.stereo.disparity import depth_to_disparity
 from stereo_spot.stereo.errors import StereoInputError
@@ -149,8 +152,12 @@ class StereoEngine:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device) if device is not None else default_device()
+        if depth is None and settings.depth_video:  # the depth comes with the frames: no model is loaded
+            depth = GivenDepth()
         self.depth = depth or create_depth_estimator(settings.depth_model, settings.depth_weights, self.device,
                                                      settings.precision)
+        #: depth handed in with the frames being converted (``convert_batch``/``warm_up``), not yet used
+        self._given: torch.Tensor | None = None
         self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device,
                                                        settings.precision)
         # On CPU a frame at a time: the warp's buffers (one frame's worth, reused) and the temporaries stay
@@ -191,9 +198,42 @@ class StereoEngine:
         plane = self.screen_plane.memory if self.settings.auto_convergence else 0
         return max(depth, plane, self.window.memory if self.settings.floating_window else 0)
 
+    def _estimate(self, frames: torch.Tensor) -> torch.Tensor:
+        """The depth of the next frames: handed in with them (a depth video), else the estimator's."""
+        if self._given is None:
+            return self.depth.estimate(frames)
+        count = len(frames)
+        if len(self._given) < count:
+            raise StereoInputError(f"{len(self._given)} depth frames given for {count} frames")
+        depth01, self._given = self._given[:count], self._given[count:]
+        return depth01
+
+    @contextmanager
+    def _giving(self, depth: np.ndarray | None, frames: int):
+        """Hand ``depth`` (uint16 [N,H,W] as a depth video holds it, or float [N,H,W] 0..1) to the frames
+        converted inside, one frame each, in order."""
+        if depth is None:
+            if self.settings.depth_video:
+                raise StereoInputError("this conversion renders from a depth video: give each frame's depth")
+            yield
+            return
+        if len(depth) != frames:
+            raise StereoInputError(f"{len(depth)} depth frames given for {frames} frames")
+        if depth.dtype == np.uint16:  # torch computes little on uint16: widen, then scale on the device
+            given = torch.from_numpy(depth.astype(np.int32)).to(self.device).to(torch.float32) / DEPTH_FULL_SCALE
+        else:
+            given = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).to(self.device)
+        self._given = given.unsqueeze(1)
+        try:
+            yield
+            if len(self._given):
+                raise StereoInputError(f"{len(self._given)} depth frames given were not used")
+        finally:
+            self._given = None
+
     def _timed_depth(self, frames: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
-        depth01 = self.depth.estimate(frames)
+        depth01 = self._estimate(frames)
         if depth01.device.type == "cuda":
             torch.cuda.synchronize(depth01.device)
         self.depth_seconds += time.perf_counter() - started
@@ -234,12 +274,18 @@ class StereoEngine:
         return viewer_swapped(self.settings.output_format, self.settings.swap_eyes)
 
     @torch.inference_mode()
-    def warm_up(self, frames_uint8: np.ndarray, rendered: int | None = None) -> None:
+    def warm_up(self, frames_uint8: np.ndarray, rendered: int | None = None, depth: np.ndarray | None = None
+                ) -> None:
         """Feed frames that precede the segment through the engine's temporal state, without output: all of them
         through the depth estimator, and the last ``rendered`` through warp and fill too (default: as many as
-        the inpainter keeps as context; a video inpainter continues from the frames it filled last)."""
+        the inpainter keeps as context; a video inpainter continues from the frames it filled last). ``depth``:
+        the frames' depth from a depth video, instead of the estimator's."""
         if len(frames_uint8) == 0:
             return
+        with self._giving(depth, len(frames_uint8)):
+            self._warm_up(frames_uint8, rendered)
+
+    def _warm_up(self, frames_uint8: np.ndarray, rendered: int | None) -> None:
         if rendered is None:
             rendered = int(getattr(self.inpainter, "context_frames", 0) or 0)
         context = min(len(frames_uint8), rendered)
@@ -247,7 +293,7 @@ class StereoEngine:
         for start in range(0, head, self.chunk_frames):
             _, frames = frames_to_tensor(frames_uint8[start : min(head, start + self.chunk_frames)], self.device,
                                          self._staging)
-            depth01 = self.depth.estimate(frames)
+            depth01 = self._estimate(frames)
             if self.settings.auto_convergence or self.settings.floating_window:
                 self._window_widths(self._depth_to_disparity(depth01))
         if context:
@@ -277,13 +323,17 @@ class StereoEngine:
         return self.render_right(left, disp).clone()
 
     @torch.inference_mode()
-    def convert_batch(self, frames_uint8: np.ndarray, observed: tuple[int, int] | None = None) -> np.ndarray:
-        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3]. ``observed`` = (first,
+    def convert_batch(self, frames_uint8: np.ndarray, observed: tuple[int, int] | None = None,
+                      depth: np.ndarray | None = None) -> np.ndarray:
+        """Consecutive frames uint8 [N,H,W,3] → packed stereo frames uint8 [N,H2,W2,3], or for a depth job
+        (``depth_output``) their depth as uint16 [N,H,W] (``media.depth_video``). ``observed`` = (first,
         stop): the frames the comfort statistics count (default all); the others are a temporal inpainter's
-        context before or after the output, converted with it and dropped by the caller."""
+        context before or after the output, converted with it and dropped by the caller. ``depth``: the
+        frames' depth from a depth video (uint16 [N,H,W]), used instead of the estimator's."""
         if frames_uint8.ndim != 4:
             raise StereoInputError(f"frames must be uint8 [N,H,W,3], got shape {frames_uint8.shape}")
-        return self._render_batch(frames_uint8, observe=observed or (0, len(frames_uint8)))
+        with self._giving(depth, len(frames_uint8)):
+            return self._render_batch(frames_uint8, observe=observed or (0, len(frames_uint8)))
 
     def _warped_chunks(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None):
         """Yield (start, stop, u8, left, warped, holes, warped_disparity, window widths or None) for each chunk
@@ -312,6 +362,8 @@ class StereoEngine:
         return np.empty((n, out_h, out_w, 3), dtype=np.uint8)
 
     def _render_batch(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
+        if self.settings.depth_output:
+            return self._render_batch_depth(frames_uint8)
         if self.settings.output_format.is_rgbd:
             return self._render_batch_rgbd(frames_uint8)
         if getattr(self.inpainter, "frames_per_call", 1) > 1:
@@ -332,6 +384,18 @@ class StereoEngine:
             u8, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
             depth = depth_picture(self._timed_depth(left), u8.shape[-1])
             self._pack_into(out, start, stop, u8, left, depth)
+        return out
+
+    def _render_batch_depth(self, frames_uint8: np.ndarray) -> np.ndarray:
+        """The depth the warp would use, quantised to 16 bits (``media.depth_video.quantise``): uint16 [N,H,W]."""
+        n, h, w = frames_uint8.shape[:3]
+        out = np.empty((n, h, w), dtype=np.uint16)
+        for start in range(0, n, self.chunk_frames):
+            stop = min(n, start + self.chunk_frames)
+            _, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
+            depth01 = self._timed_depth(left)[:, 0]
+            scaled = depth01.clamp(0.0, 1.0).mul(DEPTH_FULL_SCALE).round_().to(torch.int32)
+            out[start:stop] = scaled.cpu().numpy().astype(np.uint16)
         return out
 
     def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:

@@ -33,12 +33,15 @@ from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from stereo_spot.media.depth_video import DepthFrames
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.chunk_chain import convert_chained
 from stereo_spot.stereo.devices import GpuMemoryError, encoder_for
 from stereo_spot.stereo.engine import StereoEngine
+from stereo_spot.stereo.errors import StereoInputError
 from stereo_spot.stereo.segment_stages import (
     EncoderThread,
     SegmentStats,
@@ -46,6 +49,7 @@ from stereo_spot.stereo.segment_stages import (
     encode_settings,
     finish_segment,
     output_fps,
+    renders_stereo,
     segment_writer,
     stack_frames,
     threaded,
@@ -99,7 +103,7 @@ def needs_lookahead(engine: StereoEngine) -> bool:
 
 
 def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_size: int,
-             codec_threads: int = 0, max_fps: float | None = None) -> int:
+             codec_threads: int = 0, max_fps: float | None = None, depth_frames: DepthFrames | None = None) -> int:
     """Run the tail of the preceding segments (oldest first) through the engine's temporal state."""
     from stereo_spot.media.frames import read_frame_batches
     from stereo_spot.media.probe import probe, require_video
@@ -120,9 +124,19 @@ def _warm_up(engine: StereoEngine, sources: list[Path], rotation: int, batch_siz
     for source, start in reversed(plan):
         for batch in read_frame_batches(source, batch_size, rotation=rotation, window=(start, None),
                                         threads=codec_threads, max_fps=max_fps):
-            engine.warm_up(stack_frames(batch))
+            if depth_frames is not None:
+                # before the converted part (--start) there is no depth to give: the warm-up begins with it
+                batch = [frame for frame in batch if depth_frames.covers(frame.seconds)]
+                if not batch:
+                    continue
+            engine.warm_up(stack_frames(batch), depth=_depth_of(depth_frames, batch))
             fed += len(batch)
     return fed
+
+
+def _depth_of(depth_frames: DepthFrames | None, batch: list) -> np.ndarray | None:
+    """The depth video's frames for a batch of decoded frames, matched by time (None: the engine estimates)."""
+    return None if depth_frames is None else depth_frames.frames_at([frame.seconds for frame in batch])
 
 
 def convert_segment(
@@ -139,6 +153,7 @@ def convert_segment(
     compute_threads: int | None = None,
     collect_stats: bool = True,
     lookahead_src: Path | None = None,
+    depth_frames: DepthFrames | None = None,
 ) -> SegmentStats:
     """Convert the frames of ``src`` inside ``window`` (seconds of its timeline) to a 3D mp4 at ``dst``.
 
@@ -152,7 +167,9 @@ def convert_segment(
     ``compute_threads`` sets torch's intra-op threads on CPU for the duration (default: half the
     current setting, see ``_compute_threads``). ``collect_stats`` samples the comfort statistics. Raises
     ``StereoInputError`` when the window holds no frame, and the media layer's errors for files that cannot be
-    read.
+    read. ``depth_frames``: the depth video to render from (``settings.depth_video``), read for each frame of
+    the segment and of its warm-up by the frame's time; nothing is estimated. With ``settings.depth_output`` the
+    segment written is the depth itself (``media.depth_video``).
     """
     from stereo_spot.media.probe import probe, require_video
 
@@ -176,11 +193,14 @@ def convert_segment(
 
             try:
                 if _chain(engine) is not None:
+                    if depth_frames is not None or settings.depth_output:
+                        raise StereoInputError(f"--inpaint {settings.inpaint} fills holes in chunks of frames; a "
+                                               "depth video is written and read with a per-frame fill")
                     return convert_chained(engine, src, dst, settings, video, rotation, window, warmup_src,
                                             lookahead_src, batch_size, counted, started, collect_stats,
                                             codec_threads, codec)
                 return _convert(engine, src, dst, settings, video, rotation, window, warmup_src, batch_size,
-                                counted, started, collect_stats, codec_threads, codec)
+                                counted, started, collect_stats, codec_threads, codec, depth_frames)
             except torch.cuda.OutOfMemoryError as exc:
                 if reported and progress is not None:
                     progress(-reported)  # this attempt's frames are converted again
@@ -229,7 +249,8 @@ def _codec_threads() -> int:
 def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSettings, video, rotation: int,
              window: tuple[float | None, float | None], warmup_src: Path | Sequence[Path] | None, batch_size: int,
              progress: Callable[[int], None] | None, started: float, collect_stats: bool,
-             codec_threads: int = 0, codec: str = "libx264") -> SegmentStats:
+             codec_threads: int = 0, codec: str = "libx264", depth_frames: DepthFrames | None = None
+             ) -> SegmentStats:
     from stereo_spot.media.frames import VideoWriter, read_frame_batches
 
     engine.reset()
@@ -237,11 +258,11 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
     warmup_seconds = 0.0
     sources = warmup_sources(warmup_src)
     if sources:
-        _warm_up(engine, sources, rotation, batch_size, codec_threads, settings.max_fps)
+        _warm_up(engine, sources, rotation, batch_size, codec_threads, settings.max_fps, depth_frames)
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
     # colour + depth has no stereo pair to measure
-    engine.stats = ComfortStats() if collect_stats and not settings.output_format.is_rgbd else None
+    engine.stats = ComfortStats() if collect_stats and renders_stereo(settings) else None
     engine_seconds = 0.0
 
     encode = encode_settings(settings, codec_threads, codec)
@@ -265,7 +286,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
                 first_pts = batch[0].pts
             pts = [f.pts for f in batch]
             engine_started = time.perf_counter()
-            packed = engine.convert_batch(stack_frames(batch))
+            packed = engine.convert_batch(stack_frames(batch), depth=_depth_of(depth_frames, batch))
             engine_seconds += time.perf_counter() - engine_started
             encoder.put(packed, pts)
             frames += len(batch)

@@ -169,17 +169,27 @@ def encode_settings(settings: ConversionSettings, codec_threads: int, codec: str
 
 def segment_writer(dst: Path, width: int, height: int, time_base: Fraction, fps: Fraction, encode,
                    settings: ConversionSettings):
-    """The writer of a converted segment: the packed frames through the job's encoder, or for spatial video
-    the two eyes as the views of one MV-HEVC stream (x265's multiview CLI, whatever --codec says)."""
+    """The writer of a converted segment: the packed frames through the job's encoder, for spatial video
+    the two eyes as the views of one MV-HEVC stream (x265's multiview CLI, whatever --codec says), for a depth
+    job the depth as FFV1 in Matroska (``media.depth_video``, whatever the name's suffix)."""
+    from stereo_spot.media.depth_video import DepthWriter
     from stereo_spot.media.encode import X26X_PRESET, X26X_PRESETS
     from stereo_spot.media.frames import VideoWriter
     from stereo_spot.media.mvhevc import SpatialSegmentWriter
 
+    if settings.depth_output:
+        return DepthWriter(dst, width, height, time_base, fps, threads=encode.threads)
     if settings.output_format is OutputFormat.SPATIAL:
         preset = encode.preset if encode.preset in X26X_PRESETS else X26X_PRESET
         return SpatialSegmentWriter(dst, width, height, time_base, fps, crf=encode.crf, preset=preset,
                                     threads=encode.threads)
     return VideoWriter(dst, width, height, time_base, fps, encode)
+
+
+def renders_stereo(settings: ConversionSettings) -> bool:
+    """Whether the segment's frames are a stereo pair, whose comfort can be measured: not colour + depth, not the
+    depth video."""
+    return not settings.output_format.is_rgbd and not settings.depth_output
 
 
 def warmup_sources(warmup_src: Path | Sequence[Path] | None) -> list[Path]:

@@ -32,6 +32,7 @@ st.subheader("Playlist")
 backend = context.backend()
 with context.store_errors():
     finished = services.iter_completed(backend.jobs, PLAYLIST_JOBS, owner=context.identity().owner_filter)
+finished = [job for job in finished if not job.settings.depth_output]  # depth videos are not for watching
 jobs = [job for job in finished if services.delivered_outside_store(job) is None]
 if len(jobs) < len(finished):
     elsewhere = len(finished) - len(jobs)

@@ -7,7 +7,7 @@ import streamlit as st
 from stereo_spot import keys, steps
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.models import Job, JobStatus, utcnow
-from stereo_spot.naming import output_file_name
+from stereo_spot.naming import result_file_name
 from stereo_spot.ports import Backend
 from stereo_spot.ui import auth, context, services
 from stereo_spot.ui.preview import job_preview
@@ -169,7 +169,7 @@ def render_report(current: Job) -> None:
 
 
 if job.status == JobStatus.COMPLETED:
-    file_name = output_file_name(job.title, job.output_format)
+    file_name = result_file_name(job.title, job.settings)
     base = context.origin()
     speed = services.speed_text(job)
     st.progress(1.0, text=f"completed in {services.format_duration(job.conversion_seconds)}"
@@ -178,6 +178,12 @@ if job.status == JobStatus.COMPLETED:
     if delivered is not None:  # the store holds no result to play, download or preview: say where it is
         st.info(md(f"Converted on the command line: written to {delivered}"), icon=":material/folder:")
         report_tab, timing_tab = st.tabs(["Comfort report", "Segments"])
+    elif job.settings.depth_output:  # 16-bit FFV1 that no browser plays: a download, to edit and upload again
+        st.link_button(f"Download {md(file_name)}", base + video_path(job.job_id, download=True),
+                       icon=":material/download:", type="primary")
+        st.caption(services.DEPTH_OUTPUT_HELP)
+        report_tab = None
+        (timing_tab,) = st.tabs(["Segments"])
     else:
         # The route streams the local file (with Range requests, for seeking) or redirects to a freshly
         # presigned S3 URL, so these links work however long the page stays open.
@@ -196,8 +202,9 @@ if job.status == JobStatus.COMPLETED:
             except Exception as exc:  # noqa: BLE001 - a broken preview must not hide the player and download
                 st.warning(f"No preview: the video could not be decoded ({one_line(exc)})")
     operator_links(job)
-    with report_tab:
-        render_report(job)
+    if report_tab is not None:
+        with report_tab:
+            render_report(job)
     with timing_tab:
         with context.store_errors():
             segment_timings_chart(backend.completions.query_by_job(job.job_id))

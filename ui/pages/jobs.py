@@ -74,7 +74,7 @@ def in_progress_row(job: Job) -> None:
     cols = st.columns(IN_PROGRESS_WIDTHS, vertical_alignment="center")
     with cols[0]:
         link(job)
-    cols[1].write(job.output_format.label)
+    cols[1].write(services.product_label(job))
     cols[2].write(progress.stage)
     cols[3].progress(progress.fraction, text=f"segments {progress.segments_text}")
     cols[4].write(services.format_age(job.created_at))
@@ -87,7 +87,7 @@ def completed_row(job: Job) -> None:
     cols = st.columns(COMPLETED_WIDTHS, vertical_alignment="center")
     with cols[0]:
         link(job)
-    cols[1].write(job.output_format.label)
+    cols[1].write(services.product_label(job))
     cols[2].write(f"{job.total_segments or '–'}")
     cols[3].write(services.format_duration(job.conversion_seconds))
     cols[4].write(services.speed_text(job))
@@ -101,7 +101,7 @@ def failed_row(job: Job) -> None:
     cols = st.columns(FAILED_WIDTHS, vertical_alignment="center")
     with cols[0]:
         link(job)
-    cols[1].write(job.output_format.label)
+    cols[1].write(services.product_label(job))
     cols[2].write(md(job.failure_reason or "unknown reason"))
     cols[3].write(services.format_age(job.updated_at))
 

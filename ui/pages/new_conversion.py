@@ -6,9 +6,9 @@ from stereo_spot import steps
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.media.encode import configured_crf
 from stereo_spot.models import AnaglyphMethod, OutputFormat, PixelFormat, Precision, VideoCodec
-from stereo_spot.naming import output_file_name
+from stereo_spot.naming import depth_file_name, output_file_name
 from stereo_spot.ports import StoreError
-from stereo_spot.ui import context, services, submission
+from stereo_spot.ui import context, depth_form, services, submission
 from stereo_spot.ui.backend import staging_area
 from stereo_spot.ui.upload_widget import upload_widget
 from stereo_spot.ui.uploads import UploadError, too_large_message
@@ -129,6 +129,8 @@ with st.expander("Models and part of the video"):
                              help="The number format of the neural models: auto is fp16 on a GPU (bf16 for a "
                                   "model that overflows in fp16) and fp32 on the CPU.")
 
+depth = depth_form.depth_choices(area, user.user, config.max_upload_bytes)
+
 AUTOMATIC = "automatic"
 with st.expander("Encoding"):
     codec_columns = st.columns(3)
@@ -183,9 +185,11 @@ if summary is not None and staged is not None and staged.path is not None:
 
 job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
 if summary:
-    st.caption(f"The result downloads as **{md(output_file_name(job_title, output_format))}**.")
+    result_name = depth_file_name(job_title) if depth.depth_output else output_file_name(job_title, output_format)
+    st.caption(f"The result downloads as **{md(result_name)}**.")
 
-if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":material/play_arrow:"):
+if st.button("Make the depth video" if depth.depth_output else "Convert to 3D", type="primary",
+             disabled=summary is None, icon=":material/play_arrow:"):
     assert staged is not None and staged.path is not None
     job = None
     try:
@@ -195,12 +199,17 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
             convergence=convergence, auto_divergence=auto_divergence, depth_model=depth_model,
             depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
-            auto_convergence=auto_convergence, floating_window=floating_window, **encoding)
+            auto_convergence=auto_convergence, floating_window=floating_window, **encoding,
+            depth_output=depth.depth_output, depth_video=depth.depth_video is not None)
         # Checked again on the file that is stored, not on what the page remembers from the upload.
         summary = services.check_video(staged.path, staged.name, config)
         services.check_limits(summary, job_settings, config)
+        if depth.depth_video is not None:  # refused before any job exists when it does not fit the video
+            services.check_depth_video(depth.depth_video.path, depth.depth_video.name, staged.path, job_settings)
         with st.spinner(f"Storing {md(staged.name)}…"):
             job = services.create_user_job(backend, job_settings, job_title, user, config)
+            if depth.depth_video is not None:  # before the source, whose upload starts the run on a cluster
+                steps.store_depth_video(backend, job.job_id, depth.depth_video.path)
             steps.store_source(backend, job.job_id, staged.path)
         started = submission.start_pipeline(backend, config, job.job_id)
     except (UserError, StoreError, OSError, ValueError) as exc:
@@ -216,6 +225,7 @@ if st.button("Convert to 3D", type="primary", disabled=summary is None, icon=":m
             st.page_link("pages/job.py", label="Open the job", query_params={"job": job.job_id})
         st.stop()
     fresh_picker()
+    depth_form.discard(area)
     st.session_state["job_notice"] = started.how + (f" [Open the run]({started.run_link})" if started.run_link
                                                     else "")
     st.switch_page("pages/job.py", query_params={"job": job.job_id})
