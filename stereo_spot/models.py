@@ -158,6 +158,12 @@ class ConversionSettings(BaseModel):
     start: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
+    @property
+    def renders_stereo_pair(self) -> bool:
+        """Whether the result holds a second eye: not colour + depth, not the depth video. Only a second eye has
+        holes to fill and a comfort to measure."""
+        return not self.output_format.is_rgbd and not self.depth_output
+
 
 class Job(BaseModel):
     model_config = ConfigDict(extra="ignore")

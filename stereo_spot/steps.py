@@ -719,7 +719,7 @@ def _write_report(backend: Backend, job: Job, completions: list[SegmentCompletio
     to report on."""
     from stereo_spot.report import write_report
 
-    if job.settings.output_format.is_rgbd or job.settings.depth_output:
+    if not job.settings.renders_stereo_pair:
         return
     try:
         write_report(backend, job, completions)

@@ -25,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stereo_spot import keys, steps
-from stereo_spot.cli import app
+from stereo_spot.cli.main import app
 from stereo_spot.media.depth_video import (
     DEPTH_TAG,
     FULL_SCALE,

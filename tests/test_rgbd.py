@@ -189,3 +189,16 @@ def test_the_pipelines_format_parameter_takes_the_rgbd_layouts() -> None:
 
     assert settings_overrides("half-rgbd", "", "") == {"output_format": "half-rgbd"}
     assert settings_overrides(" rgbd ", "", "") == {"output_format": "rgbd"}
+
+
+@pytest.mark.parametrize("choice", [{"output_format": OutputFormat.RGBD}, {"depth_output": True}],
+                         ids=["rgbd", "depth-video"])
+def test_a_result_without_a_second_eye_loads_no_inpainter(tmp_path, choice) -> None:
+    """Colour + depth and the depth video fill no holes: the inpainter asked for is not loaded (a diffusion
+    model is gigabytes on a GPU). Catches the engine loading ``--inpaint`` whatever the result; the stereo
+    result, which needs it, still fails on the missing weights."""
+    missing = str(tmp_path / "no-such-inpainter")
+    engine = StereoEngine(ConversionSettings(inpaint="diffusion", inpaint_weights=missing, **choice), device="cpu")
+    assert engine.inpainter.name == "classical"
+    with pytest.raises(Exception, match="no-such-inpainter"):
+        StereoEngine(ConversionSettings(inpaint="diffusion", inpaint_weights=missing), device="cpu")

@@ -158,6 +158,8 @@ class StereoEngine:
                                                      settings.precision)
         #: depth handed in with the frames being converted (``convert_batch``/``warm_up``), not yet used
         self._given: torch.Tensor | None = None
+        if inpainter is None and not settings.renders_stereo_pair:
+            inpainter = create_inpainter("classical")  # never called: no second eye, no holes; costs nothing
         self.inpainter = inpainter or create_inpainter(settings.inpaint, settings.inpaint_weights, self.device,
                                                        settings.precision)
         # On CPU a frame at a time: the warp's buffers (one frame's worth, reused) and the temporaries stay

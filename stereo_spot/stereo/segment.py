@@ -49,7 +49,6 @@ from stereo_spot.stereo.segment_stages import (
     encode_settings,
     finish_segment,
     output_fps,
-    renders_stereo,
     segment_writer,
     stack_frames,
     threaded,
@@ -193,9 +192,9 @@ def convert_segment(
 
             try:
                 if _chain(engine) is not None:
-                    if depth_frames is not None or settings.depth_output:
-                        raise StereoInputError(f"--inpaint {settings.inpaint} fills holes in chunks of frames; a "
-                                               "depth video is written and read with a per-frame fill")
+                    if depth_frames is not None:
+                        raise StereoInputError(f"--inpaint {settings.inpaint} fills holes in chunks of frames; "
+                                               "rendering from a depth video needs a per-frame fill")
                     return convert_chained(engine, src, dst, settings, video, rotation, window, warmup_src,
                                             lookahead_src, batch_size, counted, started, collect_stats,
                                             codec_threads, codec)
@@ -262,7 +261,7 @@ def _convert(engine: StereoEngine, src: Path, dst: Path, settings: ConversionSet
         warmup_seconds = time.perf_counter() - started
     engine.depth_seconds = 0.0
     # colour + depth has no stereo pair to measure
-    engine.stats = ComfortStats() if collect_stats and renders_stereo(settings) else None
+    engine.stats = ComfortStats() if collect_stats and settings.renders_stereo_pair else None
     engine_seconds = 0.0
 
     encode = encode_settings(settings, codec_threads, codec)

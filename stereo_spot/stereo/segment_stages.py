@@ -186,12 +186,6 @@ def segment_writer(dst: Path, width: int, height: int, time_base: Fraction, fps:
     return VideoWriter(dst, width, height, time_base, fps, encode)
 
 
-def renders_stereo(settings: ConversionSettings) -> bool:
-    """Whether the segment's frames are a stereo pair, whose comfort can be measured: not colour + depth, not the
-    depth video."""
-    return not settings.output_format.is_rgbd and not settings.depth_output
-
-
 def warmup_sources(warmup_src: Path | Sequence[Path] | None) -> list[Path]:
     """The segments before this one, as a list (one path, several, or none)."""
     if not warmup_src:
