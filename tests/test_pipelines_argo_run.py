@@ -23,7 +23,7 @@ import yaml
 
 from stereo_spot import keys, steps
 from stereo_spot.components._common import TERMINATION_LOG_ENV
-from stereo_spot.media import mvhevc, vexu
+from stereo_spot.media import mvhevc, spatial, vexu
 from stereo_spot.media.mvhevc import multiview_x265
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests.media_fixtures import make_clip
@@ -256,6 +256,8 @@ def test_workflow_parameters_carry_the_spatial_videos_camera(backend, clip, tmp_
     final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
     declared = vexu.read_spatial_video(final)
     assert declared is not None and (declared.baseline_mm, declared.hfov_degrees) == (58.5, 70.0)
+    # the convergence is in the pixels: no disparity adjustment is declared (docs/quality.md, "No dadj")
+    assert b"cmfy" not in spatial.entry_boxes(final)[b"vexu"] and declared.disparity_adjustment == 0.0
     for view in (mvhevc.BASE_VIEW, mvhevc.SECOND_VIEW):
         assert sum(1 for _ in mvhevc.decode_view(final, view)) == SECONDS * FPS, view
 
