@@ -30,6 +30,10 @@ def chunk(
     output_format: Annotated[str, Parameter(description="override of the job's format; empty: keep it")] = "",
     divergence: Annotated[str, Parameter(description="override of the job's divergence; empty: keep it")] = "",
     convergence: Annotated[str, Parameter(description="override of the job's convergence; empty: keep it")] = "",
+    baseline_mm: Annotated[str, Parameter(description="override of the job's spatial-video baseline (mm); empty: "
+                                                      "keep it")] = "",
+    hfov: Annotated[str, Parameter(description="override of the job's spatial-video horizontal field of view "
+                                               "(degrees); empty: keep it")] = "",
     gpu_workers: Annotated[str, Parameter(description="most convert pods (shards) for this job")]
     = str(steps.DEFAULT_GPU_WORKERS),
     depth_video: Annotated[str, Parameter(description="the depth video to render from: input/<job id>/depth.mkv "
@@ -40,13 +44,13 @@ def chunk(
     shard indices for at most ``gpu_workers`` convert pods (a string, like the other workflow parameters, so a
     wrong value is reported as this step's user error rather than failing the runner's parsing).
 
-    ``output_format``, ``divergence`` and ``convergence`` (empty: keep the job's) override the job's settings
-    before chunking. ``depth_video`` names the job's depth video to render from (``depth_video_override``). A
-    source uploaded without a job record gets one (``steps.job_for_upload``).
+    ``output_format``, ``divergence``, ``convergence``, ``baseline_mm`` and ``hfov`` (empty: keep the job's)
+    override the job's settings before chunking. ``depth_video`` names the job's depth video to render from
+    (``depth_video_override``). A source uploaded without a job record gets one (``steps.job_for_upload``).
     """
 
     def action(backend: Backend, job_id: str) -> list[int]:
-        overrides = settings_overrides(output_format, divergence, convergence)
+        overrides = settings_overrides(output_format, divergence, convergence, baseline_mm=baseline_mm, hfov=hfov)
         overrides.update(depth_video_override(depth_video, bucket, job_id))
         workers = gpu_workers_parameter(gpu_workers)
         steps.job_for_upload(backend, bucket, key, overrides)
@@ -55,8 +59,10 @@ def chunk(
     return run_step("chunk", key, action)
 
 
-def settings_overrides(output_format: str, divergence: str, convergence: str) -> dict[str, Any]:
-    given = {"output_format": output_format, "divergence": divergence, "convergence": convergence}
+def settings_overrides(output_format: str, divergence: str, convergence: str, *, baseline_mm: str = "",
+                       hfov: str = "") -> dict[str, Any]:
+    given = {"output_format": output_format, "divergence": divergence, "convergence": convergence,
+             "baseline_mm": baseline_mm, "hfov": hfov}
     overrides = {name: str(value).strip() for name, value in given.items() if str(value).strip()}
     if overrides.get("convergence", "").lower() == AUTO:  # the automatic screen plane, as on the command line
         del overrides["convergence"]
@@ -107,11 +113,12 @@ def kfp_component(image: str):
 
     @dsl.container_component
     def chunk(bucket: str, key: str, shards: dsl.OutputPath(list[int]), output_format: str = "", divergence: str = "",
-              convergence: str = "", gpu_workers: int = steps.DEFAULT_GPU_WORKERS, depth_video: str = ""):
+              convergence: str = "", baseline_mm: str = "", hfov: str = "",
+              gpu_workers: int = steps.DEFAULT_GPU_WORKERS, depth_video: str = ""):
         return dsl.ContainerSpec(image=image, command=step_command("chunk"), args=[
             "--bucket", bucket, "--key", key, "--output-format", output_format, "--divergence", divergence,
-            "--convergence", convergence, "--gpu-workers", gpu_workers, "--depth-video", depth_video,
-            "--shards-path", shards])
+            "--convergence", convergence, "--baseline-mm", baseline_mm, "--hfov", hfov,
+            "--gpu-workers", gpu_workers, "--depth-video", depth_video, "--shards-path", shards])
 
     return chunk
 

@@ -27,6 +27,10 @@ def chunk_command(
     output_format: Annotated[str, typer.Option(help="Override the job's format; empty: keep it.")] = "",
     divergence: Annotated[str, typer.Option(help="Override the job's divergence; empty: keep it.")] = "",
     convergence: Annotated[str, typer.Option(help="Override the job's convergence; empty: keep it.")] = "",
+    baseline_mm: Annotated[str, typer.Option("--baseline-mm", help="Override the job's spatial-video baseline "
+                                             "(mm); empty: keep it.")] = "",
+    hfov: Annotated[str, typer.Option(help="Override the job's spatial-video horizontal field of view (degrees); "
+                                      "empty: keep it.")] = "",
     gpu_workers: Annotated[str, typer.Option(help="Most convert pods (shards) for this job.")] = "8",
     depth_video: Annotated[str, typer.Option(help="The depth video to render from (input/<job id>/depth.mkv); "
                                              "empty: estimate the depth.")] = "",
@@ -35,7 +39,8 @@ def chunk_command(
     from stereo_spot.components._common import write_output
     from stereo_spot.components.chunk import chunk
 
-    write_output(shards_path, chunk(bucket, key, output_format, divergence, convergence, gpu_workers, depth_video))
+    write_output(shards_path, chunk(bucket, key, output_format, divergence, convergence, baseline_mm, hfov,
+                                    gpu_workers, depth_video))
 
 
 @app.command("convert")

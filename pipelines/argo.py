@@ -3,7 +3,8 @@
     chunk ──withParam──▶ convert × N (GPU, retried on spot loss) ──▶ concat        onExit: fail (if not Succeeded)
 
 The Sensor (manifests/base/sensor-argo.yaml) and ``stereo-spot submit --engine argo`` start it with ``bucket``
-and ``key``; ``format``, ``divergence`` and ``convergence`` override the job's settings when given. Its name carries
+and ``key``; ``format``, ``divergence``, ``convergence``, ``baseline-mm`` and ``hfov`` (spatial video's camera)
+override the job's settings when given. Its name carries
 the contract's version (``template_name()``, e.g. ``stereo-spot-v1``).
 
 What every step shares (Hera's runner constructor, the CPU image, resources, the environment contract, the
@@ -50,7 +51,7 @@ from stereo_spot.pipelines.config import (
 # by side.
 _JOB_ID = "sprig.regexFind('[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', workflow.parameters.key)"
 JOB_ID_EXPRESSION = "{{=" + _JOB_ID + "}}"
-OPTIONAL_PARAMETERS = ("format", "divergence", "convergence", "depth-video")
+OPTIONAL_PARAMETERS = ("format", "divergence", "convergence", "baseline-mm", "hfov", "depth-video")
 # What the Argo UI shows of a run. The controller substitutes the workflow's parameters (and evaluates `{{=...}}`)
 # in spec.workflowMetadata before it copies its annotations onto the Workflow (workflow/controller/operator.go:
 # setGlobalParameters, substituteGlobalVariables, then updateWorkflowMetadata). The UI lists a run under its
@@ -203,6 +204,10 @@ def build_workflow_template(config: PipelineConfig | None = None):
                  Parameter(name="format", value="", description=f"{', '.join(OutputFormat)}; empty: the job's"),
                  Parameter(name="divergence", value="", description="max disparity, % of the width; empty: the job's"),
                  Parameter(name="convergence", value="", description="depth on the screen, 0..1; empty: the job's"),
+                 Parameter(name="baseline-mm", value="", description="format spatial: the camera baseline its vexu "
+                                                                     "box declares, mm; empty: the job's"),
+                 Parameter(name="hfov", value="", description="format spatial: the horizontal field of view its "
+                                                              "hfov box declares, degrees; empty: the job's"),
                  Parameter(name="depth-video", value="", description="render from this depth video: "
                            "input/<job id>/depth.mkv in the source's bucket (key or s3:// URI), uploaded before the "
                            "source; empty: estimate the depth"),
@@ -264,6 +269,8 @@ def build_workflow_template(config: PipelineConfig | None = None):
                 "output_format": "{{workflow.parameters.format}}",
                 "divergence": "{{workflow.parameters.divergence}}",
                 "convergence": "{{workflow.parameters.convergence}}",
+                "baseline_mm": "{{workflow.parameters.baseline-mm}}",
+                "hfov": "{{workflow.parameters.hfov}}",
                 "gpu_workers": "{{workflow.parameters.gpu-workers}}",
                 "depth_video": "{{workflow.parameters.depth-video}}"})
             converted = convert_step(name="convert", with_param=chunked.get_parameter("shards"), arguments={

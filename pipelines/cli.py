@@ -88,6 +88,11 @@ def submit_command(
                                                      help="Override the job's divergence.")] = None,
     convergence: Annotated[float | None, typer.Option(min=0.0, max=1.0, show_default=False,
                                                       help="Override the job's convergence.")] = None,
+    baseline_mm: Annotated[float | None, typer.Option("--baseline-mm", show_default=False,
+                                                      help="Override the job's spatial-video baseline (mm).")]
+    = None,
+    hfov: Annotated[float | None, typer.Option(show_default=False, help="Override the job's spatial-video "
+                                               "horizontal field of view (degrees).")] = None,
     experiment: Annotated[str | None, typer.Option(help="Kubeflow experiment (default: stereo-spot).",
                                                    show_default=False)] = None,
     gpu_workers: Annotated[int | None, typer.Option(min=1, show_default=False,
@@ -110,7 +115,8 @@ def submit_command(
         run = submit(engine.value, bucket, key, host=host, token=token, namespace=namespace,
                      output_format=format.value if format else None, divergence=divergence,
                      convergence=convergence, verify_ssl=not insecure, config=_config(registry, tag),
-                     experiment=experiment, gpu_workers=gpu_workers, depth_video=depth_video)
+                     experiment=experiment, gpu_workers=gpu_workers, baseline_mm=baseline_mm, hfov=hfov,
+                     depth_video=depth_video)
     except UserError as exc:
         _die(one_line(exc))
     console.print(f"started {run.engine} run {run.run_id}", highlight=False)

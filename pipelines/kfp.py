@@ -80,12 +80,13 @@ def build_pipeline(config: PipelineConfig | None = None):
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def stereo_spot(bucket: str, key: str, format: str = "", divergence: str = "", convergence: str = "",
-                    gpu_workers: int = config.gpu_workers, depth_video: str = ""):
+                    baseline_mm: str = "", hfov: str = "", gpu_workers: int = config.gpu_workers,
+                    depth_video: str = ""):
         marked = _place(fail_op(key=key), "fail", config.exit_step, "mark failed", config, config.step_retries)
         with dsl.ExitHandler(marked, name="convert-video"):
             chunked = _place(chunk_op(bucket=bucket, key=key, output_format=format, divergence=divergence,
-                                      convergence=convergence, gpu_workers=gpu_workers,
-                                      depth_video=depth_video), "chunk", config.cpu_step,
+                                      convergence=convergence, baseline_mm=baseline_mm, hfov=hfov,
+                                      gpu_workers=gpu_workers, depth_video=depth_video), "chunk", config.cpu_step,
                              "chunk", config, config.step_retries)
             with dsl.ParallelFor(chunked.outputs[SHARDS_OUTPUT], parallelism=config.parallelism) as shard_index:
                 # spot reclaims and other lost pods: more retries; each one resumes the shard

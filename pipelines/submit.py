@@ -45,9 +45,10 @@ class SubmittedRun:
 
 def _parameters(bucket: str, key: str, output_format: str | None, divergence: float | None,
                 convergence: float | None, gpu_workers: int | None = None, *, engine: str = "argo",
-                depth_video: str | None = None) -> dict:
+                baseline_mm: float | None = None, hfov: float | None = None, depth_video: str | None = None) -> dict:
     parameters: dict = {"bucket": bucket, "key": key}
-    for name, value in (("format", output_format), ("divergence", divergence), ("convergence", convergence)):
+    for name, value in (("format", output_format), ("divergence", divergence), ("convergence", convergence),
+                        ("baseline-mm" if engine == "argo" else "baseline_mm", baseline_mm), ("hfov", hfov)):
         if value is not None and str(value) != "":
             parameters[name] = str(value)
     if depth_video:  # the depth video's key: checked by the chunk step (components.chunk.depth_video_override)
@@ -64,11 +65,13 @@ def _default_bucket() -> str:
 def submit_run(engine: str, bucket: str | None, key: str, *, host: str | None = None, token: str | None = None,
                namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-               experiment: str | None = None, gpu_workers: int | None = None, depth_video: str | None = None) -> str:
+               experiment: str | None = None, gpu_workers: int | None = None, baseline_mm: float | None = None,
+               hfov: float | None = None, depth_video: str | None = None) -> str:
     """Start a run and return its link in the engine's UI."""
     return submit(engine, bucket, key, host=host, token=token, namespace=namespace, output_format=output_format,
                   divergence=divergence, convergence=convergence, verify_ssl=verify_ssl, config=config,
-                  experiment=experiment, gpu_workers=gpu_workers, depth_video=depth_video).link
+                  experiment=experiment, gpu_workers=gpu_workers, baseline_mm=baseline_mm, hfov=hfov,
+                  depth_video=depth_video).link
 
 
 def submit(engine: str, bucket: str | None, key: str, **options) -> SubmittedRun:
@@ -95,8 +98,8 @@ def _check_host(host: str | None, env_name: str, what: str) -> str:
 def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
                 namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                 convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-                experiment: str | None = None, gpu_workers: int | None = None,
-                depth_video: str | None = None) -> SubmittedRun:
+                experiment: str | None = None, gpu_workers: int | None = None, baseline_mm: float | None = None,
+                hfov: float | None = None, depth_video: str | None = None) -> SubmittedRun:
     import requests
     from hera.exceptions import AlreadyExists, Forbidden, HeraException, NotFound, Unauthorized
     from hera.workflows import Workflow, WorkflowsService
@@ -118,7 +121,7 @@ def submit_argo(job_id: str, bucket: str, key: str, *, host: str | None = None, 
                         labels={"app.kubernetes.io/name": "stereo-spot", argo_runs.JOB_LABEL: job_id},
                         workflow_template_ref=WorkflowTemplateRef(name=template_name()),
                         arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers,
-                                              depth_video=depth_video))
+                                              baseline_mm=baseline_mm, hfov=hfov, depth_video=depth_video))
     try:
         created = workflow.create()
     except requests.exceptions.RequestException as exc:
@@ -160,8 +163,8 @@ def _refuse_a_second_run(api, namespace: str, job_id: str, host: str, ui: str) -
 def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, token: str | None = None,
                namespace: str | None = None, output_format: str | None = None, divergence: float | None = None,
                convergence: float | None = None, verify_ssl: bool = True, config: PipelineConfig | None = None,
-               experiment: str | None = None, gpu_workers: int | None = None,
-               depth_video: str | None = None) -> SubmittedRun:
+               experiment: str | None = None, gpu_workers: int | None = None, baseline_mm: float | None = None,
+               hfov: float | None = None, depth_video: str | None = None) -> SubmittedRun:
     import requests
 
     from stereo_spot.pipelines.kfp import compile_pipeline
@@ -189,7 +192,8 @@ def submit_kfp(job_id: str, bucket: str, key: str, *, host: str | None = None, t
                                 verify_ssl=verify_ssl)
             result = client.create_run_from_pipeline_package(
                 str(package), arguments=_parameters(bucket, key, output_format, divergence, convergence, gpu_workers,
-                                                    engine="kfp", depth_video=depth_video),
+                                                    engine="kfp", baseline_mm=baseline_mm, hfov=hfov,
+                                                    depth_video=depth_video),
                 run_name=f"{PIPELINE_NAME}-{job_id}", experiment_name=experiment or DEFAULT_EXPERIMENT,
                 namespace=namespace, enable_caching=False)
         except ApiException as exc:

@@ -120,6 +120,12 @@ class PixelFormat(StrEnum):
     YUV444P = "yuv444p"  # full-resolution colour (anaglyph's default: red and cyan fringes stay sharp)
 
 
+# What a spatial video's vexu/hfov boxes may declare (media/vexu.py checks the same bounds): a baseline above 0 and
+# at most a metre, a horizontal field of view above 0 and below 180 degrees.
+MAX_BASELINE_MM = 1000.0
+MAX_HFOV_DEGREES = 180.0
+
+
 class ConversionSettings(BaseModel):
     """What the user chose for a job. Travels with the Job so every step converts the same way."""
 
@@ -148,8 +154,8 @@ class ConversionSettings(BaseModel):
     auto_divergence: bool = False
     # --format spatial: the distance between the eyes' cameras and the horizontal field of view its vexu/hfov
     # boxes declare (media/vexu.py)
-    baseline_mm: float = Field(64.0, gt=0.0, le=1000.0)
-    hfov: float = Field(63.0, gt=0.0, lt=180.0)
+    baseline_mm: float = Field(64.0, gt=0.0, le=MAX_BASELINE_MM)
+    hfov: float = Field(63.0, gt=0.0, lt=MAX_HFOV_DEGREES)
     # `stereo-spot depth`: the job's result is its depth video (media/depth_video.py) instead of a 3D video
     depth_output: bool = False
     # render from the job's depth video (keys.depth_video_key: input/{job}/depth.mkv) instead of estimating depth

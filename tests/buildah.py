@@ -8,6 +8,13 @@ wheel folders and CA bundle), mounted read-only for the build and never copied i
 Everything lives in one buildah storage under the user's cache folder. The stand-in base is kept under a tag
 derived from its recipe, and each built image under a tag derived from everything its build reads (Dockerfile,
 lock, sources, base), so a rerun with nothing changed reuses the image and a change rebuilds it.
+
+A Dockerfile's build stages (``FROM ${BASE_IMAGE} AS <stage>``, e.g. the multiview x265 the CPU and GPU images
+compile) are built once as images of their own, tagged from the stage's instructions, the files it copies and the
+base, and handed to the image's build as a build context of the stage's name, which buildah uses in place of the
+stage for ``COPY --from=<stage>`` and then skips the stage (``--skip-unused-stages``, on by default; buildah's
+imagebuildah/stage_executor.go looks up ``additionalBuildContexts[from]`` before the stages). A change to the
+project's sources then rebuilds only the image, not the compiler's work.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ BASE_PACKAGES = ("python3", "python3-venv")
 BASE_REPOSITORY = "localhost/stereo-spot-stand-in-base"
 # what `pip install .` reads, as .dockerignore admits it, plus the lock
 CONTEXT = ("constraints.txt", "pyproject.toml", "README.md", "LICENSE", "stereo_spot", "components", "pipelines",
-           "ui")
+           "ui", "scripts/build-x265-multiview")
 
 
 def missing_tools() -> list[str]:
@@ -164,24 +171,59 @@ def git_revision() -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
+def build_stages(dockerfile: Path) -> dict[str, str]:
+    """The Dockerfile's stages before its last (``FROM … AS <stage>``, named), each as block of instructions."""
+    blocks = re.split(r"^(?=FROM\s)", dockerfile.read_text(), flags=re.M)
+    stages = {}
+    for block in blocks[1:-1]:
+        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", block, re.I)
+        if match:
+            stages[match[1]] = block
+    return stages
+
+
+def _stage_image(dockerfile: Path, stage: str, block: str, base: str) -> str:
+    """The stage built on its own (``--target``), reused while its instructions, the files it copies and the base
+    are the same: the CPU and GPU images' identical stages share one build."""
+    digest = hashlib.sha256(json.dumps([base, re.sub(r"(?m)^#.*\n", "", block)]).encode())
+    for source in re.findall(r"^COPY\s+(?!--from)(\S+)", block, re.M):
+        digest.update((ROOT / source).read_bytes())
+    repository = f"localhost/stereo-spot-{stage}"
+    image = f"{repository}:{digest.hexdigest()[:16]}"
+    if not _exists(image):
+        _buildah("bud", "--isolation", "chroot", "--pull=never", "--layers=false", "-f", str(dockerfile),
+                 "--target", stage, "--build-arg", f"BASE_IMAGE={base}", "-t", image, str(ROOT), timeout=3600)
+    _remove_other_tags(repository, image)
+    return image
+
+
+def _remove_other_tags(repository: str, image: str) -> None:
+    """Older cached builds of the same image (vfs storage keeps full copies)."""
+    for line in _buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split():
+        if line.startswith(f"{repository}:") and line != image:
+            _buildah("rmi", "--force", line, check=False)
+
+
 def build(name: str, build_args: dict[str, str] | None = None) -> str:
-    """Build images/<name>/Dockerfile on the stand-in base; reuse the cached image when nothing it reads changed.
-    Older cached builds of the same image are removed (vfs storage keeps full copies)."""
+    """Build images/<name>/Dockerfile on the stand-in base, its stages from their own cached images; reuse the
+    cached image when nothing it reads changed. Older cached builds of the same image are removed."""
     base = stand_in_base()
     dockerfile = ROOT / "images" / name / "Dockerfile"
+    stages = {stage: _stage_image(dockerfile, stage, block, base)
+              for stage, block in build_stages(dockerfile).items()}
     repository = f"localhost/stereo-spot-{name}"
     args = {"BASE_IMAGE": base, "REVISION": git_revision(), **(build_args or {})}
-    image = f"{repository}:{context_digest(dockerfile, base, args)}"
+    image = f"{repository}:{context_digest(dockerfile, base, {**args, **stages})}"
     if not _exists(image):
         with tempfile.TemporaryDirectory() as scratch:
             command = ["bud", "--isolation", "chroot", "--pull=never", "--layers=false", "-f", str(dockerfile),
                        *pip_mounts(Path(scratch)), "-t", image]
             for key, value in args.items():
                 command += ["--build-arg", f"{key}={value}"]
+            for stage, stage_image in stages.items():
+                command += ["--build-context", f"{stage}=container-image://{stage_image}"]
             _buildah(*command, str(ROOT), timeout=3600)
-    for line in _buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split():
-        if line.startswith(f"{repository}:") and line != image:
-            _buildah("rmi", "--force", line, check=False)
+    _remove_other_tags(repository, image)
     return image
 
 

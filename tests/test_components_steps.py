@@ -80,6 +80,17 @@ def test_bad_workflow_parameters_say_which(given, name):
         chunk.settings_overrides(*given)
 
 
+def test_spatial_videos_camera_is_a_workflow_parameter_judged_like_the_others():
+    """Caught: baseline_mm or hfov dropped from the overrides, or passed on without the settings' range check."""
+    assert chunk.settings_overrides("spatial", "", "", baseline_mm=" 58.5 ", hfov="70") == \
+        {"output_format": "spatial", "baseline_mm": "58.5", "hfov": "70"}
+    assert chunk.settings_overrides("", "", "", baseline_mm="", hfov="") == {}
+    with pytest.raises(Exception, match="invalid workflow parameter hfov='180'"):
+        chunk.settings_overrides("spatial", "", "", hfov="180")
+    with pytest.raises(Exception, match="invalid workflow parameter baseline_mm='0'"):
+        chunk.settings_overrides("spatial", "", "", baseline_mm="0")
+
+
 def test_an_upload_without_a_job_record_gets_one(backend, tmp_path):
     source = tmp_path / "film.mp4"
     source.write_bytes(b"\0" * 1234)

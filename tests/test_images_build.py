@@ -18,16 +18,20 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+import av
 import pytest
 import yaml
 
 from stereo_spot import keys, steps
 from stereo_spot.adapters.local import local_backend
 from stereo_spot.components._common import TERMINATION_LOG_ENV
-from stereo_spot.models import ConversionSettings, JobStatus
+from stereo_spot.media.frames import frame_to_rgb
+from stereo_spot.models import ConversionSettings, JobStatus, OutputFormat
+from stereo_spot.runner import run_job
 from tests import buildah
 from tests.media_fixtures import make_clip
 from tests.test_pipelines_argo_run import TEMPLATES, ArgoEmulator, Run, video_facts
+from tests.test_spatial_video import check_spatial
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE, FPS, SECONDS = (160, 96), 12, 2.0
@@ -214,6 +218,38 @@ def test_the_cpu_image_runs_the_compiled_workflow(cpu_container, shared):
     assert failed.failures[0]["exitCode"] == 2, failed.failures
     reason = backend.jobs.get(bad.job_id).failure_reason
     assert backend.jobs.get(bad.job_id).status == JobStatus.FAILED and reason.startswith("chunk: ")
+
+
+def test_the_cpu_image_converts_to_spatial_video(cpu_container, shared, backend):
+    """--format spatial in the pods (the workflow's format parameter): chunk → convert × 2 → concat in the image,
+    whose convert runs the multiview x265 the image built; the result, decoded here, has both views in every frame,
+    each ≥ 35 dB from the eye the side-by-side output of the same clip carries (converted here, outside the
+    image), and Apple's boxes. Caught: an image without the encoder (the job fails: "needs x265 built with
+    multiview"), one whose x265 cannot run there (a missing library), a join that loses the second view."""
+    backend_in_image = local_backend(Path(cpu_container.env["STEREO_SPOT_HOME"]))
+    _shared_folder(Path(cpu_container.env["STEREO_SPOT_WORKDIR"]))
+    # 24 fps, as check_spatial times the frames; two segments of 0.5 s, so the result is a join
+    clip = make_clip(shared / "spatial-clip.mp4", seconds=1.0, fps=24, size=SIZE, gop=6)
+    job = steps.create_job(backend_in_image, ConversionSettings(segment_seconds=0.5), "spatial clip")
+    steps.store_source(backend_in_image, job.job_id, clip)
+    _chown_tree(shared)
+
+    started = time.monotonic()
+    run = ImageArgo(_shared_folder(shared / "spatial-pods"), cpu_container).submit(
+        backend_in_image.input_bucket, keys.input_key(job.job_id), format="spatial")
+    print(f"\nspatial workflow in the cpu image: {time.monotonic() - started:.1f} s")
+    assert run.status == "Succeeded", run.failures
+    assert backend_in_image.jobs.get(job.job_id).settings.output_format == OutputFormat.SPATIAL
+    final = backend_in_image.objects.local_path(backend_in_image.output_bucket, keys.final_key(job.job_id))
+
+    reference = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "side by side")
+    steps.store_source(backend, reference.job_id, clip)
+    run_job(backend, reference.job_id, workers=1)
+    with av.open(str(backend.objects.local_path(backend.output_bucket, keys.final_key(reference.job_id)))) as sbs:
+        packed = [frame_to_rgb(frame) for frame in sbs.decode(video=0)]
+    width = SIZE[0]
+    check_spatial(final, [f[:, :width] for f in packed], [f[:, width:] for f in packed])
+    assert video_facts(final)["audio"] == 1
 
 
 def _free_port() -> int:

@@ -91,7 +91,8 @@ def test_every_pip_install_is_constrained_by_the_lock(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_one_base_and_one_torch_policy(name):
     args = _args(name)
-    assert [arg for kind, arg in instructions(name) if kind == "FROM"] == ["${BASE_IMAGE}"]
+    # the image's stage, and any build stage before it, start from the one base
+    assert all(arg.split()[0] == "${BASE_IMAGE}" for kind, arg in instructions(name) if kind == "FROM")
     assert args["BASE_IMAGE"] == _args("cpu")["BASE_IMAGE"]  # the same pinned base for all three
     index = args["TORCH_INDEX_URL"]
     if name == "gpu":
@@ -142,7 +143,7 @@ def test_the_dockerignore_admits_what_the_builds_copy_and_nothing_else():
     copied = set()
     for name in NAMES:
         for kind, arg in instructions(name):
-            if kind == "COPY":
+            if kind == "COPY" and not arg.startswith("--from="):  # a build stage's files are not the context's
                 copied.update(arg.split()[:-1])
     for source in copied:
         path = ROOT / source
@@ -151,5 +152,24 @@ def test_the_dockerignore_admits_what_the_builds_copy_and_nothing_else():
         for file in files:
             assert not _ignored(patterns, str(file.relative_to(ROOT))), f"{file} is copied but ignored"
     for outside in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "bench/bench_convert.py",
-                    "sample.mp4", "stereo_spot/__pycache__/cli.cpython-311.pyc", "manifests/base/ui.yaml"):
+                    "sample.mp4", "stereo_spot/__pycache__/cli.cpython-311.pyc", "manifests/base/ui.yaml",
+                    "scripts/setup"):
         assert _ignored(patterns, outside), outside
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_step_images_carry_the_multiview_x265_and_not_its_compilers(name):
+    """--format spatial works in the pods: a build stage runs the script scripts/setup --spatial runs (the same
+    pinned source and checksum) and the image takes only the installed program, where media/mvhevc.py looks.
+    Caught: the COPY --from dropped, another prefix, the build inlined into the final stage (its compilers kept)."""
+    from stereo_spot.media.mvhevc import DEFAULT_X265
+
+    prefix = str(DEFAULT_X265.parent.parent)
+    steps = instructions(name)
+    froms = [i for i, (kind, _) in enumerate(steps) if kind == "FROM"]
+    stage, final = steps[froms[0]:froms[-1]], steps[froms[-1]:]
+    assert steps[froms[0]][1].split()[-2:] == ["AS", "x265-multiview"], steps[froms[0]]
+    assert any(kind == "RUN" and f"build-x265-multiview {prefix}" in arg for kind, arg in stage), stage
+    assert ("COPY", "scripts/build-x265-multiview /usr/local/bin/build-x265-multiview") in stage
+    assert ("COPY", f"--from=x265-multiview {prefix}/bin {prefix}/bin") in final  # the program, not the library
+    assert not any("build-x265-multiview" in arg or "apt-get" in arg for _, arg in final), final

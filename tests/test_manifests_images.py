@@ -122,7 +122,7 @@ def test_dockerfiles_are_pinned_non_root_and_install_the_project(name):
     assert bases and all(re.search(r":[\w.-]*\d[\w.-]*$", b) and not b.endswith(":latest") for b in bases), bases
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
-    for source in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text, re.M):
+    for source in re.findall(r"^COPY\s+(?!--from=)(?:--\S+\s+)*(.+?)\s+\S+$", text, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), f"images/{name}/Dockerfile copies {path}, which is not in the repo"
     assert re.search(r'pip install [^\n]*"\.\[', text), "the project is not installed"

@@ -23,6 +23,8 @@ import yaml
 
 from stereo_spot import keys, steps
 from stereo_spot.components._common import TERMINATION_LOG_ENV
+from stereo_spot.media import mvhevc, spatial, vexu
+from stereo_spot.media.mvhevc import multiview_x265
 from stereo_spot.models import ConversionSettings, JobStatus
 from tests.media_fixtures import make_clip
 
@@ -238,6 +240,26 @@ def test_workflow_parameters_choose_the_format(backend, clip, tmp_path):
     assert job.settings.output_format == "htb" and job.settings.divergence == 3.0
     facts = video_facts(backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id)))
     assert (facts["width"], facts["height"]) == SIZE and facts["frames"] == SECONDS * FPS
+
+
+@pytest.mark.slow  # over 10 s
+@pytest.mark.skipif(multiview_x265() is None, reason="needs x265 with multiview (scripts/setup --spatial)")
+def test_workflow_parameters_carry_the_spatial_videos_camera(backend, clip, tmp_path):
+    """format=spatial with baseline-mm and hfov: the job takes them and the joined file declares them, with both
+    views in every frame. Caught: a parameter not passed from the workflow to chunk, or not applied to the job."""
+    key = _upload(backend, clip)
+    run = ArgoEmulator(tmp_path).submit(backend.input_bucket, key, format="spatial",
+                                        **{"baseline-mm": "58.5", "hfov": "70"})
+    assert run.status == "Succeeded", run.failures
+    job = backend.jobs.get(keys.parse_input_key(key))
+    assert (job.settings.output_format, job.settings.baseline_mm, job.settings.hfov) == ("spatial", 58.5, 70.0)
+    final = backend.objects.local_path(backend.output_bucket, keys.final_key(job.job_id))
+    declared = vexu.read_spatial_video(final)
+    assert declared is not None and (declared.baseline_mm, declared.hfov_degrees) == (58.5, 70.0)
+    # the convergence is in the pixels: no disparity adjustment is declared (docs/quality.md, "No dadj")
+    assert b"cmfy" not in spatial.entry_boxes(final)[b"vexu"] and declared.disparity_adjustment == 0.0
+    for view in (mvhevc.BASE_VIEW, mvhevc.SECOND_VIEW):
+        assert sum(1 for _ in mvhevc.decode_view(final, view)) == SECONDS * FPS, view
 
 
 def test_a_bad_upload_fails_the_job_with_a_readable_reason(backend, tmp_path):

@@ -88,12 +88,12 @@ def test_workflow_template_contract(workflow_template):
     spec = workflow_template["spec"]
     assert workflow_template["metadata"]["name"] == template_name()
     params = {p["name"]: p for p in spec["arguments"]["parameters"]}
-    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "gpu-workers",
-                           "min-gpu-memory-mib", "title", "app-url", "depth-video"}
+    assert set(params) == {"bucket", "key", "format", "divergence", "convergence", "baseline-mm", "hfov",
+                           "gpu-workers", "min-gpu-memory-mib", "title", "app-url", "depth-video"}
     assert params["min-gpu-memory-mib"]["value"] == "0"  # any GPU of the pool unless a run needs more
     assert "value" not in params["bucket"] and "value" not in params["key"]  # required
     assert params["gpu-workers"]["value"] == str(PipelineConfig().gpu_workers)
-    assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence"))
+    assert all(params[p]["value"] == "" for p in ("format", "divergence", "convergence", "baseline-mm", "hfov"))
     assert spec["onExit"] == "exit-handler" and spec["serviceAccountName"] == "stereo-spot-workflow"
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterSuccess"] > 0
     assert spec["activeDeadlineSeconds"] > 0
@@ -325,7 +325,8 @@ def test_kfp_pipeline_installs_nothing_and_caches_nothing(kfp_docs):
     spec, platform = kfp_docs
     assert spec["pipelineInfo"]["name"] == "stereo-spot"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"bucket", "key", "format", "divergence",
-                                                                    "convergence", "gpu_workers", "depth_video"}
+                                                                    "convergence", "baseline_mm", "hfov",
+                                                                    "gpu_workers", "depth_video"}
     assert spec["root"]["inputDefinitions"]["parameters"]["gpu_workers"]["defaultValue"] == \
         PipelineConfig().gpu_workers
     for name, executor in spec["deploymentSpec"]["executors"].items():
@@ -392,7 +393,8 @@ def test_a_three_hour_film_fans_out_to_the_gpu_workers(backend, workflow_templat
     gpu_workers = int(params["gpu-workers"])
     inputs = [{"name": "bucket", "value": backend.input_bucket}, {"name": "key", "value": keys.input_key(job.job_id)},
               {"name": "output_format", "value": ""}, {"name": "divergence", "value": ""},
-              {"name": "convergence", "value": ""}, {"name": "gpu_workers", "value": params["gpu-workers"]},
+              {"name": "convergence", "value": ""}, {"name": "baseline_mm", "value": ""}, {"name": "hfov", "value": ""},
+              {"name": "gpu_workers", "value": params["gpu-workers"]},
               {"name": "depth_video", "value": params["depth-video"]}]
     path = backend.objects.local_path(backend.input_bucket, "inputs.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,8 @@ def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch
     with http_server(_argo_server()) as server:
         result = CliRunner().invoke(app, ["submit", "--engine", "argo", "--bucket", "uploads", "--key", KEY,
                                           "--host", server.url, "--format", "anaglyph", "--divergence", "3",
-                                          "--gpu-workers", "2", "--depth-video", f"input/{JOB}/depth.mkv"])
+                                          "--baseline-mm", "58.5", "--gpu-workers", "2",
+                                          "--depth-video", f"input/{JOB}/depth.mkv"])
     assert result.exit_code == 0, result.output
     [created] = server.posts("/api/v1/workflows/")
     assert created.headers["authorization"] == "Bearer secret-token"
@@ -128,8 +129,8 @@ def test_submit_to_argo_sends_a_workflow_from_the_template(tmp_path, monkeypatch
     assert result.stdout.strip() == f"{server.url}/workflows/stereo-spot/{name}"
     assert workflow["spec"]["workflowTemplateRef"] == {"name": template_name()}  # the versioned name
     assert {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]} == {
-        "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0", "gpu-workers": "2",
-        "depth-video": f"input/{JOB}/depth.mkv"}
+        "bucket": "uploads", "key": KEY, "format": "anaglyph", "divergence": "3.0", "baseline-mm": "58.5",
+        "gpu-workers": "2", "depth-video": f"input/{JOB}/depth.mkv"}
     assert "ok" in _validate(workflow, tmp_path, "workflow.yaml")
 
 
@@ -199,7 +200,8 @@ def test_submit_to_kubeflow_sends_a_valid_run_request(tmp_path, monkeypatch):
     with http_server(_kfp_api) as server:
         result = CliRunner().invoke(app, ["submit", "--engine", "kfp", "--bucket", "uploads", "--key", KEY,
                                           "--host", server.url, "--registry", "example.com/team", "--tag", "7",
-                                          "--gpu-workers", "3", "--depth-video", f"input/{JOB}/depth.mkv"])
+                                          "--gpu-workers", "3", "--hfov", "70",
+                                          "--depth-video", f"input/{JOB}/depth.mkv"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "https://kubeflow.example.com/pipeline/#/runs/details/run-42"
     [experiment] = server.posts("/apis/v2beta1/experiments")
@@ -208,7 +210,7 @@ def test_submit_to_kubeflow_sends_a_valid_run_request(tmp_path, monkeypatch):
     assert run.headers["authorization"] == "Bearer kfp-token"
     body = run.body
     assert body["display_name"] == f"stereo-spot-{JOB}" and body["experiment_id"] == "exp-1"
-    assert body["runtime_config"]["parameters"] == {"bucket": "uploads", "key": KEY, "gpu_workers": 3,
+    assert body["runtime_config"]["parameters"] == {"bucket": "uploads", "key": KEY, "gpu_workers": 3, "hfov": "70.0",
                                                     "depth_video": f"input/{JOB}/depth.mkv"}
     spec, platform = body["pipeline_spec"]["pipeline_spec"], body["pipeline_spec"]["platform_spec"]
     assert spec["pipelineInfo"]["name"] == "stereo-spot"

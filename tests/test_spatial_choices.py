@@ -54,3 +54,22 @@ def test_a_spatial_job_on_a_machine_without_the_encoder_fails_with_the_reason(ba
     assert failed.status is JobStatus.FAILED
     assert "--format spatial needs x265 built with multiview encoding" in failed.failure_reason
     assert "\n" not in failed.failure_reason
+
+
+def test_pyav_cannot_ask_hevc_nvenc_for_two_views():
+    """Why spatial video stays on x265 on a GPU too (docs/quality.md, "Not NVENC, and why"). FFmpeg 8's
+    libavcodec/nvenc.c ("avcodec/nvenc: add MV-HEVC encoding support", 2025, nvenc_setup_hevc_config) turns two-view
+    encoding on from an AV_FRAME_DATA_STEREO3D entry (AV_STEREO3D_FRAMESEQUENCE: the eyes as alternate frames) in
+    the codec context's ``decoded_side_data``; PyAV can neither set that nor attach side data to a frame. The
+    wheel's hevc_nvenc does offer the ``mv`` profile, so the missing piece is PyAV's: when it gains a way to set
+    either, this goes red and the NVENC path can be built."""
+    import av
+
+    context = av.codec.CodecContext.create("hevc_nvenc", "w")
+    profile = next(o for o in context.supported_options.private if o.name == "profile")
+    assert "mv" in [choice.name for choice in profile.choices]  # FFmpeg's multiview build is the wheel's
+    assert not hasattr(context, "decoded_side_data")
+    frame = av.VideoFrame(16, 16, "yuv420p")
+    assert not hasattr(frame.side_data, "__setitem__") and not hasattr(frame.side_data, "add")
+    with pytest.raises(AttributeError):
+        frame.side_data = {}

@@ -16,6 +16,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from stereo_spot import keys, steps
+from stereo_spot.media import vexu
+from stereo_spot.media.mvhevc import multiview_x265
 from stereo_spot.models import (
     AnaglyphMethod,
     ConversionSettings,
@@ -216,6 +218,53 @@ def test_anaglyph_shows_its_methods(home):
     at.radio(key="output_format").set_value(OutputFormat.ANAGLYPH).run()
     assert at.radio(key="anaglyph").value == "dubois"
     assert len(at.radio(key="anaglyph").options) == len(AnaglyphMethod)
+
+
+def test_spatial_shows_its_camera_fields_only_for_spatial_and_judges_them_by_the_clis_rule(home, backend,
+                                                                                          tmp_path):
+    """Caught: the fields shown for every format, their values left out of the job's settings, a bound of the
+    page's own instead of the settings' rule (the command line's message would then differ)."""
+    from stereo_spot.choices import conversion_settings
+    from stereo_spot.errors import UserError
+
+    at = new_app()
+    assert not [n for n in at.number_input if n.key in ("baseline_mm", "hfov")]
+    at.radio(key="output_format").set_value(OutputFormat.SPATIAL).run()
+    assert (at.number_input(key="baseline_mm").value, at.number_input(key="hfov").value) == (64.0, 63.0)
+    stage(at, make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE))
+    at.run()
+    at.number_input(key="hfov").set_value(180.0).run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    with pytest.raises(UserError) as cli_error:
+        conversion_settings(output_format="spatial", hfov=180.0)
+    assert str(cli_error.value).startswith("--hfov: ")
+    assert [shown(e) for e in at.error] == [str(cli_error.value)]
+    assert all_jobs(backend) == []
+    at.radio(key="output_format").set_value(OutputFormat.SBS).run()
+    assert not [n for n in at.number_input if n.key in ("baseline_mm", "hfov")]
+
+
+@pytest.mark.skipif(multiview_x265() is None, reason="needs x265 with multiview (scripts/setup --spatial)")
+def test_a_spatial_job_from_the_app_carries_the_camera_it_was_given(home, backend, tmp_path):
+    at = new_app()
+    at.radio(key="output_format").set_value(OutputFormat.SPATIAL).run()
+    stage(at, make_clip(tmp_path / "beach.mp4", seconds=1, fps=12, size=SIZE))
+    at.run()
+    at.number_input(key="baseline_mm").set_value(58.5)
+    at.number_input(key="hfov").set_value(70.0)
+    at.run()
+    next(b for b in at.button if b.label == "Convert to 3D").click()
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [shown(e) for e in at.error])
+    (job,) = all_jobs(backend)
+    assert (job.settings.output_format, job.settings.baseline_mm, job.settings.hfov) == ("spatial", 58.5, 70.0)
+    done = wait_terminal(backend, job.job_id)
+    assert done.status == JobStatus.COMPLETED, done.failure_reason
+    final = tmp_path / "final.mp4"
+    backend.objects.download_file(backend.output_bucket, keys.final_key(job.job_id), final)
+    declared = vexu.read_spatial_video(final)
+    assert declared is not None and (declared.baseline_mm, declared.hfov_degrees) == (58.5, 70.0)
 
 
 # --- jobs list ------------------------------------------------------------------------------------------

@@ -53,6 +53,12 @@ FORMAT_HELP: dict[OutputFormat, str] = {
                           "machine that converts.",
 }
 
+# --format spatial's camera, which the file's vexu/hfov boxes declare to the player (media/vexu.py)
+BASELINE_HELP = ("The distance between the two cameras the file declares, in millimetres (--baseline-mm); 64 is "
+                 "the distance between a person's eyes.")
+HFOV_HELP = ("The horizontal field of view the file declares, in degrees (--hfov): how wide the player shows the "
+             "picture.")
+
 ANAGLYPH_HELP: dict[AnaglyphMethod, str] = {
     AnaglyphMethod.DUBOIS: "Dubois: least ghosting, good colour (recommended).",
     AnaglyphMethod.COLOR: "Colour: red from the left eye, green and blue from the right; vivid but more ghosting.",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from stereo_spot.media.errors import MediaError
 from stereo_spot.media.spatial import entry_boxes, write_entry_boxes
+from stereo_spot.models import MAX_BASELINE_MM, MAX_HFOV_DEGREES
 
 DEFAULT_BASELINE_MM = 64.0  # the average adult interpupillary distance
 DEFAULT_HFOV_DEGREES = 63.0  # the horizontal field of view Apple's own spatial videos declare
@@ -48,12 +49,12 @@ class SpatialVideo:
 
 def check_spatial_parameters(baseline_mm: float, hfov_degrees: float) -> None:
     """Refuse a baseline or field of view the boxes cannot carry, with the option's name."""
-    if not 0 < baseline_mm <= 1000:
+    if not 0 < baseline_mm <= MAX_BASELINE_MM:
         raise MediaError(f"--baseline-mm {baseline_mm:g} is out of range: give the distance between the eyes' "
-                         "cameras in millimetres, above 0 and at most 1000")
-    if not 0 < hfov_degrees < 180:
+                         f"cameras in millimetres, above 0 and at most {MAX_BASELINE_MM:g}")
+    if not 0 < hfov_degrees < MAX_HFOV_DEGREES:
         raise MediaError(f"--hfov {hfov_degrees:g} is out of range: give the horizontal field of view in "
-                         "degrees, above 0 and below 180")
+                         f"degrees, above 0 and below {MAX_HFOV_DEGREES:g}")
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:

@@ -5,7 +5,14 @@ import streamlit as st
 from stereo_spot import steps
 from stereo_spot.errors import UserError, one_line
 from stereo_spot.media.encode import configured_crf
-from stereo_spot.models import AnaglyphMethod, OutputFormat, PixelFormat, Precision, VideoCodec
+from stereo_spot.models import (
+    AnaglyphMethod,
+    ConversionSettings,
+    OutputFormat,
+    PixelFormat,
+    Precision,
+    VideoCodec,
+)
 from stereo_spot.naming import depth_file_name, output_file_name
 from stereo_spot.ports import StoreError
 from stereo_spot.ui import context, depth_form, services, submission
@@ -91,6 +98,16 @@ if output_format == OutputFormat.ANAGLYPH:
     anaglyph = st.radio("Anaglyph method", options=list(AnaglyphMethod), key="anaglyph",
                         format_func=lambda m: services.ANAGLYPH_HELP[m].split(":")[0],
                         captions=[services.ANAGLYPH_HELP[m].split(": ", 1)[1] for m in AnaglyphMethod])
+spatial: dict[str, float] = {}  # the camera a spatial video declares; the settings' defaults for other formats
+if output_format == OutputFormat.SPATIAL:
+    camera = st.columns(2)
+    # no widget bounds: the settings' own rule (stereo_spot.choices) judges the values, as on the command line
+    spatial = {"baseline_mm": camera[0].number_input(
+                   "Baseline (mm)", value=ConversionSettings.model_fields["baseline_mm"].default, step=1.0,
+                   key="baseline_mm", help=services.BASELINE_HELP),
+               "hfov": camera[1].number_input(
+                   "Horizontal field of view (°)", value=ConversionSettings.model_fields["hfov"].default, step=1.0,
+                   key="hfov", help=services.HFOV_HELP)}
 auto_divergence = st.toggle("Choose divergence and convergence from the scene", key="auto_divergence",
                             help="Measures the depth range of the video once and keeps the nearest things "
                                  "within about 2 % in front of the screen and the farthest within 1 % behind it.")
@@ -173,7 +190,7 @@ if summary is not None and staged is not None and staged.path is not None:
                 user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
                 inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window,
-                precision=precision)
+                precision=precision, **spatial)
             with st.spinner("Converting one frame…"):
                 frame = converted_frame(str(staged.path), staged.path.stat().st_size, moment,
                                         preview_settings.model_dump_json())
@@ -199,7 +216,7 @@ if st.button("Make the depth video" if depth.depth_output else "Convert to 3D", 
             convergence=convergence, auto_divergence=auto_divergence, depth_model=depth_model,
             depth_weights=depth_weights,
             inpaint=inpaint, inpaint_weights=inpaint_weights, start=start, duration=duration,
-            auto_convergence=auto_convergence, floating_window=floating_window, **encoding,
+            auto_convergence=auto_convergence, floating_window=floating_window, **encoding, **spatial,
             depth_output=depth.depth_output, depth_video=depth.depth_video is not None)
         # Checked again on the file that is stored, not on what the page remembers from the upload.
         summary = services.check_video(staged.path, staged.name, config)
