@@ -68,6 +68,7 @@ def test_small_objects_exists_head_delete_and_list(backend, tmp_path):
     assert not (tmp_path / "gone.mp4").exists()
 
 
+@pytest.mark.slow  # over 10 s
 def test_list_keys_pages_past_1000(backend):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -124,6 +124,7 @@ def _seed_completed(settings, count: int) -> list[Job]:
     return jobs
 
 
+@pytest.mark.slow  # over 10 s
 def test_list_completed_pages_over_1200_jobs_newest_first(backend, aws_settings):  # noqa: F811
     jobs = _seed_completed(aws_settings, 1203)
     # Jobs in other statuses stay out of the completed listing.

@@ -79,9 +79,12 @@ def test_a_living_background_runner_is_not_interrupted(home, backend, chunked_jo
     """The app's background runner holds no lease while it starts (importing torch takes seconds): its pid file
     says it runs, as long as that pid is a runner of this job."""
     job_id = chunked_job.job_id
-    # a process whose command line is a runner's of this job, without the run (it holds no lease)
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "stereo_spot.runner", job_id])
+    # a process whose command line is a runner's of this job, without the run (it holds no lease). Its first
+    # line says it runs: until the kernel has finished starting it, its /proc cmdline reads empty.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(120)",
+                                 "stereo_spot.runner", job_id], stdout=subprocess.PIPE, text=True)
     try:
+        assert stand_in.stdout.readline() == "ready\n"
         pid_file = home / "logs" / f"{job_id}.pid"
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(str(stand_in.pid))

@@ -93,6 +93,7 @@ def test_each_overlay_validates(overlay, validation):
         assert [line for line in lines if line.startswith("ok ") and f": {kind}/" in line], f"{path.name}: {kind}"
 
 
+@pytest.mark.slow  # over 10 s
 def test_generated_and_argocd_validate(validation):
     for label in (f"generated/workflowtemplate.yaml: WorkflowTemplate/{template_name()}",
                   "generated/kfp-pipeline.yaml: kfp/stereo-spot", "generated/kfp-pipeline.yaml: kfp-platform"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from stereo_spot import leases, steps
@@ -32,6 +33,7 @@ def _wait_until(condition, what: str) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # over 10 s
 def test_jobs_queue_behind_the_cap_and_start_by_themselves(home, backend, tmp_path, monkeypatch):
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "1")
     config = Settings()
