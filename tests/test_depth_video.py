@@ -355,3 +355,20 @@ def test_an_edited_depth_video_is_another_job_and_the_same_one_resumes(clip, tmp
     _write_depth(depth, [np.full((H, W), 1000, np.uint16)] * FRAMES)
     os.utime(depth, ns=(1, 2))
     assert steps.fingerprint(clip, settings, depth) != first
+
+
+def test_the_room_check_counts_a_depth_video_by_its_pixels(clip, exported):
+    """A depth video is many times its source (lossless 16 bits): the room asked for before ``stereo-spot depth``
+    starts is at least what the written file takes, and counted from the pictures, not the source's bitrate.
+    Catches the estimate taking the 3D layouts' factor of the source's size (it was below the file's size)."""
+    from stereo_spot import delivery
+    from stereo_spot.media.probe import probe
+
+    info = probe(clip)
+    settings = ConversionSettings(depth_output=True)
+    need = delivery.estimate(clip.stat().st_size, settings, info.duration_seconds, info.video)
+    written = exported.stat().st_size
+    assert written <= need.result <= 4 * written
+    halved = delivery.estimate(clip.stat().st_size, ConversionSettings(depth_output=True, max_fps=FPS / 2),
+                               info.duration_seconds, info.video)
+    assert halved.result == pytest.approx(need.result / 2, rel=0.01)

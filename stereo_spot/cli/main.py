@@ -554,16 +554,17 @@ def _check_room(input: Path, output: Path, settings: ConversionSettings, home: P
     from stereo_spot.media.errors import MediaError
     from stereo_spot.media.probe import probe
 
-    duration = None
-    if settings.start is not None or settings.duration is not None:
+    duration = video = None
+    if settings.start is not None or settings.duration is not None or settings.depth_output:
         try:
-            duration = probe(input).duration_seconds
+            info = probe(input)
+            duration, video = info.duration_seconds, info.video
         except MediaError:
             pass  # bad input: the job fails on it with its own message
     try:
         from stereo_spot.scratch import root as scratch_root
 
-        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration),
+        delivery.check_room(output, home, delivery.estimate(input.stat().st_size, settings, duration, video),
                             scratch=scratch_root())
     except delivery.NoRoom as exc:
         die(one_line(exc))
