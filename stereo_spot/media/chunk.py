@@ -19,8 +19,10 @@ from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 from stereo_spot.media.containers import (
+    EncodingWriter,
     exact_seconds,
     exact_timing_options,
+    frame_ticks,
     open_input,
     open_output,
     require_video_stream,
@@ -128,7 +130,7 @@ def _transcode_window(
                      src.name, codec, INTERMEDIATE_CODEC)
         window = _Window.of(stream, start, duration)
         rate = stream.average_rate or stream.guessed_rate
-        frame_ticks = max(1, round(1 / (Fraction(rate) * stream.time_base))) if rate else 1
+        one_frame = frame_ticks(rate, stream.time_base)
         retimed = RetimeCount()
         stream.thread_type = "AUTO"
         if window.start is not None:
@@ -149,7 +151,7 @@ def _transcode_window(
             pairs = in_display_time(counted(container.decode(stream)), reorder_depth(stream), src.name,
                                     keep_repeats=retime)
             if retime:
-                pairs = retime_repeats(pairs, frame_ticks, retimed)
+                pairs = retime_repeats(pairs, one_frame, retimed)
             for frame, pts in pairs:
                 if window.start is not None and pts < window.start:
                     continue
@@ -183,7 +185,7 @@ def untimed(src: Path, frames: int) -> MediaError:
                       "(re-encode it with timestamps, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
 
 
-class _TranscodeWriter:
+class _TranscodeWriter(EncodingWriter):
     """Encodes decoded frames into numbered mp4 files; a frame past the next boundary opens the next file."""
 
     def __init__(self, out_dir: Path, template: VideoStream, segment_seconds: float) -> None:
@@ -193,7 +195,7 @@ class _TranscodeWriter:
         self.segment_ticks = exact_seconds(segment_seconds) / self.time_base
         rate = template.average_rate or template.guessed_rate
         self.rate = Fraction(rate) if rate else None
-        self._frame_ticks = max(1, round(1 / (self.rate * self.time_base))) if self.rate else 1
+        self._frame_ticks = frame_ticks(self.rate, self.time_base)
         self.paths: list[Path] = []
         self.frames = 0
         self._origin = 0
@@ -245,19 +247,6 @@ class _TranscodeWriter:
         self._stream = stream
         self.paths.append(path)
 
-    def _mux(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            if not packet.duration:
-                packet.duration = self._frame_ticks
-        self._container.mux(packets)
-
-    def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._mux(self._stream.encode(None))
-            finally:
-                self._container.close()
-                self._container = None
 
 
 class _Window:

@@ -173,3 +173,44 @@ def seconds_to_ticks(seconds: float, time_base: Fraction) -> int:
     """The first timestamp (in ``time_base`` units) at or after ``seconds``, free of float rounding error
     (0.1 s at 1/15360 is tick 1536, not 1537)."""
     return math.ceil(exact_seconds(seconds) / time_base)
+
+
+def frame_ticks(fps: Fraction | float | None, time_base: Fraction) -> int:
+    """One frame's length at the nominal rate, in ``time_base`` ticks (1 where the rate is unknown)."""
+    return max(1, round(1 / (Fraction(fps) * time_base))) if fps else 1
+
+
+class EncodingWriter:
+    """The part every encoding writer shares: packets go to ``_container``, each with a duration, and closing
+    flushes ``_stream``'s encoder. The last frame's duration is implied by no next timestamp, so a packet the
+    encoder leaves without one gets the nominal ``_frame_ticks``. A writer whose packets need more (the
+    frame-packing SEI) changes them in ``_prepared``."""
+
+    _container: OutputContainer | None = None
+    _stream: VideoStream | None = None
+    _frame_ticks: int = 1
+
+    def _prepared(self, packet: av.Packet) -> av.Packet:
+        return packet
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for index, packet in enumerate(packets):
+            packets[index] = packet = self._prepared(packet)
+            if not packet.duration:
+                packet.duration = self._frame_ticks
+        self._container.mux(packets)
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            self._mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -27,7 +27,14 @@ import av
 import av.error
 import numpy as np
 
-from stereo_spot.media.containers import open_input, open_output, require_video_stream, seconds_to_ticks
+from stereo_spot.media.containers import (
+    EncodingWriter,
+    frame_ticks,
+    open_input,
+    open_output,
+    require_video_stream,
+    seconds_to_ticks,
+)
 from stereo_spot.media.errors import MediaError
 
 DEPTH_TAG = "STEREO_SPOT_DEPTH"
@@ -57,7 +64,7 @@ def dequantise(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32) / FULL_SCALE
 
 
-class DepthWriter:
+class DepthWriter(EncodingWriter):
     """Writes uint16 [H,W] depth frames with the source's timestamps to an FFV1 gray16le Matroska file.
     Takes the place of ``VideoWriter`` for a depth job's segments (the same ``write(frame, pts)``/``close``)."""
 
@@ -66,7 +73,7 @@ class DepthWriter:
         self.path = Path(path)
         self.width, self.height = width, height
         self.time_base = Fraction(time_base)
-        self._frame_ticks = max(1, round(1 / (Fraction(fps) * self.time_base))) if fps else 1
+        self._frame_ticks = frame_ticks(fps, self.time_base)
         self._frames = 0
         self._last_pts: int | None = None
         self._container = open_output(self.path, fmt="matroska")
@@ -100,20 +107,6 @@ class DepthWriter:
         self._last_pts = pts
         self._frames += 1
 
-    def _mux(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            if not packet.duration:
-                packet.duration = self._frame_ticks
-        self._container.mux(packets)
-
-    def close(self) -> None:
-        if self._container is None:
-            return
-        try:
-            self._mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-            self._container = None
 
 
 # --- the frame sequence a conversion reads --------------------------------------------------------------------

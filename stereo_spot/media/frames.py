@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 
 import av
 import av.error
@@ -19,7 +18,9 @@ from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 from stereo_spot.media.containers import (
+    EncodingWriter,
     exact_timing_options,
+    frame_ticks,
     open_input,
     open_output,
     require_video_stream,
@@ -295,7 +296,7 @@ def _with_data(packet: av.Packet, data: bytes) -> av.Packet:
     return copy
 
 
-class VideoWriter:
+class VideoWriter(EncodingWriter):
     """Encodes RGB frames to an mp4 with the timestamps and time base of the source.
 
     Each ``write(rgb, pts)`` keeps ``pts`` (in ``time_base`` units), so variable frame rate and the source's
@@ -327,7 +328,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._frames = 0
         # The last frame's duration is not implied by a next timestamp: give every packet the nominal one.
-        self._frame_ticks = max(1, round(1 / (Fraction(fps) * self.time_base))) if fps else 1
+        self._frame_ticks = frame_ticks(fps, self.time_base)
         self._container = open_output(self.path, exact_timing_options(self.time_base))
         try:
             stream = self._container.add_stream(settings.codec, rate=Fraction(fps) if fps else None)
@@ -369,31 +370,7 @@ class VideoWriter:
         self._last_pts = pts
         self._frames += 1
 
-    def _mux(self, packets: list[av.Packet]) -> None:
-        for index, packet in enumerate(packets):
-            if self._sei is not None and packet.is_keyframe:
-                data = with_sei(bytes(packet), self._sei, BITSTREAMS[self.settings.codec])
-                packets[index] = packet = _with_data(packet, data)
-            if not packet.duration:
-                packet.duration = self._frame_ticks
-        self._container.mux(packets)
-
-    def close(self) -> None:
-        if self._container is None:
-            return
-        try:
-            self._mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-            self._container = None
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _prepared(self, packet: av.Packet) -> av.Packet:
+        if self._sei is not None and packet.is_keyframe:
+            return _with_data(packet, with_sei(bytes(packet), self._sei, BITSTREAMS[self.settings.codec]))
+        return packet
