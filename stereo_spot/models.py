@@ -165,6 +165,12 @@ class ConversionSettings(BaseModel):
     duration: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
     @property
+    def window(self) -> tuple[float | None, float | None]:
+        """The part of the source to convert, as (start, end) seconds (None: from the start, to the end)."""
+        end = (self.start or 0.0) + self.duration if self.duration is not None else None
+        return self.start, end
+
+    @property
     def renders_stereo_pair(self) -> bool:
         """Whether the result holds a second eye: not colour + depth, not the depth video. Only a second eye has
         holes to fill and a comfort to measure."""

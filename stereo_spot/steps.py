@@ -100,13 +100,6 @@ def require_job(backend: Backend, job_id: str) -> Job:
     return job
 
 
-def window(settings: ConversionSettings) -> tuple[float | None, float | None]:
-    """The part of the source to convert, as (start, end) seconds."""
-    start = settings.start
-    end = (start or 0.0) + settings.duration if settings.duration is not None else None
-    return start, end
-
-
 def fingerprint(path: Path, settings: ConversionSettings, depth_video: Path | None = None) -> str:
     """Same file (path, size, mtime) with the same settings, and the same depth video to render from (an edited
     one is another job): re-running the command resumes the job."""
@@ -256,7 +249,7 @@ def _chunk_unguarded(backend: Backend, bucket: str, key: str) -> ChunkResult:
         video = require_video(info)
         if limits:
             _check_limits(name, info, video, settings, limits)
-        start, end = window(settings)
+        start, end = settings.window
         depth_origin = None
         if settings.depth_video:  # refused before any segment exists when it does not fit
             depth_origin = _fit_depth_video(backend, job_id, source, video.display_size, (start, end),
@@ -425,7 +418,7 @@ def _convert_and_store(backend: Backend, job: Job, segment_index: int, out_key: 
         out = tmp / ("converted.mkv" if job.settings.depth_output else "converted.mp4")
         with _depth_frames(backend, job, tmp) as depth_frames:
             stats = convert_segment(source, out, job.settings, rotation=job.source_rotation,
-                                    window=window(job.settings), warmup_src=warmup, device=device,
+                                    window=job.settings.window, warmup_src=warmup, device=device,
                                     progress=progress, engine=engine, lookahead_src=lookahead,
                                     depth_frames=depth_frames)
         written = integrity.digest(out)  # of what was encoded: concat checks the stored copy against it

@@ -372,3 +372,37 @@ def test_the_room_check_counts_a_depth_video_by_its_pixels(clip, exported):
     halved = delivery.estimate(clip.stat().st_size, ConversionSettings(depth_output=True, max_fps=FPS / 2),
                                info.duration_seconds, info.video)
     assert halved.result == pytest.approx(need.result / 2, rel=0.01)
+
+
+# --- the preview renders from the depth video too ---------------------------------------------------------------
+
+
+def _preview(clip: Path, out: Path, *extra: str):
+    return CliRunner().invoke(app, ["preview", str(clip), "--at", "1", "-o", str(out), "--no-floating-window",
+                                    *extra])
+
+
+def test_the_preview_renders_from_the_depth_video_it_is_given(clip, tmp_path, monkeypatch) -> None:
+    """``preview --depth-video`` shows the frame as ``convert --depth-video`` makes it: a flat depth at the
+    convergence leaves both eyes equal, where the estimated depth separates them. Catches the preview estimating
+    the depth whatever it is given (the app's preview did, with an uploaded depth video)."""
+    import cv2
+
+    monkeypatch.setenv("STEREO_SPOT_HOME", str(tmp_path / "home"))
+    depth = _write_depth(tmp_path / "flat.mkv", [np.full((H, W), round(0.5 * FULL_SCALE), np.uint16)] * FRAMES)
+    given, estimated = tmp_path / "given.png", tmp_path / "estimated.png"
+    for out, extra in ((given, ("--depth-video", str(depth))), (estimated, ())):
+        result = _preview(clip, out, "--convergence", "0.5", *extra)
+        assert result.exit_code == 0, result.output
+    for path, equal in ((given, True), (estimated, False)):
+        frame = cv2.imread(str(path)).astype(int)
+        assert bool(np.abs(frame[:, :W] - frame[:, W:]).max() <= 1) == equal, path.name
+
+
+def test_the_preview_refuses_a_depth_video_that_does_not_fit_in_one_line(clip, tmp_path, monkeypatch, flat) -> None:
+    monkeypatch.setenv("STEREO_SPOT_HOME", str(tmp_path / "home"))
+    short = _write_depth(tmp_path / "short.mkv", flat[:40])
+    result = _preview(clip, tmp_path / "p.png", "--depth-video", str(short))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "short.mkv has 40 frames, the source has 50" in result.output
+    assert not (tmp_path / "p.png").exists()

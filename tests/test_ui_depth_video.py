@@ -115,3 +115,28 @@ def test_a_depth_video_that_does_not_fit_creates_no_job(home, backend, tmp_path)
     assert any("short.mkv has 10 frames, the source has 12" in shown(e) for e in at.error), \
         [shown(e) for e in at.error]
     assert all_jobs(backend) == []
+
+
+def test_the_preview_renders_from_the_uploaded_depth_video(home, backend, tmp_path):
+    """The preview shows what the job will make: with a depth video uploaded it renders from that depth, so one
+    that does not fit the video gives no preview (with the reason) and one that fits gives the frame. Catches the
+    preview estimating the depth whatever was uploaded."""
+    clip = make_clip(tmp_path / "holiday.mp4", seconds=1, fps=12, size=SIZE)
+    at = new_app()
+    stage(at, clip)
+    at.run()
+    assert at.get("image")  # the estimated depth's preview
+    at.toggle(key="use_depth_video").set_value(True)
+    at.run()
+    _stage_depth(at, _flat_depth(tmp_path / "short.mkv", 10))
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.get("image")
+    assert any("No preview: short.mkv has 10 frames, the source has 12" in shown(c) for c in at.caption), \
+        [shown(c) for c in at.caption]
+    next(b for b in at.button if b.label == "Choose another depth video").click()
+    at.run()
+    _stage_depth(at, _flat_depth(tmp_path / "fits.mkv", 12))
+    at.run()
+    assert not at.exception, at.exception
+    assert at.get("image") and not any("No preview" in shown(c) for c in at.caption)

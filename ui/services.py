@@ -166,14 +166,20 @@ def check_depth_video(path: Path, name: str, source: Path, settings: ConversionS
     from stereo_spot.errors import UserError
     from stereo_spot.media.depth_video import check_fits
     from stereo_spot.media.probe import probe, require_video
-    from stereo_spot.steps import window
 
     try:
         size = require_video(probe(source)).display_size
-        check_fits(path, source, size=size, window=window(settings), max_fps=settings.max_fps)
+        check_fits(path, source, size=size, window=settings.window, max_fps=settings.max_fps)
     except UserError as exc:
-        message = str(exc).replace(path.name, name)
-        raise UploadError(message) from exc
+        raise UploadError(naming_the_upload(exc, path, name)) from exc
+
+
+def naming_the_upload(exc: BaseException, path: Path, name: str) -> str:
+    """An error's line about a staged file, naming the file as the user uploaded it (staged files have a name of
+    the app's own)."""
+    from stereo_spot.errors import one_line
+
+    return one_line(exc).replace(path.name, name)
 
 
 DEPTH_MODEL_HELP = ("heuristic needs no weights and runs anywhere; a neural model estimates depth better and "

@@ -396,16 +396,22 @@ def preview(
     inpaint: InpaintOption = "classical",
     inpaint_weights: InpaintWeightsOption = None,
     precision: PrecisionOption = Precision.AUTO,
+    depth_video: Annotated[Path | None, typer.Option("--depth-video", help="Render from this depth video (as "
+                                                     "`stereo-spot depth` writes it) instead of estimating the "
+                                                     "depth, as convert --depth-video would.")] = None,
     device: DeviceOption = None,
     max_frame_pixels: MaxFramePixelsOption = None,
 ) -> None:
     """Write one converted frame as a PNG, to tune --divergence and --convergence before converting."""
     if not input.is_file():
         die(f"{input} does not exist or is not a file")
+    if depth_video is not None and not depth_video.is_file():
+        die(f"--depth-video {depth_video} does not exist or is not a file")
     settings = _checked_settings(output_format=format, anaglyph=anaglyph, swap_eyes=swap_eyes,
                                  divergence=divergence, convergence=convergence, floating_window=floating_window,
                                  depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
-                                 inpaint_weights=inpaint_weights, precision=precision)
+                                 inpaint_weights=inpaint_weights, precision=precision,
+                                 depth_video=depth_video is not None)
     _check_device(device)
     from stereo_spot.media.probe import is_image
 
@@ -414,12 +420,14 @@ def preview(
         die(f"the output {output} is the input: choose another --output")
     _refuse_oversized_frame(input, max_frame_pixels)
     if is_image(input):
+        if depth_video is not None:
+            die(f"{input} is a still image: a depth video goes with a video (a still takes --disparity)")
         _convert_image(input, output, settings, None)
         return
     from stereo_spot.stereo.preview import preview_frame, write_png
 
     try:
-        written = write_png(output, preview_frame(input, at, settings, device=device))
+        written = write_png(output, preview_frame(input, at, settings, device=device, depth_video=depth_video))
     except Exception as exc:  # noqa: BLE001 - reported as one line
         _report_failure(exc)
     print_result(str(written))

@@ -172,33 +172,42 @@ encoding = {"codec": codec, "crf": crf, "preset": preset.strip() or None,
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def converted_frame(path: str, size: int, at: float, settings_json: str):
-    """One frame converted as the job will convert it (``stereo-spot preview``); kept per file, moment and
-    settings, so moving a slider back shows the earlier picture at once."""
+def converted_frame(path: str, size: int, at: float, settings_json: str, depth_path: str | None = None,
+                    depth_size: int = 0):
+    """One frame converted as the job will convert it (``stereo-spot preview``), from the uploaded depth video
+    where there is one; kept per file, moment and settings, so moving a slider back shows the earlier picture at
+    once."""
     from stereo_spot.models import ConversionSettings
     from stereo_spot.stereo.preview import preview_frame
 
-    return preview_frame(path, at, ConversionSettings.model_validate_json(settings_json), device="cpu")
+    return preview_frame(path, at, ConversionSettings.model_validate_json(settings_json), device="cpu",
+                         depth_video=depth_path)
 
 
 if summary is not None and staged is not None and staged.path is not None:
     with st.expander("Preview", expanded=True, icon=":material/visibility:"):
         moment = st.slider("Moment (seconds)", min_value=0.0, max_value=max(0.1, round(summary.duration_seconds, 1)),
                            value=services.preview_moment(summary), step=0.1, key=f"preview-at-{token}")
+        depth_file = depth.depth_video.path if depth.depth_video is not None else None
         try:
             preview_settings = services.checked_settings(
                 user, config, output_format=output_format, anaglyph=anaglyph, divergence=divergence,
                 convergence=convergence, depth_model=depth_model, depth_weights=depth_weights, inpaint=inpaint,
                 inpaint_weights=inpaint_weights, auto_convergence=auto_convergence, floating_window=floating_window,
-                precision=precision, **spatial)
+                precision=precision, **spatial, start=start, duration=duration,
+                depth_video=depth.depth_video is not None)
             with st.spinner("Converting one frame…"):
                 frame = converted_frame(str(staged.path), staged.path.stat().st_size, moment,
-                                        preview_settings.model_dump_json())
+                                        preview_settings.model_dump_json(),
+                                        str(depth_file) if depth_file else None,
+                                        depth_file.stat().st_size if depth_file else 0)
             note = " (divergence and convergence as set here; the job measures its own)" if auto_divergence else ""
             st.image(frame, caption=f"{output_format.label} at {moment:g} s{note}", width="stretch",
                      output_format="PNG")  # lossless: the eyes differ by a few pixels
         except UserError as exc:
-            st.caption(md(f"No preview: {one_line(exc)}"))
+            message = (services.naming_the_upload(exc, depth_file, depth.depth_video.name) if depth_file
+                       else one_line(exc))
+            st.caption(md(f"No preview: {message}"))
 
 job_title = title.strip() or (services.default_title(staged.name) if summary else "untitled")
 if summary:
