@@ -461,8 +461,7 @@ def _check_depth_video(depth_video: Path, input: Path, settings: ConversionSetti
         die(f"--depth-video {depth_video} does not exist or is not a file")
     try:
         size = require_video(probe(input)).display_size
-        end = (settings.start or 0.0) + settings.duration if settings.duration is not None else None
-        check_fits(depth_video, input, size=size, window=(settings.start, end), max_fps=settings.max_fps)
+        check_fits(depth_video, input, size=size, window=settings.window, max_fps=settings.max_fps)
     except UserError as exc:
         die(one_line(exc))
 

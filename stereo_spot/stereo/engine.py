@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from stereo_spot.media.depth_video import FULL_SCALE as DEPTH_FULL_SCALE
+from stereo_spot.media.depth_video import dequantise, quantise
 from stereo_spot.models import ConversionSettings
 from stereo_spot.stereo.depth import DepthEstimator, create_depth_estimator
 from stereo_spot.stereo.depth.given import GivenDepth
@@ -221,10 +221,8 @@ class StereoEngine:
             return
         if len(depth) != frames:
             raise StereoInputError(f"{len(depth)} depth frames given for {frames} frames")
-        if depth.dtype == np.uint16:  # torch computes little on uint16: widen, then scale on the device
-            given = torch.from_numpy(depth.astype(np.int32)).to(self.device).to(torch.float32) / DEPTH_FULL_SCALE
-        else:
-            given = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).to(self.device)
+        given = torch.from_numpy(dequantise(depth) if depth.dtype == np.uint16
+                                 else np.ascontiguousarray(depth, dtype=np.float32)).to(self.device)
         self._given = given.unsqueeze(1)
         try:
             yield
@@ -395,9 +393,7 @@ class StereoEngine:
         for start in range(0, n, self.chunk_frames):
             stop = min(n, start + self.chunk_frames)
             _, left = frames_to_tensor(frames_uint8[start:stop], self.device, self._staging)
-            depth01 = self._timed_depth(left)[:, 0]
-            scaled = depth01.clamp(0.0, 1.0).mul(DEPTH_FULL_SCALE).round_().to(torch.int32)
-            out[start:stop] = scaled.cpu().numpy().astype(np.uint16)
+            out[start:stop] = quantise(self._timed_depth(left)[:, 0].float().cpu().numpy())
         return out
 
     def _render_batch_temporal(self, frames_uint8: np.ndarray, observe: tuple[int, int] | None) -> np.ndarray:
