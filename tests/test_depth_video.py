@@ -406,3 +406,18 @@ def test_the_preview_refuses_a_depth_video_that_does_not_fit_in_one_line(clip, t
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "short.mkv has 40 frames, the source has 50" in result.output
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_preview_of_a_moment_outside_the_depth_videos_part_says_so(clip, tmp_path) -> None:
+    """A depth video made for ``--start 1 --duration 0.5`` has no depth at 0.2 s: the preview says so in one
+    line rather than rendering that frame from another frame's depth. Catches the coverage check dropped."""
+    from stereo_spot.errors import UserError
+    from stereo_spot.media.depth_video import source_frame_times
+    from stereo_spot.stereo.preview import preview_frame
+
+    settings = ConversionSettings(depth_video=True, start=1.0, duration=0.5, floating_window=False)
+    frames = len(source_frame_times(clip, settings.window))
+    part = _write_depth(tmp_path / "part.mkv", [np.full((H, W), 30000, np.uint16)] * frames)
+    assert preview_frame(clip, 1.2, settings, device="cpu", depth_video=part).shape == (H, 2 * W, 3)
+    with pytest.raises(UserError, match=r"part.mkv has no depth at 0.2 s"):
+        preview_frame(clip, 0.2, settings, device="cpu", depth_video=part)
