@@ -411,3 +411,41 @@ def test_every_statement_of_every_policy_is_needed_by_its_identitys_work(world, 
         needed = {r["allowed_by"][0] for r in records if r["user"] == user and len(r["allowed_by"]) == 1}
         unneeded += [f"{identity.name}:{sid}" for sid in sids if sid not in needed]
     assert unneeded == [], f"statements no request of the identity's real work needed alone: {unneeded}"
+
+
+def test_workflow_renders_from_a_depth_video_the_app_stored(world, tmp_path, monkeypatch):
+    """The depth video the app stores beside the source (``input/{job}/depth.mkv``) is read back by the workflow's
+    chunk (its fit check) and convert steps under the workflow identity's own policy: its grant on the input
+    prefix covers that key. Catches a depth video stored where the workflow may not read it."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from stereo_spot.components.chunk import chunk
+    from stereo_spot.components.concat import concat
+    from stereo_spot.components.convert import convert
+    from stereo_spot.media.depth_video import DepthWriter, source_frame_times
+
+    monkeypatch.setenv("STEREO_SPOT_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("STEREO_SPOT_DEVICE", "cpu")
+    for name in SETTINGS_FIELDS:
+        monkeypatch.setenv(name.upper(), str(getattr(world["settings"], name)))
+    times = source_frame_times(world["clip"])
+    depth = tmp_path / "depth.mkv"
+    writer = DepthWriter(depth, 96, 64, Fraction(1, 1000), Fraction(12))
+    for moment in times:
+        writer.write(np.full((64, 96), 30000, np.uint16), round((moment - times[0]) * 1000))
+    writer.close()
+    with _as(world, "ui") as (backend, _):
+        job = steps.create_job(backend, ConversionSettings(segment_seconds=0.5), "from depth")
+        steps.store_depth_video(backend, job.job_id, depth)
+        steps.store_source(backend, job.job_id, world["clip"])
+    key = keys.input_key(job.job_id)
+    with _credentials(world["users"]["workflow"]):
+        shards = chunk(world["settings"].input_bucket_name, key, gpu_workers="1",
+                       depth_video=keys.depth_video_key(job.job_id))
+        converted = sum(convert(key, shard, 1) for shard in shards)
+        assert concat(key, converted) == keys.final_key(job.job_id)
+    with _as(world, "ui") as (backend, _):
+        finished = backend.jobs.get(job.job_id)
+    assert finished.status == JobStatus.COMPLETED and finished.settings.depth_video, finished.failure_reason
